@@ -1,0 +1,3 @@
+from kvgui.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""The ``kvgui`` command: the GUI with no subcommand, or one of the subcommands.
+
+Each subcommand lives in ``kvgui/commands/<name>.py`` with ``add_parser(subparsers)`` and
+``run(args) -> int``; they are imported only when used, so ``kvgui estimate`` never pays for Qt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from kvgui import __version__
+
+SUBCOMMANDS: dict[str, str] = {
+    "estimate": "memory llama.cpp will allocate for a model and settings",
+    "fit": "largest context per KV cache type, and largest -ngl, for a memory budget",
+    "export": "print the llama-cli / llama-server / Python command for the settings",
+    "verify": "ask the bundled llama.cpp what it would allocate (dry run, no weights read)",
+    "chat": "chat with the model through llama.cpp, with exactly these settings",
+    "gpus": "list the GPUs and memory kvgui detects",
+    "measure": "measure each KV cache type's quality and speed on your model and text",
+}
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def _module(name: str):  # type: ignore[no-untyped-def]
+    return importlib.import_module(f"kvgui.commands.{name}")
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvgui",
+        description="Will this GGUF model fit on my GPU at this context, with which KV cache "
+        "type? With no subcommand, opens the window (optionally on MODEL).",
+    )
+    parser.add_argument("--version", action="version", version=f"kvgui {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = next((a for a in argv if a in SUBCOMMANDS), None)
+    for name, help_text in SUBCOMMANDS.items():
+        if wanted is None or name == wanted:
+            try:
+                _module(name).add_parser(sub, help_text)
+            except ModuleNotFoundError as exc:
+                if exc.name != f"kvgui.commands.{name}":
+                    raise
+                sub.add_parser(name, help=help_text + " (not available in this build)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not any(a in SUBCOMMANDS for a in args_list) and not any(
+        a in ("-h", "--help", "--version") for a in args_list
+    ):
+        from kvgui.commands import gui
+
+        return gui.main(args_list)
+    parser = build_parser(args_list)
+    args = parser.parse_args(args_list)
+    try:
+        return int(_module(args.command).run(args))
+    except UsageError as exc:
+        print(f"kvgui {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

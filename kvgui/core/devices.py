@@ -1,0 +1,27 @@
+"""Where memory goes: a list of budgets, one per GPU, plus the host (CPU RAM)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DeviceBudget:
+    """A device the estimate places tensors on, and how many bytes llama.cpp may use there.
+
+    ``budget`` is what is left for llama.cpp after the reserve (desktop, other apps, an
+    embedding model, a safety margin); None means unknown (no fit verdict for it).
+    ``split`` is this GPU's share of the layers (llama.cpp's --tensor-split); 0 = by budget.
+    """
+
+    name: str
+    budget: int | None
+    is_gpu: bool = True
+    split: float = 0.0
+
+
+CPU_NAME = "CPU"
+
+
+def cpu(budget: int | None = None) -> DeviceBudget:
+    return DeviceBudget(CPU_NAME, budget, is_gpu=False)

@@ -1,0 +1,87 @@
+"""The one Settings object: it feeds the estimate, the launch and the exported command line.
+
+Defaults are llama-cli's (common/common.h of the bundled llama.cpp), not llama-cpp-python's
+constructor defaults, which differ (flash_attn False, swa_full True, n_batch 512).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from kvgui.core.ggml_types import CACHE_TYPE_NAMES
+
+# kvgui's spelling of "every layer on the GPU" (llama-cli's `-ngl all`, llama-cpp-python's -1).
+ALL_LAYERS = -1
+
+# llama.cpp pads the context to this (llama-context.cpp: GGML_PAD(n_ctx, 256)).
+N_CTX_PAD = 256
+
+
+class FlashAttn(str, Enum):
+    ON = "on"
+    OFF = "off"
+    AUTO = "auto"
+
+    # llama.h enum llama_flash_attn_type
+    @property
+    def llama_value(self) -> int:
+        return {"auto": -1, "off": 0, "on": 1}[self.value]
+
+
+@dataclass(frozen=True)
+class Settings:
+    n_ctx: int = 4096
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: FlashAttn = FlashAttn.AUTO
+    n_gpu_layers: int = ALL_LAYERS
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_parallel: int = 1
+    kv_offload: bool = True
+    swa_full: bool = False
+    kv_unified: bool = False
+    mmap: bool = True
+    tensor_split: tuple[float, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for name in ("type_k", "type_v"):
+            value = getattr(self, name)
+            if value not in CACHE_TYPE_NAMES:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(CACHE_TYPE_NAMES)}, not {value!r}"
+                )
+        if not isinstance(self.flash_attn, FlashAttn):
+            object.__setattr__(self, "flash_attn", FlashAttn(self.flash_attn))
+        if self.n_ctx < 1:
+            raise ValueError(f"n_ctx must be at least 1, not {self.n_ctx}")
+        if self.n_batch < 1 or self.n_ubatch < 1:
+            raise ValueError("n_batch and n_ubatch must be at least 1")
+        if self.n_parallel < 1:
+            raise ValueError(f"n_parallel must be at least 1, not {self.n_parallel}")
+        if self.n_gpu_layers < ALL_LAYERS:
+            raise ValueError(f"n_gpu_layers must be -1 (all) or more, not {self.n_gpu_layers}")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["flash_attn"] = self.flash_attn.value
+        d["tensor_split"] = list(self.tensor_split)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Settings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        if "tensor_split" in kwargs:
+            kwargs["tensor_split"] = tuple(float(x) for x in kwargs["tensor_split"])
+        return cls(**kwargs)
+
+
+def pad_ctx(n_ctx: int) -> int:
+    return -(-n_ctx // N_CTX_PAD) * N_CTX_PAD

@@ -1,0 +1,1 @@
+"""Data files shipped with kvgui (installed as the ``kvgui.resources`` package)."""
