@@ -1,0 +1,132 @@
+"""Flags shared by the subcommands, spelled as llama.cpp's common/arg.cpp spells them.
+
+Users paste these between kvgui and llama-cli, so ``-c``, ``-ctk``, ``-fa on`` and friends
+mean here exactly what they mean there.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kvgui.cli import UsageError
+from kvgui.core.ggml_types import CACHE_TYPE_NAMES
+from kvgui.core.gguf_reader import GGUFError
+from kvgui.core.model import ModelInfo, load_model
+from kvgui.core.settings import ALL_LAYERS, FlashAttn, Settings
+
+_DEFAULTS = Settings()
+
+
+def add_model_arg(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument("model", metavar="MODEL", nargs=None if required else "?",
+                        help="a .gguf file (any part of a split model)")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _ctx(text: str) -> int:
+    """-c N; like llama.cpp, 0 means the model's trained context (resolved later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _gpu_layers(text: str) -> int:
+    if text in ("all", "-1"):
+        return ALL_LAYERS
+    if text == "auto":
+        raise argparse.ArgumentTypeError(
+            "-ngl auto lets llama.cpp pick at launch; kvgui needs a number or 'all' "
+            "(use `kvgui fit` to find the largest that fits)")
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', not {text!r}") from None
+    if value < 0:
+        return ALL_LAYERS  # llama.cpp: <= -2 means all
+    return value
+
+
+def add_settings_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("llama.cpp settings (as llama-cli spells them)")
+    g.add_argument("-c", "--ctx-size", dest="n_ctx", type=_ctx, default=_DEFAULTS.n_ctx,
+                   metavar="N", help=f"context size in tokens (default {_DEFAULTS.n_ctx}; "
+                   "0 = the model's trained context)")
+    g.add_argument("-ctk", "--cache-type-k", dest="type_k", choices=CACHE_TYPE_NAMES,
+                   default=_DEFAULTS.type_k, metavar="TYPE",
+                   help=f"K cache type: {', '.join(CACHE_TYPE_NAMES)} (default f16)")
+    g.add_argument("-ctv", "--cache-type-v", dest="type_v", choices=CACHE_TYPE_NAMES,
+                   default=_DEFAULTS.type_v, metavar="TYPE", help="V cache type (default f16)")
+    g.add_argument("-fa", "--flash-attn", dest="flash_attn", default="auto",
+                   choices=["on", "off", "auto"], help="flash attention (default auto)")
+    g.add_argument("-ngl", "--gpu-layers", "--n-gpu-layers", dest="n_gpu_layers",
+                   type=_gpu_layers, default=ALL_LAYERS, metavar="N",
+                   help="layers on the GPU: a number or 'all' (default all)")
+    g.add_argument("-b", "--batch-size", dest="n_batch", type=_positive,
+                   default=_DEFAULTS.n_batch, metavar="N", help="logical batch (default 2048)")
+    g.add_argument("-ub", "--ubatch-size", dest="n_ubatch", type=_positive,
+                   default=_DEFAULTS.n_ubatch, metavar="N", help="physical batch (default 512)")
+    g.add_argument("-np", "--parallel", dest="n_parallel", type=_positive,
+                   default=_DEFAULTS.n_parallel, metavar="N",
+                   help="parallel sequences (default 1)")
+    g.add_argument("--swa-full", dest="swa_full", action="store_true",
+                   help="full-size cache for sliding-window layers")
+    g.add_argument("-kvu", "--kv-unified", dest="kv_unified", action="store_true",
+                   help="one KV buffer shared by all sequences")
+    g.add_argument("-nkvo", "--no-kv-offload", dest="no_kv_offload", action="store_true",
+                   help="keep the KV cache in system RAM")
+    g.add_argument("--no-mmap", dest="no_mmap", action="store_true",
+                   help="read the weights into memory instead of mapping the file")
+    g.add_argument("-ts", "--tensor-split", dest="tensor_split", default=None, metavar="N0,N1",
+                   help="share of the layers per GPU, e.g. 3,1")
+
+
+def settings_from_args(args: argparse.Namespace, model: ModelInfo | None = None) -> Settings:
+    """Settings from parsed flags; -c 0 becomes the model's trained context, as in llama.cpp."""
+    n_ctx = args.n_ctx
+    if n_ctx == 0:
+        if model is None or not model.n_ctx_train:
+            raise UsageError("-c 0 needs a model that declares its trained context")
+        n_ctx = model.n_ctx_train
+    split: tuple[float, ...] = ()
+    if getattr(args, "tensor_split", None):
+        try:
+            split = tuple(float(x) for x in args.tensor_split.replace("/", ",").split(","))
+        except ValueError:
+            raise UsageError(f"-ts expects numbers like 3,1, not {args.tensor_split!r}") from None
+    try:
+        return Settings(
+            n_ctx=n_ctx, type_k=args.type_k, type_v=args.type_v,
+            flash_attn=FlashAttn(args.flash_attn), n_gpu_layers=args.n_gpu_layers,
+            n_batch=args.n_batch, n_ubatch=args.n_ubatch, n_parallel=args.n_parallel,
+            kv_offload=not getattr(args, "no_kv_offload", False),
+            swa_full=args.swa_full, kv_unified=getattr(args, "kv_unified", False),
+            mmap=not getattr(args, "no_mmap", False), tensor_split=split,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def open_model(path: str) -> ModelInfo:
+    """The model at ``path``, or a one-line UsageError naming what is wrong with it."""
+    if not Path(path).exists():
+        raise UsageError(f"{path}: no such file")
+    try:
+        return load_model(path)
+    except GGUFError as exc:
+        raise UsageError(str(exc)) from None
+    except MemoryError:
+        raise UsageError(f"{path}: header too large to read") from None

@@ -1,0 +1,117 @@
+"""``kvgui estimate``: what llama.cpp will allocate, per device, and whether it fits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kvgui.cli import UsageError
+from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
+from kvgui.core.estimate import Estimate, estimate
+from kvgui.core.sizes import format_bytes
+
+
+def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
+    p = sub.add_parser("estimate", help=help_text, description=help_text)
+    add_model_arg(p, required=False)
+    add_settings_args(p)
+    _add_budget_args(p)
+    p.add_argument("--from-command", metavar="COMMAND",
+                   help="estimate a pasted llama-cli / llama-server command line instead")
+    p.add_argument("--json", action="store_true", help="print one JSON object (sizes in bytes)")
+
+
+def _add_budget_args(p: argparse.ArgumentParser) -> None:
+    from kvgui.core.budget import add_budget_args
+
+    add_budget_args(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kvgui.core.budget import devices_from_args
+
+    if args.from_command:
+        from kvgui.core.cmdparse import CommandParseError, parse_command
+
+        try:
+            parsed = parse_command(args.from_command)
+        except CommandParseError as exc:
+            raise UsageError(str(exc)) from None
+        path = parsed.model_path or args.model
+        if not path:
+            raise UsageError("the command has no -m MODEL, and no MODEL was given")
+        model = open_model(path)
+        settings = parsed.settings
+        if settings.n_ctx == 0:
+            settings = settings.replace(n_ctx=model.n_ctx_train or 4096)
+        unknown = list(parsed.unknown)
+    else:
+        if not args.model:
+            raise UsageError("give a MODEL (a .gguf file) or --from-command")
+        model = open_model(args.model)
+        settings = settings_from_args(args, model)
+        unknown = []
+    devices = devices_from_args(args)
+    est = estimate(model, settings, devices)
+    if args.json:
+        data = est.to_json()
+        if unknown:
+            data["unknown_flags"] = unknown
+        json.dump(data, sys.stdout, indent=2)
+        print()
+    else:
+        print(render(est))
+        if unknown:
+            print(f"kept but not estimated: {' '.join(unknown)}")
+    return 0
+
+
+def render(est: Estimate) -> str:
+    m, s = est.model, est.settings
+    lines = [f"{m.name}  ({m.arch}, {m.file_type}, {format_bytes(m.file_bytes)} file, "
+             f"{m.n_layer} layers)"]
+    padded = f" (llama.cpp pads {s.n_ctx} to {est.n_ctx})" if est.n_ctx != s.n_ctx else ""
+    gpu_layers = f"{est.n_gpu_layers}/{len(m.layers) + 1} layers on GPU" \
+        if any(d.is_gpu for d in est.devices) else "CPU only"
+    lines.append(f"context {est.n_ctx}{padded}; K {s.type_k}, V {s.type_v}; flash attention "
+                 f"{'on' if est.flash_attn else 'off'}; {gpu_layers}")
+    for note in m.notes:
+        lines.append(f"  · {note}")
+    lines.append("")
+    cols = list(est.devices)
+    width = max(14, *(len(d.name) + 2 for d in cols))
+    header = f"{'':<12}" + "".join(f"{d.name:>{width}}" for d in cols)
+    if len(cols) > 1:
+        header += f"{'all':>{width}}"
+    lines.append(header)
+
+    def row(label: str, values: list[int | None], total: int | None = None) -> str:
+        cells = "".join(f"{format_bytes(v) if v is not None else '—':>{width}}" for v in values)
+        if len(cols) > 1:
+            cells += f"{format_bytes(total) if total is not None else '':>{width}}"
+        return f"{label:<12}{cells}"
+
+    lines.append(row("weights", [d.weights for d in cols], est.weights))
+    lines.append(row("K cache", [d.kv_k for d in cols], est.kv_k))
+    lines.append(row("V cache", [d.kv_v for d in cols], est.kv_v))
+    lines.append(row("compute", [d.compute for d in cols], est.compute))
+    lines.append(row("output", [d.output for d in cols], est.output))
+    lines.append(row("total", [d.total for d in cols], est.total))
+    if any(d.budget is not None for d in cols):
+        lines.append(row("budget", [d.budget for d in cols]))
+        lines.append(row("headroom", [d.headroom for d in cols]))
+    lines.append("")
+    for e in est.errors:
+        lines.append(f"error: {e}")
+    for w in est.warnings:
+        lines.append(f"warning: {w}")
+    if est.fits is True:
+        lines.append("fits: yes")
+    elif est.fits is False and not est.errors:
+        over = [d for d in cols if d.fits is False]
+        lines.append("fits: NO — " + "; ".join(
+            f"{d.name} over by {format_bytes(-(d.headroom or 0))}" for d in over))
+    elif est.fits is None:
+        lines.append("fits: unknown (no memory budget; pass --vram SIZE or --gpu INDEX)")
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""The largest context, or the most GPU layers, that fit a memory budget.
+
+Memory grows monotonically with the context and with the layers offloaded, so a binary
+search over the estimate finds the exact boundary (contexts in llama.cpp's 256 steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kvgui.core.devices import DeviceBudget
+from kvgui.core.estimate import estimate
+from kvgui.core.model import ModelInfo
+from kvgui.core.settings import N_CTX_PAD, Settings
+
+# The K/V pairs the window compares side by side (issue: f16 … q4_0, and mixed q8_0/q4_0).
+COMMON_CACHE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("f16", "f16"), ("q8_0", "q8_0"), ("q5_1", "q5_1"), ("q5_0", "q5_0"),
+    ("q4_1", "q4_1"), ("iq4_nl", "iq4_nl"), ("q4_0", "q4_0"), ("q8_0", "q4_0"),
+)
+
+# Far beyond any trained context; llama.cpp's n_ctx is a uint32.
+MAX_CONTEXT = 1 << 24
+
+
+def _fits(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget]) -> bool:
+    est = estimate(model, settings, devices)
+    return not est.errors and all(d.fits is not False for d in est.devices)
+
+
+def max_context(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget],
+                limit: int = MAX_CONTEXT) -> int:
+    """The largest context (a multiple of 256) that fits every budget; 0 if none does."""
+    if not any(d.budget is not None for d in devices):
+        return limit
+    lo, hi = 0, limit // N_CTX_PAD  # in units of 256 tokens
+    if not _fits(model, settings.replace(n_ctx=N_CTX_PAD), devices):
+        return 0
+    lo = 1
+    if _fits(model, settings.replace(n_ctx=hi * N_CTX_PAD), devices):
+        return hi * N_CTX_PAD
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _fits(model, settings.replace(n_ctx=mid * N_CTX_PAD), devices):
+            lo = mid
+        else:
+            hi = mid
+    return lo * N_CTX_PAD
+
+
+def max_gpu_layers(model: ModelInfo, settings: Settings,
+                   devices: Sequence[DeviceBudget]) -> int:
+    """The most layers (output layer included, as -ngl counts) that fit; -1 means all."""
+    n_all = len(model.layers) + 1
+    if _fits(model, settings.replace(n_gpu_layers=-1), devices):
+        return -1
+    lo, hi = 0, n_all
+    if not _fits(model, settings.replace(n_gpu_layers=0), devices):
+        return 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _fits(model, settings.replace(n_gpu_layers=mid), devices):
+            lo = mid
+        else:
+            hi = mid
+    return lo
