@@ -1,4 +1,7 @@
-"""Whole-suite settings: headless Qt, and no test may touch the user's real config."""
+"""Whole-suite settings and fixtures: headless Qt, no test touches the user's real config,
+and sparse GGUF files of the catalog models (real headers, a hole where the weights would be),
+written once per session: ``sparse_model("Llama-3.1-8B-Instruct Q4_K_M")`` is its path.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,12 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
+
+from kvgui.core.catalog import CatalogEntry, find, load_catalog
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +23,41 @@ def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     home = tmp_path_factory.mktemp("config")
     monkeypatch.setenv("KVGUI_CONFIG_DIR", str(home))
     yield
+
+
+def _file_name(entry: CatalogEntry) -> str:
+    return entry.label.replace(" ", "-") + ".gguf"
+
+
+@pytest.fixture(scope="session")
+def sparse_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Path of the sparse GGUF for a catalog label ("<name> <quant>") or name."""
+    pytest.importorskip("gguf")
+    from kvgui.testing.sparse_gguf import write_sparse_gguf
+
+    folder = tmp_path_factory.mktemp("sparse_gguf")
+    written: dict[str, Path] = {}
+
+    def get(label: str) -> Path:
+        entry = find(label)
+        if entry.label not in written:
+            written[entry.label] = write_sparse_gguf(entry, folder / _file_name(entry))
+        return written[entry.label]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def sparse_catalog(sparse_model: Callable[[str], Path]) -> dict[str, Path]:
+    """Every catalog entry written out: label -> path."""
+    return {e.label: sparse_model(e.label) for e in load_catalog()}
+
+
+@pytest.fixture(scope="session")
+def llama_accepts(sparse_catalog: dict[str, Path]):  # -> dict[str, ProbeResult]
+    """What llama.cpp made of each catalog file: label -> ProbeResult."""
+    pytest.importorskip("llama_cpp")
+    from kvgui.testing.llama_probe import probe
+
+    results = probe(list(sparse_catalog.values()))
+    return {label: results[str(path)] for label, path in sparse_catalog.items()}

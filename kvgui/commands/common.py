@@ -88,8 +88,11 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
                    help="one KV buffer shared by all sequences")
     g.add_argument("-nkvo", "--no-kv-offload", dest="no_kv_offload", action="store_true",
                    help="keep the KV cache in system RAM")
+    g.add_argument("-lm", "--load-mode", dest="load_mode", default=None,
+                   choices=["auto", "none", "mmap", "mlock", "mmap+mlock", "dio"],
+                   help="how llama.cpp loads the weights (none = read into memory)")
     g.add_argument("--no-mmap", dest="no_mmap", action="store_true",
-                   help="read the weights into memory instead of mapping the file")
+                   help="older spelling of -lm none")
     g.add_argument("-ts", "--tensor-split", dest="tensor_split", default=None, metavar="N0,N1",
                    help="share of the layers per GPU, e.g. 3,1")
 
@@ -114,7 +117,9 @@ def settings_from_args(args: argparse.Namespace, model: ModelInfo | None = None)
             n_batch=args.n_batch, n_ubatch=args.n_ubatch, n_parallel=args.n_parallel,
             kv_offload=not getattr(args, "no_kv_offload", False),
             swa_full=args.swa_full, kv_unified=getattr(args, "kv_unified", False),
-            mmap=not getattr(args, "no_mmap", False), tensor_split=split,
+            mmap=not (getattr(args, "no_mmap", False)
+                      or getattr(args, "load_mode", None) in ("none", "dio")),
+            tensor_split=split,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -43,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("the command has no -m MODEL, and no MODEL was given")
         model = open_model(path)
         settings = parsed.settings
-        if settings.n_ctx == 0:
-            settings = settings.replace(n_ctx=model.n_ctx_train or 4096)
+        if parsed.ctx_from_model:  # no -c (or -c 0): llama.cpp uses the trained context
+            settings = settings.replace(n_ctx=model.n_ctx_train or settings.n_ctx)
         unknown = list(parsed.unknown)
+        for warning in parsed.warnings:
+            print(f"kvgui estimate: note: {warning}", file=sys.stderr)
     else:
         if not args.model:
             raise UsageError("give a MODEL (a .gguf file) or --from-command")

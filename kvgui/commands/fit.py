@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from kvgui.cli import UsageError
 from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     devices = devices_from_args(args)
     if not any(d.budget is not None for d in devices):
         raise UsageError("no memory budget: pass --vram SIZE, --gpu INDEX or --gpu-model NAME")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for tk, tv in COMMON_CACHE_PAIRS:
         s = settings.replace(type_k=tk, type_v=tv)
         est = estimate(model, s, devices)
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{label:<16}{r['max_ctx']:>14}{format_bytes(r['kv_at_max']):>18}{note}")
     print()
     if ngl == -1:
-        print(f"at -c {settings.n_ctx}: all {len(model.layers) + 1} layers fit on the GPU (-ngl all)")
+        print(f"at -c {settings.n_ctx}: all {len(model.layers) + 1} layers fit on the GPU "
+              "(-ngl all)")
     else:
         print(f"at -c {settings.n_ctx} ({settings.type_k}/{settings.type_v}): "
               f"-ngl {ngl} of {len(model.layers) + 1} layers fit")

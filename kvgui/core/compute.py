@@ -62,8 +62,19 @@ def _stage_peaks(model: ModelInfo, shape: ContextShape, fa: bool, n_kv: int,
     else:
         ffn = 2 * _al(F32 * model.n_ff * t)
     # by the output head every layer is done: the mask is free, the residual stream is not
+    if model.ssm_d_inner:
+        # Mamba: in_proj (z, xBC, dt), the conv input and output, the scan's y and gated y,
+        # and the state read, written and copied back (src/models/mamba-base.cpp)
+        d_inner = model.ssm_d_inner
+        conv_ch = d_inner + 2 * model.ssm_n_group * model.ssm_d_state
+        in_proj = d_inner + conv_ch + model.ssm_dt_rank
+        ssm = _al(F32 * t * (in_proj + 2 * conv_ch + 2 * d_inner)) + 3 * _al(
+            F32 * model.n_embd_s * shape.n_stream)  # (the residual stream is in the fit)
+    else:
+        ssm = 0
+    # by the output head every layer is done: the mask is free, the residual stream is not
     output = _al(F32 * model.n_vocab * n_outputs) + resid
-    return attn + resid + mask, ffn + resid + mask, output
+    return attn + resid + mask, max(ffn + resid + mask, ssm), output
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,7 @@ def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
             continue
         n_kv = shape.n_ctx_seq if slot.full_attention or not slot.swa else shape.swa_cells
         attn, ffn, output = _stage_peaks(model, shape, fa, n_kv, n_outputs)
-        peaks = [ffn]
+        peaks = [ffn]  # (and the recurrent scan, for Mamba layers)
         if slot.full_attention or slot.swa:
             peaks.append(attn)
         if slot.holds_output:

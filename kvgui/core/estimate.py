@@ -159,7 +159,9 @@ def context_shape(model: ModelInfo, s: Settings) -> ContextShape:
         n_ctx_seq = _pad(n_ctx // n_seq, N_CTX_PAD)
         n_ctx = n_ctx_seq * n_seq
         n_stream = n_seq
-    n_batch = min(n_ctx, s.n_batch)  # causal attention: a batch never exceeds the context
+    # causal attention: a batch never exceeds the context (llama.cpp compares the context as
+    # given, before padding it)
+    n_batch = min(s.n_ctx, s.n_batch)
     n_ubatch = min(n_batch, s.n_ubatch)
     if s.swa_full or not model.n_swa:
         swa_cells = n_ctx_seq
@@ -173,9 +175,7 @@ def resolve_flash_attn(model: ModelInfo, s: Settings) -> bool:
     """llama.cpp's -fa auto: on, unless the architecture cannot use it (Grok)."""
     if model.arch == "grok":
         return False
-    if s.flash_attn is FlashAttn.OFF:
-        return False
-    return True
+    return s.flash_attn is not FlashAttn.OFF
 
 
 def check(model: ModelInfo, s: Settings, flash_attn: bool) -> tuple[list[str], list[str]]:
@@ -267,7 +267,7 @@ def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> _
     cache = model.cache
     found = cache.get(key)
     if found is not None:
-        return found  # type: ignore[no-any-return]
+        return found
     layer_dev, out_dev, n_gpu_layers = _layer_devices(model, s, gpus)
     n_slots = len(gpus) + 1
     cpu = n_slots - 1
@@ -278,6 +278,8 @@ def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> _
     weights = [0] * n_slots
     weights[cpu] += model.input_weights + model.other_weights
     weights[slot(out_dev)] += model.output_weights
+    if out_dev >= 0:
+        weights[out_dev] += model.tied_output_weights
     for il, w in enumerate(model.layer_weights):
         weights[slot(layer_dev[il])] += w
     groups: dict[tuple[int, int, int, bool], int] = {}
@@ -322,7 +324,7 @@ def estimate(model: ModelInfo, settings: Settings,
         fa = True
     over_trained = bool(model.n_ctx_train) and _pad(s.n_ctx, N_CTX_PAD) // (
         1 if s.kv_unified else s.n_parallel) > model.n_ctx_train
-    check_key = ("check", s.type_k, s.type_v, s.flash_attn, s.swa_full)
+    check_key = ("check", s.type_k, s.type_v, s.flash_attn, s.swa_full, over_trained)
     checked = model.cache.get(check_key) if not over_trained else None
     if checked is None:
         checked = check(model, s, fa)

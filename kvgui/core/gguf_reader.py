@@ -231,7 +231,7 @@ class _Cursor:
                     i += 8 + unpack(buf, i)[0]
                 if i <= end:
                     break
-            except struct.error:
+            except (struct.error, OverflowError):  # ran off the buffer, or a wild length
                 pass
             if i + 8 <= end:  # a string's length sent us past the window: is it plausible?
                 n = unpack(buf, i)[0]

@@ -125,8 +125,9 @@ class ModelInfo:
     layers: tuple[LayerKV, ...]
     layer_weights: tuple[int, ...]  # bytes of blk.N.* per layer
     input_weights: int  # token embedding etc.: always in host memory
-    output_weights: int  # output norm + output head (tied: a copy of token_embd's size)
+    output_weights: int  # output norm + output head
     other_weights: int
+    tied_output_weights: int  # a tied output head: extra bytes only on a GPU
     n_embd_r: int = 0  # recurrent conv state per sequence and layer (f32 elements)
     n_embd_s: int = 0  # recurrent ssm/wkv state per sequence and layer (f32 elements)
     swa_chunked: bool = False
@@ -134,6 +135,10 @@ class ModelInfo:
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     n_ff_exp: int = 0
+    ssm_d_inner: int = 0
+    ssm_d_state: int = 0
+    ssm_n_group: int = 0
+    ssm_dt_rank: int = 0
     # memo for the estimate (placements per -ngl); not part of the model's identity
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False, hash=False)
 
@@ -190,7 +195,7 @@ class _Meta:
     def get(self, key: str, default: Any = None) -> Any:
         return self.md.get(f"{self.arch}.{key}", default)
 
-    def int(self, key: str, default: int | None = None) -> int:
+    def num(self, key: str, default: int | None = None) -> int:
         value = self.get(key, default)
         if value is None:
             raise KeyError(f"missing {self.arch}.{key}")
@@ -296,13 +301,13 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
         warnings.append(f"architecture '{arch}' is not one kvgui has checked against llama.cpp;"
                         " the estimate uses its generic header keys")
 
-    n_layer_all = meta.int("block_count")
+    n_layer_all = meta.num("block_count")
     if not 0 < n_layer_all <= 512:
         raise ValueError(f"{arch}.block_count = {n_layer_all} is out of range")
-    n_layer_nextn = meta.int("nextn_predict_layers", 0)
+    n_layer_nextn = meta.num("nextn_predict_layers", 0)
     n_layer = n_layer_all - n_layer_nextn
-    n_embd = meta.int("embedding_length")
-    n_ctx_train = meta.int("context_length", 0)
+    n_embd = meta.num("embedding_length")
+    n_ctx_train = meta.num("context_length", 0)
     n_head_arr = meta.per_layer("attention.head_count", n_layer_all, 0)
     n_head_kv_arr = meta.per_layer("attention.head_count_kv", n_layer_all,
                                    meta.get("attention.head_count", 0))
@@ -310,15 +315,15 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
     n_head = n_head_arr[0] if n_head_arr else 0
     n_head_max = max(n_head_arr) if n_head_arr else 0
     if n_head_max > 0:
-        head_k = meta.int("attention.key_length", n_embd // n_head_max if n_head else 0)
-        head_v = meta.int("attention.value_length", n_embd // n_head_max if n_head else 0)
+        head_k = meta.num("attention.key_length", n_embd // n_head_max if n_head else 0)
+        head_v = meta.num("attention.value_length", n_embd // n_head_max if n_head else 0)
         if n_head == 0:  # first layer recurrent: llama.cpp still divides by n_head(0)
-            head_k = meta.int("attention.key_length", 0)
-            head_v = meta.int("attention.value_length", 0)
+            head_k = meta.num("attention.key_length", 0)
+            head_v = meta.num("attention.value_length", 0)
     else:
         head_k = head_v = 0
-    head_k_swa = meta.int("attention.key_length_swa", head_k)
-    head_v_swa = meta.int("attention.value_length_swa", head_v)
+    head_k_swa = meta.num("attention.key_length_swa", head_k)
+    head_v_swa = meta.num("attention.value_length_swa", head_v)
     is_mla = bool(meta.get("attention.key_length_mla")) and \
         bool(meta.get("attention.value_length_mla"))
 
@@ -329,7 +334,7 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
     if arch == "gemma3n":
         kv_from_start = 20
     elif arch == "gemma4":
-        kv_from_start = n_layer_all - meta.int("attention.shared_kv_layers", 0)
+        kv_from_start = n_layer_all - meta.num("attention.shared_kv_layers", 0)
 
     no_memory = arch in NO_MEMORY_ARCHS or md.get(f"{arch}.attention.causal") is False
     layers = []
@@ -354,14 +359,14 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
     # recurrent state sizes (llama_hparams::n_embd_r / n_embd_s)
     n_embd_r = n_embd_s = 0
     if any(is_recr):
-        wkv = meta.int("wkv.head_size", 0)
-        shortconv = meta.int("shortconv.l_cache", 0)
-        d_conv = meta.int("ssm.conv_kernel", 0)
-        d_inner = meta.int("ssm.inner_size", 0)
-        d_state = meta.int("ssm.state_size", 0)
-        n_group = meta.int("ssm.group_count", 0)
+        wkv = meta.num("wkv.head_size", 0)
+        shortconv = meta.num("shortconv.l_cache", 0)
+        d_conv = meta.num("ssm.conv_kernel", 0)
+        d_inner = meta.num("ssm.inner_size", 0)
+        d_state = meta.num("ssm.state_size", 0)
+        n_group = meta.num("ssm.group_count", 0)
         if wkv:
-            n_embd_r = meta.int("token_shift_count", 2) * n_embd
+            n_embd_r = meta.num("token_shift_count", 2) * n_embd
             n_embd_s = n_embd * wkv
         elif shortconv:
             n_embd_r = n_embd * (shortconv - 1)
@@ -388,23 +393,25 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
             output_w += t.nbytes
         else:
             other_w += t.nbytes
+    tied_w = 0
     if "output.weight" not in names:
         tok = next((t for t in tensors if t.name == "token_embd.weight"), None)
         if tok is not None:
-            # tied embeddings: llama.cpp loads token_embd a second time for the output layer
-            output_w += tok.nbytes
+            # tied embeddings: llama.cpp shares token_embd with the output layer, and copies it
+            # only when the output layer sits on another device (a GPU)
+            tied_w = tok.nbytes
             notes.append("tied embeddings: the output layer reuses token_embd")
 
     n_params = sum(t.n_elements for t in tensors)
     vocab = md.get("tokenizer.ggml.tokens")
-    n_vocab = meta.int("vocab_size", len(vocab) if vocab is not None else 0)
+    n_vocab = meta.num("vocab_size", len(vocab) if vocab is not None else 0)
     if not n_vocab:
         tok = next((t for t in tensors if t.name == "token_embd.weight"), None)
         n_vocab = tok.shape[1] if tok is not None and len(tok.shape) > 1 else 0
     ftype = md.get("general.file_type")
     file_type = FILE_TYPES.get(int(ftype), f"type {ftype}") if isinstance(ftype, int) \
         else _guess_file_type(tensors)
-    n_expert = meta.int("expert_count", 0)
+    n_expert = meta.num("expert_count", 0)
     n_expert_used = max(meta.per_layer("expert_used_count", n_layer_all, 0) or [0])
 
     n_swa_layers = sum(1 for il in range(n_layer) if swa_flags[il] and layers[il].has_kv)
@@ -413,7 +420,7 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
         notes.append(f"{kind} of {n_swa} tokens on {n_swa_layers} of {n_layer} layers")
     if is_mla:
         notes.append(f"multi-head latent attention: K cache only, "
-                     f"{head_k} wide (kv_lora_rank {meta.int('attention.kv_lora_rank', 0)})")
+                     f"{head_k} wide (kv_lora_rank {meta.num('attention.kv_lora_rank', 0)})")
     if arch in RECURRENT_ARCHS:
         notes.append("recurrent: fixed-size state per sequence, no KV cache")
     elif arch in HYBRID_ARCHS:
@@ -439,9 +446,13 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
         n_swa=n_swa, n_swa_layers=n_swa_layers,
         is_recurrent=arch in RECURRENT_ARCHS, is_hybrid=arch in HYBRID_ARCHS, is_mla=is_mla,
         layers=tuple(layers), layer_weights=tuple(layer_weights), input_weights=input_w,
-        output_weights=output_w, other_weights=other_w, n_embd_r=n_embd_r, n_embd_s=n_embd_s,
+        output_weights=output_w, other_weights=other_w, tied_output_weights=tied_w,
+        n_embd_r=n_embd_r, n_embd_s=n_embd_s,
         swa_chunked=chunked, n_layer_nextn=n_layer_nextn, notes=tuple(notes),
-        warnings=tuple(warnings), n_ff_exp=meta.int("expert_feed_forward_length", 0),
+        warnings=tuple(warnings), n_ff_exp=meta.num("expert_feed_forward_length", 0),
+        ssm_d_inner=meta.num("ssm.inner_size", 0), ssm_d_state=meta.num("ssm.state_size", 0),
+        ssm_n_group=meta.num("ssm.group_count", 0),
+        ssm_dt_rank=meta.num("ssm.time_step_rank", 0),
     )
 
 

@@ -1,0 +1,140 @@
+"""``kvgui [MODEL]``: open the window, or say in one line why it cannot open and what to install.
+
+Qt aborts the whole process when its platform plugin cannot load (a missing libxcb-cursor0,
+no display), which no ``try`` can catch. So on Linux a tiny child process opens Qt first;
+if it dies, its stderr names the missing library, and the user gets the package to install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import traceback
+from collections.abc import Sequence
+
+EXIT_USAGE = 2
+EXIT_NO_GUI = 1
+
+_PROBE = (
+    "import sys\n"
+    "from PySide6.QtGui import QGuiApplication\n"
+    "app = QGuiApplication(sys.argv[:1])\n"
+    "print(app.platformName())\n"
+)
+_HEADLESS_PLATFORMS = {"offscreen", "minimal", "vnc", "linuxfb", "eglfs"}
+_SO = re.compile(r"(lib[\w+.-]+?)\.so\.(\d+)")
+
+
+def debian_package(soname: str) -> str:
+    """Debian's package for a library: libxcb-cursor.so.0 -> libxcb-cursor0,
+    libxkbcommon-x11.so.0 -> libxkbcommon-x11-0, libEGL.so.1 -> libegl1."""
+    m = _SO.search(soname)
+    if not m:
+        return soname
+    name, ver = m.group(1).lower(), m.group(2)
+    return f"{name}-{ver}" if name[-1].isdigit() else f"{name}{ver}"
+
+
+def explain_probe_failure(stderr: str) -> str:
+    """One line from Qt's stderr: which library is missing and the package that has it."""
+    libs = sorted({m.group(0) for m in _SO.finditer(stderr)
+                   if "cannot open shared object" in stderr})
+    if "xcb-cursor0" in stderr or "libxcb-cursor" in stderr:
+        libs = sorted(set(libs) | {"libxcb-cursor.so.0"})
+    if libs:
+        pkgs = " ".join(dict.fromkeys(debian_package(lib) for lib in libs))
+        return (f"Qt cannot load its display plugin: missing {', '.join(libs)} "
+                f"(Debian/Ubuntu: sudo apt install {pkgs})")
+    if "could not connect to display" in stderr.lower():
+        return "Qt could not connect to the display (is DISPLAY right, and the X server up?)"
+    if "Could not load the Qt platform plugin" in stderr or "no Qt platform plugin" in stderr:
+        return ("Qt cannot load its display plugin (Debian/Ubuntu: sudo apt install "
+                "libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 "
+                "libxcb-image0 libxcb-render-util0)")
+    last = [line for line in stderr.strip().splitlines() if line.strip()]
+    return f"Qt could not start: {last[-1] if last else 'no reason given'}"
+
+
+def probe_display(timeout: float = 30.0) -> str | None:
+    """None if Qt can open the display here, else one line saying why (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    platform = os.environ.get("QT_QPA_PLATFORM", "").split(":")[0]
+    if platform in _HEADLESS_PLATFORMS:
+        return None
+    if not platform and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        return ("no display: neither DISPLAY nor WAYLAND_DISPLAY is set. Run kvgui in a "
+                "desktop session, or use the command line: kvgui estimate MODEL, kvgui fit MODEL")
+    env = dict(os.environ, QT_DEBUG_PLUGINS="1")
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "Qt did not start within 30 s (is the display responding?)"
+    except OSError as exc:
+        return f"could not start Python to check the display: {exc.strerror}"
+    if proc.returncode == 0:
+        return None
+    return explain_probe_failure(proc.stderr)
+
+
+def check_qt() -> str | None:
+    """None if PySide6 imports, else what to install."""
+    try:
+        import PySide6.QtWidgets  # noqa: F401
+    except ModuleNotFoundError:
+        return "PySide6 is not installed: pip install PySide6-Essentials pyqtgraph"
+    except ImportError as exc:
+        m = _SO.search(str(exc))
+        if m:
+            return (f"Qt cannot load {m.group(0)} (Debian/Ubuntu: sudo apt install "
+                    f"{debian_package(m.group(0))})")
+        return f"Qt cannot load: {str(exc).splitlines()[0]}"
+    return None
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kvgui",
+        description="Open the kvgui window, optionally on MODEL (a .gguf file, any part of "
+                    "a split model). Subcommands: kvgui --help.")
+    parser.add_argument("model", metavar="MODEL", nargs="?", help="a .gguf file to open")
+    return parser.parse_args(list(argv))
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    if args.model and not os.path.isfile(args.model):
+        print(f"kvgui: no such file: {args.model}", file=sys.stderr)
+        return EXIT_USAGE
+    for check in (check_qt, probe_display):
+        problem = check()
+        if problem:
+            print(f"kvgui: {problem}", file=sys.stderr)
+            return EXIT_NO_GUI
+    try:
+        from kvgui.ui.app import run
+
+        return run(os.path.abspath(args.model) if args.model else None)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # never a traceback on the terminal: one line and a log file
+        where = _write_crash_log()
+        print(f"kvgui: the window failed: {exc}" + (f" (details in {where})" if where else ""),
+              file=sys.stderr)
+        return EXIT_NO_GUI
+
+
+def _write_crash_log() -> str | None:
+    try:
+        from kvgui.core.appconfig import config_dir
+
+        path = config_dir() / "crash.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(traceback.format_exc(), encoding="utf-8")
+        return str(path)
+    except OSError:
+        return None

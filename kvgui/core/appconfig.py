@@ -1,0 +1,167 @@
+"""The window's persisted state: last settings, hardware choice, recent files, geometry.
+
+One versioned JSON file in the user's config directory (platformdirs, or $KVGUI_CONFIG_DIR),
+written atomically (temp file + rename) so a crash never leaves half a file. A file that
+cannot be read is moved aside (``settings.json.corrupt-<time>``) with a warning, and the
+defaults are used: a broken config must never stop the window from opening.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvgui.core.settings import Settings
+
+CONFIG_VERSION = 1
+CONFIG_FILE = "settings.json"
+MAX_RECENT = 10
+
+# Hardware modes the window offers (see kvgui.ui.hardware_panel).
+HW_DETECTED = "detected"
+HW_CATALOG = "catalog"
+HW_CUSTOM = "custom"
+
+
+@dataclass
+class HardwareChoice:
+    """Which memory the plan is for: a detected GPU, a GPU from the catalog, or a custom size.
+
+    Reserve sizes are bytes; ``desktop`` None means "what other processes use now" on a
+    detected GPU (0 elsewhere).
+    """
+
+    mode: str = HW_DETECTED
+    detected_index: int = 0
+    catalog_name: str = ""
+    custom_bytes: int = 8 * 1024**3
+    desktop: int | None = None
+    embedding: int = 0
+    mmproj: int = 0
+    margin: int = 1024**3  # llama.cpp's --fit keeps 1 GiB free
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HardwareChoice:
+        known = set(cls.__dataclass_fields__)
+        out = cls(**{k: v for k, v in data.items() if k in known})
+        if out.mode not in (HW_DETECTED, HW_CATALOG, HW_CUSTOM):
+            raise ValueError(f"unknown hardware mode {out.mode!r}")
+        return out
+
+
+@dataclass
+class AppConfig:
+    settings: Settings = field(default_factory=Settings)
+    hardware: HardwareChoice = field(default_factory=HardwareChoice)
+    recent_files: list[str] = field(default_factory=list)
+    last_model: str = ""  # a path, or "catalog:<id>"
+    advanced_open: bool = False
+    geometry: str = ""  # QMainWindow.saveGeometry(), base64
+    window_state: str = ""  # QMainWindow.saveState(), base64
+
+    def add_recent(self, path: str) -> None:
+        """Most recent first, no duplicates, at most MAX_RECENT."""
+        self.recent_files = [path] + [p for p in self.recent_files if p != path]
+        del self.recent_files[MAX_RECENT:]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": CONFIG_VERSION,
+            "settings": self.settings.to_dict(),
+            "hardware": self.hardware.to_dict(),
+            "recent_files": list(self.recent_files),
+            "last_model": self.last_model,
+            "advanced_open": self.advanced_open,
+            "geometry": self.geometry,
+            "window_state": self.window_state,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AppConfig:
+        if not isinstance(data, dict):
+            raise ValueError("top level is not an object")
+        version = data.get("version")
+        if version != CONFIG_VERSION:
+            raise ValueError(f"version {version!r}, this kvgui reads version {CONFIG_VERSION}")
+        recent = data.get("recent_files", [])
+        if not isinstance(recent, list) or not all(isinstance(p, str) for p in recent):
+            raise ValueError("recent_files is not a list of paths")
+        return cls(
+            settings=Settings.from_dict(data.get("settings", {})),
+            hardware=HardwareChoice.from_dict(data.get("hardware", {})),
+            recent_files=recent[:MAX_RECENT],
+            last_model=str(data.get("last_model", "")),
+            advanced_open=bool(data.get("advanced_open", False)),
+            geometry=str(data.get("geometry", "")),
+            window_state=str(data.get("window_state", "")),
+        )
+
+
+def config_dir() -> Path:
+    """$KVGUI_CONFIG_DIR if set (tests, portable installs), else the platform's config dir."""
+    env = os.environ.get("KVGUI_CONFIG_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("kvgui", appauthor=False))
+
+
+def config_path() -> Path:
+    return config_dir() / CONFIG_FILE
+
+
+@dataclass
+class LoadResult:
+    config: AppConfig
+    warning: str | None = None  # one line for the status bar when the file was set aside
+
+
+def load_config(path: Path | None = None) -> LoadResult:
+    """Read the config; a missing file gives defaults, a broken one is set aside."""
+    path = path or config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return LoadResult(AppConfig())
+    except OSError as exc:
+        return LoadResult(AppConfig(), f"could not read settings ({exc.strerror}); using defaults")
+    try:
+        return LoadResult(AppConfig.from_dict(json.loads(text)))
+    except (ValueError, TypeError, KeyError) as exc:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            os.replace(path, aside)
+            where = f"moved to {aside.name}"
+        except OSError:
+            where = "left in place"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return LoadResult(AppConfig(), f"settings file was unreadable ({reason}); {where}, "
+                          "using defaults")
+
+
+def save_config(config: AppConfig, path: Path | None = None) -> None:
+    """Write atomically: a temp file in the same directory, fsync, then rename over."""
+    path = path or config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,198 @@
+"""The Settings as a llama-cli / llama-server argument list, or as llama-cpp-python code.
+
+Flags are spelled as the bundled llama.cpp's common/arg.cpp spells them, and only flags the
+target program registers are emitted (arg.cpp filters options per tool with set_examples: an
+option of another tool is an "invalid argument" error). ``-c`` and ``-ngl`` are always passed:
+with them set, llama.cpp's ``--fit`` (on by default) can change neither (common/fit.cpp keeps a
+user-set n_ctx and aborts fitting when n_gpu_layers is not the default), so the process uses
+exactly these numbers. llama-server always gets ``-np``: its default is "auto", which means
+4 slots with a unified KV cache (tools/server/server.cpp), not kvgui's 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kvgui.core.ggml_types import by_name
+from kvgui.core.settings import ALL_LAYERS, FlashAttn, Settings
+
+LLAMA_CLI = "llama-cli"
+LLAMA_SERVER = "llama-server"
+DEFAULT_HOST = "127.0.0.1"  # common.h hostnames default
+DEFAULT_PORT = 8080  # common.h port default
+DEFAULT_PROMPT = "Hello! Who are you?"
+
+_DEFAULTS = Settings()
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def tensor_split_arg(split: Sequence[float]) -> str:
+    """``-ts`` value: proportions, comma-separated ("3,1")."""
+    return ",".join(_num(x) for x in split)
+
+
+def ngl_arg(n_gpu_layers: int) -> str:
+    """``-ngl`` value: kvgui's -1 is llama.cpp's ``all`` (arg.cpp maps it to -2, every layer)."""
+    return "all" if n_gpu_layers == ALL_LAYERS else str(n_gpu_layers)
+
+
+def _settings_args(s: Settings, *, server: bool, full: bool) -> list[str]:
+    d = _DEFAULTS
+    args = ["-c", str(s.n_ctx), "-ngl", ngl_arg(s.n_gpu_layers)]
+    if full or s.type_k != d.type_k:
+        args += ["-ctk", s.type_k]
+    if full or s.type_v != d.type_v:
+        args += ["-ctv", s.type_v]
+    if full or s.flash_attn != d.flash_attn:
+        args += ["-fa", s.flash_attn.value]
+    if full or s.n_batch != d.n_batch:
+        args += ["-b", str(s.n_batch)]
+    if full or s.n_ubatch != d.n_ubatch:
+        args += ["-ub", str(s.n_ubatch)]
+    if server or full or s.n_parallel != d.n_parallel:
+        args += ["-np", str(s.n_parallel)]
+    if s.swa_full:
+        args.append("--swa-full")  # there is no negative form; off is the default
+    if not s.kv_offload:
+        args.append("-nkvo")
+    elif full:
+        args.append("-kvo")
+    if server:  # -kvu is registered for llama-server, not for llama-cli
+        if s.kv_unified:
+            args.append("-kvu")
+        elif full:
+            args.append("-no-kvu")
+    if not s.mmap:
+        args += ["-lm", "none"]  # this llama.cpp has --load-mode instead of --no-mmap
+    if s.tensor_split:
+        args += ["-ts", tensor_split_arg(s.tensor_split)]
+    return args
+
+
+def llama_cli_args(
+    settings: Settings,
+    model_path: str,
+    *,
+    system_prompt: str | None = None,
+    full: bool = False,
+    program: str = LLAMA_CLI,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """argv for llama-cli: program, -m, -c, -ngl, then non-default settings (all if ``full``).
+
+    ``extra_args`` (e.g. flags kvgui did not understand on import) go last, unchanged.
+    """
+    args = [program, "-m", str(model_path), *_settings_args(settings, server=False, full=full)]
+    if system_prompt:
+        args += ["-sys", system_prompt]
+    return args + list(extra_args)
+
+
+def llama_server_args(
+    settings: Settings,
+    model_path: str,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    full: bool = False,
+    program: str = LLAMA_SERVER,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """argv for llama-server; ``-np`` always, ``--host``/``--port`` when given (or ``full``)."""
+    args = [program, "-m", str(model_path), *_settings_args(settings, server=True, full=full)]
+    if host is not None or full:
+        args += ["--host", host if host is not None else DEFAULT_HOST]
+    if port is not None or full:
+        args += ["--port", str(port if port is not None else DEFAULT_PORT)]
+    return args + list(extra_args)
+
+
+def export_notes(
+    settings: Settings, target: str, *, system_prompt: str | None = None
+) -> list[str]:
+    """What ``target`` (llama-cli, llama-server, python) cannot take from these settings."""
+    notes = []
+    if target == LLAMA_CLI and settings.kv_unified and settings.n_parallel > 1:
+        notes.append("llama-cli has no -kvu (--kv-unified); it was left out")
+    if target == LLAMA_SERVER and system_prompt:
+        notes.append("llama-server has no -sys; send the system prompt with each request")
+    if target == "python":
+        if settings.n_parallel > 1 or settings.kv_unified:
+            notes.append(
+                "llama-cpp-python decodes one sequence: -np and -kvu have no equivalent there"
+            )
+        if settings.flash_attn is FlashAttn.AUTO:
+            notes.append(
+                "llama-cpp-python 0.3.36 takes flash_attn as True/False only, not 'auto'"
+            )
+    return notes
+
+
+def _py_str(text: str) -> str:
+    return repr(str(text))
+
+
+def python_snippet(
+    settings: Settings,
+    model_path: str,
+    *,
+    flash_attn_resolved: bool | None = None,
+    system_prompt: str | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    max_tokens: int = 128,
+    full: bool = False,
+) -> str:
+    """A llama-cpp-python script that loads the model with these settings and chats once.
+
+    llama-cpp-python's own defaults differ from llama-cli's (n_batch 512, swa_full on,
+    flash attention off), so those are always written out. Its flash_attn is a bool
+    (llama.py maps True/False to enabled/disabled), so "auto" is written as
+    ``flash_attn_resolved`` (what the estimate resolved it to) or, unknown, as True: what
+    llama.cpp's auto picks wherever the backend supports flash attention.
+    """
+    s = settings
+    fa_comment = ""
+    if s.flash_attn is FlashAttn.AUTO:
+        fa = True if flash_attn_resolved is None else flash_attn_resolved
+        fa_comment = "  # llama.cpp: -fa auto"
+    else:
+        fa = s.flash_attn is FlashAttn.ON
+    ngl_comment = "  # all layers" if s.n_gpu_layers == ALL_LAYERS else ""
+    lines = [
+        "from llama_cpp import Llama",
+        "",
+        "llm = Llama(",
+        f"    model_path={_py_str(model_path)},",
+        f"    n_ctx={s.n_ctx},",
+        f"    n_gpu_layers={s.n_gpu_layers},{ngl_comment}",
+        f"    type_k={by_name(s.type_k).id},  # {s.type_k} (ggml type id)",
+        f"    type_v={by_name(s.type_v).id},  # {s.type_v} (ggml type id)",
+        f"    flash_attn={fa},{fa_comment}",
+        f"    n_batch={s.n_batch},",
+        f"    n_ubatch={s.n_ubatch},",
+        f"    swa_full={s.swa_full},",
+    ]
+    if full or not s.kv_offload:
+        lines.append(f"    offload_kqv={s.kv_offload},")
+    if full or not s.mmap:
+        lines.append(f"    use_mmap={s.mmap},")
+    if s.tensor_split:
+        lines.append(f"    tensor_split={[float(x) for x in s.tensor_split]!r},")
+    lines.append(")")
+    for note in export_notes(s, "python"):
+        if "one sequence" in note:
+            lines.append(f"# {note}")
+    lines += ["", "messages = ["]
+    if system_prompt:
+        lines.append(f'    {{"role": "system", "content": {_py_str(system_prompt)}}},')
+    lines += [
+        f'    {{"role": "user", "content": {_py_str(prompt)}}},',
+        "]",
+        f"reply = llm.create_chat_completion(messages=messages, max_tokens={max_tokens})",
+        'print(reply["choices"][0]["message"]["content"])',
+        "",
+    ]
+    return "\n".join(lines)

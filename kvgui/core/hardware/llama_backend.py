@@ -1,0 +1,119 @@
+"""What the installed llama-cpp-python can use: GPU offload at all, and which ggml devices.
+
+A CPU-only build of llama-cpp-python accepts -ngl and silently keeps every layer on the CPU,
+so when the machine has a GPU the build cannot use, kvgui says so and gives the reinstall
+command. llama_cpp is imported here, inside functions only: kvgui.core must import without it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+from kvgui.core.hardware.types import BackendDevice, GpuInfo, LlamaBackend
+
+REINSTALL = {
+    "nvidia": 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '
+    "llama-cpp-python",
+    "amd": 'CMAKE_ARGS="-DGGML_HIP=on" pip install --force-reinstall --no-cache-dir '
+    "llama-cpp-python (needs ROCm; or -DGGML_VULKAN=on)",
+    "intel": 'CMAKE_ARGS="-DGGML_VULKAN=on" pip install --force-reinstall --no-cache-dir '
+    "llama-cpp-python",
+    "apple": 'CMAKE_ARGS="-DGGML_METAL=on" pip install --force-reinstall --no-cache-dir '
+    "llama-cpp-python",
+}
+CUDA_REINSTALL = REINSTALL["nvidia"]
+VENDOR_NAMES = {"nvidia": "NVIDIA", "amd": "AMD", "apple": "Apple", "intel": "Intel"}
+
+# enum ggml_backend_dev_type (ggml-backend.h)
+DEVICE_KINDS = ("CPU", "GPU", "IGPU", "ACCEL", "META")
+
+
+def _ggml_devices(llama_cpp: Any) -> tuple[BackendDevice, ...]:
+    """ggml_backend_dev_* from libggml, which llama_cpp loads but does not wrap.
+
+    A separate CDLL handle on the same file gives private function objects, so setting
+    restype/argtypes here cannot disturb llama_cpp's own bindings."""
+    ggml = importlib.import_module("llama_cpp._ggml")
+    lib = ctypes.CDLL(ggml.libggml._name)
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    for fn in (lib.ggml_backend_dev_name, lib.ggml_backend_dev_description):
+        fn.restype = ctypes.c_char_p
+        fn.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_type.restype = ctypes.c_int
+    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_memory.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.POINTER(ctypes.c_size_t),
+    ]
+    devices = []
+    for i in range(int(lib.ggml_backend_dev_count())):
+        dev = lib.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        kind = int(lib.ggml_backend_dev_type(dev))
+        devices.append(
+            BackendDevice(
+                name=(lib.ggml_backend_dev_name(dev) or b"").decode("utf-8", "replace"),
+                description=(lib.ggml_backend_dev_description(dev) or b"").decode(
+                    "utf-8", "replace"
+                ),
+                kind=DEVICE_KINDS[kind] if 0 <= kind < len(DEVICE_KINDS) else str(kind),
+                free=free.value or None,
+                total=total.value or None,
+            )
+        )
+    return tuple(devices)
+
+
+def probe() -> LlamaBackend:
+    """Never raises: a missing or broken llama-cpp-python is a reason, not an error."""
+    try:
+        llama_cpp = importlib.import_module("llama_cpp")
+    except ImportError as exc:
+        return LlamaBackend(installed=False, reason=f"llama-cpp-python is not installed ({exc})")
+    except Exception as exc:  # OSError when libllama cannot load (missing CUDA runtime, ...)
+        return LlamaBackend(
+            installed=False, reason=f"llama-cpp-python failed to load: {type(exc).__name__}: {exc}"
+        )
+    version = getattr(llama_cpp, "__version__", None)
+    try:
+        # first: it also loads dynamically built backends (GGML_BACKEND_DL) before we list them
+        offload = bool(llama_cpp.llama_supports_gpu_offload())
+    except Exception as exc:
+        return LlamaBackend(
+            installed=True, version=version, reason=f"llama_supports_gpu_offload failed: {exc}"
+        )
+    try:
+        devices = _ggml_devices(llama_cpp)
+        reason = None
+    except Exception as exc:  # a build whose libggml lacks the device registry
+        devices, reason = (), f"cannot list ggml backend devices ({type(exc).__name__}: {exc})"
+    return LlamaBackend(
+        installed=True, version=version, gpu_offload=offload, devices=devices, reason=reason
+    )
+
+
+def offload_advice(gpus: Sequence[GpuInfo], backend: LlamaBackend | None) -> list[str]:
+    """What to tell a user whose GPU llama-cpp-python cannot use."""
+    if backend is None or not gpus:
+        return []
+    if not backend.installed:
+        return [
+            "llama-cpp-python is not installed: kvgui can still estimate, but cannot verify or "
+            "chat. Install it with GPU support: " + REINSTALL.get(gpus[0].vendor, CUDA_REINSTALL)
+        ]
+    if backend.gpu_offload is False:
+        vendor = gpus[0].vendor
+        version = f" {backend.version}" if backend.version else ""
+        return [
+            f"llama-cpp-python{version} is a CPU-only build: it cannot offload layers to your "
+            f"{VENDOR_NAMES.get(vendor, vendor)} GPU, so -ngl does nothing. "
+            f"Reinstall it with GPU support: {REINSTALL.get(vendor, CUDA_REINSTALL)}"
+        ]
+    return []

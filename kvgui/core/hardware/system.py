@@ -1,0 +1,20 @@
+"""Host RAM via psutil: the budget for CPU layers and for a CPU-only plan."""
+
+from __future__ import annotations
+
+import psutil
+
+from kvgui.core.hardware.types import SystemMemory
+
+
+def read() -> SystemMemory:
+    """Total and available RAM now (available = what a new process can take without swap)."""
+    vm = psutil.virtual_memory()
+    return SystemMemory(total=int(vm.total), available=int(vm.available))
+
+
+def probe() -> tuple[SystemMemory | None, list[str]]:
+    try:
+        return read(), []
+    except Exception as exc:  # psutil raises OSError subclasses on odd kernels/containers
+        return None, [f"System RAM: cannot read it ({type(exc).__name__}: {exc})"]

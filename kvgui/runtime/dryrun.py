@@ -1,0 +1,515 @@
+"""llama.cpp's own dry run: what it would allocate for a model and settings, without reading
+weights or allocating the cache (``llama_model_params.no_alloc``, as llama-cli's ``--fit`` does).
+
+It runs in a child process (``python -m kvgui.runtime.dryrun``, JSON request on stdin, one JSON
+line per result on stdout) because llama.cpp may abort the whole process on a GGML_ASSERT.
+Every setting is passed explicitly: llama-cpp-python's defaults are not llama-cli's.
+
+Exact bytes per buffer type come from llama.cpp's memory breakdown (``llama_get_memory_breakdown``,
+a C++ function the fit code uses, read here through the Itanium C++ ABI on Linux); the log
+gives the rest (K/V split, output buffer) in MiB with two decimals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from kvgui.core.settings import pad_ctx
+from kvgui.runtime.llama_log import (
+    BufferBytes,
+    DeviceInfo,
+    LlamaCppMemory,
+    parse_llama_log,
+)
+
+if TYPE_CHECKING:
+    from kvgui.core.settings import Settings
+
+DEFAULT_TIMEOUT = 60.0
+# Cells (padded n_ctx) beyond which a dry run is refused: llama.cpp's per-cell bookkeeping is
+# host RAM even with no_alloc (measured ~52 B/cell: 10^8 cells took 5.2 GB and 6 s).
+MAX_CELLS = 1 << 25
+_TAIL_LINES = 12
+
+
+class DryRunError(Exception):
+    """The dry run failed: ``reason`` is one line for the user; ``log_tail``, llama.cpp's last
+    lines; ``log``, all of it (when the child lived to send it)."""
+
+    def __init__(self, reason: str, log_tail: str = "", log: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.log_tail = log_tail
+        self.log = log or log_tail
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class DryRunTimeout(DryRunError):
+    """llama.cpp did not answer in time; the child was killed."""
+
+
+# --- parent side --------------------------------------------------------------------------
+
+def llama_params(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The llama_model_params and llama_context_params fields for ``settings``, as llama-cli
+    sets them (common/common.cpp common_model_params_to_llama / common_context_params_to_llama).
+    """
+    from kvgui.core.ggml_types import by_name
+
+    model = {
+        "n_gpu_layers": settings.n_gpu_layers,  # ALL_LAYERS (-1): negative = all in llama.cpp
+        "split_mode": 1,  # LLAMA_SPLIT_MODE_LAYER
+        "main_gpu": 0,
+        "tensor_split": list(settings.tensor_split),
+        "use_extra_bufts": True,
+        "no_host": False,
+        "load_mtp": False,
+    }
+    context = {
+        "n_ctx": settings.n_ctx,
+        "n_batch": settings.n_batch,
+        "n_ubatch": settings.n_ubatch,
+        "n_seq_max": settings.n_parallel,
+        "n_rs_seq": 0,
+        "n_outputs_max": 0,
+        "n_outputs_max_per_seq": 1,
+        "flash_attn_type": settings.flash_attn.llama_value,
+        "type_k": by_name(settings.type_k).id,
+        "type_v": by_name(settings.type_v).id,
+        "offload_kqv": settings.kv_offload,
+        "op_offload": True,
+        "swa_full": settings.swa_full,
+        "kv_unified": settings.kv_unified,
+        "embeddings": False,
+        "no_perf": True,
+    }
+    return model, context
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])  # so the child finds kvgui uninstalled
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["GGML_NO_BACKTRACE"] = "1"  # an abort would otherwise attach gdb to print a backtrace
+    return env
+
+
+def _tail(text: str, n: int = _TAIL_LINES) -> str:
+    return "\n".join([line for line in text.splitlines() if line.strip()][-n:])
+
+
+_ASSERT = re.compile(r"(\S+):(\d+): (GGML_ASSERT\(.*\) failed)")
+
+
+def _abort_reason(returncode: int, stderr: str) -> str:
+    if m := _ASSERT.search(stderr):
+        path = m.group(1)
+        where = path[path.rfind("/src/") + 1:] if "/src/" in path else Path(path).name
+        return f"llama.cpp aborted: {m.group(3)} ({where}:{m.group(2)})"
+    for line in reversed(stderr.splitlines()):
+        if "GGML_ASSERT" in line or "error" in line.lower() or "terminate called" in line:
+            return f"llama.cpp stopped: {line.strip()}"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"llama.cpp crashed ({name})"
+    return f"the dry-run process exited with status {returncode}"
+
+
+def dry_run_many(
+    model_path: str | os.PathLike[str],
+    settings_list: Sequence[Settings],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[LlamaCppMemory | DryRunError]:
+    """One child process for many settings: the model is read once, a context made per settings.
+
+    Returns, per settings, the figures or the DryRunError that stopped that one.
+    """
+    path = Path(model_path)
+    if not path.is_file():
+        err = DryRunError(f"no such model file: {path}")
+        return [err for _ in settings_list]
+    results: list[LlamaCppMemory | DryRunError | None] = [None] * len(settings_list)
+    for i, s in enumerate(settings_list):
+        cells = pad_ctx(s.n_ctx)
+        if not s.kv_unified:  # each sequence's stream is padded (llama-context.cpp)
+            cells = pad_ctx(cells // s.n_parallel) * s.n_parallel
+        if cells > MAX_CELLS:
+            results[i] = DryRunError(
+                f"a context of {cells} cells is beyond what kvgui dry-runs (at most {MAX_CELLS}):"
+                " llama.cpp keeps ~52 bytes of RAM per cell even without allocating the cache"
+            )
+    # A crash loses only the settings that caused it: the rest get a fresh child.
+    while pending := [i for i, r in enumerate(results) if r is None]:
+        replies, failure = _run_child(path, [settings_list[i] for i in pending], timeout)
+        for j, r in replies.items():
+            results[pending[j]] = r
+        if failure is not None:
+            first = next((i for i in pending if results[i] is None), None)
+            if first is None:
+                break
+            results[first] = failure
+            if isinstance(failure, DryRunTimeout):
+                for i in pending:
+                    if results[i] is None:
+                        results[i] = failure
+    return [r if r is not None else DryRunError("the dry run did not answer") for r in results]
+
+
+def _run_child(
+    path: Path, settings_list: Sequence[Settings], timeout: float
+) -> tuple[dict[int, LlamaCppMemory | DryRunError], DryRunError | None]:
+    """Run one child for ``settings_list``: its answers by index, and why it stopped early."""
+    request = {
+        "model": str(path),
+        "runs": [dict(zip(("model", "context"), llama_params(s), strict=True))
+                 for s in settings_list],
+    }
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvgui.runtime.dryrun"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_child_env(),
+        start_new_session=True,  # a timeout kills the child's whole group
+    )
+    timed_out = False
+    try:
+        out, err = proc.communicate(json.dumps(request).encode(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:  # Windows: no process groups
+            proc.kill()
+        out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+    replies: dict[int, LlamaCppMemory | DryRunError] = {}
+    done = False
+    for line in stdout.splitlines():
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            continue
+        if "index" in reply:
+            r = replies[reply["index"]] = _from_reply(reply)
+            if isinstance(r, LlamaCppMemory):
+                r.stats["process_s"] = round(wall, 6)  # the whole child, shared by the batch
+        done = done or bool(reply.get("done"))
+    if timed_out:
+        return replies, DryRunTimeout(f"the dry run timed out after {timeout:g} s", _tail(stderr))
+    if not done or proc.returncode != 0:
+        return replies, DryRunError(_abort_reason(proc.returncode, stderr), _tail(stderr))
+    return replies, None
+
+
+def dry_run(
+    model_path: str | os.PathLike[str], settings: Settings, *, timeout: float = DEFAULT_TIMEOUT
+) -> LlamaCppMemory:
+    """What llama.cpp would allocate for ``settings``; raises DryRunError with a one-line reason."""
+    result = dry_run_many(model_path, [settings], timeout=timeout)[0]
+    if isinstance(result, DryRunError):
+        raise result
+    return result
+
+
+def _from_reply(reply: dict[str, Any]) -> LlamaCppMemory | DryRunError:
+    log = reply.get("log", "")
+    if not reply.get("ok"):
+        return DryRunError(reply.get("error", "llama.cpp failed"), _tail(log), log)
+    m = parse_llama_log(log)
+    if reply.get("exact") is not None:
+        m.exact = [BufferBytes(**b) for b in reply["exact"]]
+    m.model_size = reply.get("model_size")
+    m.devices = [DeviceInfo(**d) for d in reply.get("devices", [])]
+    m.wall_s = reply.get("wall_s")
+    m.stats = reply.get("stats", {})
+    return m
+
+
+# --- child side: the only place llama_cpp is imported ---------------------------------------
+
+# Debug lines that repeat per tensor or per graph input and say nothing about memory.
+_NOISE = ("llama_graph_n_input_tensors:", "create_tensor: loading tensor")
+
+
+def _import_bindings() -> Any:
+    """llama-cpp-python's ctypes bindings without its package ``__init__``.
+
+    ``import llama_cpp`` also imports the high-level Llama class, numpy, jinja2 and the chat
+    formats (~0.13 s); the dry run needs only ``llama_cpp.llama_cpp`` (~0.03 s). Registering
+    the package without running its ``__init__`` lets the submodule import alone.
+    """
+    import importlib.util
+    import types
+
+    if "llama_cpp" not in sys.modules:
+        spec = importlib.util.find_spec("llama_cpp")
+        if spec is None or spec.submodule_search_locations is None:
+            raise ImportError("llama-cpp-python is not installed")
+        pkg = types.ModuleType("llama_cpp")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        pkg.__file__ = spec.origin
+        sys.modules["llama_cpp"] = pkg
+    from llama_cpp import llama_cpp as lc
+
+    return lc
+
+
+def _load_ggml(lc: Any) -> Any:
+    """libggml-base (dev and buffer-type queries) and libggml (device registry), as loaded."""
+    import ctypes
+
+    from llama_cpp._ctypes_extensions import load_shared_library
+
+    lib_dir = Path(lc.__file__).parent / "lib"
+    base = load_shared_library("ggml-base", lib_dir)
+    reg = load_shared_library("ggml", lib_dir)
+    vp, cp = ctypes.c_void_p, ctypes.c_char_p
+    table: list[tuple[Any, str, Any, list[Any]]] = [
+        (base, "ggml_backend_buft_name", cp, [vp]),
+        (base, "ggml_backend_buft_is_host", ctypes.c_bool, [vp]),
+        (base, "ggml_backend_buft_get_device", vp, [vp]),
+        (base, "ggml_backend_dev_name", cp, [vp]),
+        (base, "ggml_backend_dev_description", cp, [vp]),
+        (base, "ggml_backend_dev_type", ctypes.c_int, [vp]),
+        (base, "ggml_backend_dev_memory", None, [vp, ctypes.POINTER(ctypes.c_size_t),
+                                                  ctypes.POINTER(ctypes.c_size_t)]),
+        (reg, "ggml_backend_dev_count", ctypes.c_size_t, []),
+        (reg, "ggml_backend_dev_get", vp, [ctypes.c_size_t]),
+    ]
+    for lib, name, res, args in table:
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = res, args
+
+    return SimpleNamespace(**{name: getattr(lib, name) for lib, name, _, _ in table})
+
+
+_DEV_TYPES = ("cpu", "gpu", "igpu", "accel", "meta")
+
+
+def _devices(g: Any) -> list[dict[str, Any]]:
+    import ctypes
+
+    out = []
+    for i in range(g.ggml_backend_dev_count()):
+        dev = g.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        t = g.ggml_backend_dev_type(dev)
+        out.append({
+            "name": (g.ggml_backend_dev_name(dev) or b"").decode(),
+            "description": (g.ggml_backend_dev_description(dev) or b"").decode(),
+            "type": _DEV_TYPES[t] if 0 <= t < len(_DEV_TYPES) else str(t),
+            "free": free.value or None,
+            "total": total.value or None,
+        })
+    return out
+
+
+def _memory_breakdown(lc: Any, g: Any, ctx: Any) -> list[dict[str, Any]] | None:
+    """llama.cpp's exact bytes per buffer type, or None where the C++ ABI is not libstdc++'s.
+
+    ``llama_get_memory_breakdown`` returns a ``std::map<buft, {model, context, compute}>`` by
+    value: the caller passes the return slot. libstdc++'s map is a red-black tree whose header
+    (color, parent=root, left, right) follows an 8-byte comparator, then the node count; each
+    node is 32 bytes of links followed by the key and the three size_t values.
+    """
+    import ctypes
+    import struct
+
+    if not sys.platform.startswith("linux"):
+        return None
+    fn = getattr(lc._lib, "_Z26llama_get_memory_breakdownPK13llama_context", None)
+    if fn is None:
+        return None
+    fn.restype, fn.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_void_p]
+    slot = ctypes.create_string_buffer(256)
+    addr = ctypes.addressof(slot)
+    if fn(addr, ctx) != addr:
+        return None
+    _color, root, left, right, count = struct.unpack_from("<i4xQQQQ", slot.raw, 8)
+    header = addr + 8
+    if not 1 <= count <= 64 or not root or not left or not right:
+        return None
+    if struct.unpack_from("<Q", ctypes.string_at(root, 16), 8)[0] != header:
+        return None  # the root's parent must be the header: otherwise the layout is not ours
+    rows: list[dict[str, Any]] = []
+    stack: list[int] = []
+    node = root
+    while (stack or node) and len(rows) <= count:
+        while node:
+            stack.append(node)
+            node = struct.unpack_from("<Q", ctypes.string_at(node, 24), 16)[0]
+        node = stack.pop()
+        raw = ctypes.string_at(node, 64)
+        right_child, buft, model, context, compute = struct.unpack_from("<QQQQQ", raw, 24)
+        dev = g.ggml_backend_buft_get_device(buft)
+        rows.append({
+            "name": (g.ggml_backend_buft_name(buft) or b"?").decode(),
+            "is_host": bool(g.ggml_backend_buft_is_host(buft)),
+            "device": (g.ggml_backend_dev_name(dev) or b"").decode() if dev else "CPU",
+            "model": model,
+            "context": context,
+            "compute": compute,
+        })
+        node = right_child
+    return rows if len(rows) == count else None
+
+
+def _set_fields(struct_obj: Any, fields: dict[str, Any]) -> None:
+    for name, value in fields.items():
+        setattr(struct_obj, name, value)
+
+
+def _child_main() -> int:
+    import ctypes
+
+    t_start = time.perf_counter()
+    reply_fd = os.dup(1)
+    os.dup2(2, 1)  # anything llama.cpp prints itself goes to stderr, never into the reply
+    reply = os.fdopen(reply_fd, "w", encoding="utf-8")
+
+    def send(obj: dict[str, Any]) -> None:
+        reply.write(json.dumps(obj) + "\n")
+        reply.flush()
+
+    request = json.loads(sys.stdin.read())
+    lc = _import_bindings()
+
+    from kvgui.runtime.llama_log import LlamaLogCapture, error_lines
+
+    t_import = time.perf_counter() - t_start
+
+    def to_stderr(_level: int, text: str) -> None:
+        if not text.startswith(_NOISE):
+            os.write(2, text.encode("utf-8", "replace"))
+
+    cap = LlamaLogCapture(sink=to_stderr)
+    cap.install()
+    lc.llama_backend_init()
+    g = _load_ggml(lc)
+    devices = _devices(g)
+
+    def text_of(records: list[tuple[int, str]]) -> str:
+        return "".join(t for _, t in records if not t.startswith(_NOISE))
+
+    model = None
+    model_key: str | None = None
+    model_log = ""
+    model_size: int | None = None
+    load_s = 0.0
+    keep: list[Any] = []
+    for index, run in enumerate(request["runs"]):
+        t0 = time.perf_counter()
+        key = json.dumps(run["model"], sort_keys=True)
+        if key != model_key:
+            if model is not None:
+                lc.llama_model_free(model)
+                model = None
+            cap.clear()
+            mp = lc.llama_model_default_params()
+            fields = dict(run["model"])
+            split = fields.pop("tensor_split")
+            _set_fields(mp, fields)
+            mp.no_alloc = True  # only metadata: simulate the allocations
+            mp.load_mode = 0  # LLAMA_LOAD_MODE_NONE: no mmap (no_alloc requires it)
+            if split:
+                arr = (ctypes.c_float * lc.llama_max_devices())(*split)
+                keep.append(arr)
+                mp.tensor_split = arr
+            t_load = time.perf_counter()
+            model = lc.llama_model_load_from_file(request["model"].encode(), mp)
+            load_s = time.perf_counter() - t_load
+            model_log = text_of(cap.records)
+            model_key = key
+            if not model:
+                errors = error_lines(cap.records)
+                reason = "llama.cpp could not load the model"
+                if errors:
+                    reason += ": " + _one_line(errors[0])
+                for i in range(index, len(request["runs"])):
+                    send({"index": i, "ok": False, "error": reason, "log": model_log})
+                return 0
+            model_size = int(lc.llama_model_size(model))
+        cap.clear()
+        cp = lc.llama_context_default_params()
+        _set_fields(cp, run["context"])
+        t_ctx = time.perf_counter()
+        ctx = lc.llama_init_from_model(model, cp)
+        ctx_s = time.perf_counter() - t_ctx
+        ctx_log = text_of(cap.records)
+        if not ctx:
+            errors = error_lines(cap.records)
+            reason = "llama.cpp could not create the context"
+            if errors:
+                reason += ": " + _one_line(errors[0])
+            send({"index": index, "ok": False, "error": reason,
+                  "log": model_log + ctx_log})
+            continue
+        exact = _memory_breakdown(lc, g, ctx)
+        lc.llama_free(ctx)
+        send({
+            "index": index,
+            "ok": True,
+            "log": model_log + ctx_log,
+            "exact": exact,
+            "model_size": model_size,
+            "devices": devices,
+            "wall_s": round(time.perf_counter() - t0, 6),
+            "stats": {
+                "import_s": round(t_import, 6),
+                "load_s": round(load_s, 6),  # 0 when the model was already loaded
+                "context_s": round(ctx_s, 6),
+                "max_rss": _max_rss(),
+            },
+        })
+        load_s = 0.0
+    if model is not None:
+        lc.llama_model_free(model)
+    cap.uninstall()
+    send({"done": True, "import_s": round(t_import, 6),
+          "total_s": round(time.perf_counter() - t_start, 6)})
+    return 0
+
+
+def _max_rss() -> int | None:
+    """Peak resident memory of this process in bytes (proof the dry run read no weights)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _one_line(reason: str) -> str:
+    """llama.cpp's error line without its "function: " prefixes."""
+    reason = " ".join(reason.split())
+    while True:
+        head, sep, rest = reason.partition(": ")
+        if not (sep and head.isidentifier() and rest):
+            return reason
+        reason = rest
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child_main())

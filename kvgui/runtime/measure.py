@@ -1,0 +1,350 @@
+"""Measure each KV cache type's quality and speed on the user's model and text, in a worker.
+
+The evaluation runs in ``python -m kvgui.runtime.measure_worker`` (llama.cpp can abort its
+process); this module builds its request, reads its events, and assembles a MeasureRun.
+``run_measure`` does it synchronously (the CLI); the GUI drives the same worker with a
+QProcess, feeding the lines to a ``RunBuilder``. Cancel = kill the worker: it holds nothing
+worth a graceful stop, and it also exits on its own when its stdin closes.
+
+Protocol (JSON lines, ``kvgui.runtime.protocol.encode``; one request, then events)
+-------------------------------------------------------------------------------
+Request: ``{"type": "measure", "model", "settings" (measurement_settings().to_dict()),
+"pairs": [[k, v], ...], "text", "window", "max_windows", "n_gen", "n_threads",
+"repeat_reference", "kl_topk", "kl_full_max_bytes"}``. Later lines: ``{"type": "cancel"}``
+(the worker exits at once; so does closing stdin).
+
+Events: ``started {pid, llama_cpp_version}``; ``progress {stage: "load"|"eval", fraction,
+pair?, pair_index?, pairs?, window?, windows?}``; ``plan {text_tokens, window, windows,
+tokens, n_vocab, kl_method, reference_repeated, pairs, n_threads}``; ``pair {result}``
+(PairResult.to_dict()); ``pair_failed {type_k, type_v, error}``; ``failed {message}``
+(fatal, the worker exits); ``done``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import kvgui
+from kvgui.core.measure_results import (
+    DEFAULT_PAIRS,
+    DEFAULT_WINDOW,
+    REFERENCE_PAIR,
+    CacheKey,
+    Evaluation,
+    MeasureRun,
+    ModelIdentity,
+    PairFailure,
+    PairResult,
+    TextInfo,
+    load_cached,
+    measurement_settings,
+    pair_label,
+    pair_problem,
+)
+from kvgui.core.settings import Settings
+from kvgui.runtime.protocol import ProtocolError, decode, encode
+
+SAMPLE_TEXT_NAME = "sample (public domain)"
+STDERR_TAIL_LINES = 12
+
+
+class MeasureError(Exception):
+    """The measurement could not finish; ``partial`` holds the pairs that did."""
+
+    def __init__(self, message: str, partial: MeasureRun | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+class MeasureCancelled(MeasureError):
+    pass
+
+
+def sample_text() -> str:
+    """The public-domain sample shipped in resources/ (used when the user gives no text)."""
+    return (resources.files("kvgui.resources") / "sample_text.txt").read_text(encoding="utf-8")
+
+
+def read_text_file(path: str | os.PathLike[str]) -> str:
+    """A user's text file as UTF-8 (undecodable bytes replaced); OSError if unreadable."""
+    return Path(path).read_bytes().decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class MeasureRequest:
+    """What to measure. ``settings`` are the user's; every pair runs with
+    measurement_settings(settings) and its own type_k/type_v."""
+
+    model: str
+    settings: Settings
+    pairs: tuple[tuple[str, str], ...] = DEFAULT_PAIRS
+    text: str = field(default="", repr=False)
+    text_name: str = SAMPLE_TEXT_NAME
+    window: int = DEFAULT_WINDOW
+    max_windows: int | None = None
+    n_gen: int = 32
+    n_threads: int | None = None
+    repeat_reference: bool = False
+    kl_topk: int = 64
+    kl_full_max_bytes: int = 512 * 1024 * 1024
+
+    @property
+    def measured_settings(self) -> Settings:
+        return measurement_settings(self.settings)
+
+    def problems(self) -> list[str]:
+        """Why this request cannot run as asked (each one line); empty when it can."""
+        out: list[str] = []
+        if not Path(self.model).is_file():
+            out.append(f"{self.model}: no such file")
+        s = self.measured_settings
+        n_ctx_seq = s.n_ctx if s.kv_unified else s.n_ctx // s.n_parallel
+        if self.window < 8:
+            out.append(f"the window must be at least 8 tokens, not {self.window}")
+        elif self.window > n_ctx_seq:
+            out.append(f"the window ({self.window} tokens) is larger than the context per "
+                       f"sequence ({n_ctx_seq}): raise -c or lower --ctx")
+        if self.max_windows is not None and self.max_windows < 1:
+            out.append("the number of windows must be at least 1")
+        if not self.text.strip():
+            out.append("the text is empty")
+        for k, v in self.pairs:
+            if why := pair_problem(s, k, v):
+                out.append(f"{pair_label(k, v)}: {why}")
+        return out
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "type": "measure",
+            "model": self.model,
+            "settings": self.measured_settings.to_dict(),
+            "pairs": [list(p) for p in self.pairs],
+            "text": self.text,
+            "window": self.window,
+            "max_windows": self.max_windows,
+            "n_gen": self.n_gen,
+            "n_threads": self.n_threads,
+            "repeat_reference": self.repeat_reference,
+            "kl_topk": self.kl_topk,
+            "kl_full_max_bytes": self.kl_full_max_bytes,
+        }
+
+    def cache_key(self) -> CacheKey:
+        return CacheKey(ModelIdentity.of(self.model), self.measured_settings,
+                        TextInfo.of(self.text, self.text_name).sha256, self.window,
+                        self.max_windows)
+
+
+def cached_run(request: MeasureRequest) -> MeasureRun | None:
+    """The cached results for this model file + settings + text + windows, if any."""
+    try:
+        return load_cached(request.cache_key())
+    except OSError:
+        return None
+
+
+def worker_command() -> list[str]:
+    return [sys.executable, "-m", "kvgui.runtime.measure_worker"]
+
+
+def worker_env() -> dict[str, str]:
+    """The environment with this kvgui importable (also when run from a source tree)."""
+    env = dict(os.environ)
+    root = str(Path(kvgui.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress event, with a sentence for a status line."""
+
+    fraction: float
+    message: str
+    stage: str = "eval"  # "start", "load", "plan" or "eval" (one per evaluated window)
+
+
+class RunBuilder:
+    """Assembles a MeasureRun from the worker's events (the CLI and the GUI share it)."""
+
+    def __init__(self, request: MeasureRequest) -> None:
+        self.request = request
+        self.identity = ModelIdentity.of(request.model)
+        self.text = TextInfo.of(request.text, request.text_name)
+        self.plan: dict[str, Any] | None = None
+        self.results: list[PairResult] = []
+        self.failures: list[PairFailure] = []
+        self.llama_cpp_version = ""
+        self.error: str | None = None
+        self.done = False
+        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def feed(self, msg: dict[str, Any]) -> Progress | None:
+        """Take one event; returns a Progress for progress-like events."""
+        kind = msg.get("type")
+        if kind == "started":
+            self.llama_cpp_version = str(msg.get("llama_cpp_version", ""))
+            return Progress(0.0, "worker started", "start")
+        if kind == "progress":
+            return self._progress(msg)
+        if kind == "plan":
+            self.plan = msg
+            return Progress(0.0, f"{msg['text_tokens']} tokens: {msg['windows']} windows of "
+                                 f"{msg['window']}, {msg['tokens']} scored per type", "plan")
+        if kind == "pair":
+            r = PairResult.from_dict(msg["result"])
+            self.results.append(r)
+            return None
+        if kind == "pair_failed":
+            self.failures.append(
+                PairFailure(str(msg["type_k"]), str(msg["type_v"]), str(msg["error"])))
+            return None
+        if kind == "failed":
+            self.error = str(msg.get("message", "the measurement failed"))
+        elif kind == "done":
+            self.done = True
+        return None
+
+    def _progress(self, msg: dict[str, Any]) -> Progress:
+        frac = float(msg.get("fraction", 0.0))
+        if msg.get("stage") == "load":
+            return Progress(0.0, f"loading the model… {frac:.0%}", "load")
+        return Progress(frac, f"{msg.get('pair')}: window {msg.get('window')}/"
+                              f"{msg.get('windows')} (type {int(msg.get('pair_index', 0)) + 1}"
+                              f" of {msg.get('pairs')})")
+
+    def run(self) -> MeasureRun | None:
+        """The run so far (complete after ``done``); None before the plan arrived."""
+        if self.plan is None:
+            return None
+        p = self.plan
+        req = self.request
+        evaluation = Evaluation(
+            window=int(p["window"]), windows=int(p["windows"]), tokens=int(p["tokens"]),
+            text_tokens=int(p["text_tokens"]), max_windows=req.max_windows,
+            kl_method=str(p["kl_method"]), reference_repeated=bool(p["reference_repeated"]),
+        )
+        order = {pair_label(*pp): i for i, pp in enumerate(req.pairs)}
+        order[pair_label(*REFERENCE_PAIR)] = -1
+        results = sorted(self.results, key=lambda r: order.get(r.label, len(order)))
+        return MeasureRun(
+            model=self.identity, settings=req.measured_settings, text=self.text,
+            evaluation=evaluation, results=tuple(results), failures=tuple(self.failures),
+            llama_cpp_version=self.llama_cpp_version, created=self.started,
+        )
+
+
+def _tail(path: Path, n: int = STDERR_TAIL_LINES) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(ln for ln in lines[-n:] if ln.strip())
+
+
+def run_measure(
+    request: MeasureRequest,
+    on_progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+    on_result: Callable[[PairResult], None] | None = None,
+) -> MeasureRun:
+    """Run the worker to the end and return the run (not merged with the cache).
+
+    Raises MeasureCancelled when ``cancel`` is set (the worker is killed within ~0.1 s),
+    MeasureError when the worker fails or dies; both carry the finished pairs as ``partial``.
+    """
+    if problems := request.problems():
+        raise MeasureError("; ".join(problems))
+    builder = RunBuilder(request)
+    with tempfile.TemporaryDirectory(prefix="kvgui-measure-") as tmp:
+        err_path = Path(tmp) / "stderr.log"
+        with open(err_path, "wb") as err:
+            proc = subprocess.Popen(
+                worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                env=worker_env(),
+            )
+        lines: queue.Queue[bytes | None] = queue.Queue()
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in iter(proc.stdout.readline, b""):
+                lines.put(line)
+            lines.put(None)
+
+        reader = threading.Thread(target=read, name="kvgui-measure-reader", daemon=True)
+        reader.start()
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(encode(request.to_message()))
+            proc.stdin.flush()
+            _pump(proc, builder, lines, on_progress, on_result, cancel)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if proc.stdin:
+                proc.stdin.close()
+            reader.join(timeout=2)
+            if proc.stdout:
+                proc.stdout.close()
+        if builder.done:
+            run = builder.run()
+            assert run is not None
+            return run
+        if builder.error:
+            raise MeasureError(builder.error, builder.run())
+        tail = _tail(err_path)
+        raise MeasureError(
+            f"the measurement worker stopped (exit code {proc.returncode})"
+            + (f"; llama.cpp's last lines:\n{tail}" if tail else ""),
+            builder.run(),
+        )
+
+
+def _pump(
+    proc: subprocess.Popen[bytes],
+    builder: RunBuilder,
+    lines: queue.Queue[bytes | None],
+    on_progress: Callable[[Progress], None] | None,
+    on_result: Callable[[PairResult], None] | None,
+    cancel: threading.Event | None,
+) -> None:
+    while True:
+        if cancel is not None and cancel.is_set():
+            proc.kill()
+            raise MeasureCancelled("cancelled", builder.run())
+        try:
+            line = lines.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        if line is None:
+            return
+        try:
+            msg = decode(line)
+        except ProtocolError:
+            continue  # not ours (cannot happen: fd 1 is private) - never fatal
+        n_before = len(builder.results)
+        prog = builder.feed(msg)
+        if prog is not None and on_progress is not None:
+            on_progress(prog)
+        if on_result is not None and len(builder.results) > n_before:
+            on_result(builder.results[-1])
+        if builder.done or builder.error:
+            # the worker exits by itself right after; give it a moment, then make sure
+            deadline = time.monotonic() + 2.0
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return

@@ -1,0 +1,544 @@
+"""The measurement worker process: ``python -m kvgui.runtime.measure_worker``.
+
+It loads the model once, then for each K/V cache pair creates a llama.cpp context with exactly
+the kvgui Settings (through the low-level API: every field set explicitly, flash attention
+included) and runs the text through it llama-perplexity style. It runs in its own process
+because llama.cpp aborts its process on a failed GGML_ASSERT or an out-of-memory allocation.
+The request and events are described in ``kvgui.runtime.measure``.
+
+Honest by construction: one tokenization, the same windows and the same scored positions for
+every pair; the f16/f16 run goes first and its log-probabilities (every evaluated position;
+top-k of each when the full set would be too large) are what the others are compared with.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from kvgui.core.ggml_types import by_name
+from kvgui.core.measure_results import REFERENCE_PAIR, PairResult, pair_label
+from kvgui.core.settings import Settings
+from kvgui.runtime.llama_log import LOG_CONT, LOG_DEBUG, error_lines, parse_llama_log
+from kvgui.runtime.protocol import decode, encode
+
+_ROWS = 64  # logits rows processed at once: bounds the float temporaries to 64 x n_vocab
+
+
+class MeasureFailure(Exception):
+    """A failure that ends the whole run (the model does not load, the text is too short)."""
+
+
+class PairFailed(Exception):
+    """A failure of one pair only (llama.cpp refused the context, a decode failed)."""
+
+
+Emit = Callable[..., None]
+
+
+def _take_stdout() -> BinaryIO:
+    """The event stream: a private copy of fd 1; fd 1 itself now points at stderr, so
+    anything llama.cpp or Python prints cannot corrupt the JSON lines."""
+    sys.stdout.flush()
+    private = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(private, "wb", buffering=0)
+
+
+def _emitter(stream: BinaryIO) -> Emit:
+    lock = threading.Lock()
+
+    def emit(kind: str, **payload: Any) -> None:
+        with lock:
+            try:
+                stream.write(encode({"type": kind, **payload}))
+            except OSError:
+                os._exit(0)  # the caller is gone
+
+    return emit
+
+
+def _watch_stdin(stream: BinaryIO) -> None:
+    """Exit at once on a "cancel" request or when stdin closes (the caller died or gave up)."""
+
+    def run() -> None:
+        for line in iter(stream.readline, b""):
+            try:
+                if decode(line).get("type") == "cancel":
+                    break
+            except ValueError:
+                continue
+        os._exit(3)
+
+    threading.Thread(target=run, name="kvgui-measure-stdin", daemon=True).start()
+
+
+class LogCapture:
+    """llama_log_set callback: keeps the non-debug log, and mirrors it to stderr (where the
+    caller keeps the last lines to show if the process dies)."""
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        self.records: list[tuple[int, str]] = []
+        self._level = LOG_DEBUG
+
+        @llama_cpp.llama_log_callback
+        def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            try:
+                if level != LOG_CONT:
+                    self._level = level
+                if self._level == LOG_DEBUG:
+                    return
+                s = (text or b"").decode("utf-8", "replace")
+                self.records.append((self._level, s))
+                sys.stderr.write(s)
+            except Exception:  # an exception must never cross into C
+                pass
+
+        self._callback = _callback  # the ctypes thunk must outlive every llama.cpp call
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def take(self) -> list[tuple[int, str]]:
+        records, self.records = self.records, []
+        return records
+
+
+def _default_threads() -> int:
+    import psutil
+
+    return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
+# --- llama.cpp objects ----------------------------------------------------------------------
+
+
+def load_model(path: str, settings: Settings, emit: Emit) -> Any:
+    """llama_model_load_from_file with every model-side Setting set explicitly."""
+    import llama_cpp as L
+
+    L.llama_backend_init()
+    p = L.llama_model_default_params()
+    p.n_gpu_layers = settings.n_gpu_layers  # llama.h: negative = all layers
+    p.split_mode = L.LLAMA_SPLIT_MODE_LAYER
+    p.load_mode = L.LLAMA_LOAD_MODE_MMAP if settings.mmap else L.LLAMA_LOAD_MODE_NONE
+    if settings.tensor_split:
+        n = int(L.llama_max_devices())
+        split = (ctypes.c_float * n)(*settings.tensor_split[:n])
+        p.tensor_split = split
+    last = [-1.0]
+
+    @L.llama_progress_callback
+    def on_progress(fraction: float, user_data: ctypes.c_void_p) -> bool:
+        if fraction - last[0] >= 0.02 or fraction >= 1.0:
+            last[0] = fraction
+            emit("progress", stage="load", fraction=round(float(fraction), 4))
+        return True
+
+    p.progress_callback = on_progress
+    model = L.llama_model_load_from_file(path.encode("utf-8"), p)
+    if not model:
+        raise MeasureFailure(f"llama.cpp could not load {path} (see its log)")
+    return model
+
+
+def context_params(settings: Settings, type_k: str, type_v: str, n_threads: int) -> Any:
+    """llama_context_params for one pair: every Settings field, not llama-cpp-python's
+    defaults (which differ from llama-cli's: flash_attn, swa_full, n_batch)."""
+    import llama_cpp as L
+
+    c = L.llama_context_default_params()
+    c.n_ctx = settings.n_ctx
+    c.n_batch = settings.n_batch
+    c.n_ubatch = min(settings.n_ubatch, settings.n_batch)
+    c.n_seq_max = settings.n_parallel
+    c.n_threads = n_threads
+    c.n_threads_batch = n_threads
+    c.flash_attn_type = settings.flash_attn.llama_value
+    c.type_k = by_name(type_k).id
+    c.type_v = by_name(type_v).id
+    c.offload_kqv = settings.kv_offload
+    c.swa_full = settings.swa_full
+    c.kv_unified = settings.kv_unified
+    c.embeddings = False
+    c.no_perf = False
+    return c
+
+
+def tokenize(model: Any, text: str) -> tuple[list[int], bool, int]:
+    """Tokens of the whole text (with BOS if the model adds one), add_bos, the BOS id."""
+    import llama_cpp as L
+
+    vocab = L.llama_model_get_vocab(model)
+    data = text.encode("utf-8")
+    cap = len(data) + 8
+    buf = (L.llama_token * cap)()
+    n = L.llama_tokenize(vocab, data, len(data), buf, cap, True, False)
+    if n < 0:  # not enough room (cannot happen: a token covers at least one byte)
+        raise MeasureFailure(f"tokenizer needs {-n} tokens")
+    return list(buf[:n]), bool(L.llama_vocab_get_add_bos(vocab)), int(L.llama_vocab_bos(vocab))
+
+
+def _kv_from_log(log: str) -> tuple[int | None, int | None, int | None, bool | None]:
+    """(kv, k, v, flash attention on) as llama.cpp logged them creating the context."""
+    m = parse_llama_log(log)
+    if not m.kv_caches and not m.recurrent:
+        return None, None, None, m.flash_attn
+    return m.kv, m.kv_k, m.kv_v, m.flash_attn
+
+
+# --- the evaluation -------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """The windows every pair is evaluated on."""
+
+    tokens: list[int]
+    window: int
+    windows: int
+    add_bos: bool
+    bos: int
+    n_gen: int
+
+    @property
+    def first(self) -> int:
+        """First scored logit position in a window (llama-perplexity: n_ctx / 2)."""
+        return self.window // 2
+
+    @property
+    def per_window(self) -> int:
+        return self.window - 1 - self.first
+
+    @property
+    def n_eval(self) -> int:
+        return self.windows * self.per_window
+
+    def window_tokens(self, w: int) -> list[int]:
+        toks = self.tokens[w * self.window:(w + 1) * self.window]
+        if self.add_bos:
+            toks[0] = self.bos
+        return toks
+
+
+class Reference:
+    """The f16 run's distributions at each scored position: every log-prob when that fits in
+    ``full_max_bytes``, else the top ``topk`` (the rest of the mass counted as one outcome,
+    which gives a lower bound of the KL that is tight when the top-k hold nearly all of it)."""
+
+    def __init__(self, n_eval: int, n_vocab: int, topk: int, full_max_bytes: int) -> None:
+        self.full = n_eval * n_vocab * 4 <= full_max_bytes
+        self.k = n_vocab if self.full else min(topk, n_vocab)
+        self.logp = np.empty((n_eval, self.k), dtype=np.float32)
+        self.idx = None if self.full else np.empty((n_eval, self.k), dtype=np.int32)
+        self.argmax = np.empty(n_eval, dtype=np.int32)
+
+    @property
+    def method(self) -> str:
+        return "full" if self.full else f"top{self.k}"
+
+    def store(self, at: int, logp: np.ndarray) -> None:
+        n = logp.shape[0]
+        self.argmax[at:at + n] = logp.argmax(axis=1)
+        if self.idx is None:
+            self.logp[at:at + n] = logp
+        else:
+            idx = np.argpartition(logp, -self.k, axis=1)[:, -self.k:]
+            self.idx[at:at + n] = idx
+            self.logp[at:at + n] = np.take_along_axis(logp, idx, axis=1)
+
+    def kl(self, at: int, logp: np.ndarray) -> np.ndarray:
+        """KL(reference || this run) per position, in nats."""
+        n = logp.shape[0]
+        ref = self.logp[at:at + n]
+        p = np.exp(ref.astype(np.float64))
+        if self.idx is None:
+            return np.asarray(np.sum(p * (ref - logp), axis=1, dtype=np.float64))
+        q = np.take_along_axis(logp, self.idx[at:at + n], axis=1)
+        kl = np.sum(p * (ref - q), axis=1, dtype=np.float64)
+        p_rest = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
+        q_rest = np.clip(1.0 - np.exp(q.astype(np.float64)).sum(axis=1), 1e-30, 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rest = np.where(p_rest > 0, p_rest * (np.log(p_rest) - np.log(q_rest)), 0.0)
+        return np.asarray(kl + rest)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    m = logits.max(axis=1, keepdims=True)
+    z = logits - m
+    return np.asarray(z - np.log(np.exp(z).sum(axis=1, keepdims=True)))
+
+
+class Batch:
+    """A llama_batch for one sequence, refilled for every decode."""
+
+    def __init__(self, capacity: int) -> None:
+        import llama_cpp as L
+
+        self.capacity = capacity
+        self.b = L.llama_batch_init(capacity, 0, 1)
+
+    def fill(self, tokens: list[int], pos0: int, want: Callable[[int], bool]) -> int:
+        b = self.b
+        b.n_tokens = len(tokens)
+        n_out = 0
+        for i, t in enumerate(tokens):
+            b.token[i] = t
+            b.pos[i] = pos0 + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            out = want(pos0 + i)
+            b.logits[i] = out
+            n_out += out
+        return n_out
+
+    def free(self) -> None:
+        import llama_cpp as L
+
+        L.llama_batch_free(self.b)
+
+
+def _decode(ctx: Any, batch: Batch) -> float:
+    """Decode and wait for the device; seconds taken."""
+    import llama_cpp as L
+
+    t0 = time.perf_counter()
+    rc = L.llama_decode(ctx, batch.b)
+    L.llama_synchronize(ctx)
+    dt = time.perf_counter() - t0
+    if rc != 0:
+        raise PairFailed(f"llama_decode failed (code {rc})")
+    return dt
+
+
+def run_pair(
+    model: Any,
+    settings: Settings,
+    type_k: str,
+    type_v: str,
+    plan: Plan,
+    ref: Reference,
+    record: bool,
+    n_threads: int,
+    log: LogCapture,
+    on_window: Callable[[int], None],
+) -> PairResult:
+    """Evaluate one pair. ``record``: this is the reference run, fill ``ref`` (its KL is 0
+    and its agreement 1 by definition); else compare with ``ref``."""
+    import llama_cpp as L
+
+    t_start = time.perf_counter()
+    log.take()
+    ctx = L.llama_init_from_model(model, context_params(settings, type_k, type_v, n_threads))
+    records = log.take()
+    if not ctx:
+        errors = error_lines(records)
+        raise PairFailed(errors[-1] if errors else "llama.cpp refused to create the context")
+    kv, kv_k, kv_v, fa = _kv_from_log("".join(t for _, t in records))
+    n_vocab = int(L.llama_vocab_n_tokens(L.llama_model_get_vocab(model)))
+    n_batch = min(settings.n_batch, plan.window)
+    batch = Batch(n_batch)
+    mem = L.llama_get_memory(ctx)
+    try:
+        # Warm-up: the first decodes of a context pay one-off costs (graph allocation for
+        # this batch size, weights paged in); one batch of the first window, then forgotten.
+        batch.fill(plan.window_tokens(0)[:n_batch], 0, lambda p: False)
+        _decode(ctx, batch)
+        L.llama_memory_clear(mem, True)
+
+        nll = np.empty(plan.n_eval, dtype=np.float64)
+        kl = np.zeros(plan.n_eval, dtype=np.float64)
+        agree = np.empty(plan.n_eval, dtype=bool)
+        t_pp = 0.0
+        first, last = plan.first, plan.window - 2  # scored logit positions
+        for w in range(plan.windows):
+            toks = plan.window_tokens(w)
+            toks_arr = np.asarray(toks, dtype=np.int64)
+            L.llama_memory_clear(mem, True)
+            for b0 in range(0, plan.window, n_batch):
+                chunk = toks[b0:b0 + n_batch]
+                n_out = batch.fill(chunk, b0, lambda p: first <= p <= last)
+                t_pp += _decode(ctx, batch)
+                if not n_out:
+                    continue
+                logits = np.ctypeslib.as_array(L.llama_get_logits(ctx), shape=(n_out, n_vocab))
+                p0 = max(first, b0)  # position of the first output row
+                for r0 in range(0, n_out, _ROWS):
+                    rows = log_softmax(np.array(logits[r0:r0 + _ROWS], dtype=np.float32))
+                    pos = np.arange(p0 + r0, p0 + r0 + rows.shape[0])
+                    at = w * plan.per_window + int(pos[0]) - first
+                    nxt = toks_arr[pos + 1]
+                    n = rows.shape[0]
+                    nll[at:at + n] = -rows[np.arange(n), nxt]
+                    if record:
+                        ref.store(at, rows)
+                        agree[at:at + n] = True
+                    else:
+                        kl[at:at + n] = ref.kl(at, rows)
+                        agree[at:at + n] = rows.argmax(axis=1) == ref.argmax[at:at + n]
+            log.take()  # nothing to keep from the decodes; bounds the records
+            on_window(w)
+        tg = _generation_speed(ctx, mem, batch, plan)
+    finally:
+        batch.free()
+        L.llama_free(ctx)
+
+    n_tok = plan.windows * plan.window
+    mean_nll = float(nll.mean())
+    sd = float(nll.std(ddof=1)) if plan.n_eval > 1 else 0.0
+    ppl = math.exp(mean_nll)
+    result = PairResult(
+        type_k=type_k,
+        type_v=type_v,
+        ppl=ppl,
+        ppl_stderr=ppl * sd / math.sqrt(plan.n_eval),
+        kl_mean=float(kl.mean()),
+        kl_stderr=float(kl.std(ddof=1) / math.sqrt(plan.n_eval)) if plan.n_eval > 1 else 0.0,
+        kl_p99=float(np.percentile(kl, 99)),
+        kl_max=float(kl.max()),
+        top1_agreement=float(agree.mean()),
+        pp_tokens_per_s=n_tok / t_pp if t_pp > 0 else math.nan,
+        tg_tokens_per_s=tg,
+        kv_bytes=kv,
+        kv_k_bytes=kv_k,
+        kv_v_bytes=kv_v,
+        flash_attn=fa,
+        seconds=round(time.perf_counter() - t_start, 3),
+    )
+    return result
+
+
+def _generation_speed(ctx: Any, mem: Any, batch: Batch, plan: Plan) -> float:
+    """Tokens/s decoding one token at a time after half a window of context (the text's own
+    next tokens are fed, so no sampling is involved)."""
+    import llama_cpp as L
+
+    if plan.n_gen <= 0:
+        return math.nan
+    L.llama_memory_clear(mem, True)
+    toks = plan.window_tokens(0)
+    depth = plan.first
+    for b0 in range(0, depth, batch.capacity):
+        chunk = toks[b0:min(depth, b0 + batch.capacity)]
+        batch.fill(chunk, b0, lambda p: p == depth - 1)
+        _decode(ctx, batch)
+    t = 0.0
+    for i in range(plan.n_gen):
+        batch.fill([toks[depth + i]], depth + i, lambda p: True)
+        t += _decode(ctx, batch)
+    return plan.n_gen / t if t > 0 else math.nan
+
+
+def measure(req: dict[str, Any], emit: Emit) -> None:
+    """Run the whole request, emitting events; raises MeasureFailure for a fatal problem."""
+    settings = Settings.from_dict(req["settings"])
+    pairs = [(str(k), str(v)) for k, v in req["pairs"]]
+    window = int(req["window"])
+    max_windows = req.get("max_windows")
+    n_threads = int(req.get("n_threads") or _default_threads())
+    repeat = bool(req.get("repeat_reference", False))
+    log = LogCapture()
+
+    emit("progress", stage="load", fraction=0.0)
+    model = load_model(str(req["model"]), settings, emit)
+    tokens, add_bos, bos = tokenize(model, str(req["text"]))
+    windows = len(tokens) // window
+    if max_windows is not None:
+        windows = min(windows, int(max_windows))
+    if windows < 1:
+        raise MeasureFailure(
+            f"the text is {len(tokens)} tokens, shorter than one window of {window}: "
+            "use a longer text or a smaller window"
+        )
+    n_gen = min(int(req.get("n_gen", 32)), window - window // 2)
+    plan = Plan(tokens, window, windows, add_bos, bos, n_gen)
+
+    import llama_cpp as L
+
+    n_vocab = int(L.llama_vocab_n_tokens(L.llama_model_get_vocab(model)))
+    full_max = int(req.get("kl_full_max_bytes", 512 * 1024 * 1024))
+    reference = Reference(plan.n_eval, n_vocab, int(req.get("kl_topk", 64)), full_max)
+
+    # The reference first; again at the end of the list when asked (its KL is then a real
+    # run-to-run figure); then the others, in the order given.
+    runs: list[tuple[str, str]] = [REFERENCE_PAIR]
+    others = [p for p in pairs if p != REFERENCE_PAIR]
+    if repeat:
+        others.insert(0, REFERENCE_PAIR)
+    runs += others
+    emit(
+        "plan",
+        text_tokens=len(tokens),
+        window=window,
+        windows=windows,
+        tokens=plan.n_eval,
+        n_vocab=n_vocab,
+        kl_method=reference.method,
+        reference_repeated=repeat,
+        pairs=[list(p) for p in runs],
+        n_threads=n_threads,
+    )
+
+    recorded = False
+    total = len(runs) * windows
+    for i, (k, v) in enumerate(runs):
+        label = pair_label(k, v)
+
+        def on_window(w: int, i: int = i, label: str = label) -> None:
+            emit("progress", stage="eval", pair=label, pair_index=i, pairs=len(runs),
+                 window=w + 1, windows=windows,
+                 fraction=round((i * windows + w + 1) / total, 4))
+
+        try:
+            result = run_pair(model, settings, k, v, plan, reference, not recorded,
+                              n_threads, log, on_window)
+        except PairFailed as exc:
+            if not recorded:
+                raise MeasureFailure(f"the f16 reference run failed: {exc}") from None
+            emit("pair_failed", type_k=k, type_v=v, error=str(exc))
+            continue
+        if not recorded:
+            recorded = True
+            if repeat:
+                continue  # the repeat reports the f16 row
+        emit("pair", result=result.to_dict())
+    L.llama_model_free(model)
+
+
+def main() -> int:
+    out = _take_stdout()
+    emit = _emitter(out)
+    line = sys.stdin.buffer.readline()
+    try:
+        req = decode(line)
+    except ValueError as exc:
+        emit("failed", message=f"bad request: {exc}")
+        return 2
+    _watch_stdin(sys.stdin.buffer)
+    import llama_cpp
+
+    emit("started", pid=os.getpid(), llama_cpp_version=llama_cpp.__version__)
+    try:
+        measure(req, emit)
+    except MeasureFailure as exc:
+        emit("failed", message=str(exc))
+        return 1
+    except (KeyError, TypeError, ValueError) as exc:
+        emit("failed", message=f"bad request: {exc}")
+        return 2
+    emit("done")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

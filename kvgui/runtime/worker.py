@@ -1,0 +1,535 @@
+"""The llama.cpp worker process: ``python -m kvgui.runtime.worker``.
+
+It loads one model with exactly the kvgui Settings and chats over the JSON-lines protocol
+of ``kvgui.runtime.protocol`` (read that docstring for the messages). It runs in its own
+process because llama.cpp aborts the process on a failed GGML_ASSERT and an out-of-memory
+load can kill it: the caller only sees the pipe close and reports the last log lines.
+
+Every Settings field is passed explicitly. llama-cpp-python's ``Llama()`` does not expose
+flash-attention "auto", n_seq_max, kv_unified or the load-progress callback, so the worker
+sets those on the params structs just before llama.cpp sees them (``_explicit_params``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import ctypes
+import io
+import os
+import queue
+import random
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from kvgui.core.ggml_types import by_name
+from kvgui.core.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.runtime.protocol import (
+    PROTOCOL_VERSION,
+    Message,
+    ProtocolError,
+    Sampling,
+    decode,
+    encode,
+    message,
+)
+
+_KEEPALIVE: list[Any] = []
+
+# Token events carry every piece produced within this interval: a fast model (thousands of
+# tokens/s on a small model) would otherwise spend its time on JSON and pipe wake-ups, and a
+# window cannot show more than a frame's worth anyway. The first piece is never held back.
+TOKEN_EVENT_INTERVAL_S = 0.02
+
+# ggml.h enum ggml_log_level (llama-cpp-python's _logger.py comments predate DEBUG = 1)
+GGML_LOG_DEBUG, GGML_LOG_INFO, GGML_LOG_CONT = 1, 2, 5
+
+class Channel:
+    """The event stream: a private copy of fd 1; fd 1 itself is pointed at stderr.
+
+    llama.cpp and Python's print may write to stdout at any time; with fd 1 redirected
+    they cannot interleave garbage into the JSON lines.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    @classmethod
+    def take_stdout(cls) -> Channel:
+        sys.stdout.flush()
+        private = os.dup(1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        return cls(os.fdopen(private, "wb", buffering=0))
+
+    def send(self, kind: str, **payload: Any) -> None:
+        data = encode(message(kind, **payload))
+        with self._lock:
+            try:
+                self._stream.write(data)
+            except (BrokenPipeError, OSError):
+                os._exit(0)  # the caller is gone: nobody left to serve
+
+
+class LogCapture:
+    """llama_log_set callback: forwards each complete log line and records the load log.
+
+    Debug lines (one per tensor, thousands for a large model) are neither forwarded nor
+    recorded: the figures kvgui reads are logged at INFO.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._partial = ""
+        self._level = GGML_LOG_INFO
+        self.recording = True
+        self.lines: list[str] = []
+        import llama_cpp
+
+        @llama_cpp.llama_log_callback
+        def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            self.feed(level, text.decode("utf-8", "replace"))
+
+        self._callback = _callback  # keep the ctypes thunk alive for the process lifetime
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def feed(self, level: int, text: str) -> None:
+        if level != GGML_LOG_CONT:
+            self._level = level
+        self._partial += text
+        while "\n" in self._partial:
+            line, self._partial = self._partial.split("\n", 1)
+            if self._level <= GGML_LOG_DEBUG:
+                continue
+            if self.recording:
+                self.lines.append(line)
+            self._channel.send("log", level=self._level, text=line)
+
+    def tail(self, n: int = 8) -> str:
+        return "\n".join(line for line in self.lines[-n:] if line.strip())
+
+    def take_text(self) -> str:
+        """The recorded log so far (one line per entry) and stop recording."""
+        self.recording = False
+        text = "\n".join(self.lines)
+        self.lines = []
+        return text + ("\n" if text else "")
+
+
+class Requests:
+    """Reads requests on a thread so Stop arrives while the main thread generates.
+
+    ``stops`` counts stop (and shutdown) requests; a chat request remembers the count at
+    arrival, so a Stop sent right after a chat always reaches that chat and never a later one.
+    """
+
+    def __init__(self, stream: BinaryIO, channel: Channel) -> None:
+        self._stream = stream
+        self._channel = channel
+        self.queue: queue.Queue[Message] = queue.Queue()
+        self.stops = 0
+        self.shutdown = False
+        self._thread = threading.Thread(target=self._run, name="kvgui-requests", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        for line in iter(self._stream.readline, b""):
+            if not line.strip():
+                continue
+            try:
+                msg = decode(line)
+            except ProtocolError as exc:
+                self._channel.send("failed", message=str(exc), fatal=False, stage="request")
+                continue
+            kind = msg["type"]
+            if kind == "stop":
+                self.stops += 1
+                continue
+            if kind == "shutdown":
+                self.shutdown = True
+                self.stops += 1
+            msg["_stops"] = self.stops
+            self.queue.put(msg)
+        # stdin closed: finish what was asked, then exit. A caller that died is noticed
+        # sooner: the next event write fails (EPIPE) or the parent watch fires.
+        self.queue.put({"type": "shutdown", "_stops": self.stops})
+
+
+def _watch_parent() -> None:
+    """Exit when the parent dies even if stdin stays open (e.g. inherited by a grandchild)."""
+    parent = os.getppid()
+
+    def run() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=run, name="kvgui-parent-watch", daemon=True).start()
+
+
+def llama_kwargs(model_path: str, settings: Settings) -> dict[str, Any]:
+    """``Llama()`` constructor arguments for the Settings (what the constructor can take)."""
+    import llama_cpp
+
+    return {
+        "model_path": model_path,
+        "n_gpu_layers": settings.n_gpu_layers,  # -1 = all layers, as llama-cpp-python reads it
+        "split_mode": llama_cpp.LLAMA_SPLIT_MODE_LAYER,
+        "tensor_split": list(settings.tensor_split) or None,
+        "use_mmap": settings.mmap,
+        "use_mlock": False,
+        "n_ctx": settings.n_ctx,
+        "n_batch": settings.n_batch,
+        "n_ubatch": settings.n_ubatch,
+        "offload_kqv": settings.kv_offload,
+        "flash_attn": settings.flash_attn is FlashAttn.ON,  # "auto" is set in context_fields
+        "swa_full": settings.swa_full,
+        "type_k": by_name(settings.type_k).id,
+        "type_v": by_name(settings.type_v).id,
+        "verbose": True,  # False would point fds 1/2 at /dev/null during the load
+    }
+
+
+def context_fields(settings: Settings) -> dict[str, Any]:
+    """llama_context_params fields, set right before llama_init_from_model."""
+    return {
+        "n_ctx": settings.n_ctx,
+        "n_batch": settings.n_batch,
+        "n_ubatch": settings.n_ubatch,
+        "n_seq_max": settings.n_parallel,
+        "flash_attn_type": settings.flash_attn.llama_value,
+        "type_k": by_name(settings.type_k).id,
+        "type_v": by_name(settings.type_v).id,
+        "offload_kqv": settings.kv_offload,
+        "swa_full": settings.swa_full,
+        "kv_unified": settings.kv_unified,
+    }
+
+
+def model_fields(settings: Settings) -> dict[str, Any]:
+    """llama_model_params fields, set right before llama_model_load_from_file."""
+    return {"n_gpu_layers": 0x7FFFFFFF if settings.n_gpu_layers == ALL_LAYERS
+            else settings.n_gpu_layers}
+
+
+@contextlib.contextmanager
+def _explicit_params(model_set: dict[str, Any], context_set: dict[str, Any]) -> Iterator[None]:
+    """While a Llama is constructed, write these fields into its params structs."""
+    import llama_cpp._internals as internals
+
+    base_model, base_context = internals.LlamaModel, internals.LlamaContext
+
+    class _Model(base_model):  # type: ignore[misc,valid-type]
+        def __init__(self, *, path_model: str, params: Any, verbose: bool = True) -> None:
+            for name, value in model_set.items():
+                setattr(params, name, value)
+            super().__init__(path_model=path_model, params=params, verbose=verbose)
+
+    class _Context(base_context):  # type: ignore[misc,valid-type]
+        def __init__(self, *, model: Any, params: Any, verbose: bool = True) -> None:
+            for name, value in context_set.items():
+                setattr(params, name, value)
+            super().__init__(model=model, params=params, verbose=verbose)
+
+    setattr(internals, "LlamaModel", _Model)  # noqa: B010 - the class attribute, on purpose
+    setattr(internals, "LlamaContext", _Context)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(internals, "LlamaModel", base_model)  # noqa: B010
+        setattr(internals, "LlamaContext", base_context)  # noqa: B010
+
+
+def load(model_path: str, settings: Settings, channel: Channel, requests: Requests) -> Any:
+    """Construct the Llama with progress events; raises what llama-cpp-python raises."""
+    import llama_cpp
+
+    last = [-1.0]
+
+    @llama_cpp.llama_progress_callback
+    def on_progress(fraction: float, user_data: ctypes.c_void_p) -> bool:
+        if fraction - last[0] >= 0.01 or fraction >= 1.0:
+            last[0] = fraction
+            channel.send("progress", fraction=round(float(fraction), 4))
+        return not requests.shutdown  # False aborts the load
+
+    fields_ = model_fields(settings)
+    fields_["progress_callback"] = on_progress
+    # verbose=True prints the metadata and chat template through Python's sys.stderr: drop
+    # that, so stderr carries only what matters when the process dies (ggml's abort line).
+    with _explicit_params(fields_, context_fields(settings)), \
+            contextlib.redirect_stderr(io.StringIO()):
+        llm = llama_cpp.Llama(**llama_kwargs(model_path, settings))
+    llm.verbose = False  # no per-reply prints on stderr; timings come from llama_perf_context
+    _KEEPALIVE.append(on_progress)  # llama.cpp holds the pointer: never garbage-collect it
+    return llm
+
+
+@dataclass
+class TurnStats:
+    """Filled by the instrumented ``generate``: exact token counts and sample times."""
+
+    prompt_tokens: int = 0
+    sampled: int = 0
+    t_first: float | None = None
+    t_last: float | None = None
+    stopped: bool = False
+
+
+@dataclass
+class Conversation:
+    system: str | None = None
+    turns: list[tuple[str, str]] = field(default_factory=list)
+
+    def messages(self, user: str) -> list[dict[str, str]]:
+        out: list[dict[str, str]] = []
+        if self.system:
+            out.append({"role": "system", "content": self.system})
+        for question, answer in self.turns:
+            out.append({"role": "user", "content": question})
+            out.append({"role": "assistant", "content": answer})
+        out.append({"role": "user", "content": user})
+        return out
+
+
+class Chat:
+    """One loaded model and its conversation."""
+
+    def __init__(self, llm: Any, channel: Channel, requests: Requests) -> None:
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self.llm = llm
+        self.channel = channel
+        self.requests = requests
+        self.conversation = Conversation()
+        self.n_ctx = int(llama_cpp.llama_n_ctx_seq(llm.ctx))
+        self._stats = TurnStats()
+        self._stop_mark = 0
+        self._wrap_generate()
+
+    def _wrap_generate(self) -> None:
+        """Stream, count and time each token, and honour Stop, inside llama-cpp-python's loop.
+
+        The reply is asked for with stream=False and streamed from here: llama-cpp-python's
+        own streaming re-decodes all pending tokens after every token while they are not
+        valid UTF-8, which stalls for seconds on byte-level output; here an incremental
+        decoder makes every token O(1). The text equals the final reply's (same bytes,
+        invalid sequences ignored), which stays the authority (e.g. after a stop string).
+        """
+        original = self.llm.generate
+        vocab = self.llm._model.vocab
+        is_eog = self._llama_cpp.llama_vocab_is_eog
+        to_piece = self._llama_cpp.llama_token_to_piece
+        buf = ctypes.create_string_buffer(256)
+
+        def piece(token: int) -> bytes:
+            n = to_piece(vocab, token, buf, len(buf), 0, False)
+            if n < 0:  # the piece is longer than the buffer: -n bytes
+                big = ctypes.create_string_buffer(-n)
+                n = to_piece(vocab, token, big, len(big), 0, False)
+                return big.raw[:n]
+            return buf.raw[:n]
+
+        def generate(tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+            stats = self._stats
+            stats.prompt_tokens = len(tokens)
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+            pending: list[str] = []
+            sent_at = 0.0  # the first piece goes out at once: it is the time to first token
+            try:
+                for token in original(tokens, *args, **kwargs):
+                    now = time.perf_counter()
+                    if stats.t_first is None:
+                        stats.t_first = now
+                    stats.t_last = now
+                    stats.sampled += 1
+                    if self.requests.stops > self._stop_mark:
+                        stats.stopped = True
+                        return
+                    if not is_eog(vocab, token):
+                        text = decoder.decode(piece(token))
+                        if text:
+                            pending.append(text)
+                            if now - sent_at >= TOKEN_EVENT_INTERVAL_S:
+                                self.channel.send("token", text="".join(pending))
+                                pending.clear()
+                                sent_at = now
+                    yield token
+            finally:
+                pending.append(decoder.decode(b"", final=True))
+                if any(pending):
+                    self.channel.send("token", text="".join(pending))
+
+        self.llm.generate = generate
+
+    def reset(self, system: str | None) -> None:
+        self.conversation = Conversation(system=system or None)
+        self.llm.reset()
+
+    def turn(self, request: Message) -> None:
+        t0 = time.perf_counter()
+        self._stop_mark = int(request.get("_stops", self.requests.stops))
+        try:
+            sampling = Sampling.from_dict(request.get("sampling"))
+        except (TypeError, ValueError) as exc:
+            self.channel.send("failed", message=f"invalid sampling: {exc}", fatal=False,
+                              stage="request")
+            return
+        if request.get("system") is not None:
+            self.conversation.system = str(request["system"]) or None
+        text = str(request.get("text", ""))
+        dropped = 0
+        while True:
+            self._stats = TurnStats()
+            self._llama_cpp.llama_perf_context_reset(self.llm.ctx)
+            try:
+                reply, finish = self._stream(text, sampling)
+                break
+            except ValueError as exc:
+                if not str(exc).startswith("Requested tokens") or not self.conversation.turns:
+                    if str(exc).startswith("Requested tokens"):
+                        exc = ValueError(
+                            f"the message does not fit in the context ({exc}); "
+                            "raise -c or shorten the message or system prompt")
+                    self.channel.send("failed", message=str(exc), fatal=False, stage="chat")
+                    return
+                self.conversation.turns.pop(0)  # context full: drop the oldest turn
+                dropped += 1
+        self.conversation.turns.append((text, reply))
+        self.channel.send("finished", **self._summary(reply, finish, sampling, t0, dropped))
+
+    def _stream(self, text: str, sampling: Sampling) -> tuple[str, str | None]:
+        """One reply through the GGUF's chat template; tokens are sent by ``generate``."""
+        seed = sampling.seed if sampling.seed >= 0 else random.randrange(2**31)
+        result = self.llm.create_chat_completion(
+            messages=self.conversation.messages(text),
+            stream=False,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
+            max_tokens=sampling.max_tokens if sampling.max_tokens > 0 else None,
+            seed=seed,
+            repeat_penalty=1.0,  # llama-cli's default; the chat handler's own default is 1.1
+        )
+        choice = result["choices"][0]
+        return str(choice["message"].get("content") or ""), choice.get("finish_reason")
+
+    def _summary(self, reply: str, finish: str | None, sampling: Sampling, t0: float,
+                 dropped: int) -> dict[str, Any]:
+        stats = self._stats
+        perf = self._llama_cpp.llama_perf_context(self.llm.ctx)
+        n_past = int(self.llm.n_tokens)
+        if stats.stopped:
+            reason = "stopped"
+        elif finish == "stop":
+            reason = "eos"
+        elif sampling.max_tokens > 0 and stats.sampled >= sampling.max_tokens:
+            reason = "max_tokens"
+        else:
+            reason = "context"
+        tokens = stats.sampled - (1 if reason in ("eos", "stopped") else 0)
+        gen_s = (stats.t_last - stats.t_first) if stats.t_first and stats.t_last else 0.0
+        return {
+            "reply": reply,
+            "tokens": max(tokens, 0),
+            "prompt_tokens": stats.prompt_tokens,
+            "n_past": n_past,
+            "n_ctx": self.n_ctx,
+            "ttft_s": (stats.t_first - t0) if stats.t_first else None,
+            "tokens_per_s": (stats.sampled - 1) / gen_s if gen_s > 0 else None,
+            "prompt_tokens_per_s": (perf.n_p_eval / perf.t_p_eval_ms * 1000.0
+                                    if perf.t_p_eval_ms > 0 else None),
+            "stop_reason": reason,
+            "dropped_turns": dropped,
+        }
+
+
+def _serve(channel: Channel, requests: Requests, log: LogCapture) -> int:
+    first = requests.queue.get()
+    if first["type"] != "load":
+        channel.send("failed", message=f"expected a load request, got {first['type']!r}",
+                     fatal=True, stage="request")
+        return 2
+    model_path = str(first.get("model", ""))
+    try:
+        settings = Settings.from_dict(dict(first.get("settings") or {}))
+    except (TypeError, ValueError) as exc:
+        channel.send("failed", message=f"invalid settings: {exc}", fatal=True, stage="load")
+        return 2
+    t0 = time.perf_counter()
+    try:
+        llm = load(model_path, settings, channel, requests)
+    except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError on NULL
+        if requests.shutdown:
+            return 0
+        tail = log.tail()
+        channel.send("failed", message=f"{exc}" + (f"\n{tail}" if tail else ""),
+                     fatal=True, stage="load")
+        return 1
+    import llama_cpp
+
+    chat = Chat(llm, channel, requests)
+    channel.send(
+        "loaded",
+        log=log.take_text(),
+        load_s=time.perf_counter() - t0,
+        n_ctx=int(llama_cpp.llama_n_ctx(llm.ctx)),
+        n_ctx_seq=chat.n_ctx,
+        n_seq_max=int(llama_cpp.llama_n_seq_max(llm.ctx)),
+        n_ctx_train=int(llama_cpp.llama_model_n_ctx_train(llm.model)),
+        n_layer=int(llama_cpp.llama_model_n_layer(llm.model)),
+        chat_format=str(llm.chat_format),
+        gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+    )
+    while True:
+        request = requests.queue.get()
+        kind = request["type"]
+        if kind == "shutdown":
+            break
+        if kind == "chat":
+            chat.turn(request)
+        elif kind == "reset":
+            system = request.get("system")
+            chat.reset(None if system is None else str(system))
+        elif kind == "load":
+            channel.send("failed", message="a model is already loaded; start a new worker",
+                         fatal=False, stage="request")
+        else:
+            channel.send("failed", message=f"unknown request {kind!r}", fatal=False,
+                         stage="request")
+    llm.close()
+    return 0
+
+
+def main() -> int:
+    channel = Channel.take_stdout()
+    _watch_parent()
+    requests = Requests(sys.stdin.buffer, channel)
+    import llama_cpp
+
+    log = LogCapture(channel)
+    channel.send("started", pid=os.getpid(), protocol=PROTOCOL_VERSION,
+                 llama_cpp_version=getattr(llama_cpp, "__version__", "?"))
+    requests.start()
+    try:
+        return _serve(channel, requests, log)
+    except Exception as exc:  # a bug here must still reach the caller as one clear message
+        channel.send("failed", message=f"worker error: {type(exc).__name__}: {exc}",
+                     fatal=True, stage="chat")
+        raise
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stderr.flush()
+    os._exit(code)  # skip interpreter teardown: llama.cpp's atexit/static destructors race

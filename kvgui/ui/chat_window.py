@@ -1,0 +1,453 @@
+"""The chat window: talk to the model launched with exactly the chosen settings, and see
+what llama.cpp really allocated next to what kvgui estimated.
+
+The model runs in a worker process (kvgui.runtime.qt_worker): a llama.cpp abort or an
+out-of-memory kill shows up here as a message with llama.cpp's last log lines, and
+"Relaunch" starts it again. Closing the window ends the worker.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QKeySequence, QShortcut, QTextCursor
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from kvgui.core.settings import ALL_LAYERS, Settings
+from kvgui.core.sizes import format_bytes
+from kvgui.runtime.protocol import Sampling
+from kvgui.runtime.qt_worker import FAILED, GENERATING, READY, QtWorker
+from kvgui.ui import theme
+from kvgui.ui.barmodel import PART_KEYS, BarRow
+from kvgui.ui.memory_bar import MemoryBar
+
+# rows of the measured-vs-estimated table: (key, label)
+MEMORY_ROWS = (
+    ("weights", "Weights"),
+    ("kv_k", "K cache"),
+    ("kv_v", "V cache"),
+    ("kv", "KV cache"),
+    ("compute", "Compute"),
+    ("output", "Output"),
+    ("total", "Total"),
+    ("n_ctx", "Context (tokens)"),
+)
+# llama.cpp logs sizes as "%.2f MiB": closer than this is the same figure
+LOGGED_TOLERANCE = int(0.0051 * 1024 * 1024)
+
+
+def settings_summary(settings: Settings) -> str:
+    ngl = "all" if settings.n_gpu_layers == ALL_LAYERS else str(settings.n_gpu_layers)
+    parts = [f"-c {settings.n_ctx}", f"-ctk {settings.type_k}", f"-ctv {settings.type_v}",
+             f"-fa {settings.flash_attn.value}", f"-ngl {ngl}", f"-b {settings.n_batch}",
+             f"-ub {settings.n_ubatch}"]
+    if settings.n_parallel != 1:
+        parts.append(f"-np {settings.n_parallel}")
+    if settings.swa_full:
+        parts.append("--swa-full")
+    if settings.kv_unified:
+        parts.append("-kvu")
+    if not settings.kv_offload:
+        parts.append("-nkvo")
+    if not settings.mmap:
+        parts.append("--no-mmap")
+    return " ".join(parts)
+
+
+def differs(key: str, measured: int | None, estimated: int | None) -> bool:
+    if measured is None or estimated is None:
+        return False
+    if key == "n_ctx":
+        return measured != estimated
+    return abs(measured - estimated) > LOGGED_TOLERANCE
+
+
+def _fmt(key: str, value: int | None) -> str:
+    if value is None:
+        return "-"
+    return str(value) if key == "n_ctx" else format_bytes(value)
+
+
+def _gpu_used() -> list[tuple[str, int]]:
+    """(name, used bytes) per NVIDIA GPU via NVML; [] without one."""
+    from kvgui.runtime.client import detected_gpus
+
+    return [(str(g.name), int(g.in_use)) for g in detected_gpus()]
+
+
+class ChatPanel(QWidget):
+    """Transcript, input, Stop / New conversation, sampling, and measured vs estimated."""
+
+    closed = Signal()
+
+    def __init__(self, worker: QtWorker | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.worker = worker or QtWorker(self)
+        self.model_path: str | None = None
+        self.settings: Settings | None = None
+        self.estimate: Any = None
+        self.measured: dict[str, int | None] | None = None
+        self.estimated: dict[str, int | None] | None = None
+        self.last_finished: dict[str, Any] | None = None
+        self._gpu_before: list[tuple[str, int]] = []
+        self._build()
+        w = self.worker
+        w.started.connect(self._on_started)
+        w.progress.connect(self._on_progress)
+        w.measured.connect(self._on_loaded)
+        w.token.connect(self._on_token)
+        w.finished.connect(self._on_finished)
+        w.failed.connect(self._on_failed)
+        w.stateChanged.connect(self._sync_buttons)
+        self._sync_buttons()
+
+    # -- layout --------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.settings_label = QLabel("no model launched")
+        self.settings_label.setObjectName("subhead")
+        self.settings_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.load_bar = QProgressBar()
+        self.load_bar.setRange(0, 1000)
+        self.load_bar.setFormat("loading %p%")
+        self.load_bar.hide()
+
+        self.transcript = QTextBrowser()
+        self.transcript.setOpenExternalLinks(False)
+        self.transcript.setAccessibleName("Conversation")
+        self.system_edit = QLineEdit()
+        self.system_edit.setPlaceholderText("System prompt (optional)")
+        self.input = QPlainTextEdit()
+        self.input.setPlaceholderText("Message - Ctrl+Enter to send")
+        self.input.setFixedHeight(72)
+        self.send_button = QPushButton("Send")
+        self.stop_button = QPushButton("Stop")
+        self.new_button = QPushButton("New conversation")
+        self.relaunch_button = QPushButton("Relaunch")
+        self.send_button.clicked.connect(lambda: self.send())
+        self.stop_button.clicked.connect(lambda: self.stop())
+        self.new_button.clicked.connect(lambda: self.new_conversation())
+        self.relaunch_button.clicked.connect(lambda: self.relaunch())
+        self._send_shortcut = QShortcut(QKeySequence("Ctrl+Return"), self.input)
+        self._send_shortcut.activated.connect(lambda: self.send())
+
+        self.context_bar = QProgressBar()
+        self.context_bar.setFormat("context: %v / %m tokens")
+        self.context_bar.setRange(0, 1)
+        self.context_bar.setValue(0)
+        self.stats_label = QLabel("")
+        self.stats_label.setObjectName("muted")
+
+        # sampling
+        s = Sampling()
+        self.temperature = QDoubleSpinBox(decimals=2, minimum=0.0, maximum=5.0, singleStep=0.05,
+                                          value=s.temperature)
+        self.top_p = QDoubleSpinBox(decimals=2, minimum=0.0, maximum=1.0, singleStep=0.05,
+                                    value=s.top_p)
+        self.min_p = QDoubleSpinBox(decimals=2, minimum=0.0, maximum=1.0, singleStep=0.01,
+                                    value=s.min_p)
+        self.top_k = QSpinBox(minimum=0, maximum=1000, value=s.top_k)
+        self.max_tokens = QSpinBox(minimum=-1, maximum=1_000_000, value=s.max_tokens)
+        self.max_tokens.setSpecialValueText("until the context is full")
+        self.seed = QSpinBox(minimum=-1, maximum=2**31 - 1, value=s.seed)
+        self.seed.setSpecialValueText("random")
+        sampling_box = QGroupBox("Sampling")
+        form = QFormLayout(sampling_box)
+        form.addRow("Temperature", self.temperature)
+        form.addRow("Top-p", self.top_p)
+        form.addRow("Top-k", self.top_k)
+        form.addRow("Min-p", self.min_p)
+        form.addRow("Max tokens", self.max_tokens)
+        form.addRow("Seed", self.seed)
+
+        # measured vs estimated
+        self.memory_table = QTableWidget(len(MEMORY_ROWS), 3)
+        self.memory_table.setHorizontalHeaderLabels(["Estimated", "Measured", "Difference"])
+        self.memory_table.setVerticalHeaderLabels([label for _, label in MEMORY_ROWS])
+        self.memory_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.memory_table.horizontalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.Stretch)
+        self.memory_bar = MemoryBar()
+        self.gpu_label = QLabel("")
+        self.gpu_label.setObjectName("muted")
+        self.gpu_label.setWordWrap(True)
+        memory_box = QGroupBox("Memory: measured by llama.cpp vs estimated by kvgui")
+        mv = QVBoxLayout(memory_box)
+        mv.addWidget(self.memory_bar)
+        mv.addWidget(self.memory_table)
+        mv.addWidget(self.gpu_label)
+
+        left = QWidget()
+        lv = QVBoxLayout(left)
+        lv.setContentsMargins(0, 0, 0, 0)
+        lv.addWidget(self.transcript, 1)
+        lv.addWidget(self.system_edit)
+        lv.addWidget(self.input)
+        buttons = QHBoxLayout()
+        for b in (self.send_button, self.stop_button, self.new_button, self.relaunch_button):
+            buttons.addWidget(b)
+        buttons.addStretch(1)
+        lv.addLayout(buttons)
+        lv.addWidget(self.context_bar)
+        lv.addWidget(self.stats_label)
+
+        right = QWidget()
+        rv = QVBoxLayout(right)
+        rv.setContentsMargins(0, 0, 0, 0)
+        rv.addWidget(memory_box, 1)
+        rv.addWidget(sampling_box)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(right)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+
+        top = QVBoxLayout(self)
+        top.addWidget(self.settings_label)
+        top.addWidget(self.status_label)
+        top.addWidget(self.load_bar)
+        top.addWidget(split, 1)
+
+    # -- actions -------------------------------------------------------------------------
+
+    def launch(self, model_path: str, settings: Settings, estimate: Any = None) -> bool:
+        """Start the worker with these settings; False when refused before launch."""
+        self.model_path, self.settings, self.estimate = str(model_path), settings, estimate
+        self.measured = self.estimated = None
+        self.settings_label.setText(f"{model_path}   {settings_summary(settings)}")
+        self.transcript.clear()
+        self._fill_table()
+        self._gpu_before = _gpu_used()
+        self._set_status("starting llama.cpp…")
+        return self.worker.launch(self.model_path, settings)
+
+    def relaunch(self) -> None:
+        if self.model_path is None or self.settings is None:
+            return
+        self.launch(self.model_path, self.settings, self.estimate)
+
+    def sampling(self) -> Sampling:
+        max_tokens = self.max_tokens.value()
+        return Sampling(temperature=self.temperature.value(), top_p=self.top_p.value(),
+                        top_k=self.top_k.value(), min_p=self.min_p.value(),
+                        max_tokens=max_tokens if max_tokens != 0 else 1,
+                        seed=self.seed.value())
+
+    def send(self, text: str | None = None) -> bool:
+        text = self.input.toPlainText() if text is None else text
+        if not text.strip() or self.worker.state != READY:
+            return False
+        self._append_block("You", text)
+        self._append_block("Model", "")
+        self.input.clear()
+        self._set_status("generating…")
+        return self.worker.chat(text, system=self.system_edit.text(), sampling=self.sampling())
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    def new_conversation(self) -> None:
+        self.worker.reset(self.system_edit.text())
+        self.transcript.clear()
+        self.last_finished = None
+        self.context_bar.setValue(0)
+        self.stats_label.setText("")
+        self._set_status("new conversation")
+
+    def shutdown(self) -> None:
+        self.worker.shutdown()
+
+    def closeEvent(self, event) -> None:
+        self.shutdown()
+        self.closed.emit()
+        super().closeEvent(event)
+
+    # -- worker events -------------------------------------------------------------------
+
+    def _on_started(self, _msg: dict) -> None:
+        self.load_bar.setValue(0)
+        self.load_bar.show()
+        self._set_status("loading the model…")
+
+    def _on_progress(self, fraction: float) -> None:
+        self.load_bar.setValue(int(fraction * 1000))
+
+    def _on_loaded(self, loaded: dict) -> None:
+        from kvgui.runtime.client import estimate_devices, estimated_memory, measured_memory
+
+        self.load_bar.hide()
+        self.measured = measured_memory(loaded)
+        est = self.estimate
+        if est is None and self.model_path is not None and self.settings is not None:
+            from kvgui.core.estimate import estimate
+            from kvgui.core.model import load_model
+
+            try:
+                est = estimate(load_model(self.model_path), self.settings,
+                               estimate_devices(bool(loaded.get("gpu_offload"))))
+            except Exception as exc:  # the header was read before launch; keep the chat usable
+                self._set_status(f"no estimate: {exc}", error=True)
+        self.estimated = None if est is None else estimated_memory(est)
+        self._fill_table()
+        n_ctx = int(loaded.get("n_ctx_seq") or loaded.get("n_ctx") or 1)
+        self.context_bar.setRange(0, n_ctx)
+        self.context_bar.setValue(0)
+        self._show_gpu()
+        self._set_status(f"ready - loaded in {float(loaded.get('load_s', 0)):.1f} s, "
+                         f"chat format {loaded.get('chat_format')}")
+        self.input.setFocus()
+
+    def _on_token(self, text: str) -> None:
+        cursor = self.transcript.textCursor()
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        cursor.insertText(text)
+        self.transcript.setTextCursor(cursor)
+        self.transcript.ensureCursorVisible()
+
+    def _on_finished(self, done: dict) -> None:
+        self.last_finished = done
+        n_ctx = int(done.get("n_ctx") or self.context_bar.maximum() or 1)
+        self.context_bar.setRange(0, n_ctx)
+        self.context_bar.setValue(min(int(done.get("n_past") or 0), n_ctx))
+
+        def rate(v: Any) -> str:
+            return "-" if v is None else f"{float(v):.1f} t/s"
+
+        ttft = done.get("ttft_s")
+        self.stats_label.setText(
+            f"{done.get('tokens')} tokens · generation {rate(done.get('tokens_per_s'))} · "
+            f"prompt {rate(done.get('prompt_tokens_per_s'))} · first token "
+            f"{'-' if ttft is None else f'{1000 * float(ttft):.0f} ms'}")
+        reason = str(done.get("stop_reason"))
+        note = {"stopped": "stopped", "context": "the context is full: the oldest turns are "
+                "dropped from the next message on (or start a new conversation)",
+                "max_tokens": "reached max tokens", "eos": "done"}.get(reason, reason)
+        if done.get("dropped_turns"):
+            note += f" · {done['dropped_turns']} oldest turn(s) dropped to fit the context"
+        self._set_status(note)
+
+    def _on_failed(self, message: str, fatal: bool) -> None:
+        self.load_bar.hide()
+        first, _, rest = message.partition("\n")
+        self._set_status(first, error=True)
+        if rest:
+            self.status_label.setToolTip(rest)
+        self._append_block("Error", message)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _set_status(self, text: str, error: bool = False) -> None:
+        t = theme.current()
+        color = t.over.name() if error else t.muted.name()
+        self.status_label.setStyleSheet(f"color: {color};")
+        self.status_label.setText(text)
+        if not error:
+            self.status_label.setToolTip("")
+
+    def _append_block(self, who: str, text: str) -> None:
+        cursor = self.transcript.textCursor()
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        if not self.transcript.document().isEmpty():
+            cursor.insertBlock()
+        cursor.insertHtml(f"<b>{html.escape(who)}:</b> ")
+        cursor.insertText(text)
+        self.transcript.setTextCursor(cursor)
+
+    def _sync_buttons(self, *_: Any) -> None:
+        state = self.worker.state
+        self.send_button.setEnabled(state == READY)
+        self.stop_button.setEnabled(state == GENERATING)
+        self.new_button.setEnabled(state == READY)
+        self.relaunch_button.setEnabled(state == FAILED and self.model_path is not None)
+
+    def _fill_table(self) -> None:
+        t = theme.current()
+        for row, (key, _label) in enumerate(MEMORY_ROWS):
+            est = None if self.estimated is None else self.estimated.get(key)
+            meas = None if self.measured is None else self.measured.get(key)
+            items = [QTableWidgetItem(_fmt(key, est)), QTableWidgetItem(_fmt(key, meas))]
+            if est is None or meas is None:
+                diff = QTableWidgetItem("")
+            elif differs(key, meas, est):
+                delta = meas - est
+                pct = f" ({100 * delta / est:+.1f}%)" if est else ""
+                sign = "+" if delta > 0 else "-"
+                diff = QTableWidgetItem(
+                    (f"{delta:+d}" if key == "n_ctx" else f"{sign}{format_bytes(abs(delta))}")
+                    + pct)
+                for item in (*items, diff):
+                    item.setBackground(QColor(t.warn.red(), t.warn.green(), t.warn.blue(), 60))
+                diff.setForeground(t.warn)
+            else:
+                diff = QTableWidgetItem("same")
+                diff.setForeground(t.ok)
+            for col, item in enumerate((*items, diff)):
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.memory_table.setItem(row, col, item)
+        rows = []
+        for label, fig in (("Estimated", self.estimated), ("Measured", self.measured)):
+            if fig is not None:
+                rows.append(BarRow(label, tuple((k, int(fig.get(k) or 0)) for k in PART_KEYS),
+                                   is_gpu=False))
+        self.memory_bar.set_rows(rows)
+
+    def _show_gpu(self) -> None:
+        after = _gpu_used()
+        if not after:
+            self.gpu_label.setText("")
+            return
+        before = dict(self._gpu_before)
+        lines = []
+        for name, used in after:
+            was = before.get(name)
+            if was is None:
+                lines.append(f"{name}: {format_bytes(used)} used after the load")
+            else:
+                lines.append(f"{name}: {format_bytes(was)} used before the load, "
+                             f"{format_bytes(used)} after (+{format_bytes(max(0, used - was))})")
+        self.gpu_label.setText("\n".join(lines))
+
+
+class ChatWindow(QMainWindow):
+    """A top-level window around ChatPanel; closing it ends the worker."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.panel = ChatPanel(parent=self)
+        self.setCentralWidget(self.panel)
+        self.setWindowTitle("kvgui chat")
+        self.resize(1100, 720)
+
+    def launch(self, model_path: str, settings: Settings, estimate: Any = None) -> bool:
+        self.setWindowTitle(f"kvgui chat - {model_path}")
+        return self.panel.launch(model_path, settings, estimate)
+
+    def closeEvent(self, event) -> None:
+        self.panel.shutdown()
+        super().closeEvent(event)

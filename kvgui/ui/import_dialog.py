@@ -1,0 +1,97 @@
+"""Import: paste a llama-cli / llama-server command line and the controls take its values.
+
+Parsing is kvgui.core.cmdparse.parse_command; flags kvgui does not model are listed, not
+dropped, so the user sees what the estimate leaves out.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtGui import QFontDatabase
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QLabel,
+    QPlainTextEdit,
+    QVBoxLayout,
+    QWidget,
+)
+
+from kvgui.core.cmdparse import CommandParseError, ParsedCommand, parse_command
+from kvgui.core.settings import Settings
+
+FIELDS = ("n_ctx", "type_k", "type_v", "flash_attn", "n_gpu_layers", "n_batch", "n_ubatch",
+          "n_parallel", "swa_full", "kv_offload", "kv_unified", "mmap", "tensor_split")
+
+
+def describe(parsed: ParsedCommand) -> str:
+    """What the command sets, and what kvgui keeps aside, as a few lines of text."""
+    s = parsed.settings
+    lines = []
+    if parsed.model_path:
+        lines.append(f"model: {parsed.model_path}")
+    for name in FIELDS:
+        if name in parsed.given:
+            value = getattr(s, name)
+            lines.append(f"{name}: {getattr(value, 'value', value)}")
+    if parsed.ctx_from_model:
+        lines.append("n_ctx: the model's trained context (no -c)")
+    if parsed.unknown:
+        lines.append("kept, not modelled: " + " ".join(parsed.unknown))
+    lines += [f"⚠ {w}" for w in parsed.warnings]
+    return "\n".join(lines) or "nothing kvgui models is set by this command"
+
+
+class ImportDialog(QDialog):
+    def __init__(self, base: Settings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Import a llama.cpp command")
+        self.resize(720, 400)
+        self._base = base
+        self.parsed: ParsedCommand | None = None
+        self.edit = QPlainTextEdit()
+        self.edit.setPlaceholderText("llama-server -m model.gguf -c 32768 -ctk q8_0 -ctv q8_0 "
+                                     "-fa on -ngl 99")
+        self.edit.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.preview = QLabel()
+        self.preview.setWordWrap(True)
+        self.box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
+                                    | QDialogButtonBox.StandardButton.Cancel)
+        self.box.button(QDialogButtonBox.StandardButton.Ok).setText("Apply")
+        self.box.accepted.connect(self.accept)
+        self.box.rejected.connect(self.reject)
+        lay = QVBoxLayout(self)
+        lay.addWidget(QLabel("Paste a llama-cli or llama-server command line (POSIX shell, "
+                             "PowerShell or cmd):"))
+        lay.addWidget(self.edit, 1)
+        lay.addWidget(self.preview)
+        lay.addWidget(self.box)
+        self.edit.textChanged.connect(self.reparse)
+        self.reparse()
+
+    def reparse(self) -> None:
+        ok = self.box.button(QDialogButtonBox.StandardButton.Ok)
+        text = self.edit.toPlainText()
+        if not text.strip():
+            self.parsed = None
+            self.preview.setText("")
+            ok.setEnabled(False)
+            return
+        try:
+            self.parsed = parse_command(text, base=self._base)
+        except CommandParseError as exc:
+            self.parsed = None
+            self.preview.setText(f"Cannot read this command: {exc}")
+            ok.setEnabled(False)
+            return
+        self.preview.setText(describe(self.parsed))
+        ok.setEnabled(True)
+
+
+def changes_from(parsed: ParsedCommand, n_ctx_train: int | None) -> dict[str, object]:
+    """Settings.replace changes for the fields the command set."""
+    s = parsed.settings
+    changes: dict[str, object] = {name: getattr(s, name) for name in FIELDS
+                                  if name in parsed.given}
+    if parsed.ctx_from_model and n_ctx_train:
+        changes["n_ctx"] = n_ctx_train
+    return changes

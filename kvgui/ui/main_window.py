@@ -1,0 +1,775 @@
+"""The configurator window: pick a model, drag the context, watch memory live.
+
+Layout: a left column of cards (model, hardware, KV cache settings), and on the right the
+verdict with the live stacked bar, the context slider, and below them every cache type side
+by side next to the memory-vs-context plot. The Controller holds the state; this class
+wires widgets to it, and owns menus, drag and drop, persistence and the dialogs.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QByteArray, QObject, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDesktopServices,
+    QDragEnterEvent,
+    QDropEvent,
+    QIcon,
+    QKeySequence,
+)
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QScrollArea,
+    QSizePolicy,
+    QSplitter,
+    QToolBar,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from kvgui import __version__
+from kvgui.core.appconfig import AppConfig, save_config
+from kvgui.core.estimate import check, resolve_flash_attn
+from kvgui.core.ggml_types import CACHE_TYPE_NAMES
+from kvgui.core.model import ModelInfo
+from kvgui.core.settings import ALL_LAYERS, FlashAttn
+from kvgui.core.sizes import format_bytes
+from kvgui.ui import theme
+from kvgui.ui.cache_controls import NGL_ALL, NGL_AUTO, NGL_N, CacheControls
+from kvgui.ui.cache_table import CacheTypeTable
+from kvgui.ui.context_plot import ContextPlot
+from kvgui.ui.context_slider import ContextControl
+from kvgui.ui.controller import PRESETS, Controller, Curves, HardwareState, Snapshot
+from kvgui.ui.hardware_panel import HardwarePanel
+from kvgui.ui.hardware_plan import GpuSource
+from kvgui.ui.memory_bar import MemoryBar
+from kvgui.ui.model_panel import ModelPanel
+from kvgui.ui.verify_panel import VerifyPanel, VerifyRunner
+
+CATALOG_PREFIX = "catalog:"
+REPO_URL = "https://github.com/ggml-org/llama.cpp"
+
+
+def card(title: str, body: QWidget | None = None) -> tuple[QFrame, QVBoxLayout]:
+    frame = QFrame()
+    frame.setObjectName("card")
+    lay = QVBoxLayout(frame)
+    lay.setContentsMargins(14, 12, 14, 12)
+    lay.setSpacing(8)
+    if title:
+        t = QLabel(title)
+        t.setObjectName("cardTitle")
+        lay.addWidget(t)
+    if body is not None:
+        lay.addWidget(body)
+    return frame, lay
+
+
+def resource_path(name: str) -> Path:
+    """A file in resources/, installed (kvgui.resources) or in a source checkout."""
+    try:
+        from importlib import resources
+
+        p = Path(str(resources.files("kvgui.resources").joinpath(name)))
+        if p.exists():
+            return p
+    except (ModuleNotFoundError, FileNotFoundError):
+        pass
+    return Path(__file__).resolve().parents[2] / "resources" / name
+
+
+def app_icon() -> QIcon:
+    return QIcon(str(resource_path("kvgui.svg")))
+
+
+class _Detected(QObject):
+    ready = Signal(object)  # HardwareReport, or the exception detection raised
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, config: AppConfig | None = None, *, detect_hardware: bool = True,
+                 persist: bool = True, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.config = config or AppConfig()
+        self.persist = persist
+        self.ctl = Controller(self.config, self)
+        self.ngl_mode = NGL_ALL if self.config.settings.n_gpu_layers == ALL_LAYERS else NGL_N
+        self._catalog: dict[str, Any] = {}
+        self._hw_report: Any = None
+        self._verify = VerifyRunner(self)
+        self._det = _Detected(self)  # made here, in the GUI thread; the worker only emits
+        self._det.ready.connect(self._on_detected)
+        self._shown_rest: Any = None
+        self.setWindowTitle("kvgui — will it fit?")
+        self.setWindowIcon(app_icon())
+        self.setAcceptDrops(True)
+        self._build()
+        self._wire()
+        self._load_catalog()
+        self.apply_theme()
+        self._restore_geometry()
+        self.ctl.recompute(full=True)
+        self._poll = QTimer(self)
+        self._poll.setInterval(1000)
+        self._poll.timeout.connect(self._poll_free)
+        if detect_hardware:
+            self._start_detection()
+
+    # --- building -----------------------------------------------------------------------
+    def _build(self) -> None:
+        s = self.config.settings
+        self.model_panel = ModelPanel()
+        self.hw_panel = HardwarePanel(self.config.hardware, self._gpu_catalog_names())
+        self.cache_controls = CacheControls(s)
+        self.cache_controls.set_advanced_open(self.config.advanced_open)
+        self.ctx = ContextControl(s.n_ctx, 131072)
+        self.bar = MemoryBar()
+        self.table = CacheTypeTable()
+        self.plot = ContextPlot()
+        self.verify_panel = VerifyPanel()
+        self.headline = QLabel()
+        self.headline.setObjectName("headline")
+        self.detail = QLabel()
+        self.detail.setObjectName("subhead")
+        self.detail.setWordWrap(True)
+        self.plan_label = QLabel()
+        self.plan_label.setObjectName("muted")
+        self.plan_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)
+        self.warnings = QLabel()
+        self.warnings.setObjectName("warnBanner")
+        self.warnings.setWordWrap(True)
+        self.warnings.hide()
+
+        # left column
+        left = QWidget()
+        left_lay = QVBoxLayout(left)
+        left_lay.setContentsMargins(12, 12, 6, 12)
+        left_lay.setSpacing(10)
+        for title, body in (("MODEL", self.model_panel), ("HARDWARE", self.hw_panel),
+                            ("KV CACHE", self.cache_controls)):
+            left_lay.addWidget(card(title, body)[0])
+        left_lay.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidget(left)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMinimumWidth(390)
+        scroll.setMaximumWidth(470)
+
+        # right column
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(6, 12, 12, 12)
+        rl.setSpacing(10)
+        verdict, vl = card("")
+        top = QHBoxLayout()
+        words = QVBoxLayout()
+        words.setSpacing(2)
+        words.addWidget(self.headline)
+        words.addWidget(self.detail)
+        top.addLayout(words, 1)
+        top.addWidget(self.plan_label)
+        vl.addLayout(top)
+        vl.addWidget(self.bar)
+        vl.addWidget(self.warnings)
+        vl.addWidget(self.verify_panel)
+        rl.addWidget(verdict)
+        rl.addWidget(card("", self.ctx)[0])
+        split = QSplitter(Qt.Orientation.Horizontal)
+        tcard, tl = card("EVERY CACHE TYPE AT THIS CONTEXT")
+        tl.addWidget(self.table)
+        foot = QLabel("Bars: memory on the main device at the slider's context, on one scale; "
+                      "the line is the budget. Click a row to use that cache type. Quality "
+                      "notes: perplexity change against f16 published in llama.cpp PRs "
+                      "#6183 (LLaMA-2-7B, K cache) and #7412 (K and V); hover for sources. "
+                      "Your model may differ: kvgui measure tests it.")
+        foot.setObjectName("muted")
+        foot.setWordWrap(True)
+        tl.addStretch(1)
+        tl.addWidget(foot)
+        pcard, _ = card("MEMORY VS CONTEXT", self.plot)
+        split.addWidget(tcard)
+        split.addWidget(pcard)
+        split.setChildrenCollapsible(False)
+        split.setStretchFactor(0, 11)
+        split.setStretchFactor(1, 9)
+        self.splitter = split
+        rl.addWidget(split, 1)
+
+        # the right column scrolls too, so the window fits a small laptop screen
+        right.setMinimumHeight(740)
+        rscroll = QScrollArea()
+        rscroll.setWidget(right)
+        rscroll.setWidgetResizable(True)
+        rscroll.setFrameShape(QFrame.Shape.NoFrame)
+        rscroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        rscroll.setMinimumWidth(640)
+        central = QWidget()
+        cl = QHBoxLayout(central)
+        cl.setContentsMargins(0, 0, 0, 0)
+        cl.setSpacing(0)
+        cl.addWidget(scroll)
+        cl.addWidget(rscroll, 1)
+        self.setCentralWidget(central)
+        self._build_actions()
+        self.statusBar().setSizeGripEnabled(True)
+
+    def _build_actions(self) -> None:
+        def act(text: str, slot: Any, shortcut: Any = None, tip: str = "") -> QAction:
+            a = QAction(text, self)
+            if shortcut is not None:
+                a.setShortcut(QKeySequence(shortcut))
+            if tip:
+                a.setToolTip(tip)
+                a.setStatusTip(tip)
+            a.triggered.connect(slot)
+            return a
+
+        self.act_open = act("&Open GGUF…", self.open_dialog, QKeySequence.StandardKey.Open,
+                            "Open a .gguf model (only the header is read)")
+        self.act_export = act("&Export command…", self.export_dialog, "Ctrl+E",
+                              "The llama-cli / llama-server command or Python code for these "
+                              "settings")
+        self.act_import = act("&Import command…", self.import_dialog, "Ctrl+I",
+                              "Paste a llama.cpp command line: the controls take its values")
+        self.act_verify = act("&Verify with llama.cpp", self.verify, "Ctrl+R",
+                              "Ask the bundled llama.cpp what it would allocate (dry run: no "
+                              "weights read, no cache allocated)")
+        self.act_chat = act("Launch &chat", self.launch_chat, "Ctrl+L",
+                            "Chat with the model through llama.cpp with exactly these settings")
+        self.act_quit = act("&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.act_about = act("&About kvgui", self.about)
+        self.act_adv = act("Show &advanced settings", self.cache_controls.set_advanced_open)
+        self.act_adv.setCheckable(True)
+        self.act_adv.setChecked(self.config.advanced_open)
+        self.cache_controls.adv_toggle.toggled.connect(self.act_adv.setChecked)
+        self.recent_menu = QMenu("Open &recent", self)
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+        self.preset_actions: list[QAction] = []
+        for i, p in enumerate(PRESETS, start=1):
+            a = act(p.title, lambda _c=False, k=p.key: self.ctl.apply_preset(k), f"Ctrl+{i}",
+                    p.blurb)
+            self.preset_actions.append(a)
+
+        mb = self.menuBar()
+        m = mb.addMenu("&File")
+        m.addAction(self.act_open)
+        m.addMenu(self.recent_menu)
+        m.addSeparator()
+        m.addAction(self.act_import)
+        m.addAction(self.act_export)
+        m.addSeparator()
+        m.addAction(self.act_quit)
+        m = mb.addMenu("&Settings")
+        for a in self.preset_actions:
+            m.addAction(a)
+        m.addSeparator()
+        m.addAction(self.act_adv)
+        m = mb.addMenu("&Run")
+        m.addAction(self.act_verify)
+        m.addAction(self.act_chat)
+        m = mb.addMenu("&Help")
+        m.addAction(self.act_about)
+
+        tb = QToolBar("Main")
+        tb.setObjectName("mainToolbar")
+        tb.setMovable(False)
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        tb.addAction(self.act_open)
+        tb.addSeparator()
+        label = QLabel("  Presets: ")
+        label.setObjectName("muted")
+        tb.addWidget(label)
+        self.preset_buttons: list[QToolButton] = []
+        for a in self.preset_actions:
+            b = QToolButton()
+            b.setDefaultAction(a)
+            b.setObjectName("preset")
+            tb.addWidget(b)
+            self.preset_buttons.append(b)
+        spacer = QWidget()
+        spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        tb.addWidget(spacer)
+        tb.addAction(self.act_import)
+        tb.addAction(self.act_export)
+        tb.addAction(self.act_verify)
+        tb.addAction(self.act_chat)
+        self.addToolBar(tb)
+
+    def _wire(self) -> None:
+        c = self.ctl
+        c.snapshotReady.connect(self._on_snapshot)
+        c.curvesReady.connect(self._on_curves)
+        c.modelChanged.connect(self._on_model)
+        c.settingsChanged.connect(self._on_settings)
+        c.planChanged.connect(self._on_plan)
+        c.loadingChanged.connect(self._on_loading)
+        c.loadFailed.connect(self._on_load_failed)
+        c.message.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        self.ctx.ctxChanged.connect(c.set_n_ctx)
+        self.table.pairChosen.connect(self._choose_pair)
+        self.cache_controls.settingsEdited.connect(self._settings_edited)
+        self.cache_controls.nglModeChanged.connect(self.set_ngl_mode)
+        self.cache_controls.fixRequested.connect(self.fix_settings)
+        self.hw_panel.choiceChanged.connect(c.set_hardware_choice)
+        self.model_panel.openRequested.connect(self.open_dialog)
+        self.model_panel.catalogChosen.connect(self.open_catalog)
+        self._verify.done.connect(self._on_verified)
+        QApplication.styleHints().colorSchemeChanged.connect(lambda _s: self.apply_theme())
+
+    def apply_theme(self) -> None:
+        t = theme.refresh()
+        self.setStyleSheet(theme.stylesheet(t))
+        self.plot.apply_theme()
+        self.cache_controls.set_refusals(*self._refusals())
+        for w in (self.bar, self.table, self.ctx.slider):
+            w.update()
+        self._show_headline()
+
+    # --- catalog and hardware -----------------------------------------------------------
+    def _load_catalog(self) -> None:
+        try:
+            from kvgui.core.catalog import load_catalog
+
+            entries = load_catalog()
+        except Exception as exc:  # the catalog is a convenience; the window works without it
+            self.statusBar().showMessage(f"model catalog unavailable: {exc}", 8000)
+            entries = []
+        self._catalog = {e.label: e for e in entries}
+        self.model_panel.set_catalog([(e.label, e.label) for e in entries])
+
+    def _gpu_catalog_names(self) -> list[str]:
+        try:
+            from kvgui.core.gpu_catalog import catalog
+
+            return [g.name for g in catalog()]
+        except Exception:
+            return []
+
+    def _start_detection(self) -> None:
+        import threading
+
+        def work() -> None:
+            try:
+                from kvgui.core.hardware.detect import detect
+
+                report = detect()
+            except Exception as exc:
+                report = exc
+            self._det.ready.emit(report)
+
+        threading.Thread(target=work, name="kvgui-detect", daemon=True).start()
+
+    def set_hardware_report(self, report: Any) -> None:
+        """Use a HardwareReport (from kvgui.core.hardware.detect) for the detected devices."""
+        self._hw_report = report
+        gpus = [GpuSource(g.name, g.total, g.in_use, True) for g in report.gpus]
+        ram = report.system.available if report.system else None
+        reasons = tuple(report.reasons)
+        self.ctl.set_hardware_state(HardwareState(
+            gpus, self.ctl.hardware.catalog_gpu, ram, reasons,
+            tuple(report.advice)))
+        self.hw_panel.set_detected(gpus, reasons)
+        if report.advice:
+            self.statusBar().showMessage(report.advice[0], 15000)
+        if gpus:
+            self._poll.start()
+
+    def _on_detected(self, report: Any) -> None:
+        if isinstance(report, Exception):
+            self.statusBar().showMessage(f"hardware detection failed: {report}", 10000)
+            return
+        self.set_hardware_report(report)
+
+    def _poll_free(self) -> None:
+        report = self._hw_report
+        if report is None or not report.gpus:
+            return
+        from kvgui.core.hardware.detect import free_memory
+
+        in_use: list[int | None] = []
+        for g in report.gpus:
+            free = free_memory(g)
+            in_use.append(None if free is None else max(0, g.total - free))
+        self.ctl.update_in_use(in_use)
+
+    # --- model --------------------------------------------------------------------------
+    def open_path(self, path: str) -> None:
+        self.ctl.open_path(path)
+
+    def open_catalog(self, label: str) -> None:
+        entry = self._catalog.get(label)
+        if entry is None:
+            self.statusBar().showMessage(f"no catalog model {label!r}", 8000)
+            return
+
+        def load() -> ModelInfo:
+            md, tensors, file_bytes = entry.header()
+            return ModelInfo.from_header(md, tensors, file_bytes=file_bytes)
+
+        self.ctl.open_header(load, CATALOG_PREFIX + label)
+
+    def open_initial(self, path: str | None) -> None:
+        """The command line's model, else the last one, else the first catalog model."""
+        if path:
+            self.open_path(path)
+            return
+        last = self.config.last_model
+        if last.startswith(CATALOG_PREFIX) and last[len(CATALOG_PREFIX):] in self._catalog:
+            self.open_catalog(last[len(CATALOG_PREFIX):])
+        elif last and os.path.exists(last):
+            self.open_path(last)
+        elif self._catalog:
+            self.open_catalog(next(iter(self._catalog)))
+
+    def open_dialog(self) -> None:
+        start = os.path.dirname(self.config.recent_files[0]) if self.config.recent_files else ""
+        path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", start,
+                                              "GGUF models (*.gguf);;All files (*)")
+        if path:
+            self.open_path(path)
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        for p in self.config.recent_files:
+            a = self.recent_menu.addAction(p)
+            a.triggered.connect(lambda _c=False, p=p: self.open_path(p))
+        if not self.config.recent_files:
+            self.recent_menu.addAction("(none yet)").setEnabled(False)
+        else:
+            self.recent_menu.addSeparator()
+            self.recent_menu.addAction("Clear list", self._clear_recent)
+
+    def _clear_recent(self) -> None:
+        self.config.recent_files = []
+        self._save()
+
+    def dragEnterEvent(self, ev: QDragEnterEvent) -> None:
+        if self._dropped_path(ev) is not None:
+            ev.acceptProposedAction()
+        else:
+            ev.ignore()
+
+    def dropEvent(self, ev: QDropEvent) -> None:
+        path = self._dropped_path(ev)
+        if path is not None:
+            ev.acceptProposedAction()
+            self.open_path(path)
+
+    @staticmethod
+    def _dropped_path(ev: Any) -> str | None:
+        md = ev.mimeData()
+        if not md.hasUrls():
+            return None
+        for url in md.urls():
+            if url.isLocalFile() and url.toLocalFile().lower().endswith(".gguf"):
+                return str(url.toLocalFile())
+        return None
+
+    def _on_loading(self, loading: bool) -> None:
+        self.model_panel.set_loading(loading)
+        if loading:
+            self.statusBar().showMessage("Reading the model header…")
+
+    def _on_load_failed(self, source: str, reason: str) -> None:
+        self.model_panel.set_model(self.ctl.model, self.ctl.model_source)
+        name = os.path.basename(source) or source
+        self.statusBar().showMessage(f"Could not open {name}: {reason}", 15000)
+        # not exec(): the window stays live (and a test or a second drop is not blocked)
+        box = QMessageBox(QMessageBox.Icon.Warning, "Could not open the model",
+                          f"Could not open {name}", QMessageBox.StandardButton.Ok, self)
+        box.setInformativeText(reason)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.setObjectName("loadError")
+        box.open()
+
+    def _on_model(self, model: ModelInfo | None) -> None:
+        src = self.ctl.model_source
+        self.model_panel.set_model(model, src)
+        if model is not None:
+            self.ctx.set_trained(model.n_ctx_train or 0)
+            self.cache_controls.set_n_layers(len(model.layers) + 1)
+            self.config.last_model = src
+            if not src.startswith(CATALOG_PREFIX):
+                self.config.add_recent(src)
+            self.statusBar().showMessage(f"Opened {model.name}", 5000)
+            self.setWindowTitle(f"{model.name} — kvgui")
+            self._save()
+        self.act_verify.setEnabled(model is not None and not src.startswith(CATALOG_PREFIX))
+        self.act_chat.setEnabled(model is not None and not src.startswith(CATALOG_PREFIX))
+        self.cache_controls.set_refusals(*self._refusals())
+
+    # --- settings -----------------------------------------------------------------------
+    def _settings_edited(self, changes: dict) -> None:
+        self.ctl.update_settings(**changes)
+
+    def _choose_pair(self, type_k: str, type_v: str) -> None:
+        changes: dict[str, Any] = {"type_k": type_k, "type_v": type_v}
+        if type_v not in ("f16", "f32", "bf16") and self.ctl.settings.flash_attn is FlashAttn.OFF:
+            changes["flash_attn"] = FlashAttn.AUTO
+        self.ctl.update_settings(**changes)
+
+    def set_ngl_mode(self, mode: str) -> None:
+        self.ngl_mode = mode
+        self.ctl.ngl_auto = mode == NGL_AUTO
+        if mode == NGL_ALL:
+            self.ctl.update_settings(n_gpu_layers=ALL_LAYERS)
+        elif mode == NGL_N:
+            est = self.ctl.snapshot.estimate if self.ctl.snapshot else None
+            n = est.n_gpu_layers if est else self.cache_controls.ngl.value()
+            self.ctl.update_settings(n_gpu_layers=n)
+        else:
+            self.ctl.recompute(full=True)
+
+    def _on_settings(self, s: Any) -> None:
+        self.ctx.set_ctx(s.n_ctx)
+        rest = s.replace(n_ctx=256)
+        if rest != self._shown_rest:  # a slider step changes only n_ctx: skip the rest
+            self._shown_rest = rest
+            self.cache_controls.set_settings(s, self.ngl_mode)
+            self.cache_controls.set_refusals(*self._refusals())
+        self.config.settings = s
+
+    def _refusals(self) -> tuple[dict[str, str], dict[str, str]]:
+        m = self.ctl.model
+        if m is None:
+            return {}, {}
+        s = self.ctl.settings
+        out: tuple[dict[str, str], dict[str, str]] = ({}, {})
+        for i, field in enumerate(("type_k", "type_v")):
+            for t in CACHE_TYPE_NAMES:
+                trial = s.replace(**{field: t})
+                errors, _ = check(m, trial, resolve_flash_attn(m, trial))
+                if errors:
+                    out[i][t] = errors[0]
+        return out
+
+    def fix_settings(self) -> None:
+        """Make the one change that lets llama.cpp accept the settings."""
+        m, s = self.ctl.model, self.ctl.settings
+        if m is None:
+            return
+        errors, _ = check(m, s, resolve_flash_attn(m, s))
+        for e in errors:
+            if "needs flash attention" in e:
+                self.ctl.update_settings(flash_attn=FlashAttn.AUTO)
+                return
+            if "same K and V" in e:
+                self.ctl.update_settings(type_v=s.type_k)
+                return
+            if e.startswith("K cache type"):
+                self.ctl.update_settings(type_k="f16")
+                return
+            if e.startswith("V cache type"):
+                self.ctl.update_settings(type_v="f16")
+                return
+
+    def _on_plan(self, plan: Any) -> None:
+        gpus = [v for v in plan.views if v.is_gpu]
+        self.hw_panel.set_reserve_total(sum(v.reserve for v in plan.views))
+        live = ""
+        if self._hw_report is not None and not plan.planned and gpus:
+            parts = [f"{format_bytes((v.capacity or 0) - 0)} total" for v in gpus[:1]]
+            in_use = [g.in_use for g in self.ctl.hardware.detected]
+            if in_use:
+                parts.append(f"{format_bytes(in_use[0])} in use by other programs now")
+            live = " · ".join(parts)
+        self.hw_panel.set_live(live)
+
+    # --- drawing ------------------------------------------------------------------------
+    def _on_snapshot(self, snap: Snapshot) -> None:
+        self.bar.set_rows(snap.rows, "; ".join(snap.errors))
+        self.table.set_rows(snap.compare)
+        self.plot.set_cursor(snap.n_ctx)
+        self._show_headline()
+        est = snap.estimate
+        errors = est.errors if est else ()
+        self.cache_controls.set_errors(errors, bool(errors))
+        warns = [w for w in (est.warnings if est else ()) if "trained on" not in w]
+        text = "\n".join(f"⚠ {w}" for w in warns)
+        if text != self.warnings.text():
+            self.warnings.setText(text)
+            self.warnings.setVisible(bool(text))
+        if est is not None and self.ngl_mode == NGL_AUTO:
+            self.cache_controls.ngl.blockSignals(True)
+            self.cache_controls.ngl.setValue(est.n_gpu_layers)
+            self.cache_controls.ngl.blockSignals(False)
+
+    def _on_curves(self, curves: Curves) -> None:
+        self.plot.set_curves(curves)
+        self.plot.set_cursor(self.ctl.settings.n_ctx)
+
+    def _show_headline(self) -> None:
+        verdict, detail, state = self.ctl.headline()
+        t = theme.current()
+        color = {"ok": t.ok, "over": t.over, "error": t.over}.get(state, t.text)
+        if verdict != self.headline.text():
+            self.headline.setText(verdict)
+        style = f"color: {color.name()}"
+        if self.headline.styleSheet() != style:
+            self.headline.setStyleSheet(style)
+        if detail != self.detail.text():
+            self.detail.setText(detail)
+        plan = self.ctl.plan.title
+        if plan != self.plan_label.text():
+            self.plan_label.setText(plan)
+
+    # --- actions ------------------------------------------------------------------------
+    def _model_path_for_export(self) -> str:
+        src = self.ctl.model_source
+        if src.startswith(CATALOG_PREFIX):
+            return src[len(CATALOG_PREFIX):].replace(" ", "-") + ".gguf"
+        return src or "model.gguf"
+
+    def export_dialog(self) -> None:
+        from kvgui.ui.export_dialog import ExportDialog
+
+        est = self.ctl.snapshot.estimate if self.ctl.snapshot else None
+        dlg = ExportDialog(self.ctl.settings, self._model_path_for_export(),
+                           est.flash_attn if est else None, self)
+        dlg.exec()
+
+    def import_dialog(self) -> None:
+        from kvgui.ui.import_dialog import ImportDialog
+
+        dlg = ImportDialog(self.ctl.settings, self)
+        if dlg.exec() and dlg.parsed is not None:
+            self.apply_import(dlg.parsed)
+
+    def apply_import(self, parsed: Any) -> None:
+        from kvgui.ui.import_dialog import changes_from
+
+        m = self.ctl.model
+        changes = changes_from(parsed, m.n_ctx_train if m else None)
+        if "n_gpu_layers" in changes:
+            self.ngl_mode = NGL_ALL if changes["n_gpu_layers"] == ALL_LAYERS else NGL_N
+            self.ctl.ngl_auto = False
+        self.ctl.update_settings(**changes)
+        if parsed.model_path and os.path.exists(parsed.model_path) and \
+                os.path.abspath(parsed.model_path) != os.path.abspath(self.ctl.model_source):
+            self.open_path(parsed.model_path)
+        if parsed.unknown:
+            self.statusBar().showMessage("Imported; not modelled by kvgui: "
+                                         + " ".join(parsed.unknown), 15000)
+        else:
+            self.statusBar().showMessage("Imported the command's settings", 8000)
+
+    def verify(self) -> None:
+        src = self.ctl.model_source
+        if not src or src.startswith(CATALOG_PREFIX):
+            self.statusBar().showMessage("Verify needs a real GGUF file: open one first", 8000)
+            return
+        if self._verify.start(src, self.ctl.settings):
+            self.verify_panel.show_running()
+            self.statusBar().showMessage("Asking llama.cpp (dry run, no weights read)…")
+
+    def _on_verified(self, settings: Any, result: Any, error: str) -> None:
+        if error:
+            self.verify_panel.show_error(error)
+            self.statusBar().showMessage(f"llama.cpp dry run failed: {error}", 15000)
+            return
+        from kvgui.core.estimate import estimate
+
+        if self.ctl.model is None:
+            return
+        est = estimate(self.ctl.model, settings, None)
+        self.verify_panel.show_result(est, result)
+        self.statusBar().showMessage("llama.cpp's own figures are beside the estimate", 8000)
+
+    def launch_chat(self) -> None:
+        src = self.ctl.model_source
+        if not src or src.startswith(CATALOG_PREFIX):
+            self.statusBar().showMessage("Chat needs a real GGUF file: open one first", 8000)
+            return
+        try:
+            from kvgui.ui import chat_window
+        except ImportError as exc:
+            QMessageBox.information(self, "Chat", f"Chat is not available in this build: {exc}")
+            return
+        try:
+            win = chat_window.ChatWindow()
+            est = self.ctl.snapshot.estimate if self.ctl.snapshot else None
+            win.launch(src, self.ctl.settings, est)
+            win.show()
+        except Exception as exc:  # the chat window is another module: never take this one down
+            QMessageBox.warning(self, "Chat", f"Could not start the chat: {exc}")
+            return
+        self._chats = [w for w in getattr(self, "_chats", []) if w.isVisible()] + [win]
+
+    def about(self) -> None:
+        QMessageBox.about(
+            self, "About kvgui",
+            f"<h3>kvgui {__version__}</h3>"
+            "<p>Will this GGUF model fit on my GPU, at this context, with which KV cache "
+            "type?</p><p>Memory figures follow the bundled llama.cpp's own allocation rules "
+            "(KV cache, compute buffer, output buffer) and can be checked against llama.cpp "
+            "itself with <i>Verify</i>.</p><p>Quality notes quote llama.cpp's published "
+            "perplexity measurements (PRs #6183, #7412, #7527).</p>"
+            f"<p>Qt {self._qt_version()} · MIT licence</p>")
+
+    @staticmethod
+    def _qt_version() -> str:
+        from PySide6 import QtCore
+
+        return str(QtCore.qVersion())
+
+    @staticmethod
+    def open_url(url: str) -> None:
+        QDesktopServices.openUrl(QUrl(url))
+
+    # --- persistence --------------------------------------------------------------------
+    def _restore_geometry(self) -> None:
+        c = self.config
+        restored = False
+        if c.geometry:
+            try:
+                restored = self.restoreGeometry(QByteArray(base64.b64decode(c.geometry)))
+            except ValueError:
+                restored = False
+        if c.window_state:
+            with contextlib.suppress(ValueError):
+                self.restoreState(QByteArray(base64.b64decode(c.window_state)))
+        self.geometry_restored = restored
+        if not restored:
+            screen = QApplication.primaryScreen()
+            avail = screen.availableGeometry() if screen else None
+            w, h = 1560, 960
+            if avail is not None:
+                w, h = min(w, int(avail.width() * 0.95)), min(h, int(avail.height() * 0.92))
+            self.resize(w, h)
+
+    def _save(self) -> None:
+        if not self.persist:
+            return
+        c = self.config
+        c.settings = self.ctl.settings
+        c.hardware = self.hw_panel.choice()
+        c.advanced_open = self.cache_controls.advanced.isVisible() or \
+            self.cache_controls.adv_toggle.isChecked()
+        c.geometry = base64.b64encode(bytes(self.saveGeometry().data())).decode("ascii")
+        c.window_state = base64.b64encode(bytes(self.saveState().data())).decode("ascii")
+        try:
+            save_config(c)
+        except OSError as exc:
+            self.statusBar().showMessage(f"could not save settings: {exc.strerror}", 8000)
+
+    def closeEvent(self, ev: QCloseEvent) -> None:
+        self._poll.stop()
+        self._save()
+        super().closeEvent(ev)

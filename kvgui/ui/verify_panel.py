@@ -1,0 +1,114 @@
+"""Verify with llama.cpp: its own dry run beside kvgui's estimate, with the differences.
+
+The dry run (kvgui.runtime.dryrun) loads the file's header with no_alloc in a child process;
+here it runs on a worker thread so the window stays live, and the result is shown as a small
+table: weights, KV cache, compute, output, total — kvgui, llama.cpp, difference.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
+
+from kvgui.core.settings import Settings
+from kvgui.core.sizes import format_bytes
+from kvgui.ui import theme
+
+ROWS = (("weights", "Weights"), ("kv", "KV cache"), ("compute", "Compute"),
+        ("output", "Output"), ("total", "Total"))
+
+
+class VerifyRunner(QObject):
+    """Runs one dry run at a time off the GUI thread."""
+
+    done = Signal(object, object, str)  # settings, result or None, error ("" when ok)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.running = False
+
+    def start(self, path: str, settings: Settings) -> bool:
+        if self.running:
+            return False
+        self.running = True
+
+        def work() -> None:
+            try:
+                from kvgui.runtime.dryrun import dry_run
+
+                result = dry_run(path, settings)
+                self.done.emit(settings, result, "")
+            except Exception as exc:  # DryRunError and anything else: one line
+                text = str(exc).strip().splitlines()
+                self.done.emit(settings, None, text[0] if text else type(exc).__name__)
+            finally:
+                self.running = False
+
+        threading.Thread(target=work, name="kvgui-verify", daemon=True).start()
+        return True
+
+
+class VerifyPanel(QWidget):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.title = QLabel()
+        self.title.setObjectName("cardTitle")
+        self.grid = QGridLayout()
+        self.grid.setHorizontalSpacing(16)
+        self.grid.setVerticalSpacing(2)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.title)
+        lay.addLayout(self.grid)
+        self._cells: dict[tuple[int, int], QLabel] = {}
+        for c, head in enumerate(("", "kvgui", "llama.cpp", "difference")):
+            self._cell(0, c, head, muted=True)
+        for r, (_key, label) in enumerate(ROWS, start=1):
+            self._cell(r, 0, label, muted=True)
+        self.hide()
+
+    def _cell(self, r: int, c: int, text: str, muted: bool = False) -> QLabel:
+        lab = self._cells.get((r, c))
+        if lab is None:
+            lab = QLabel()
+            if c:
+                lab.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            self.grid.addWidget(lab, r, c)
+            self._cells[(r, c)] = lab
+        if muted:
+            lab.setObjectName("muted")
+        lab.setText(text)
+        return lab
+
+    def show_running(self) -> None:
+        self.title.setText("VERIFYING WITH LLAMA.CPP…")
+        self.show()
+
+    def show_error(self, reason: str) -> None:
+        self.title.setText(f"LLAMA.CPP DRY RUN FAILED: {reason}")
+        for r in range(1, len(ROWS) + 1):
+            for c in (1, 2, 3):
+                self._cell(r, c, "")
+        self.show()
+
+    def show_result(self, estimate: Any, llama: Any) -> None:
+        """``estimate``: kvgui Estimate; ``llama``: runtime LlamaCppMemory."""
+        t = theme.current()
+        mine = estimate.memory_json()
+        theirs = llama.memory()
+        self.title.setText(f"LLAMA.CPP DRY RUN — n_ctx {llama.n_ctx or '?'}, flash attention "
+                           f"{'on' if llama.flash_attn else 'off'}")
+        for r, (key, _label) in enumerate(ROWS, start=1):
+            a, b = int(mine.get(key, 0)), int(theirs.get(key, 0))
+            self._cell(r, 1, format_bytes(a))
+            self._cell(r, 2, format_bytes(b))
+            d = a - b
+            rel = abs(d) / b if b else 0.0
+            cell = self._cell(r, 3, "same" if d == 0 else f"{'+' if d > 0 else '−'}"
+                              f"{format_bytes(abs(d))}")
+            color = t.ok if rel < 0.01 else (t.warn if rel < 0.05 else t.over)
+            cell.setStyleSheet(f"color: {color.name()}")
+        self.show()

@@ -1,0 +1,220 @@
+"""The llama.cpp worker, driven over its protocol with real llama.cpp and the tiny model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from kvgui.core.estimate import estimate
+from kvgui.core.model import load_model
+from kvgui.core.settings import FlashAttn, Settings
+from kvgui.runtime import worker
+from kvgui.runtime.client import WorkerClient, WorkerError
+from kvgui.runtime.llama_log import matches_logged, parse_llama_log
+from kvgui.runtime.protocol import (
+    EVENT_TYPES,
+    ProtocolError,
+    Sampling,
+    decode,
+    encode,
+    message,
+)
+
+pytestmark = pytest.mark.llama
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_path) -> str:
+    return str(tiny_model_path)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny: str):
+    """One worker shared by the chat tests (each test starts a new conversation)."""
+    client = WorkerClient()
+    client.start()
+    client.load(tiny, Settings(n_ctx=512))
+    yield client
+    client.close()
+
+
+# -- protocol -------------------------------------------------------------------------------
+
+def test_protocol_round_trip_and_errors() -> None:
+    msg = message("token", text="héllo\n{")
+    line = encode(msg)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.isascii()
+    assert decode(line) == msg
+    for bad in (b"", b"not json", b"[1, 2]", b'{"no_type": 1}'):
+        with pytest.raises(ProtocolError):
+            decode(bad)
+    with pytest.raises(ProtocolError):
+        message("teleport")
+
+
+def test_sampling_defaults_validation_and_coercion() -> None:
+    s = Sampling()
+    assert (s.temperature, s.top_p, s.top_k, s.min_p) == (0.8, 0.95, 40, 0.05)
+    assert Sampling.from_dict(s.to_dict()) == s
+    got = Sampling.from_dict({"temperature": "0.5", "top_k": 3.0, "junk": 1})
+    assert got.temperature == 0.5 and got.top_k == 3 and isinstance(got.top_k, int)
+    for bad in ({"max_tokens": 0}, {"top_p": 1.5}, {"temperature": -1}, {"top_k": -2}):
+        with pytest.raises(ValueError):
+            Sampling(**bad)
+
+
+def test_every_settings_field_reaches_llama_cpp() -> None:
+    """Each Settings field is passed explicitly, so llama-cpp-python's defaults never apply."""
+    s = Settings(n_ctx=1000, type_k="q8_0", type_v="q4_1", flash_attn=FlashAttn.AUTO,
+                 n_gpu_layers=7, n_batch=300, n_ubatch=100, n_parallel=3, kv_offload=False,
+                 swa_full=True, kv_unified=True, mmap=False, tensor_split=(3.0, 1.0))
+    kw = worker.llama_kwargs("m.gguf", s)
+    ctx = worker.context_fields(s)
+    model = worker.model_fields(s)
+    assert ctx == {"n_ctx": 1000, "n_batch": 300, "n_ubatch": 100, "n_seq_max": 3,
+                   "flash_attn_type": -1, "type_k": 8, "type_v": 3, "offload_kqv": False,
+                   "swa_full": True, "kv_unified": True}
+    assert model == {"n_gpu_layers": 7}
+    assert kw["use_mmap"] is False and kw["tensor_split"] == [3.0, 1.0]
+    assert kw["n_gpu_layers"] == 7 and kw["offload_kqv"] is False
+    covered = {"n_ctx", "type_k", "type_v", "flash_attn", "n_gpu_layers", "n_batch", "n_ubatch",
+               "n_parallel", "kv_offload", "swa_full", "kv_unified", "mmap", "tensor_split"}
+    assert {f.name for f in dataclasses.fields(Settings)} == covered
+    assert worker.model_fields(Settings())["n_gpu_layers"] == 0x7FFFFFFF
+
+
+# -- loading --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("n_ctx", "type_k", "type_v", "fa"), [
+    (512, "f16", "f16", "auto"),
+    (1000, "q8_0", "q8_0", "on"),
+    (300, "q4_0", "f16", "off"),
+    (700, "q5_1", "iq4_nl", "on"),
+    (256, "bf16", "f32", "off"),
+])
+def test_measured_kv_equals_estimate(tiny: str, n_ctx: int, type_k: str, type_v: str,
+                                     fa: str) -> None:
+    settings = Settings(n_ctx=n_ctx, type_k=type_k, type_v=type_v, flash_attn=FlashAttn(fa))
+    est = estimate(load_model(tiny), settings)
+    assert not est.errors
+    with WorkerClient() as client:
+        loaded = client.load(tiny, settings)
+    mem = parse_llama_log(loaded["log"])
+    assert mem.n_ctx == est.n_ctx == loaded["n_ctx"]
+    assert mem.flash_attn == est.flash_attn
+    assert [c.type_k for c in mem.kv_caches] == [type_k]
+    assert matches_logged(est.kv_k, mem.kv_caches[0].k_mib)
+    assert matches_logged(est.kv_v, mem.kv_caches[0].v_mib)
+
+
+def test_parallel_batch_and_unified_reach_the_context(tiny: str) -> None:
+    settings = Settings(n_ctx=1024, n_parallel=2, n_batch=256, n_ubatch=128, kv_unified=False,
+                        flash_attn=FlashAttn.ON)
+    with WorkerClient() as client:
+        loaded = client.load(tiny, settings)
+    mem = parse_llama_log(loaded["log"])
+    assert (mem.n_seq_max, mem.n_batch, mem.n_ubatch, mem.kv_unified) == (2, 256, 128, False)
+    assert loaded["n_seq_max"] == 2 and loaded["n_ctx_seq"] == 512
+    assert mem.flash_attn_type == "enabled"
+    assert mem.kv_caches[0].n_stream == 2
+
+
+def test_progress_then_loaded(tiny: str) -> None:
+    kinds: list[str] = []
+    with WorkerClient(on_event=lambda m: kinds.append(m["type"])) as client:
+        client.load(tiny, Settings(n_ctx=256))
+    assert set(kinds) <= EVENT_TYPES
+    assert kinds[0] == "started" and kinds[-1] == "loaded"
+    assert kinds.index("progress") < kinds.index("loaded")
+    assert "log" in kinds
+
+
+def test_not_a_model_fails_with_llama_cpp_reason(tmp_path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(200))
+    with WorkerClient() as client:
+        with pytest.raises(WorkerError) as info:
+            client.load(str(bad), Settings(n_ctx=256))
+        assert info.value.fatal
+        assert "gguf" in str(info.value).lower()
+        assert not client.running
+
+
+# -- chat -----------------------------------------------------------------------------------
+
+def test_reply_streams_counts_and_repeats_with_a_seed(loaded: WorkerClient) -> None:
+    loaded.reset()
+    pieces: list[str] = []
+    sampling = Sampling(max_tokens=12, seed=7)
+    done = loaded.chat("hello world", sampling=sampling, on_token=pieces.append)
+    assert done["reply"] == "".join(pieces) and done["reply"]
+    assert done["stop_reason"] == "max_tokens" and done["tokens"] >= 12
+    assert done["n_past"] >= done["prompt_tokens"] > 5
+    assert done["n_ctx"] == 512
+    assert done["ttft_s"] > 0 and done["tokens_per_s"] > 0 and done["prompt_tokens_per_s"] > 0
+    second = loaded.chat("and again", sampling=sampling)
+    assert second["prompt_tokens"] > done["n_past"]  # the history is part of the prompt
+    loaded.reset()
+    assert loaded.chat("hello world", sampling=sampling)["reply"] == done["reply"]
+
+
+def test_stop_interrupts_and_keeps_the_model(loaded: WorkerClient) -> None:
+    loaded.reset()
+    pid = loaded.pid
+    loaded.send("chat", text="tell me everything", system="be long",
+                sampling=Sampling(max_tokens=-1, seed=1).to_dict())
+    tokens = 0
+    while True:
+        msg = loaded.next_event(timeout=20)
+        if msg["type"] == "token":
+            tokens += 1
+            if tokens == 3:
+                loaded.stop()
+        if msg["type"] == "finished":
+            break
+    assert msg["stop_reason"] == "stopped"
+    assert msg["tokens"] < 100  # unlimited otherwise: it ran to the end of the context
+    assert loaded.pid == pid and loaded.running
+    after = loaded.chat("short", sampling=Sampling(max_tokens=3, seed=1))
+    assert after["stop_reason"] in ("max_tokens", "eos")
+    loaded.stop()  # idle: a no-op that must not stop the next reply
+    nxt = loaded.chat("next", sampling=Sampling(max_tokens=3, seed=1))
+    assert nxt["stop_reason"] in ("max_tokens", "eos")
+
+
+def test_context_full_stops_then_drops_oldest_turns(loaded: WorkerClient) -> None:
+    long = "word " * 200
+    loaded.reset()
+    first = loaded.chat(long, sampling=Sampling(max_tokens=4, seed=1))
+    assert first["dropped_turns"] == 0
+    second = loaded.chat(long, sampling=Sampling(max_tokens=4, seed=1))
+    assert second["dropped_turns"] == 0 and second["prompt_tokens"] > first["n_past"]
+    third = loaded.chat(long, sampling=Sampling(max_tokens=4, seed=1))
+    assert third["dropped_turns"] >= 1  # three long turns do not fit in 512 tokens
+    assert third["prompt_tokens"] < second["prompt_tokens"] + 200
+
+    loaded.reset()
+    full = loaded.chat("word " * 440, sampling=Sampling(max_tokens=-1, seed=3))
+    assert full["stop_reason"] == "context"
+    assert full["n_ctx"] - 2 <= full["n_past"] <= full["n_ctx"]
+    with pytest.raises(WorkerError) as info:
+        loaded.chat("word " * 600, sampling=Sampling(max_tokens=4))
+    assert not info.value.fatal and "does not fit in the context" in str(info.value)
+    assert loaded.chat("still here", sampling=Sampling(max_tokens=2))["tokens"] >= 1
+
+
+def test_bad_request_line_is_reported_not_fatal(loaded: WorkerClient) -> None:
+    assert loaded._proc is not None and loaded._proc.stdin is not None
+    loaded._proc.stdin.write(b"this is not json\n")
+    loaded._proc.stdin.flush()
+    msg = loaded.next_event(timeout=10)
+    while msg["type"] == "log":
+        msg = loaded.next_event(timeout=10)
+    assert msg["type"] == "failed" and msg["stage"] == "request" and not msg["fatal"]
+    loaded.send("chat", text="x", sampling={"max_tokens": 0})
+    with pytest.raises(WorkerError, match="invalid sampling"):
+        loaded._expect("finished", 10)
+    assert json.loads(json.dumps(loaded.chat("ok", sampling=Sampling(max_tokens=2))))

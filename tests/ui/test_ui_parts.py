@@ -1,0 +1,96 @@
+"""Pieces of the window that need no model: slider maths, quality notes, plan, gui entry."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvgui.commands import gui
+from kvgui.core.appconfig import HW_CUSTOM, HW_DETECTED, HardwareChoice
+from kvgui.core.fit import COMMON_CACHE_PAIRS
+from kvgui.core.quality_notes import K_CACHE_PPL_6183, quality_note
+from kvgui.core.sizes import GiB
+from kvgui.ui.context_slider import ctx_of, pages, pos_of, short_tokens, snap
+from kvgui.ui.hardware_plan import ALL_GPUS, GpuSource, make_plan
+
+
+def test_slider_positions_snap_to_llama_cpp_padding() -> None:
+    for pos in range(0, pos_of(1 << 20), 137):
+        n = ctx_of(pos)
+        assert n % 256 == 0 and n >= 512
+    for n in (512, 4096, 32768, 131072):
+        assert ctx_of(pos_of(n)) == n
+    assert snap(1000) == 1024 and snap(100) == 256
+    assert short_tokens(32768) == "32K" and short_tokens(1 << 20) == "1M"
+    assert pages(6670) == "≈ 10 pages"
+
+
+def test_quality_notes_cite_their_source() -> None:
+    for pair in COMMON_CACHE_PAIRS:
+        note = quality_note(*pair)
+        assert note.text and note.source
+    q4 = quality_note("q4_0", "q4_0")
+    assert "+1.91%" in q4.text and "6183" in q4.source and q4.url.endswith("/6183")
+    q8 = quality_note("q8_0", "q8_0")
+    assert "≈ f16" in q8.text and "7412" in q8.source
+    # the published ordering: more bits, less perplexity lost
+    ppl = [K_CACHE_PPL_6183[t] for t in ("f16", "q8_0", "q5_1", "q5_0", "q4_1", "iq4_nl",
+                                         "q4_0")]
+    assert ppl == sorted(ppl)
+    assert "no published" in quality_note("q5_0", "q8_0").text
+
+
+def test_plan_reserve_comes_off_the_budget() -> None:
+    choice = HardwareChoice(mode=HW_CUSTOM, custom_bytes=8 * GiB, embedding=GiB,
+                            mmproj=GiB // 2, margin=GiB)
+    plan = make_plan(choice, [], None, None)
+    gpu = plan.primary
+    assert gpu.capacity == 8 * GiB and gpu.reserve == int(2.5 * GiB)
+    assert plan.budgets[0].budget == int(5.5 * GiB)
+    assert plan.budgets[-1].is_gpu is False and plan.budgets[-1].budget is None
+
+
+def test_detected_gpus_reserve_what_is_in_use_now() -> None:
+    gpus = [GpuSource("RTX A", 24 * GiB, 2 * GiB, True), GpuSource("RTX A", 24 * GiB, 0, True)]
+    one = make_plan(HardwareChoice(mode=HW_DETECTED, margin=0), gpus, None, 64 * GiB)
+    assert one.primary.reserve == 2 * GiB and len(one.views) == 2
+    both = make_plan(HardwareChoice(mode=HW_DETECTED, detected_index=ALL_GPUS, margin=0),
+                     gpus, None, 64 * GiB)
+    assert [v.name for v in both.views] == ["RTX A", "RTX A #1", "CPU"]
+    assert both.views[-1].capacity == 64 * GiB
+    cpu_only = make_plan(HardwareChoice(mode=HW_DETECTED), [], None, 32 * GiB)
+    assert [v.is_gpu for v in cpu_only.views] == [False]
+    assert cpu_only.primary.budget == 31 * GiB
+
+
+@pytest.mark.parametrize(("soname", "package"), [
+    ("libxcb-cursor.so.0", "libxcb-cursor0"), ("libxkbcommon-x11.so.0", "libxkbcommon-x11-0"),
+    ("libEGL.so.1", "libegl1"), ("libxcb-icccm.so.4", "libxcb-icccm4")])
+def test_missing_libraries_name_their_debian_package(soname, package) -> None:
+    assert gui.debian_package(soname) == package
+
+
+def test_qt_plugin_failure_becomes_one_line() -> None:
+    stderr = ("qt.qpa.plugin: From 6.5.0, xcb-cursor0 or libxcb-cursor0 is needed to load the "
+              "Qt xcb platform plugin.\nqt.qpa.plugin: Could not load the Qt platform plugin "
+              "\"xcb\" in \"\" even though it was found.\n")
+    line = gui.explain_probe_failure(stderr)
+    assert "sudo apt install libxcb-cursor0" in line and "\n" not in line
+    stderr2 = ("Cannot load library libqxcb.so: (libxcb-icccm.so.4: cannot open shared object "
+               "file: No such file or directory)\n")
+    assert "libxcb-icccm4" in gui.explain_probe_failure(stderr2)
+
+
+def test_gui_entry_rejects_a_missing_model(capsys) -> None:
+    assert gui.main(["/no/such/model.gguf"]) == gui.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file" in err
+
+
+def test_gui_entry_without_display_says_so(monkeypatch, capsys) -> None:
+    monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(gui.sys, "platform", "linux")
+    assert gui.main([]) == gui.EXIT_NO_GUI
+    err = capsys.readouterr().err
+    assert err.startswith("kvgui: no display") and err.count("\n") == 1

@@ -1,0 +1,265 @@
+"""The configurator window on real widgets: open, drag, over budget, refusals, presets, drops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+from PySide6.QtGui import QDropEvent
+from PySide6.QtWidgets import QMessageBox
+
+from kvgui.core.appconfig import HW_CUSTOM, HardwareChoice
+from kvgui.core.estimate import estimate
+from kvgui.core.fit import COMMON_CACHE_PAIRS, max_context
+from kvgui.core.settings import FlashAttn
+from kvgui.core.sizes import GiB
+from kvgui.ui.barmodel import PART_KEYS
+from kvgui.ui.context_slider import pos_of
+
+
+def bar_matches_estimate(win) -> None:
+    """Every segment of every device row equals the core estimate for the same inputs."""
+    ctl = win.ctl
+    est = estimate(ctl.model, ctl.settings, ctl.plan.budgets)
+    rows = {r.label: r for r in win.bar.rows}
+    assert rows, "the bar shows no device"
+    for dm in est.devices:
+        if dm.name not in rows:
+            assert dm.total == 0
+            continue
+        row = rows[dm.name]
+        assert dict(row.parts) == {k: getattr(dm, k) for k in PART_KEYS}
+
+
+def test_open_model_shows_summary(qtbot, open_model, window, model_file: Path) -> None:
+    open_model(window, model_file)
+    m = window.ctl.model
+    assert m.name == "Llama-3.1-8B-Instruct"
+    assert window.model_panel.name.text() == m.name
+    form = window.model_panel.form
+    labels = [form.itemAt(i, form.ItemRole.LabelRole).widget().text() for i in
+              range(form.rowCount())]
+    values = [form.itemAt(i, form.ItemRole.FieldRole).widget().text() for i in
+              range(form.rowCount())]
+    summary = dict(zip(labels, values, strict=True))
+    assert summary["Architecture"] == "llama"
+    assert summary["File type"] == "Q4_K_M"
+    assert summary["Heads / KV heads"] == "32 / 8"
+    assert summary["Trained context"] == "131,072"
+    assert str(model_file) in window.config.recent_files
+    bar_matches_estimate(window)
+
+
+def test_dragging_the_slider_updates_every_bar(qtbot, open_model, window, model_file: Path) -> None:
+    open_model(window, model_file)
+    slider = window.ctx.slider
+    for target in (8192, 24576, 65536, 131072):
+        slider.setValue(pos_of(target))  # as a drag does: valueChanged per position
+        window.ctl.flush()
+        n = window.ctl.settings.n_ctx
+        assert n % 256 == 0 and abs(n - target) <= 256
+        assert window.ctx.spin.value() == n
+        bar_matches_estimate(window)
+        # every cache type's row is the estimate for that pair at the same context
+        for row in window.table.rows:
+            s = window.ctl.pair_settings(row.type_k, row.type_v)
+            assert row.total == estimate(window.ctl.model, s, window.ctl.plan.budgets).total
+        assert window.plot.cursor_value == pytest.approx(n)
+        assert window.plot.cursor.isVisible()
+    # keyboard: one step is one llama.cpp padding unit, Page Up the next power of two
+    slider.setFocus()
+    before = window.ctl.settings.n_ctx
+    qtbot.keyClick(slider, Qt.Key.Key_Left)
+    window.ctl.flush()
+    assert window.ctl.settings.n_ctx == before - 256
+    qtbot.keyClick(slider, Qt.Key.Key_PageUp)
+    window.ctl.flush()
+    assert window.ctl.settings.n_ctx == 131072
+    bar_matches_estimate(window)
+
+
+def test_cache_table_lists_every_common_pair_with_its_fit(qtbot, open_model,
+        window, model_file) -> None:
+    open_model(window, model_file)
+    rows = window.table.rows
+    assert [(r.type_k, r.type_v) for r in rows] == list(COMMON_CACHE_PAIRS)
+    budgets = window.ctl.plan.budgets
+    for r in rows:
+        s = window.ctl.pair_settings(r.type_k, r.type_v)
+        assert r.max_ctx == max_context(window.ctl.model, s, budgets)
+        assert r.note.text and r.note.source
+    fits = [r.max_ctx for r in rows]
+    assert fits[0] < fits[1] < fits[6]  # f16 < q8_0 < q4_0
+    # the plot has one line per pair and the budget line at the GPU's budget
+    curves = window.plot.curves
+    assert set(curves.ys) == set(COMMON_CACHE_PAIRS)
+    assert window.plot.budget_line.value() == pytest.approx(curves.budget / GiB)
+
+
+def test_over_budget_is_red_and_says_by_how_much(qtbot, open_model, window, model_file) -> None:
+    open_model(window, model_file)
+    window.ctl.set_hardware_choice(HardwareChoice(mode=HW_CUSTOM, custom_bytes=6 * GiB))
+    window.ctl.update_settings(n_ctx=65536)
+    window.ctl.flush()
+    gpu = window.bar.rows[0]
+    assert gpu.budget == 5 * GiB  # 6 GiB less the 1 GiB margin
+    assert gpu.over == gpu.used - gpu.budget > 0
+    verdict, _detail, state = window.ctl.headline()
+    assert state == "over"
+    from kvgui.core.sizes import format_bytes
+
+    assert window.headline.text() == f"Over budget by {format_bytes(gpu.over)}" == verdict
+    assert "d93025" in window.headline.styleSheet().lower() or \
+        "ff5a4f" in window.headline.styleSheet().lower()
+    bar_matches_estimate(window)
+    # back under budget: green again
+    window.ctl.update_settings(n_ctx=1024)
+    window.ctl.flush()
+    assert window.bar.rows[0].over == 0
+    assert window.ctl.headline()[2] == "ok"
+
+
+def test_refused_combination_is_explained_and_fixable(qtbot, open_model,
+        window, model_file) -> None:
+    open_model(window, model_file)
+    cc = window.cache_controls
+    cc.fa.setCurrentIndex(cc.fa.findData(FlashAttn.OFF))
+    cc.fa.activated.emit(cc.fa.currentIndex())
+    cc.type_v.setCurrentIndex(cc.type_v.findData("q8_0"))
+    cc.type_v.activated.emit(cc.type_v.currentIndex())
+    window.ctl.flush()
+    assert window.ctl.settings.type_v == "q8_0"
+    assert window.ctl.settings.flash_attn is FlashAttn.OFF
+    assert cc.banner.isVisible()
+    assert "needs flash attention" in cc.banner.text()
+    assert window.ctl.headline()[2] == "error"
+    assert window.bar.error
+    # the V list marks every quantized type with the reason; f16 stays clean
+    tip = cc.type_v.itemData(cc.type_v.findData("q4_0"), Qt.ItemDataRole.ToolTipRole)
+    assert tip.startswith("refused:") and "flash attention" in tip
+    assert "⚠" not in cc.type_v.itemText(cc.type_v.findData("f16"))
+    qtbot.mouseClick(cc.fix, Qt.MouseButton.LeftButton)
+    window.ctl.flush()
+    assert window.ctl.settings.flash_attn is FlashAttn.AUTO
+    assert not cc.banner.isVisible()
+    bar_matches_estimate(window)
+
+
+@pytest.mark.parametrize(("key", "type_k", "n_ctx"), [
+    ("chat", "f16", 16384), ("docs", "q8_0", 32768), ("rag", "q4_0", None)])
+def test_presets_set_the_controls(qtbot, open_model,
+        window, model_file, key, type_k, n_ctx) -> None:
+    open_model(window, model_file)
+    window.ctl.apply_preset(key)
+    window.ctl.flush()
+    s = window.ctl.settings
+    assert (s.type_k, s.type_v) == (type_k, type_k)
+    if n_ctx is None:  # as long as fits (at most the trained context)
+        n_ctx = min(max_context(window.ctl.model, s, window.ctl.plan.budgets), 131072)
+    assert s.n_ctx == n_ctx
+    assert window.ctx.spin.value() == n_ctx
+    assert window.cache_controls.type_k.currentData() == type_k
+    assert [r.current for r in window.table.rows].count(True) == 1
+
+
+def test_clicking_a_cache_row_chooses_that_pair(qtbot, open_model, window, model_file) -> None:
+    open_model(window, model_file)
+    from kvgui.ui.cache_table import HEAD_H, ROW_H
+
+    y = HEAD_H + 6 * ROW_H + ROW_H // 2  # the q4_0 row
+    qtbot.mouseClick(window.table, Qt.MouseButton.LeftButton, pos=QPoint(40, y))
+    window.ctl.flush()
+    assert (window.ctl.settings.type_k, window.ctl.settings.type_v) == ("q4_0", "q4_0")
+
+
+def test_dropping_a_gguf_opens_it(qtbot, window, model_file) -> None:
+    md = QMimeData()
+    md.setUrls([QUrl.fromLocalFile(str(model_file))])
+    ev = QDropEvent(QPointF(200, 200), Qt.DropAction.CopyAction, md,
+                    Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    with qtbot.waitSignal(window.ctl.modelChanged, timeout=20000):
+        window.dropEvent(ev)
+    assert ev.isAccepted()
+    assert window.ctl.model_source == str(model_file)
+    # anything but a .gguf is refused at the door
+    md2 = QMimeData()
+    md2.setUrls([QUrl.fromLocalFile("/tmp/notes.txt")])
+    assert window._dropped_path(QDropEvent(QPointF(1, 1), Qt.DropAction.CopyAction, md2,
+                                           Qt.MouseButton.LeftButton,
+                                           Qt.KeyboardModifier.NoModifier)) is None
+
+
+def test_a_bad_file_shows_an_error_and_the_window_lives_on(qtbot, open_model, window, model_file,
+                                                           tmp_path) -> None:
+    open_model(window, model_file)
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 40)
+    with qtbot.waitSignal(window.ctl.loadFailed, timeout=20000) as blocker:
+        window.open_path(str(bad))
+    reason = blocker.args[1]
+    assert reason and "\n" not in reason
+    boxes = [b for b in window.findChildren(QMessageBox) if b.objectName() == "loadError"]
+    assert boxes and boxes[0].informativeText() == reason
+    boxes[0].close()
+    assert "Could not open broken.gguf" in window.statusBar().currentMessage()
+    # the previous model is still there and the window still computes
+    assert window.ctl.model is not None and window.ctl.model_source == str(model_file)
+    window.ctl.update_settings(n_ctx=12288)
+    window.ctl.flush()
+    bar_matches_estimate(window)
+
+
+def test_catalog_model_opens_by_default(qtbot, make_config) -> None:
+    from kvgui.ui.main_window import MainWindow
+
+    win = MainWindow(make_config(), detect_hardware=False, persist=False)
+    qtbot.addWidget(win)
+    with qtbot.waitSignal(win.ctl.modelChanged, timeout=20000):
+        win.open_initial(None)
+    win.ctl.flush()
+    assert win.ctl.model_source.startswith("catalog:")
+    assert win.ctl.model is not None
+    assert not win.act_verify.isEnabled()  # a catalog model has no file to dry-run
+    bar_matches_estimate(win)
+
+
+def test_auto_fit_layers_fits_the_budget(qtbot, open_model, window, model_file) -> None:
+    from kvgui.core.fit import max_gpu_layers
+    from kvgui.ui.cache_controls import NGL_AUTO
+
+    open_model(window, model_file)
+    window.ctl.set_hardware_choice(HardwareChoice(mode=HW_CUSTOM, custom_bytes=5 * GiB))
+    window.ctl.update_settings(n_ctx=32768)
+    window.set_ngl_mode(NGL_AUTO)
+    window.ctl.flush()
+    s = window.ctl.settings
+    expected = max_gpu_layers(window.ctl.model, s.replace(n_gpu_layers=-1),
+                              window.ctl.plan.budgets)
+    assert s.n_gpu_layers == expected and 0 < expected < 33
+    assert window.bar.rows[0].over == 0
+    bar_matches_estimate(window)
+
+
+def test_export_and_import_round_trip(qtbot, open_model, window, model_file) -> None:
+    from kvgui.core.cmdparse import parse_command
+    from kvgui.ui.export_dialog import ExportDialog
+
+    open_model(window, model_file)
+    window.ctl.update_settings(n_ctx=20480, type_k="q8_0", type_v="q4_0")
+    window.ctl.flush()
+    dlg = ExportDialog(window.ctl.settings, str(model_file), True, window)
+    qtbot.addWidget(dlg)
+    text = dlg.text.toPlainText()
+    assert "-c 20480" in text and "-ctk q8_0" in text and "-ctv q4_0" in text
+    dlg.copy()
+    from PySide6.QtGui import QGuiApplication
+
+    assert QGuiApplication.clipboard().text() == text
+    # import it into a window with other settings: the controls take its values
+    window.ctl.update_settings(n_ctx=4096, type_k="f16", type_v="f16")
+    window.apply_import(parse_command(text + " --some-future-flag 3"))
+    window.ctl.flush()
+    s = window.ctl.settings
+    assert (s.n_ctx, s.type_k, s.type_v) == (20480, "q8_0", "q4_0")
+    assert "--some-future-flag" in window.statusBar().currentMessage()
