@@ -31,9 +31,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also repaint the whole window on every step (worst case)")
     args = ap.parse_args(argv)
 
-    import kvgui.ui  # noqa: F401  (PySide6 fix first)
-    from PySide6.QtWidgets import QApplication
 
+    import kvgui.ui  # noqa: F401  (PySide6 fix first)
     from kvgui.core.appconfig import HW_CUSTOM, AppConfig, HardwareChoice
     from kvgui.core.sizes import GiB
     from kvgui.ui.app import make_app

@@ -126,12 +126,38 @@ def settings_from_args(args: argparse.Namespace, model: ModelInfo | None = None)
 
 
 def open_model(path: str) -> ModelInfo:
-    """The model at ``path``, or a one-line UsageError naming what is wrong with it."""
+    """The model at ``path`` -- or a catalog model by name, to plan before downloading --
+    or a one-line UsageError naming what is wrong with it."""
     if not Path(path).exists():
-        raise UsageError(f"{path}: no such file")
+        entry = _catalog_entry(path)
+        if entry is None:
+            raise UsageError(f"{path}: no such file (nor a catalog model; "
+                             "see `kvgui estimate --list-models`)")
+        metadata, tensors, file_bytes = entry.header()
+        return ModelInfo.from_header(metadata, tensors, path=None, file_bytes=file_bytes)
     try:
         return load_model(path)
     except GGUFError as exc:
         raise UsageError(str(exc)) from None
     except MemoryError:
         raise UsageError(f"{path}: header too large to read") from None
+
+
+def _catalog_entry(text: str):  # type: ignore[no-untyped-def]
+    """A catalog entry named like ``"Llama-3.1-8B-Instruct Q4_K_M"`` (case and quant optional)."""
+    from kvgui.core.catalog import load_catalog
+
+    wanted = text.strip().lower()
+    entries = load_catalog()
+    for e in entries:
+        if wanted in (e.label.lower(), e.label.lower().replace(" ", "-")):
+            return e
+    return next((e for e in entries if e.name.lower() == wanted), None)
+
+
+def catalog_listing() -> str:
+    from kvgui.core.catalog import load_catalog
+    from kvgui.core.sizes import format_bytes
+
+    return "\n".join(f"{e.label:<40} {e.arch:<10} {format_bytes(e.file_bytes):>10}"
+                     for e in load_catalog())

@@ -7,7 +7,12 @@ import json
 import sys
 
 from kvgui.cli import UsageError
-from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
+from kvgui.commands.common import (
+    add_model_arg,
+    add_settings_args,
+    open_model,
+    settings_from_args,
+)
 from kvgui.core.estimate import Estimate, estimate
 from kvgui.core.sizes import format_bytes
 
@@ -20,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
     p.add_argument("--from-command", metavar="COMMAND",
                    help="estimate a pasted llama-cli / llama-server command line instead")
     p.add_argument("--json", action="store_true", help="print one JSON object (sizes in bytes)")
+    p.add_argument("--list-models", action="store_true",
+                   help="list the built-in catalog models MODEL may name instead of a file")
 
 
 def _add_budget_args(p: argparse.ArgumentParser) -> None:
@@ -31,6 +38,11 @@ def _add_budget_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kvgui.core.budget import devices_from_args
 
+    if args.list_models:
+        from kvgui.commands.common import catalog_listing
+
+        print(catalog_listing())
+        return 0
     if args.from_command:
         from kvgui.core.cmdparse import CommandParseError, parse_command
 

@@ -55,6 +55,13 @@ class HardwareChoice:
         out = cls(**{k: v for k, v in data.items() if k in known})
         if out.mode not in (HW_DETECTED, HW_CATALOG, HW_CUSTOM):
             raise ValueError(f"unknown hardware mode {out.mode!r}")
+        for name in ("detected_index", "custom_bytes", "embedding", "mmproj", "margin"):
+            if type(getattr(out, name)) is not int:
+                raise ValueError(f"hardware.{name} is not a whole number")
+        if out.desktop is not None and type(out.desktop) is not int:
+            raise ValueError("hardware.desktop is not a whole number")
+        if not isinstance(out.catalog_name, str):
+            raise ValueError("hardware.catalog_name is not text")
         return out
 
 
@@ -65,6 +72,7 @@ class AppConfig:
     recent_files: list[str] = field(default_factory=list)
     last_model: str = ""  # a path, or "catalog:<id>"
     advanced_open: bool = False
+    ngl_mode: str = "all"  # GPU layers: all / auto (the most that fit) / n (settings' number)
     geometry: str = ""  # QMainWindow.saveGeometry(), base64
     window_state: str = ""  # QMainWindow.saveState(), base64
 
@@ -81,6 +89,7 @@ class AppConfig:
             "recent_files": list(self.recent_files),
             "last_model": self.last_model,
             "advanced_open": self.advanced_open,
+            "ngl_mode": self.ngl_mode,
             "geometry": self.geometry,
             "window_state": self.window_state,
         }
@@ -101,9 +110,16 @@ class AppConfig:
             recent_files=recent[:MAX_RECENT],
             last_model=str(data.get("last_model", "")),
             advanced_open=bool(data.get("advanced_open", False)),
+            ngl_mode=_ngl_mode(data.get("ngl_mode", "all")),
             geometry=str(data.get("geometry", "")),
             window_state=str(data.get("window_state", "")),
         )
+
+
+def _ngl_mode(value: Any) -> str:
+    if value not in ("all", "auto", "n"):
+        raise ValueError(f"unknown GPU-layers mode {value!r}")
+    return str(value)
 
 
 def config_dir() -> Path:

@@ -80,7 +80,7 @@ def quality_note(type_k: str, type_v: str) -> QualityNote:
             f"{_SRC_7412}; {_SRC_6183}", PR_7412)
     if type_k == type_v and type_k in K_CACHE_PPL_6183:
         return QualityNote(
-            f"K {type_k}: {_k_delta(type_k)} PPL on LLaMA-2-7B; V {type_v} adds less",
+            f"K {type_k}: {_k_delta(type_k)} PPL on LLaMA-2-7B; V costs less than K",
             f"{_SRC_6183}; {_SRC_7412}", PR_6183)
     if type_k == "q8_0" and type_v in K_CACHE_PPL_6183:
         return QualityNote(

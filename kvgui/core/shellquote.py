@@ -108,8 +108,11 @@ def render(args: Sequence[str], shell: str = "posix", *, multiline: bool = False
         words = [quote_posix(a) for a in args]
     elif shell == "powershell":
         words = [quote_powershell(a) for a in args]
-        if words[0] != args[0]:
-            words[0] = "& " + words[0]  # a quoted string alone is a value, not a command
+        if words[0] != args[0] or args[0] == "." or args[0].startswith("-"):
+            # a quoted string alone is a value, not a command; a bare "." is dot-sourcing
+            if words[0] == args[0]:
+                words[0] = "'" + args[0] + "'"
+            words[0] = "& " + words[0]
     else:
         words = [quote_cmd(a) for a in args]
     if not multiline:

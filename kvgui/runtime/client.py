@@ -212,7 +212,7 @@ class WorkerClient:
             try:
                 self._proc.stdin.write(encode(message(kind, **payload)))
                 self._proc.stdin.flush()
-            except (BrokenPipeError, OSError):
+            except (BrokenPipeError, OSError, ValueError):  # ValueError: stdin closed by kill()
                 raise self._died() from None
 
     def kill(self) -> None:

@@ -26,6 +26,12 @@ from kvgui.core.settings import Settings
 from kvgui.runtime.client import LaunchRefused, Tail, describe_exit, preflight, worker_env
 from kvgui.runtime.protocol import Message, ProtocolError, Sampling, decode, encode, message
 
+def emit(signal: Any, *args: Any) -> None:
+    """``signal.emit(*args)``. Kept for callers written when this module worked around
+    PySide6 6.12's reference leak itself; ``kvgui.ui.qtfix`` (imported above) now does."""
+    signal.emit(*args)
+
+
 # states
 IDLE, STARTING, LOADING, READY, GENERATING, FAILED = (
     "idle", "starting", "loading", "ready", "generating", "failed")

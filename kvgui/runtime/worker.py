@@ -312,6 +312,9 @@ class Chat:
         self.requests = requests
         self.conversation = Conversation()
         self.n_ctx = int(llama_cpp.llama_n_ctx_seq(llm.ctx))
+        # The chat is one sequence: with -np N (no unified KV) it owns n_ctx / N cells, not
+        # the n_ctx llama-cpp-python checks prompts and max_tokens against.
+        llm._n_ctx = min(int(llm._n_ctx), self.n_ctx)
         self._stats = TurnStats()
         self._stop_mark = 0
         self._wrap_generate()
@@ -330,14 +333,24 @@ class Chat:
         is_eog = self._llama_cpp.llama_vocab_is_eog
         to_piece = self._llama_cpp.llama_token_to_piece
         buf = ctypes.create_string_buffer(256)
+        pieces: dict[int, bytes | None] = {}  # token -> its bytes, None for end-of-generation
 
-        def piece(token: int) -> bytes:
+        def piece(token: int) -> bytes | None:
+            """Cached: two ctypes calls per token would cost a few % on a small model."""
+            if token in pieces:
+                return pieces[token]
+            if is_eog(vocab, token):
+                pieces[token] = None
+                return None
             n = to_piece(vocab, token, buf, len(buf), 0, False)
             if n < 0:  # the piece is longer than the buffer: -n bytes
                 big = ctypes.create_string_buffer(-n)
                 n = to_piece(vocab, token, big, len(big), 0, False)
-                return big.raw[:n]
-            return buf.raw[:n]
+                data = big.raw[:n]
+            else:
+                data = buf.raw[:n]
+            pieces[token] = data
+            return data
 
         def generate(tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
             stats = self._stats
@@ -355,8 +368,9 @@ class Chat:
                     if self.requests.stops > self._stop_mark:
                         stats.stopped = True
                         return
-                    if not is_eog(vocab, token):
-                        text = decoder.decode(piece(token))
+                    data = piece(token)
+                    if data:
+                        text = decoder.decode(data)
                         if text:
                             pending.append(text)
                             if now - sent_at >= TOKEN_EVENT_INTERVAL_S:
@@ -395,17 +409,27 @@ class Chat:
                 reply, finish = self._stream(text, sampling)
                 break
             except ValueError as exc:
-                if not str(exc).startswith("Requested tokens") or not self.conversation.turns:
-                    if str(exc).startswith("Requested tokens"):
-                        exc = ValueError(
-                            f"the message does not fit in the context ({exc}); "
-                            "raise -c or shorten the message or system prompt")
-                    self.channel.send("failed", message=str(exc), fatal=False, stage="chat")
+                if not str(exc).startswith("Requested tokens"):
+                    self._turn_failed(exc)
+                    return
+                if not self.conversation.turns:
+                    self.channel.send(
+                        "failed", fatal=False, stage="chat",
+                        message=f"the message does not fit in the context ({exc}); raise -c "
+                        "or shorten the message or system prompt")
                     return
                 self.conversation.turns.pop(0)  # context full: drop the oldest turn
                 dropped += 1
+            except Exception as exc:  # e.g. llama_decode failing: the model stays loaded
+                self._turn_failed(exc)
+                return
         self.conversation.turns.append((text, reply))
         self.channel.send("finished", **self._summary(reply, finish, sampling, t0, dropped))
+
+    def _turn_failed(self, exc: Exception) -> None:
+        self.llm.reset()  # the KV cache may hold half a batch: the next turn starts clean
+        self.channel.send("failed", message=f"llama.cpp could not answer: {exc}", fatal=False,
+                          stage="chat")
 
     def _stream(self, text: str, sampling: Sampling) -> tuple[str, str | None]:
         """One reply through the GGUF's chat template; tokens are sent by ``generate``."""

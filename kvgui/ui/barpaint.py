@@ -1,8 +1,8 @@
 """Painting one stacked memory bar: shared by the big bar and the per-cache-type table.
 
 Layout along the bar: the estimate's parts from the left, then headroom up to the budget
-line, then the reserve pinned at the right end (it is memory the user set aside, so it sits
-past the line). What does not fit spills past the line and is painted red.
+line, then the reserve (memory the user set aside, so it sits past the line). What does not
+fit spills past the line under a translucent red, and the reserve follows it.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def paint_row(p: QPainter, rect: QRectF, row: BarRow, t: Theme, scale: int | Non
     if budget is not None and row.capacity is not None:
         # the reserve, pinned to the right end and hatched
         if row.reserve > 0:
-            rx = rect.left() + budget * px
+            # right after the budget line, or after what spilled over it: never over a part
+            rx = rect.left() + max(budget, row.used) * px
             res = QRectF(rx, rect.top(), row.reserve * px, rect.height())
             p.setBrush(t.reserve)
             p.drawRect(res)
@@ -89,9 +90,12 @@ def paint_row(p: QPainter, rect: QRectF, row: BarRow, t: Theme, scale: int | Non
         bx = rect.left() + budget * px
         if row.over > 0:
             over = QRectF(bx, rect.top(), row.over * px, rect.height())
-            p.setBrush(QBrush(t.over))
+            # translucent, so the parts that spill over (usually the cache) stay recognisable
+            red = QColor(t.over)
+            red.setAlpha(185)
+            p.setBrush(QBrush(red))
             p.drawRect(over.intersected(clip))
-            p.setBrush(QBrush(QColor(255, 255, 255, 90), Qt.BrushStyle.FDiagPattern))
+            p.setBrush(QBrush(QColor(255, 255, 255, 110), Qt.BrushStyle.FDiagPattern))
             p.drawRect(over.intersected(clip))
             hits.append(HitArea(over, f"<b>Over budget by {format_bytes(row.over)}</b><br>"
                                 "this much does not fit in the memory left after the reserve"))

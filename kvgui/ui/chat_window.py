@@ -112,6 +112,7 @@ class ChatPanel(QWidget):
         self.estimated: dict[str, int | None] | None = None
         self.last_finished: dict[str, Any] | None = None
         self._gpu_before: list[tuple[str, int]] = []
+        self._reply_start: int | None = None
         self._build()
         w = self.worker
         w.started.connect(self._on_started)
@@ -242,6 +243,7 @@ class ChatPanel(QWidget):
         self.measured = self.estimated = None
         self.settings_label.setText(f"{model_path}   {settings_summary(settings)}")
         self.transcript.clear()
+        self._reply_start = None
         self._fill_table()
         self._gpu_before = _gpu_used()
         self._set_status("starting llama.cpp…")
@@ -265,6 +267,7 @@ class ChatPanel(QWidget):
             return False
         self._append_block("You", text)
         self._append_block("Model", "")
+        self._reply_start = self.transcript.textCursor().position()
         self.input.clear()
         self._set_status("generating…")
         return self.worker.chat(text, system=self.system_edit.text(), sampling=self.sampling())
@@ -275,6 +278,7 @@ class ChatPanel(QWidget):
     def new_conversation(self) -> None:
         self.worker.reset(self.system_edit.text())
         self.transcript.clear()
+        self._reply_start = None
         self.last_finished = None
         self.context_bar.setValue(0)
         self.stats_label.setText("")
@@ -332,6 +336,7 @@ class ChatPanel(QWidget):
 
     def _on_finished(self, done: dict) -> None:
         self.last_finished = done
+        self._settle_reply(str(done.get("reply", "")))
         n_ctx = int(done.get("n_ctx") or self.context_bar.maximum() or 1)
         self.context_bar.setRange(0, n_ctx)
         self.context_bar.setValue(min(int(done.get("n_past") or 0), n_ctx))
@@ -354,6 +359,7 @@ class ChatPanel(QWidget):
 
     def _on_failed(self, message: str, fatal: bool) -> None:
         self.load_bar.hide()
+        self._reply_start = None
         first, _, rest = message.partition("\n")
         self._set_status(first, error=True)
         if rest:
@@ -361,6 +367,17 @@ class ChatPanel(QWidget):
         self._append_block("Error", message)
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _settle_reply(self, reply: str) -> None:
+        """The final reply is the authority (llama-cpp-python cuts it at a stop string)."""
+        if self._reply_start is None:
+            return
+        cursor = self.transcript.textCursor()
+        cursor.setPosition(self._reply_start)
+        cursor.movePosition(QTextCursor.MoveOperation.End, QTextCursor.MoveMode.KeepAnchor)
+        if cursor.selectedText().replace("\u2029", "\n") != reply:
+            cursor.insertText(reply)
+        self._reply_start = None
 
     def _set_status(self, text: str, error: bool = False) -> None:
         t = theme.current()

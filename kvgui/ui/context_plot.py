@@ -43,7 +43,7 @@ class _Cursor(QWidget):
         self.setAttribute(Qt.WidgetAttribute.WA_NoSystemBackground)
         self.color = QColor("#2f7fd8")
 
-    def paintEvent(self, ev) -> None:  # noqa: N802
+    def paintEvent(self, ev) -> None:
         p = QPainter(self)
         p.fillRect(self.rect().adjusted(1, 0, -1, 0), self.color)
         p.end()
@@ -62,7 +62,8 @@ class ContextPlot(pg.PlotWidget):
         pi.setLabel("bottom", "context (tokens)")
         self.setMouseEnabled(x=False, y=False)
         self.setMinimumHeight(260)
-        self.legend = pi.addLegend(offset=(8, 8), labelTextSize="8pt", colCount=2)
+        self.legend = pi.addLegend(offset=(8, 8), labelTextSize="8pt", colCount=2,
+                                   brush=pg.mkBrush(255, 255, 255, 0))
         self.budget_line = pg.InfiniteLine(angle=0, movable=False)
         pi.addItem(self.budget_line, ignoreBounds=True)
         self.cursor = _Cursor(self.viewport())
@@ -88,6 +89,9 @@ class ContextPlot(pg.PlotWidget):
         self.budget_line.setPen(pg.mkPen(t.budget_line, width=2, style=Qt.PenStyle.DashLine))
         self.cursor.color = t.accent
         self.budget_text.setColor(t.text)
+        bg = QColor(t.card)
+        bg.setAlpha(215)  # lines stay visible under the legend, its text stays readable
+        self.legend.setBrush(pg.mkBrush(bg))
         if self._curves is not None:
             self.set_curves(self._curves, force=True)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from kvgui.core.appconfig import AppConfig, HardwareChoice
+from kvgui.core.appconfig import HW_CATALOG, AppConfig, HardwareChoice
 from kvgui.core.estimate import Estimate, estimate
 from kvgui.core.fit import COMMON_CACHE_PAIRS, max_context, max_gpu_layers
 from kvgui.core.model import ModelInfo
@@ -139,29 +139,27 @@ class Controller(QObject):
 
     def open_path(self, path: str) -> None:
         """Read the GGUF header in a worker thread; modelChanged or loadFailed follows."""
+
+        def load() -> ModelInfo:
+            from kvgui.core.model import load_model
+
+            return load_model(path)
+
+        self.open_header(load, path)
+
+    def open_header(self, load: Callable[[], ModelInfo], source: str) -> None:
+        """Run ``load`` (read a file, or expand a catalog entry) off the GUI thread."""
         self._load_token += 1
         token = self._load_token
         self.loadingChanged.emit(True)
 
         def work() -> None:
             try:
-                from kvgui.core.model import load_model
-
-                self._loaded.emit(token, load_model(path), None, path)
+                self._loaded.emit(token, load(), None, source)
             except Exception as exc:  # every failure becomes one line in the window
-                self._loaded.emit(token, None, exc, path)
+                self._loaded.emit(token, None, exc, source)
 
         threading.Thread(target=work, name="kvgui-open", daemon=True).start()
-
-    def open_header(self, load: Callable[[], ModelInfo], source: str) -> None:
-        """Like open_path, for a catalog entry (its header is data in resources/)."""
-        self._load_token += 1
-        token = self._load_token
-        self.loadingChanged.emit(True)
-        try:
-            self._loaded.emit(token, load(), None, source)
-        except Exception as exc:
-            self._loaded.emit(token, None, exc, source)
 
     def _on_loaded(self, token: int, model: ModelInfo | None, error: object, source: str) -> None:
         if token != self._load_token:
@@ -170,7 +168,10 @@ class Controller(QObject):
         if model is None:
             self.loadFailed.emit(source, one_line(error))
             return
-        self.set_model(model, source)
+        # a split model opened from any part is the model of its first part (what llama.cpp
+        # is given, and what the recent list keeps)
+        path = getattr(model, "path", None)
+        self.set_model(model, path if path and not source.startswith("catalog:") else source)
 
     # --- settings ----------------------------------------------------------------------
     def update_settings(self, **changes: Any) -> None:
@@ -220,6 +221,9 @@ class Controller(QObject):
         gpu = self.hardware.catalog_gpu
         if choice.catalog_name and (gpu is None or gpu.name != choice.catalog_name):
             self.hardware.catalog_gpu = catalog_gpu(choice.catalog_name)
+            if self.hardware.catalog_gpu is None and choice.mode == HW_CATALOG:
+                self.message.emit(f"No catalog GPU matches {choice.catalog_name!r} (try "
+                                  "RTX 4060, RX 7900 XTX or M2 Max 64 GB)")
         self._replan()
 
     def set_hardware_state(self, state: HardwareState) -> None:
@@ -290,6 +294,12 @@ class Controller(QObject):
         trained = self.model.n_ctx_train if self.model else 0
         return max(2 * trained, 8192, self.settings.n_ctx)
 
+    def curve_max(self, fits: dict[tuple[str, str], int | None]) -> int:
+        """The plot's context range: the slider's, stretched (to a power of two, so budget
+        jitter rarely changes it) until every cache type's stopping point is on it."""
+        want = max([self.ctx_max()] + [int(m * 1.15) for m in fits.values() if m])
+        return min(1 << (want - 1).bit_length(), 1 << 20) if want > self.ctx_max() else want
+
     def pair_settings(self, type_k: str, type_v: str, base: Settings | None = None) -> Settings:
         s = base or self.settings
         changes: dict[str, Any] = {"type_k": type_k, "type_v": type_v}
@@ -326,10 +336,10 @@ class Controller(QObject):
         cur = (self.settings.type_k, self.settings.type_v)
         if self.model is None:
             return Curves((), {}, primary.budget, fits, primary.name, cur)
-        key = self._key()
+        hi = self.curve_max(fits)
+        key = (self._key(), hi)
         cached = self._curve_cache.get(key)
         if cached is None:
-            hi = self.ctx_max()
             n = CURVE_POINTS
             xs = sorted({snap(MIN_CTX + (hi - MIN_CTX) * i // (n - 1)) for i in range(n)})
             ys: dict[tuple[str, str], tuple[int, ...]] = {}

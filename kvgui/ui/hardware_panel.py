@@ -189,10 +189,10 @@ class HardwarePanel(QWidget):
 
     def _sync_visibility(self) -> None:
         mode = (self.target.currentData() or (HW_DETECTED, 0))[0]
-        for w in (self._catalog_row, self.catalog):
-            w.setVisible(mode == HW_CATALOG)
-        for w in (self._custom_row, self.custom):
-            w.setVisible(mode == HW_CUSTOM)
+        self._catalog_row.setVisible(mode == HW_CATALOG)
+        self.catalog.setVisible(mode == HW_CATALOG)
+        self._custom_row.setVisible(mode == HW_CUSTOM)
+        self.custom.setVisible(mode == HW_CUSTOM)
 
     def _target_changed(self, _index: int) -> None:
         self._sync_visibility()

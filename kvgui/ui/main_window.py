@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QByteArray, QObject, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QByteArray, QObject, QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
@@ -108,7 +108,10 @@ class MainWindow(QMainWindow):
         self.config = config or AppConfig()
         self.persist = persist
         self.ctl = Controller(self.config, self)
-        self.ngl_mode = NGL_ALL if self.config.settings.n_gpu_layers == ALL_LAYERS else NGL_N
+        self.ngl_mode = self.config.ngl_mode
+        if self.ngl_mode == NGL_ALL and self.config.settings.n_gpu_layers != ALL_LAYERS:
+            self.ngl_mode = NGL_N
+        self.ctl.ngl_auto = self.ngl_mode == NGL_AUTO
         self._catalog: dict[str, Any] = {}
         self._hw_report: Any = None
         self._verify = VerifyRunner(self)
@@ -136,6 +139,7 @@ class MainWindow(QMainWindow):
         self.model_panel = ModelPanel()
         self.hw_panel = HardwarePanel(self.config.hardware, self._gpu_catalog_names())
         self.cache_controls = CacheControls(s)
+        self.cache_controls.set_settings(s, self.ngl_mode)
         self.cache_controls.set_advanced_open(self.config.advanced_open)
         self.ctx = ContextControl(s.n_ctx, 131072)
         self.bar = MemoryBar()
@@ -144,12 +148,16 @@ class MainWindow(QMainWindow):
         self.verify_panel = VerifyPanel()
         self.headline = QLabel()
         self.headline.setObjectName("headline")
+        self.headline.setToolTip("Fits when everything llama.cpp allocates on each device "
+                                 "(weights, K and V cache, compute and output buffers) stays "
+                                 "within its budget: the device's memory less the reserve.")
         self.detail = QLabel()
         self.detail.setObjectName("subhead")
         self.detail.setWordWrap(True)
         self.plan_label = QLabel()
         self.plan_label.setObjectName("muted")
         self.plan_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)
+        self.plan_label.setToolTip("The hardware this plan is for (change it under Hardware)")
         self.warnings = QLabel()
         self.warnings.setObjectName("warnBanner")
         self.warnings.setWordWrap(True)
@@ -194,11 +202,9 @@ class MainWindow(QMainWindow):
         split = QSplitter(Qt.Orientation.Horizontal)
         tcard, tl = card("EVERY CACHE TYPE AT THIS CONTEXT")
         tl.addWidget(self.table)
-        foot = QLabel("Bars: memory on the main device at the slider's context, on one scale; "
-                      "the line is the budget. Click a row to use that cache type. Quality "
-                      "notes: perplexity change against f16 published in llama.cpp PRs "
-                      "#6183 (LLaMA-2-7B, K cache) and #7412 (K and V); hover for sources. "
-                      "Your model may differ: kvgui measure tests it.")
+        foot = QLabel("Click a row to use that cache type. Notes: perplexity change against "
+                      "f16 from llama.cpp PRs #6183 and #7412 (hover for the source); "
+                      "<i>kvgui measure</i> tests your own model.")
         foot.setObjectName("muted")
         foot.setWordWrap(True)
         tl.addStretch(1)
@@ -241,6 +247,9 @@ class MainWindow(QMainWindow):
             a.triggered.connect(slot)
             return a
 
+        def icon(name: str) -> QIcon:
+            return QIcon(str(resource_path(f"icons/{name}.svg")))
+
         self.act_open = act("&Open GGUF…", self.open_dialog, QKeySequence.StandardKey.Open,
                             "Open a .gguf model (only the header is read)")
         self.act_export = act("&Export command…", self.export_dialog, "Ctrl+E",
@@ -253,6 +262,10 @@ class MainWindow(QMainWindow):
                               "weights read, no cache allocated)")
         self.act_chat = act("Launch &chat", self.launch_chat, "Ctrl+L",
                             "Chat with the model through llama.cpp with exactly these settings")
+        for a, name in ((self.act_open, "open"), (self.act_import, "import"),
+                        (self.act_export, "export"), (self.act_verify, "verify"),
+                        (self.act_chat, "chat")):
+            a.setIcon(icon(name))
         self.act_quit = act("&Quit", self.close, QKeySequence.StandardKey.Quit)
         self.act_about = act("&About kvgui", self.about)
         self.act_adv = act("Show &advanced settings", self.cache_controls.set_advanced_open)
@@ -290,7 +303,8 @@ class MainWindow(QMainWindow):
         tb = QToolBar("Main")
         tb.setObjectName("mainToolbar")
         tb.setMovable(False)
-        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        tb.setIconSize(QSize(18, 18))
         tb.addAction(self.act_open)
         tb.addSeparator()
         label = QLabel("  Presets: ")
@@ -366,11 +380,12 @@ class MainWindow(QMainWindow):
         import threading
 
         def work() -> None:
+            report: object
             try:
                 from kvgui.core.hardware.detect import detect
 
                 report = detect()
-            except Exception as exc:
+            except Exception as exc:  # shown in the status bar; the window plans without it
                 report = exc
             self._det.ready.emit(report)
 
@@ -501,6 +516,7 @@ class MainWindow(QMainWindow):
 
     def _on_model(self, model: ModelInfo | None) -> None:
         src = self.ctl.model_source
+        self.verify_panel.hide()
         self.model_panel.set_model(model, src)
         if model is not None:
             self.ctx.set_trained(model.n_ctx_train or 0)
@@ -539,6 +555,8 @@ class MainWindow(QMainWindow):
 
     def _on_settings(self, s: Any) -> None:
         self.ctx.set_ctx(s.n_ctx)
+        if self.verify_panel.isVisible() and not self._verify.running:
+            self.verify_panel.hide()  # its figures were for other settings
         rest = s.replace(n_ctx=256)
         if rest != self._shown_rest:  # a slider step changes only n_ctx: skip the rest
             self._shown_rest = rest
@@ -552,12 +570,16 @@ class MainWindow(QMainWindow):
             return {}, {}
         s = self.ctl.settings
         out: tuple[dict[str, str], dict[str, str]] = ({}, {})
+        def errors(trial: Any) -> list[str]:
+            return check(m, trial, resolve_flash_attn(m, trial))[0]
+
         for i, field in enumerate(("type_k", "type_v")):
             for t in CACHE_TYPE_NAMES:
                 trial = s.replace(**{field: t})
-                errors, _ = check(m, trial, resolve_flash_attn(m, trial))
-                if errors:
-                    out[i][t] = errors[0]
+                # only what this choice adds: not the other half's own refusal
+                own = [e for e in errors(trial) if e not in errors(trial.replace(**{field: "f16"}))]
+                if own:
+                    out[i][t] = own[0]
         return out
 
     def fix_settings(self) -> None:
@@ -590,6 +612,9 @@ class MainWindow(QMainWindow):
             if in_use:
                 parts.append(f"{format_bytes(in_use[0])} in use by other programs now")
             live = " · ".join(parts)
+        elif self._hw_report is not None and not plan.planned and not gpus:
+            reasons = list(self._hw_report.reasons)[:2]
+            live = "No GPU found. " + " ".join(reasons) if reasons else "No GPU found."
         self.hw_panel.set_live(live)
 
     # --- drawing ------------------------------------------------------------------------
@@ -606,7 +631,7 @@ class MainWindow(QMainWindow):
         if text != self.warnings.text():
             self.warnings.setText(text)
             self.warnings.setVisible(bool(text))
-        if est is not None and self.ngl_mode == NGL_AUTO:
+        if est is not None and self.ngl_mode != NGL_N:  # show what all / auto-fit resolve to
             self.cache_controls.ngl.blockSignals(True)
             self.cache_controls.ngl.setValue(est.n_gpu_layers)
             self.cache_controls.ngl.blockSignals(False)
@@ -759,6 +784,7 @@ class MainWindow(QMainWindow):
             return
         c = self.config
         c.settings = self.ctl.settings
+        c.ngl_mode = self.ngl_mode
         c.hardware = self.hw_panel.choice()
         c.advanced_open = self.cache_controls.advanced.isVisible() or \
             self.cache_controls.adv_toggle.isChecked()

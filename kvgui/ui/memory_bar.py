@@ -109,7 +109,9 @@ class MemoryBar(QWidget):
                     p.setFont(small)
                     p.setPen(t.muted)
                     cap = f"{format_bytes(row.capacity, 1)} device"
-                    p.drawText(QRectF(rect.right() - 200, rect.bottom() + 1, 200, 16),
+                    # under the device's end, which is short of the bar's end when over
+                    cap_x = rect.left() + rect.width() * row.capacity / scale_of(row)
+                    p.drawText(QRectF(cap_x - 200, rect.bottom() + 1, 200, 16),
                                Qt.AlignmentFlag.AlignRight, cap)
                     p.setFont(base)
             y += ROW_H + ROW_GAP

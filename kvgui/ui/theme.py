@@ -34,7 +34,8 @@ class Theme:
     accent: QColor
 
     def segment(self, key: str) -> QColor:
-        return getattr(self, key)  # type: ignore[no-any-return]
+        color: QColor = getattr(self, key)
+        return color
 
     def css(self, color: QColor) -> str:
         return color.name()

@@ -57,8 +57,9 @@ class VerifyPanel(QWidget):
         self.title = QLabel()
         self.title.setObjectName("cardTitle")
         self.grid = QGridLayout()
-        self.grid.setHorizontalSpacing(16)
+        self.grid.setHorizontalSpacing(22)
         self.grid.setVerticalSpacing(2)
+        self.grid.setColumnStretch(4, 1)  # keep the table compact, at the left
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.title)
@@ -107,8 +108,10 @@ class VerifyPanel(QWidget):
             self._cell(r, 2, format_bytes(b))
             d = a - b
             rel = abs(d) / b if b else 0.0
-            cell = self._cell(r, 3, "same" if d == 0 else f"{'+' if d > 0 else '−'}"
-                              f"{format_bytes(abs(d))}")
+            # llama.cpp logs some buffers in MiB with two decimals: closer than that is "same"
+            same = abs(d) < 10 * 1024
+            cell = self._cell(r, 3, "same" if same else f"{'+' if d > 0 else '−'}"
+                              f"{format_bytes(abs(d))} ({rel:.1%})")
             color = t.ok if rel < 0.01 else (t.warn if rel < 0.05 else t.over)
             cell.setStyleSheet(f"color: {color.name()}")
         self.show()

@@ -171,12 +171,12 @@ def test_stop_interrupts_and_keeps_the_model(loaded: WorkerClient) -> None:
         msg = loaded.next_event(timeout=20)
         if msg["type"] == "token":
             tokens += 1
-            if tokens == 3:
+            if tokens == 1:
                 loaded.stop()
         if msg["type"] == "finished":
             break
     assert msg["stop_reason"] == "stopped"
-    assert msg["tokens"] < 100  # unlimited otherwise: it ran to the end of the context
+    assert msg["tokens"] < 200  # unlimited otherwise: it runs to the end of the context
     assert loaded.pid == pid and loaded.running
     after = loaded.chat("short", sampling=Sampling(max_tokens=3, seed=1))
     assert after["stop_reason"] in ("max_tokens", "eos")

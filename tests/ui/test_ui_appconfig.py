@@ -30,7 +30,8 @@ def test_round_trip() -> None:
                           n_gpu_layers=20, n_parallel=2, swa_full=True),
         hardware=HardwareChoice(mode=HW_CATALOG, catalog_name="GeForce RTX 4060",
                                 desktop=512 << 20, embedding=1 << 30, margin=0),
-        last_model="catalog:Qwen3-8B Q4_K_M", advanced_open=True, geometry="AAAA")
+        last_model="catalog:Qwen3-8B Q4_K_M", advanced_open=True, ngl_mode="auto",
+        geometry="AAAA")
     for i in range(MAX_RECENT + 3):
         cfg.add_recent(f"/models/m{i}.gguf")
     cfg.add_recent("/models/m5.gguf")
@@ -108,3 +109,11 @@ def test_window_saves_and_restores(qtbot, model_file, make_config, open_model) -
     assert win2.geometry_restored and win2.height() == size.height() == 500
     assert win2.ctx.spin.value() == 24576
     assert win2.cache_controls.type_k.currentData() == "q8_0"
+
+
+def test_wrong_types_are_set_aside() -> None:
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"version": CONFIG_VERSION, "hardware": {"custom_bytes": "8GB"}})
+    path.write_text(text)
+    _assert_set_aside(path, text)

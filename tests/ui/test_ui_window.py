@@ -263,3 +263,52 @@ def test_export_and_import_round_trip(qtbot, open_model, window, model_file) -> 
     s = window.ctl.settings
     assert (s.n_ctx, s.type_k, s.type_v) == (20480, "q8_0", "q4_0")
     assert "--some-future-flag" in window.statusBar().currentMessage()
+
+
+def test_detected_gpu_with_live_free_memory(qtbot, open_model, window, model_file) -> None:
+    from kvgui.core.appconfig import HW_DETECTED
+    from kvgui.core.hardware.types import GpuInfo, HardwareReport, SystemMemory
+
+    # a report as kvgui.core.hardware.detect gives it (the NVML boundary is not crossed)
+    gpu = GpuInfo("nvidia", 0, "NVIDIA GeForce RTX 4060", total=8 * GiB, free=7 * GiB)
+    report = HardwareReport(gpus=(gpu,), system=SystemMemory(32 * GiB, 20 * GiB))
+    window.ctl.set_hardware_choice(HardwareChoice(mode=HW_DETECTED))
+    window.set_hardware_report(report)
+    open_model(window, model_file)
+    gpu_row = window.bar.rows[0]
+    assert gpu_row.label == "NVIDIA GeForce RTX 4060"
+    assert gpu_row.reserve == 1 * GiB + 1 * GiB  # in use now + the safety margin
+    assert window.bar.rows[-1].capacity == 20 * GiB  # host RAM available
+    assert "in use by other programs now" in window.hw_panel.live.text()
+    window._poll.stop()
+    # the once-a-second poll: another program takes 2 GiB more
+    window.ctl.update_in_use([3 * GiB])
+    window.ctl.flush()
+    assert window.bar.rows[0].reserve == 3 * GiB + 1 * GiB
+    bar_matches_estimate(window)
+
+
+def test_beyond_the_trained_context_warns(qtbot, open_model, window, model_file) -> None:
+    open_model(window, model_file)
+    window.ctx.spin.setValue(196608)
+    window.ctl.flush()
+    assert window.ctl.settings.n_ctx == 196608
+    assert window.ctx.warn_label.isVisible()
+    assert "131,072" in window.ctx.warn_label.text()
+    window.ctx.spin.setValue(8192)
+    window.ctl.flush()
+    assert not window.ctx.warn_label.isVisible()
+
+
+def test_refusal_marks_only_the_half_that_causes_it(qtbot, open_model, window,
+                                                    model_file) -> None:
+    open_model(window, model_file)
+    window.ctl.update_settings(flash_attn=FlashAttn.OFF, type_v="q4_0")
+    window.ctl.flush()
+    cc = window.cache_controls
+    k_marked = [cc.type_k.itemData(i) for i in range(cc.type_k.count())
+                if "⚠" in cc.type_k.itemText(i)]
+    v_marked = [cc.type_v.itemData(i) for i in range(cc.type_v.count())
+                if "⚠" in cc.type_v.itemText(i)]
+    assert k_marked == []  # without flash attention a quantized K is fine, V is not
+    assert set(v_marked) == {"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"}
