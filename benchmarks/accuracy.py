@@ -27,8 +27,9 @@ def main() -> int:
               for ub in (512,)
               if fa is FlashAttn.ON or v == "f16"]
     worst = 0.0
-    n_kv = n_exact = 0
-    print(f"{'model':<34}{'runs':>5}{'KV exact':>10}{'compute err (min..max)':>26}")
+    n_kv = n_exact = n_compute = 0
+    print(f"{'model':<34}{'runs':>5}{'KV exact':>10}{'compute exact':>15}"
+          f"{'compute err (min..max)':>26}")
     with tempfile.TemporaryDirectory() as tmp:
         seen = set()
         for entry in load_catalog():
@@ -37,7 +38,7 @@ def main() -> int:
             seen.add(entry.name)
             path = write_sparse_gguf(entry, Path(tmp) / f"{entry.label.replace(' ', '-')}.gguf")
             model = load_model(path)
-            errs, exact, runs = [], 0, 0
+            errs, exact, runs, compute_exact = [], 0, 0, 0
             for s, got in zip(matrix, dry_run_many(path, matrix), strict=True):
                 est = estimate(model, s)
                 if isinstance(got, DryRunError) or est.errors or got.exact is None:
@@ -46,14 +47,16 @@ def main() -> int:
                 context = sum(b.context for b in got.exact)
                 exact += est.kv + est.state == context
                 errs.append(est.compute / got.compute_total - 1)
+                compute_exact += est.compute == got.compute_total
             n_kv += runs
             n_exact += exact
+            n_compute += compute_exact
             worst = max([worst, *(abs(e) for e in errs)])
             span = f"{min(errs) * 100:+.1f}% .. {max(errs) * 100:+.1f}%" if errs else "-"
-            print(f"{entry.label:<34}{runs:>5}{exact:>10}{span:>26}")
+            print(f"{entry.label:<34}{runs:>5}{exact:>10}{compute_exact:>15}{span:>26}")
             path.unlink()
-    print(f"\nKV cache + state equal to the byte in {n_exact}/{n_kv} runs; "
-          f"worst compute-buffer error {worst * 100:.1f}%")
+    print(f"\nKV cache + state equal to the byte in {n_exact}/{n_kv} runs; compute buffer in "
+          f"{n_compute}/{n_kv}; worst compute-buffer error {worst * 100:.1f}%")
     return 0
 
 

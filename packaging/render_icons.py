@@ -39,7 +39,7 @@ def render(svg: Path, out_dir: Path, sizes: tuple[int, ...] = SIZES) -> list[Pat
         painter.end()
         path = out_dir / f"{n}x{n}" / "apps" / f"{svg.stem}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not image.save(str(path), "PNG"):
+        if not image.save(str(path)):  # format from the .png suffix
             raise SystemExit(f"render_icons: could not write {path}")
         written.append(path)
     return written

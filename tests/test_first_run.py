@@ -164,7 +164,7 @@ def test_missing_x11_library_names_its_debian_package(soname: str, hide_library)
         pytest.skip(f"Qt's xcb plugin here does not link {soname}")
     line = _one_line(_kvgui(env=hide_library(soname)))
     package = install_hints.debian_package(soname)
-    assert f"apt install" in line and package in line, line
+    assert "apt install" in line and package in line, line
     others = {"libxcb-cursor.so.0", "libxkbcommon-x11.so.0", "libxcb-icccm.so.4"} - {soname}
     for other in others:  # present on this machine: not to be reported missing
         assert other not in line, line

@@ -29,33 +29,52 @@ _SO = re.compile(r"(lib[\w+.-]+?)\.so\.(\d+)")
 
 
 def debian_package(soname: str) -> str:
-    """Debian's package for a library: libxcb-cursor.so.0 -> libxcb-cursor0,
-    libxkbcommon-x11.so.0 -> libxkbcommon-x11-0, libEGL.so.1 -> libegl1."""
-    m = _SO.search(soname)
-    if not m:
-        return soname
-    name, ver = m.group(1).lower(), m.group(2)
-    return f"{name}-{ver}" if name[-1].isdigit() else f"{name}{ver}"
+    """Debian's package for a library: libxcb-cursor.so.0 -> libxcb-cursor0 (see install_hints)."""
+    from kvgui.core.install_hints import debian_package as package
+
+    return package(soname)
+
+
+# "libxkbcommon-x11.so.0: cannot open shared object file": the library the loader did not find
+_MISSING = re.compile(r"(lib[\w+.-]+?\.so(?:\.\d+)*): cannot open shared object file")
+_NO_CONNECT = re.compile(r"could not connect to display ?(\S*)", re.IGNORECASE)
 
 
 def explain_probe_failure(stderr: str) -> str:
-    """One line from Qt's stderr: which library is missing and the package that has it."""
-    libs = sorted({m.group(0) for m in _SO.finditer(stderr)
-                   if "cannot open shared object" in stderr})
-    if "xcb-cursor0" in stderr or "libxcb-cursor" in stderr:
-        libs = sorted(set(libs) | {"libxcb-cursor.so.0"})
+    """One line from Qt's stderr: which library is missing and the package that has it.
+
+    Qt >= 6.5 prints "xcb-cursor0 or libxcb-cursor0 is needed" whenever the xcb plugin fails,
+    whatever the cause (an unreachable display too), so that line alone proves nothing: the
+    loader's "cannot open shared object file" and xcb's "could not connect" say what happened.
+    """
+    from kvgui.core.install_hints import apt_install, qt_x11_hint
+
+    libs = sorted(set(_MISSING.findall(stderr)))
     if libs:
-        pkgs = " ".join(dict.fromkeys(debian_package(lib) for lib in libs))
+        pkgs = list(dict.fromkeys(debian_package(lib) for lib in libs))
         return (f"Qt cannot load its display plugin: missing {', '.join(libs)} "
-                f"(Debian/Ubuntu: sudo apt install {pkgs})")
-    if "could not connect to display" in stderr.lower():
-        return "Qt could not connect to the display (is DISPLAY right, and the X server up?)"
+                f"(Debian/Ubuntu: {apt_install(pkgs)})")
+    if m := _NO_CONNECT.search(stderr):
+        where = f" {m.group(1)}" if m.group(1) else ""
+        return (f"Qt could not connect to the X display{where}: is the X server running and "
+                "DISPLAY right? Without a desktop, use the command line: kvgui estimate MODEL")
+    if "xcb-cursor0" in stderr and not _loads("libxcb-cursor.so.0"):
+        return ("Qt cannot load its display plugin: missing libxcb-cursor.so.0 "
+                "(Debian/Ubuntu: sudo apt install libxcb-cursor0)")
     if "Could not load the Qt platform plugin" in stderr or "no Qt platform plugin" in stderr:
-        return ("Qt cannot load its display plugin (Debian/Ubuntu: sudo apt install "
-                "libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 "
-                "libxcb-image0 libxcb-render-util0)")
+        return f"Qt cannot load its display plugin. {qt_x11_hint()}"
     last = [line for line in stderr.strip().splitlines() if line.strip()]
     return f"Qt could not start: {last[-1] if last else 'no reason given'}"
+
+
+def _loads(soname: str) -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL(soname)
+    except OSError:
+        return False
+    return True
 
 
 def probe_display(timeout: float = 30.0) -> str | None:

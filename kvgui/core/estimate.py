@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvgui.core import ggml_types
-from kvgui.core.compute import SlotLayers, compute_buffer
+from kvgui.core.compute import SlotLayers, cache_graph, compute_buffer
 from kvgui.core.devices import CPU_NAME, DeviceBudget
 from kvgui.core.model import ModelInfo
 from kvgui.core.settings import N_CTX_PAD, FlashAttn, Settings
@@ -64,6 +64,7 @@ class ContextShape:
     n_batch: int
     n_ubatch: int
     swa_cells: int  # cells of the sliding-window cache per stream
+    n_seq: int = 1  # n_seq_max: the reserved ubatch is a multiple of it
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def context_shape(model: ModelInfo, s: Settings) -> ContextShape:
     else:
         window = model.n_swa * (n_seq if s.kv_unified else 1) + n_ubatch
         swa_cells = _pad(min(n_ctx_seq, window), 256)
-    return ContextShape(n_ctx, n_ctx_seq, n_stream, n_batch, n_ubatch, swa_cells)
+    return ContextShape(n_ctx, n_ctx_seq, n_stream, n_batch, n_ubatch, swa_cells, n_seq)
 
 
 def resolve_flash_attn(model: ModelInfo, s: Settings) -> bool:
@@ -349,13 +350,14 @@ def estimate(model: ModelInfo, settings: Settings,
     state = [n * per_state for n in (placed.recurrent if s.kv_offload
                                       else placed.recurrent_host)]
 
-    compute_key = ("compute", shape, fa, placed.compute_slots)
+    graph = cache_graph(model, s.type_k, s.type_v)
+    compute_key = ("compute", shape, fa, placed.compute_slots, graph)
     compute = model.cache.get(compute_key)
     if compute is None:
         if len(model.cache) > 4096:
             model.cache.clear()
         compute = model.cache[compute_key] = compute_buffer(model, shape, fa,
-                                                            placed.compute_slots)
+                                                            placed.compute_slots, graph)
     output = model.n_vocab * s.n_parallel * 4  # logits for one token per sequence, host memory
 
     out: list[DeviceMemory] = []

@@ -139,8 +139,10 @@ class ModelInfo:
     ssm_d_state: int = 0
     ssm_n_group: int = 0
     ssm_dt_rank: int = 0
-    # tensor names of the first block without "blk.0." (the layer's structure, for compute.py)
+    # tensor names of the blocks without "blk.N." (the layers' structure, for compute.py)
     block_tensors: frozenset[str] = frozenset()
+    # the "<arch>." scalar header keys, prefix dropped (hyperparameters compute.py reads)
+    arch_keys: tuple[tuple[str, int | float | bool | str], ...] = ()
     # memo for the estimate (placements per -ngl); not part of the model's identity
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False, hash=False)
 
@@ -455,7 +457,10 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
         ssm_d_inner=meta.num("ssm.inner_size", 0), ssm_d_state=meta.num("ssm.state_size", 0),
         ssm_n_group=meta.num("ssm.group_count", 0),
         ssm_dt_rank=meta.num("ssm.time_step_rank", 0),
-        block_tensors=frozenset(n[6:] for n in names if n.startswith("blk.0.")),
+        block_tensors=frozenset(blk.sub("", n) for n in names if blk.match(n)),
+        arch_keys=tuple(sorted((k[len(arch) + 1:], v) for k, v in md.items()
+                               if k.startswith(arch + ".")
+                               and isinstance(v, (int, float, bool, str)))),
     )
 
 

@@ -60,6 +60,10 @@ class DryRunTimeout(DryRunError):
     """llama.cpp did not answer in time; the child was killed."""
 
 
+class DryRunUnavailable(DryRunError):
+    """llama-cpp-python is missing or does not import: ``reason`` says what to install."""
+
+
 # --- parent side --------------------------------------------------------------------------
 
 def llama_params(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -164,7 +168,7 @@ def dry_run_many(
             if first is None:
                 break
             results[first] = failure
-            if isinstance(failure, DryRunTimeout):
+            if isinstance(failure, (DryRunTimeout, DryRunUnavailable)):
                 for i in pending:
                     if results[i] is None:
                         results[i] = failure
@@ -209,6 +213,8 @@ def _run_child(
             reply = json.loads(line)
         except ValueError:
             continue
+        if "unavailable" in reply:
+            return replies, DryRunUnavailable(str(reply["unavailable"]))
         if "index" in reply:
             r = replies[reply["index"]] = _from_reply(reply)
             if isinstance(r, LlamaCppMemory):
@@ -264,7 +270,7 @@ def _import_bindings() -> Any:
     if "llama_cpp" not in sys.modules:
         spec = importlib.util.find_spec("llama_cpp")
         if spec is None or spec.submodule_search_locations is None:
-            raise ImportError("llama-cpp-python is not installed")
+            raise ModuleNotFoundError("llama-cpp-python is not installed", name="llama_cpp")
         pkg = types.ModuleType("llama_cpp")
         pkg.__path__ = list(spec.submodule_search_locations)
         pkg.__file__ = spec.origin
@@ -393,7 +399,13 @@ def _child_main() -> int:
         reply.flush()
 
     request = json.loads(sys.stdin.read())
-    lc = _import_bindings()
+    try:
+        lc = _import_bindings()
+    except Exception as exc:  # not installed, or its shared library does not load
+        from kvgui.core.install_hints import llama_cpp_hint
+
+        send({"unavailable": llama_cpp_hint(exc)})
+        return 1
 
     from kvgui.runtime.llama_log import LlamaLogCapture, error_lines
 

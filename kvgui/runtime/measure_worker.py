@@ -525,7 +525,13 @@ def main() -> int:
         emit("failed", message=f"bad request: {exc}")
         return 2
     _watch_stdin(sys.stdin.buffer)
-    import llama_cpp
+    try:
+        import llama_cpp
+    except Exception as exc:  # not installed, or its shared library does not load
+        from kvgui.core.install_hints import llama_cpp_hint
+
+        emit("failed", message=llama_cpp_hint(exc))
+        return 1
 
     emit("started", pid=os.getpid(), llama_cpp_version=llama_cpp.__version__)
     try:

@@ -23,8 +23,16 @@ from PySide6.QtCore import (
 
 import kvgui.ui  # noqa: F401  (PySide6 6.12 on Python 3.11: see kvgui.ui.qtfix)
 from kvgui.core.settings import Settings
-from kvgui.runtime.client import LaunchRefused, Tail, describe_exit, preflight, worker_env
+from kvgui.runtime.client import (
+    LaunchRefused,
+    Tail,
+    describe_exit,
+    preflight,
+    worker_command,
+    worker_env,
+)
 from kvgui.runtime.protocol import Message, ProtocolError, Sampling, decode, encode, message
+
 
 def emit(signal: Any, *args: Any) -> None:
     """``signal.emit(*args)``. Kept for callers written when this module worked around
@@ -120,8 +128,9 @@ class QtWorker(QObject):
         for key, value in worker_env().items():
             env.insert(key, value)
         proc.setProcessEnvironment(env)
-        proc.setProgram(self._python)
-        proc.setArguments(["-m", "kvgui.runtime.worker"])
+        command = worker_command(self._python)  # the same command line as the CLI's client
+        proc.setProgram(command[0])
+        proc.setArguments(command[1:])
         proc.readyReadStandardOutput.connect(self._on_stdout)
         proc.readyReadStandardError.connect(self._on_stderr)
         proc.finished.connect(self._on_finished)

@@ -48,6 +48,7 @@ TOKEN_EVENT_INTERVAL_S = 0.02
 # ggml.h enum ggml_log_level (llama-cpp-python's _logger.py comments predate DEBUG = 1)
 GGML_LOG_DEBUG, GGML_LOG_INFO, GGML_LOG_CONT = 1, 2, 5
 
+
 class Channel:
     """The event stream: a private copy of fd 1; fd 1 itself is pointed at stderr.
 
@@ -478,6 +479,23 @@ class Chat:
         }
 
 
+_OOM_MARKS = ("failed to allocate", "insufficient memory", "out of memory", "bad_alloc",
+              "unable to allocate")
+
+
+def load_failure(error: str, log_lines: list[str]) -> str:
+    """One line saying why the load failed: out of memory, not a model, or llama.cpp's words."""
+    recent = [line.lower() for line in log_lines[-30:]] + [error.lower()]
+    if any(mark in line for line in recent for mark in _OOM_MARKS):
+        return ("out of memory: llama.cpp could not allocate its buffers - lower -c, use a "
+                f"smaller cache type or fewer GPU layers ({error})")
+    if "does not exist" in error:
+        return f"no such model file ({error})"
+    if any("gguf_init_from_file" in line or "invalid magic" in line for line in recent):
+        return f"not a GGUF model llama.cpp can read ({error})"
+    return f"llama.cpp could not load the model: {error}"
+
+
 def _serve(channel: Channel, requests: Requests, log: LogCapture) -> int:
     first = requests.queue.get()
     if first["type"] != "load":
@@ -497,8 +515,8 @@ def _serve(channel: Channel, requests: Requests, log: LogCapture) -> int:
         if requests.shutdown:
             return 0
         tail = log.tail()
-        channel.send("failed", message=f"{exc}" + (f"\n{tail}" if tail else ""),
-                     fatal=True, stage="load")
+        channel.send("failed", message=load_failure(str(exc), log.lines) + (
+            f"\n{tail}" if tail else ""), fatal=True, stage="load")
         return 1
     import llama_cpp
 
@@ -539,7 +557,13 @@ def main() -> int:
     channel = Channel.take_stdout()
     _watch_parent()
     requests = Requests(sys.stdin.buffer, channel)
-    import llama_cpp
+    try:
+        import llama_cpp
+    except Exception as exc:  # not installed, or its shared library does not load
+        from kvgui.core.install_hints import llama_cpp_hint
+
+        channel.send("failed", message=llama_cpp_hint(exc), fatal=True, stage="start")
+        return 1
 
     log = LogCapture(channel)
     channel.send("started", pid=os.getpid(), protocol=PROTOCOL_VERSION,

@@ -25,7 +25,7 @@ def make_app(argv: Sequence[str] = ()) -> QApplication:
     app.setApplicationDisplayName("kvgui")
     app.setApplicationVersion(__version__)
     app.setOrganizationName("kvgui")
-    app.setDesktopFileName("kvgui")
+    app.setDesktopFileName("io.github.kvgui")
     if sys.platform.startswith("linux") and app.style().name().lower() == "windows":
         app.setStyle("Fusion")  # Qt's bare fallback style looks dated; Fusion follows palettes
     return app

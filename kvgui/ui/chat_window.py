@@ -303,20 +303,17 @@ class ChatPanel(QWidget):
         self.load_bar.setValue(int(fraction * 1000))
 
     def _on_loaded(self, loaded: dict) -> None:
-        from kvgui.runtime.client import estimate_devices, estimated_memory, measured_memory
+        from kvgui.runtime.client import estimated_memory, measured_memory
 
         self.load_bar.hide()
         self.measured = measured_memory(loaded)
+        offload = bool(loaded.get("gpu_offload"))
         est = self.estimate
-        if est is None and self.model_path is not None and self.settings is not None:
-            from kvgui.core.estimate import estimate
-            from kvgui.core.model import load_model
-
-            try:
-                est = estimate(load_model(self.model_path), self.settings,
-                               estimate_devices(bool(loaded.get("gpu_offload"))))
-            except Exception as exc:  # the header was read before launch; keep the chat usable
-                self._set_status(f"no estimate: {exc}", error=True)
+        planned_gpu = est is not None and any(d.is_gpu for d in est.devices)
+        if est is None or planned_gpu != offload:
+            # compare with what this llama.cpp build did: a CPU-only build puts it all on
+            # the CPU whatever GPU the main window plans for
+            est = self._estimate_for(offload)
         self.estimated = None if est is None else estimated_memory(est)
         self._fill_table()
         n_ctx = int(loaded.get("n_ctx_seq") or loaded.get("n_ctx") or 1)
@@ -326,6 +323,21 @@ class ChatPanel(QWidget):
         self._set_status(f"ready - loaded in {float(loaded.get('load_s', 0)):.1f} s, "
                          f"chat format {loaded.get('chat_format')}")
         self.input.setFocus()
+
+    def _estimate_for(self, gpu_offload: bool) -> Any:
+        from kvgui.core.estimate import estimate
+        from kvgui.core.model import load_model
+        from kvgui.runtime.client import estimate_devices
+
+        if self.model_path is None or self.settings is None:
+            return None
+        try:
+            model = self.estimate.model if self.estimate is not None else \
+                load_model(self.model_path)
+            return estimate(model, self.settings, estimate_devices(gpu_offload))
+        except Exception as exc:  # the header was read before launch; keep the chat usable
+            self._set_status(f"no estimate: {exc}", error=True)
+            return None
 
     def _on_token(self, text: str) -> None:
         cursor = self.transcript.textCursor()

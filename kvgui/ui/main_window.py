@@ -44,7 +44,7 @@ from PySide6.QtWidgets import (
 
 from kvgui import __version__
 from kvgui.core.appconfig import AppConfig, save_config
-from kvgui.core.estimate import check, resolve_flash_attn
+from kvgui.core.estimate import check, estimate, resolve_flash_attn
 from kvgui.core.ggml_types import CACHE_TYPE_NAMES
 from kvgui.core.model import ModelInfo
 from kvgui.core.settings import ALL_LAYERS, FlashAttn
@@ -262,6 +262,9 @@ class MainWindow(QMainWindow):
                               "weights read, no cache allocated)")
         self.act_chat = act("Launch &chat", self.launch_chat, "Ctrl+L",
                             "Chat with the model through llama.cpp with exactly these settings")
+        self.act_measure = act("&Measure cache quality…", self.measure, "Ctrl+M",
+                               "Run your model over a text with each KV cache type: perplexity, "
+                               "KL divergence against f16, speed and memory")
         for a, name in ((self.act_open, "open"), (self.act_import, "import"),
                         (self.act_export, "export"), (self.act_verify, "verify"),
                         (self.act_chat, "chat")):
@@ -297,6 +300,7 @@ class MainWindow(QMainWindow):
         m = mb.addMenu("&Run")
         m.addAction(self.act_verify)
         m.addAction(self.act_chat)
+        m.addAction(self.act_measure)
         m = mb.addMenu("&Help")
         m.addAction(self.act_about)
 
@@ -709,7 +713,6 @@ class MainWindow(QMainWindow):
             self.verify_panel.show_error(error)
             self.statusBar().showMessage(f"llama.cpp dry run failed: {error}", 15000)
             return
-        from kvgui.core.estimate import estimate
 
         if self.ctl.model is None:
             return
@@ -736,6 +739,36 @@ class MainWindow(QMainWindow):
             QMessageBox.warning(self, "Chat", f"Could not start the chat: {exc}")
             return
         self._chats = [w for w in getattr(self, "_chats", []) if w.isVisible()] + [win]
+
+    def measure(self) -> None:
+        src = self.ctl.model_source
+        if not src or src.startswith(CATALOG_PREFIX):
+            self.statusBar().showMessage("Measuring needs a real GGUF file: open one first", 8000)
+            return
+        try:
+            from kvgui.ui.measure_panel import MeasurePanel
+        except ImportError as exc:
+            QMessageBox.information(self, "Measure", f"Not available in this build: {exc}")
+            return
+        win = getattr(self, "_measure_window", None)
+        if win is None:
+            win = QMainWindow(self)
+            win.setWindowTitle("kvgui — measure cache quality")
+            win.setCentralWidget(MeasurePanel(win))
+            win.resize(1100, 760)
+            self._measure_window = win
+        panel = win.centralWidget()
+        settings, model = self.ctl.settings, self.ctl.model
+        panel.set_model(src)
+        panel.set_settings(settings)
+        est = self.ctl.snapshot.estimate if self.ctl.snapshot else None
+        gpu = est.devices[0] if est is not None else None
+        if gpu is not None and gpu.budget is not None and model is not None:
+            # what the KV cache may take on this device once everything else is placed
+            panel.set_budget(gpu.budget - (gpu.total - gpu.kv),
+                             lambda r: estimate(model, settings.replace(
+                                 type_k=r.type_k, type_v=r.type_v), None).kv)
+        win.show()
 
     def about(self) -> None:
         QMessageBox.about(
@@ -798,4 +831,9 @@ class MainWindow(QMainWindow):
     def closeEvent(self, ev: QCloseEvent) -> None:
         self._poll.stop()
         self._save()
+        win = getattr(self, "_measure_window", None)
+        if win is not None:  # no measuring worker outlives the window
+            win.centralWidget().shutdown()
+        for chat in getattr(self, "_chats", []):
+            chat.close()
         super().closeEvent(ev)

@@ -218,3 +218,15 @@ def test_bad_request_line_is_reported_not_fatal(loaded: WorkerClient) -> None:
     with pytest.raises(WorkerError, match="invalid sampling"):
         loaded._expect("finished", 10)
     assert json.loads(json.dumps(loaded.chat("ok", sampling=Sampling(max_tokens=2))))
+
+
+def test_load_failures_are_named() -> None:
+    oom = worker.load_failure("Failed to create llama_context", [
+        "ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 5120000000",
+        "llama_init_from_model: failed to initialize the context"])
+    assert oom.startswith("out of memory:") and "lower -c" in oom
+    assert worker.load_failure("std::bad_alloc", []).startswith("out of memory:")
+    bad = worker.load_failure("Failed to load model from file: x.gguf",
+                              ["gguf_init_from_file_impl: invalid magic characters: 'abcd'"])
+    assert bad.startswith("not a GGUF model")
+    assert worker.load_failure("boom", ["all fine"]) == "llama.cpp could not load the model: boom"

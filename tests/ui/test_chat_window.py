@@ -190,3 +190,23 @@ def test_settings_summary_and_differences() -> None:
     assert not differs("kv", 1_000_000, 1_000_000 + 4000)  # within the logged 0.01 MiB
     assert differs("kv", 1_000_000, 1_100_000)
     assert differs("n_ctx", 512, 768)
+
+
+def test_estimate_for_a_gpu_is_redone_for_a_cpu_only_build(qtbot, panel, tiny) -> None:
+    import llama_cpp
+
+    from kvgui.core.devices import DeviceBudget
+    from kvgui.core.estimate import estimate
+    from kvgui.core.model import load_model
+
+    if llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("this llama.cpp build offloads: the planned GPU estimate is the right one")
+    settings = Settings(n_ctx=512)
+    model = load_model(tiny)
+    planned = estimate(model, settings, [DeviceBudget("GPU 0", 8 << 30)])
+    with qtbot.waitSignal(panel.worker.measured, timeout=TIMEOUT):
+        panel.launch(tiny, settings, planned)
+    cpu_only = estimate(model, settings)
+    assert panel.estimated is not None
+    assert panel.estimated["compute"] == cpu_only.compute
+    assert panel.estimated["kv"] == cpu_only.kv

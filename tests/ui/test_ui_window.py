@@ -312,3 +312,21 @@ def test_refusal_marks_only_the_half_that_causes_it(qtbot, open_model, window,
                 if "⚠" in cc.type_v.itemText(i)]
     assert k_marked == []  # without flash attention a quantized K is fine, V is not
     assert set(v_marked) == {"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"}
+
+
+def test_measure_opens_for_the_current_model_and_budget(qtbot, open_model, window,
+                                                        model_file: Path) -> None:
+    window.act_measure.trigger()  # the catalog default has no file: only a status message
+    assert getattr(window, "_measure_window", None) is None
+    open_model(window, model_file)
+    window.act_measure.trigger()
+    win = window._measure_window
+    assert win.isVisible()
+    panel = win.centralWidget()
+    assert panel.model_path == str(model_file)
+    assert panel.settings == window.ctl.settings
+    est = window.ctl.snapshot.estimate
+    gpu = est.devices[0]
+    assert panel._budget == gpu.budget - (gpu.total - gpu.kv)
+    window.close()  # closing the main window ends any measuring worker
+    assert panel.process._proc is None
