@@ -12,6 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from kvgui import __version__
+from kvgui.core.errors import UsageError
+
+__all__ = ["UsageError", "build_parser", "main"]
 
 SUBCOMMANDS: dict[str, str] = {
     "estimate": "memory llama.cpp will allocate for a model and settings",
@@ -22,10 +25,6 @@ SUBCOMMANDS: dict[str, str] = {
     "gpus": "list the GPUs and memory kvgui detects",
     "measure": "measure each KV cache type's quality and speed on your model and text",
 }
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
 
 
 def _module(name: str):  # type: ignore[no-untyped-def]

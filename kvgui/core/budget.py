@@ -17,8 +17,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from kvgui.cli import UsageError
 from kvgui.core.devices import DeviceBudget, cpu
+from kvgui.core.errors import UsageError
 from kvgui.core.gpu_catalog import CatalogGpu, find_gpu, search_gpus, tokens
 from kvgui.core.hardware import apple
 from kvgui.core.hardware.types import GpuInfo, HardwareReport, SystemMemory

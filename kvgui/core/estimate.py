@@ -9,7 +9,7 @@ creates a context surface here as errors, so they are seen before a launch fails
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kvgui.core import ggml_types
@@ -227,6 +227,9 @@ class _Placement:
     recurrent: tuple[int, ...]  # recurrent layers per slot
     recurrent_host: tuple[int, ...]
     compute_slots: tuple[SlotLayers, ...]
+    # compute buffers already worked out for this placement, by context shape and graph
+    compute_memo: dict[Any, list[int]] = field(default_factory=dict, compare=False,
+                                               hash=False, repr=False)
 
 
 def _layer_devices(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> tuple[
@@ -351,13 +354,15 @@ def estimate(model: ModelInfo, settings: Settings,
                                       else placed.recurrent_host)]
 
     graph = cache_graph(model, s.type_k, s.type_v)
-    compute_key = ("compute", shape, fa, placed.compute_slots, graph)
-    compute = model.cache.get(compute_key)
+    memo = placed.compute_memo
+    compute_key = (shape.n_ctx_seq, shape.n_stream, shape.n_batch, shape.n_ubatch,
+                   shape.swa_cells, shape.n_seq, fa, graph)
+    compute = memo.get(compute_key)
     if compute is None:
-        if len(model.cache) > 4096:
-            model.cache.clear()
-        compute = model.cache[compute_key] = compute_buffer(model, shape, fa,
-                                                            placed.compute_slots, graph)
+        if len(memo) > 4096:
+            memo.clear()
+        compute = memo[compute_key] = compute_buffer(model, shape, fa, placed.compute_slots,
+                                                     graph)
     output = model.n_vocab * s.n_parallel * 4  # logits for one token per sequence, host memory
 
     out: list[DeviceMemory] = []

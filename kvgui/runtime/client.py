@@ -359,10 +359,14 @@ MEMORY_KEYS = ("weights", "kv_k", "kv_v", "kv", "compute", "output", "total")
 
 
 def measured_memory(loaded: Message) -> dict[str, int | None]:
-    """The figures llama.cpp logged while loading (bytes, to the logged precision) + n_ctx."""
-    from kvgui.runtime.llama_log import parse_llama_log
+    """What llama.cpp allocated while loading, + n_ctx: exact bytes from its memory breakdown
+    where the worker could read it, else the logged figures (to 0.01 MiB)."""
+    from kvgui.runtime.llama_log import BufferBytes, parse_llama_log
 
     mem = parse_llama_log(str(loaded.get("log", "")))
+    exact = loaded.get("exact")
+    if isinstance(exact, list) and exact:
+        mem.exact = [BufferBytes(**b) for b in exact]
     out: dict[str, int | None] = dict(mem.memory())
     out["n_ctx"] = mem.n_ctx if mem.n_ctx is not None else loaded.get("n_ctx")
     return out

@@ -496,6 +496,18 @@ def load_failure(error: str, log_lines: list[str]) -> str:
     return f"llama.cpp could not load the model: {error}"
 
 
+def _exact_buffers(llm: Any) -> list[dict[str, Any]] | None:
+    """llama.cpp's own memory breakdown in bytes (as the dry run reads it), or None."""
+    try:
+        from llama_cpp import llama_cpp as lc
+
+        from kvgui.runtime.dryrun import _load_ggml, _memory_breakdown
+
+        return _memory_breakdown(lc, _load_ggml(lc), llm.ctx)
+    except Exception:  # another C++ ABI or build: the logged figures still stand
+        return None
+
+
 def _serve(channel: Channel, requests: Requests, log: LogCapture) -> int:
     first = requests.queue.get()
     if first["type"] != "load":
@@ -532,6 +544,7 @@ def _serve(channel: Channel, requests: Requests, log: LogCapture) -> int:
         n_layer=int(llama_cpp.llama_model_n_layer(llm.model)),
         chat_format=str(llm.chat_format),
         gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+        exact=_exact_buffers(llm),
     )
     while True:
         request = requests.queue.get()

@@ -758,6 +758,7 @@ class MainWindow(QMainWindow):
             win.resize(1100, 760)
             self._measure_window = win
         panel = win.centralWidget()
+        assert isinstance(panel, MeasurePanel)
         settings, model = self.ctl.settings, self.ctl.model
         panel.set_model(src)
         panel.set_settings(settings)
@@ -833,7 +834,9 @@ class MainWindow(QMainWindow):
         self._save()
         win = getattr(self, "_measure_window", None)
         if win is not None:  # no measuring worker outlives the window
-            win.centralWidget().shutdown()
+            panel = win.centralWidget()
+            if hasattr(panel, "shutdown"):
+                panel.shutdown()
         for chat in getattr(self, "_chats", []):
             chat.close()
         super().closeEvent(ev)

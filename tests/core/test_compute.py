@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from kvgui.core import compute
+from kvgui.core import compute, ggml_alloc
 from kvgui.core.catalog import find
 from kvgui.core.compute import (
     SlotLayers,
@@ -32,7 +32,7 @@ def model(label: str) -> ModelInfo:
 
 
 def test_allocator_best_fit_then_last_block_and_merging() -> None:
-    al = compute._Allocator()  # (sizes come aligned)
+    al = ggml_alloc.Allocator()  # (sizes come aligned)
     a = al.alloc(128)
     b = al.alloc(64)
     c = al.alloc(256)
@@ -96,8 +96,8 @@ def test_layer_shortcut_equals_the_full_replay(label: str) -> None:
             scale = (t, t * n_kv, t * swa, rng.choice([t, 1]), 1, n_kv * streams, swa * streams,
                      streams)
             for align in (compute.CPU_ALIGN, compute.CUDA_ALIGN):
-                assert compute._replay(program, scale, align) == \
-                    compute._replay(program, scale, align, shortcut=False)
+                assert ggml_alloc.replay(program, scale, align) == \
+                    ggml_alloc.replay(program, scale, align, shortcut=False)
 
 
 def test_logits_land_after_what_the_last_layer_leaves() -> None:

@@ -12,7 +12,7 @@ from kvgui.core.estimate import estimate
 from kvgui.core.model import load_model
 from kvgui.core.settings import FlashAttn, Settings
 from kvgui.runtime import worker
-from kvgui.runtime.client import WorkerClient, WorkerError
+from kvgui.runtime.client import WorkerClient, WorkerError, measured_memory
 from kvgui.runtime.llama_log import matches_logged, parse_llama_log
 from kvgui.runtime.protocol import (
     EVENT_TYPES,
@@ -108,6 +108,11 @@ def test_measured_kv_equals_estimate(tiny: str, n_ctx: int, type_k: str, type_v:
     assert [c.type_k for c in mem.kv_caches] == [type_k]
     assert matches_logged(est.kv_k, mem.kv_caches[0].k_mib)
     assert matches_logged(est.kv_v, mem.kv_caches[0].v_mib)
+    # and to the byte, from llama.cpp's own memory breakdown of the live context
+    measured = measured_memory(loaded)
+    assert loaded["exact"], "the worker could not read llama.cpp's memory breakdown"
+    assert (measured["kv"], measured["weights"], measured["compute"]) == (
+        est.kv, est.weights, est.compute)
 
 
 def test_parallel_batch_and_unified_reach_the_context(tiny: str) -> None:

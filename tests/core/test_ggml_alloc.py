@@ -1,0 +1,127 @@
+"""The ggml-alloc replica: the inline allocator against the reference one, and the replay's
+layer reuse against a full replay, on random graphs (the real graphs are in test_compute.py
+and, against llama.cpp itself, test_against_llama_cpp.py)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from kvgui.core import ggml_alloc
+from kvgui.core.ggml_alloc import Allocator, Graph, Program, Tensor, record, replay
+
+
+@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("seed", range(40))
+def test_inline_allocator_equals_the_reference(seed: int, scan: bool) -> None:
+    # (no empty tensors: freed at random places they leave states no real graph reaches;
+    # LFM2's empty state copies are covered in test_compute and against llama.cpp)
+    rng = random.Random(seed)
+    sizes = [32, 64, 96, 128, 256, 1024, 4096]
+    ops: list[tuple[int, int]] = []
+    placed: list[int] = []
+    n = 0
+    kind = [rng.randrange(len(sizes)) for _ in range(300)]  # each storage's size
+    for _ in range(rng.randint(1, 300)):
+        if placed and rng.random() < 0.45:
+            s = placed.pop(rng.randrange(len(placed)))
+            ops.append((~s, kind[s]))
+        else:
+            ops.append((n, kind[n]))
+            placed.append(n)
+            n += 1
+    al = Allocator()
+    expected = [0] * n
+    for s, k in ops:
+        if s >= 0:
+            expected[s] = al.alloc(sizes[k])
+        else:
+            al.free(expected[~s], sizes[k])
+    offset = [0] * n
+    hoff: list[int] = []
+    hsize: list[int] = []
+    tail, top = ggml_alloc._run(tuple(ops), sizes, offset, hoff, hsize, 0, 0, scan)
+    assert offset == expected
+    assert [[o, sz] for o, sz in zip(hoff, hsize, strict=True)] + [[tail]] == \
+        [*al.blocks[:-1], [al.blocks[-1][0]]]
+    assert top == al.max_size
+    program = Program(tuple((x,) for x in sizes), tuple((0, x) for x in sizes), n, tuple(ops),
+                      (), (), (), ())
+    assert replay(program, (1,), 32) == al.max_size
+
+
+def random_graph(rng: random.Random) -> tuple[Graph, dict[Tensor, tuple[int, ...]]]:
+    """Layers of a few kinds in a pattern, each reading the residual stream, its own
+    intermediates and some inputs (freed after their last user), some ops in place."""
+    g = Graph()
+    sizes: dict[Tensor, tuple[int, ...]] = {}
+    widths = [(rng.choice([0, 1, 2, 3, 8]), rng.choice([0, 0, 1, 4])) for _ in range(6)]
+
+    def op(*srcs: Tensor | None, w: int = 0, inplace: bool = False) -> Tensor:
+        node = Tensor(srcs, inplace=inplace, layout=("x", str(w)))
+        sizes[node] = widths[w]
+        return node
+
+    inputs = []
+    for _ in range(rng.randint(1, 4)):
+        leaf = Tensor(is_input=True)
+        sizes[leaf] = widths[rng.randrange(6)]
+        inputs.append(leaf)
+    cur = op(inputs[0])
+    g.expand(cur)
+    n_layer = rng.randint(1, 24)
+    # each kind of layer: (source, width, in place) per intermediate, the inputs it reads
+    kinds = [([(rng.randrange(1 + i), rng.randrange(6), rng.random() < 0.3)
+               for i in range(rng.randint(1, 5))],
+              [i for i in range(len(inputs)) if rng.random() < 0.5])
+             for _ in range(rng.randint(1, 3))]
+    pattern = [rng.randrange(len(kinds)) for _ in range(rng.randint(1, 4))]
+    last_use = [rng.randrange(n_layer + 1) for _ in inputs]  # (n_layer: the output head)
+    for il in range(n_layer):
+        steps, reads = kinds[pattern[il % len(pattern)]]
+        first = op(cur, inplace=True)
+        first.starts_layer = True
+        parts = [first]
+        for src, w, inplace in steps:
+            parts.append(op(parts[src], w=w, inplace=inplace))
+        for i, leaf in enumerate(inputs):
+            if (i in reads and il < last_use[i]) or il == last_use[i]:
+                parts.append(op(parts[-1], leaf, w=steps[0][1]))
+        cur = op(first, parts[-1], inplace=True)  # the residual stream goes on, in place
+        g.expand(cur)
+    out = op(cur, *(leaf for i, leaf in enumerate(inputs) if last_use[i] == n_layer), w=5)
+    out.is_output = True
+    g.expand(out)
+    return g, sizes
+
+
+@pytest.mark.parametrize("seed", range(80))
+def test_layer_reuse_equals_the_full_replay(seed: int) -> None:
+    rng = random.Random(seed)
+    graph, sizes = random_graph(rng)
+    program = record(graph, sizes)
+    for _ in range(8):
+        scale = (rng.choice([1, 2, 3, 7, 64]), rng.choice([0, 1, 5, 100]))
+        for align in (ggml_alloc.CPU_ALIGN, ggml_alloc.CUDA_ALIGN):
+            assert replay(program, scale, align) == replay(program, scale, align, shortcut=False)
+
+
+def test_alike_layers_share_a_shape_and_an_input_freed_makes_its_own() -> None:
+    g = Graph()
+    sizes: dict[Tensor, tuple[int, ...]] = {}
+    mask = Tensor(is_input=True)
+    sizes[mask] = (1,)
+    cur = Tensor((mask,), layout=("e", "t"))  # (so the first layer can go on in place too)
+    sizes[cur] = (1,)
+    for il in range(5):
+        first = Tensor((cur,), inplace=True, layout=("e", "t"))
+        first.starts_layer = True
+        attn = Tensor((first, mask) if il < 4 else (first,))
+        cur = Tensor((first, attn), inplace=True, layout=("e", "t"))
+        for t in (first, attn, cur):
+            sizes[t] = (1,)
+    g.expand(cur)
+    program = record(g, sizes)
+    # layers 0..2 are alike; layer 3 is the mask's last user and frees it (4: the epilogue)
+    assert program.shapes == (0, 0, 0, 1)
