@@ -107,3 +107,16 @@ def test_estimate_never_imports_qt(llama3: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code, str(llama3)], capture_output=True, text=True,
                        timeout=60)
     assert r.stdout.strip().endswith("NOQT"), r.stdout + r.stderr
+
+
+def test_plan_from_the_catalog_before_downloading() -> None:
+    r = kvgui("estimate", "Llama-3.1-8B-Instruct Q4_K_M", "-c", "32768", "--vram", "8GiB",
+              "--reserve", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["memory"]["kv"] == 4 * 2**30 and data["fits"] is False
+    assert data["model"]["path"] is None and data["model"]["file_bytes"] == 4_915_755_968
+    listing = kvgui("estimate", "--list-models")
+    assert "Gemma-3-12B-it Q4_K_M" in listing.stdout
+    missing = kvgui("chat", "Llama-3.1-8B-Instruct Q4_K_M", "-p", "hi")  # needs a real file
+    assert missing.returncode == 2 and "no such file" in missing.stderr

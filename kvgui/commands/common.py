@@ -23,25 +23,21 @@ def add_model_arg(parser: argparse.ArgumentParser, *, required: bool = True) -> 
                         help="a .gguf file (any part of a split model)")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _int_at_least(minimum: int):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
 
 
-def _ctx(text: str) -> int:
-    """-c N; like llama.cpp, 0 means the model's trained context (resolved later)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
+_positive = _int_at_least(1)
+_ctx = _int_at_least(0)  # -c 0: like llama.cpp, the model's trained context (resolved later)
 
 
 def _gpu_layers(text: str) -> int:
@@ -125,14 +121,15 @@ def settings_from_args(args: argparse.Namespace, model: ModelInfo | None = None)
         raise UsageError(str(exc)) from None
 
 
-def open_model(path: str) -> ModelInfo:
-    """The model at ``path`` -- or a catalog model by name, to plan before downloading --
-    or a one-line UsageError naming what is wrong with it."""
+def open_model(path: str, *, catalog: bool = False) -> ModelInfo:
+    """The model at ``path`` -- or, with ``catalog``, a catalog model by name, to plan before
+    downloading -- or a one-line UsageError naming what is wrong with it."""
     if not Path(path).exists():
-        entry = _catalog_entry(path)
+        entry = _catalog_entry(path) if catalog else None
         if entry is None:
-            raise UsageError(f"{path}: no such file (nor a catalog model; "
-                             "see `kvgui estimate --list-models`)")
+            hint = " (nor a catalog model: see `kvgui estimate --list-models`)" if catalog \
+                else ""
+            raise UsageError(f"{path}: no such file{hint}")
         metadata, tensors, file_bytes = entry.header()
         return ModelInfo.from_header(metadata, tensors, path=None, file_bytes=file_bytes)
     try:

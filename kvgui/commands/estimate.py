@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         path = parsed.model_path or args.model
         if not path:
             raise UsageError("the command has no -m MODEL, and no MODEL was given")
-        model = open_model(path)
+        model = open_model(path, catalog=True)
         settings = parsed.settings
         if parsed.ctx_from_model:  # no -c (or -c 0): llama.cpp uses the trained context
             settings = settings.replace(n_ctx=model.n_ctx_train or settings.n_ctx)
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.model:
             raise UsageError("give a MODEL (a .gguf file) or --from-command")
-        model = open_model(args.model)
+        model = open_model(args.model, catalog=True)
         settings = settings_from_args(args, model)
         unknown = []
     devices = devices_from_args(args)

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from kvgui.core.budget import devices_from_args
     from kvgui.core.estimate import estimate
 
-    model = open_model(args.model)
+    model = open_model(args.model, catalog=True)
     settings = settings_from_args(args, model)
     devices = devices_from_args(args)
     if not any(d.budget is not None for d in devices):
