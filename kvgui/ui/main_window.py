@@ -257,6 +257,11 @@ class MainWindow(QMainWindow):
                               "settings")
         self.act_import = act("&Import command…", self.import_dialog, "Ctrl+I",
                               "Paste a llama.cpp command line: the controls take its values")
+        self.act_save_preset = act("&Save preset…", self.save_preset_dialog, "Ctrl+S",
+                                   "Save the model and every setting as a JSON preset")
+        self.act_load_preset = act("&Load preset…", self.load_preset_dialog, "Ctrl+Shift+O",
+                                   "Load a JSON preset saved by kvgui (or `kvgui export "
+                                   "--format json`)")
         self.act_verify = act("&Verify with llama.cpp", self.verify, "Ctrl+R",
                               "Ask the bundled llama.cpp what it would allocate (dry run: no "
                               "weights read, no cache allocated)")
@@ -290,6 +295,9 @@ class MainWindow(QMainWindow):
         m.addSeparator()
         m.addAction(self.act_import)
         m.addAction(self.act_export)
+        m.addSeparator()
+        m.addAction(self.act_load_preset)
+        m.addAction(self.act_save_preset)
         m.addSeparator()
         m.addAction(self.act_quit)
         m = mb.addMenu("&Settings")
@@ -680,6 +688,49 @@ class MainWindow(QMainWindow):
         dlg = ImportDialog(self.ctl.settings, self)
         if dlg.exec() and dlg.parsed is not None:
             self.apply_import(dlg.parsed)
+
+    def save_preset_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save preset", "kvgui-preset.json",
+                                              "kvgui presets (*.json)")
+        if path:
+            self.save_preset_to(path)
+
+    def save_preset_to(self, path: str) -> None:
+        from kvgui.core.preset import Preset, save_preset
+
+        src = self.ctl.model_source
+        model_path = src if src and not src.startswith(CATALOG_PREFIX) else None
+        try:
+            save_preset(path, Preset(self.ctl.settings, model_path=model_path))
+        except OSError as exc:
+            self.statusBar().showMessage(f"Could not save the preset: {exc.strerror}", 15000)
+            return
+        self.statusBar().showMessage(f"Saved the preset to {path}", 8000)
+
+    def load_preset_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load preset", "", "kvgui presets (*.json)")
+        if path:
+            self.load_preset_from(path)
+
+    def load_preset_from(self, path: str) -> bool:
+        """Every setting of the preset (and its model, if the file is there) into the window."""
+        import dataclasses
+
+        from kvgui.core.cmdparse import ParsedCommand
+        from kvgui.core.preset import PresetError, load_preset
+        from kvgui.core.settings import Settings
+
+        try:
+            preset = load_preset(path)
+        except PresetError as exc:
+            self.statusBar().showMessage(f"Not loaded: {exc}", 15000)
+            return False
+        fields = frozenset(f.name for f in dataclasses.fields(Settings))
+        self.apply_import(ParsedCommand(program=None, model_path=preset.model_path,
+                                        settings=preset.settings, given=fields,
+                                        extras=dict(preset.extras),
+                                        unknown=list(preset.extra_args)))
+        return True
 
     def apply_import(self, parsed: Any) -> None:
         from kvgui.ui.import_dialog import changes_from

@@ -330,3 +330,27 @@ def test_measure_opens_for_the_current_model_and_budget(qtbot, open_model, windo
     assert panel._budget == gpu.budget - (gpu.total - gpu.kv)
     window.close()  # closing the main window ends any measuring worker
     assert panel.process._proc is None
+
+
+def test_preset_save_and_load_round_trip(qtbot, open_model, window, model_file: Path,
+                                         tmp_path: Path) -> None:
+    open_model(window, model_file)
+    window.ctl.update_settings(n_ctx=24576, type_k="q8_0", type_v="q4_0", n_ubatch=256,
+                               swa_full=True)
+    window.ctl.flush()
+    saved = window.ctl.settings
+    path = tmp_path / "preset.json"
+    window.save_preset_to(str(path))
+    assert path.is_file()
+    window.ctl.update_settings(n_ctx=4096, type_k="f16", type_v="f16")
+    window.ctl.flush()
+    assert window.ctl.settings != saved
+    assert window.load_preset_from(str(path))
+    window.ctl.flush()
+    assert window.ctl.settings == saved
+    bar_matches_estimate(window)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "kvgui-preset", "version": 1, "settings": {"n_ctx": "big"}}')
+    assert not window.load_preset_from(str(bad))
+    assert "Not loaded" in window.statusBar().currentMessage()
+    assert window.ctl.settings == saved  # nothing lost
