@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kvgui.core import ggml_types
 from kvgui.core.compute import SlotLayers, cache_graph, compute_buffer
@@ -25,8 +25,10 @@ def _pad(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
-@dataclass(frozen=True)
-class DeviceMemory:
+class DeviceMemory(NamedTuple):
+    """One device's share. A NamedTuple, not a frozen dataclass: the window builds 18 of
+    these per slider step, and a tuple is built four times faster."""
+
     name: str
     is_gpu: bool
     budget: int | None
@@ -54,8 +56,7 @@ class DeviceMemory:
         return None if self.budget is None else self.total <= self.budget
 
 
-@dataclass(frozen=True)
-class ContextShape:
+class ContextShape(NamedTuple):
     """The context as llama.cpp sizes it (llama_context's constructor)."""
 
     n_ctx: int
@@ -355,8 +356,7 @@ def estimate(model: ModelInfo, settings: Settings,
 
     graph = cache_graph(model, s.type_k, s.type_v)
     memo = placed.compute_memo
-    compute_key = (shape.n_ctx_seq, shape.n_stream, shape.n_batch, shape.n_ubatch,
-                   shape.swa_cells, shape.n_seq, fa, graph)
+    compute_key = (shape, fa, graph)
     compute = memo.get(compute_key)
     if compute is None:
         if len(memo) > 4096:
