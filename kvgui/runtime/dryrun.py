@@ -70,10 +70,9 @@ def llama_params(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     """The llama_model_params and llama_context_params fields for ``settings``, as llama-cli
     sets them (common/common.cpp common_model_params_to_llama / common_context_params_to_llama).
     """
-    from kvgui.core.ggml_types import by_name
+    from kvgui.runtime.llama_params import context_fields, model_fields
 
-    model = {
-        "n_gpu_layers": settings.n_gpu_layers,  # ALL_LAYERS (-1): negative = all in llama.cpp
+    model = model_fields(settings) | {
         "split_mode": 1,  # LLAMA_SPLIT_MODE_LAYER
         "main_gpu": 0,
         "tensor_split": list(settings.tensor_split),
@@ -81,21 +80,11 @@ def llama_params(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
         "no_host": False,
         "load_mtp": False,
     }
-    context = {
-        "n_ctx": settings.n_ctx,
-        "n_batch": settings.n_batch,
-        "n_ubatch": settings.n_ubatch,
-        "n_seq_max": settings.n_parallel,
+    context = context_fields(settings) | {
         "n_rs_seq": 0,
         "n_outputs_max": 0,
         "n_outputs_max_per_seq": 1,
-        "flash_attn_type": settings.flash_attn.llama_value,
-        "type_k": by_name(settings.type_k).id,
-        "type_v": by_name(settings.type_v).id,
-        "offload_kqv": settings.kv_offload,
         "op_offload": True,
-        "swa_full": settings.swa_full,
-        "kv_unified": settings.kv_unified,
         "embeddings": False,
         "no_perf": True,
     }

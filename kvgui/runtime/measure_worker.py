@@ -25,7 +25,6 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from kvgui.core.ggml_types import by_name
 from kvgui.core.measure_results import REFERENCE_PAIR, PairResult, pair_label
 from kvgui.core.settings import Settings
 from kvgui.runtime.llama_log import LOG_CONT, LOG_DEBUG, error_lines, parse_llama_log
@@ -157,19 +156,13 @@ def context_params(settings: Settings, type_k: str, type_v: str, n_threads: int)
     defaults (which differ from llama-cli's: flash_attn, swa_full, n_batch)."""
     import llama_cpp as L
 
+    from kvgui.runtime.llama_params import context_fields
+
     c = L.llama_context_default_params()
-    c.n_ctx = settings.n_ctx
-    c.n_batch = settings.n_batch
-    c.n_ubatch = min(settings.n_ubatch, settings.n_batch)
-    c.n_seq_max = settings.n_parallel
+    for name, value in context_fields(settings.replace(type_k=type_k, type_v=type_v)).items():
+        setattr(c, name, value)
     c.n_threads = n_threads
     c.n_threads_batch = n_threads
-    c.flash_attn_type = settings.flash_attn.llama_value
-    c.type_k = by_name(type_k).id
-    c.type_v = by_name(type_v).id
-    c.offload_kqv = settings.kv_offload
-    c.swa_full = settings.swa_full
-    c.kv_unified = settings.kv_unified
     c.embeddings = False
     c.no_perf = False
     return c

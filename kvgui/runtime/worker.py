@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from kvgui.core.ggml_types import by_name
-from kvgui.core.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.settings import FlashAttn, Settings
+from kvgui.runtime.llama_params import context_fields, model_fields
 from kvgui.runtime.protocol import (
     PROTOCOL_VERSION,
     Message,
@@ -197,28 +198,6 @@ def llama_kwargs(model_path: str, settings: Settings) -> dict[str, Any]:
         "type_v": by_name(settings.type_v).id,
         "verbose": True,  # False would point fds 1/2 at /dev/null during the load
     }
-
-
-def context_fields(settings: Settings) -> dict[str, Any]:
-    """llama_context_params fields, set right before llama_init_from_model."""
-    return {
-        "n_ctx": settings.n_ctx,
-        "n_batch": settings.n_batch,
-        "n_ubatch": settings.n_ubatch,
-        "n_seq_max": settings.n_parallel,
-        "flash_attn_type": settings.flash_attn.llama_value,
-        "type_k": by_name(settings.type_k).id,
-        "type_v": by_name(settings.type_v).id,
-        "offload_kqv": settings.kv_offload,
-        "swa_full": settings.swa_full,
-        "kv_unified": settings.kv_unified,
-    }
-
-
-def model_fields(settings: Settings) -> dict[str, Any]:
-    """llama_model_params fields, set right before llama_model_load_from_file."""
-    return {"n_gpu_layers": 0x7FFFFFFF if settings.n_gpu_layers == ALL_LAYERS
-            else settings.n_gpu_layers}
 
 
 @contextlib.contextmanager

@@ -7,10 +7,12 @@ fit spills past the line under a translucent red, and the reserve follows it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PySide6.QtCore import QPointF, QRectF, Qt
+from PySide6.QtCore import QPoint, QPointF, QRectF, Qt
 from PySide6.QtGui import QBrush, QColor, QFontMetricsF, QPainter, QPainterPath, QPen
+from PySide6.QtWidgets import QToolTip, QWidget
 
 from kvgui.core.sizes import format_bytes
 from kvgui.ui.barmodel import BarRow
@@ -23,6 +25,16 @@ LABELS = {key: (label, what) for key, label, what in SEGMENTS}
 class HitArea:
     rect: QRectF
     tip: str
+
+
+def show_hit_tooltip(widget: QWidget, pos: QPointF, global_pos: QPoint,
+                     hits: Sequence[HitArea]) -> bool:
+    """The tooltip of the topmost area under ``pos`` (the last painted wins); False if none."""
+    for h in reversed(hits):
+        if h.rect.contains(pos):
+            QToolTip.showText(global_pos, h.tip, widget)
+            return True
+    return False
 
 
 def scale_of(row: BarRow) -> int:

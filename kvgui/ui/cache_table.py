@@ -27,7 +27,7 @@ from kvgui.core.quality_notes import QualityNote
 from kvgui.core.sizes import format_bytes
 from kvgui.ui import theme
 from kvgui.ui.barmodel import BarRow
-from kvgui.ui.barpaint import HitArea, paint_row, scale_of
+from kvgui.ui.barpaint import HitArea, paint_row, scale_of, show_hit_tooltip
 from kvgui.ui.context_slider import short_tokens
 
 ROW_H = 46
@@ -212,10 +212,8 @@ class CacheTypeTable(QWidget):
     def event(self, ev: QEvent) -> bool:
         if ev.type() == QEvent.Type.ToolTip and isinstance(ev, QHelpEvent):
             pos = QPointF(ev.pos())
-            for h in reversed(self._hits):
-                if h.rect.contains(pos):
-                    QToolTip.showText(ev.globalPos(), h.tip, self)
-                    return True
+            if show_hit_tooltip(self, pos, ev.globalPos(), self._hits):
+                return True
             i = self._row_at(pos.y())
             if i >= 0:
                 QToolTip.showText(ev.globalPos(), "Click to use this cache type", self)

@@ -18,6 +18,7 @@ from kvgui.core.sizes import GiB
 from kvgui.ui import theme
 from kvgui.ui.context_slider import short_tokens
 from kvgui.ui.controller import Curves
+from kvgui.ui.plotstyle import quiet_plot
 
 # one colour per pair, f16 (most memory) to q4_0 (least), mixed last
 PAIR_COLORS = ("#e8544e", "#f39c34", "#d8c038", "#8bc34a", "#26a69a", "#29b6f6",
@@ -54,14 +55,7 @@ class ContextPlot(pg.PlotWidget):
         super().__init__(parent=parent)
         self._curves: Curves | None = None
         self._items: list[pg.GraphicsObject] = []
-        pi = self.getPlotItem()
-        pi.setMenuEnabled(False)
-        pi.hideButtons()
-        pi.showGrid(x=True, y=True, alpha=0.15)
-        pi.setLabel("left", "memory (GiB)")
-        pi.setLabel("bottom", "context (tokens)")
-        self.setMouseEnabled(x=False, y=False)
-        self.setMinimumHeight(260)
+        pi = quiet_plot(self, "memory (GiB)", "context (tokens)", 260)
         self.legend = pi.addLegend(offset=(8, 8), labelTextSize="8pt", colCount=2,
                                    brush=pg.mkBrush(255, 255, 255, 0))
         self.budget_line = pg.InfiniteLine(angle=0, movable=False)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kvgui.core.appconfig import HW_CATALOG, HW_CUSTOM, HW_DETECTED, HardwareChoice
+from kvgui.core.budget import Reserve
 from kvgui.core.devices import CPU_NAME, DeviceBudget
 from kvgui.ui.barmodel import DeviceView
 
@@ -44,10 +45,10 @@ class Plan:
 
 
 def reserve_for(choice: HardwareChoice, gpu: GpuSource, first: bool) -> int:
-    desktop = choice.desktop if choice.desktop is not None else (
-        gpu.in_use if gpu.detected else 0)
-    extra = choice.embedding + choice.mmproj if first else 0
-    return desktop + choice.margin + extra
+    """The window's reserve, by the same rules as the CLI's (kvgui.core.budget.Reserve)."""
+    reserve = Reserve(other_apps=choice.desktop, embedding=choice.embedding,
+                      mmproj=choice.mmproj, margin=choice.margin)
+    return sum(item.bytes for item in reserve.items(in_use=gpu.in_use, first=first))
 
 
 def make_plan(choice: HardwareChoice, detected: Sequence[GpuSource],

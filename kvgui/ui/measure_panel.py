@@ -76,6 +76,7 @@ from kvgui.runtime.measure import (
 from kvgui.runtime.protocol import ProtocolError, decode, encode
 from kvgui.runtime.qt_worker import emit
 from kvgui.ui import theme
+from kvgui.ui.plotstyle import quiet_plot
 
 _RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 COLUMNS = ("Type", "PPL", "ΔPPL", "KL mean", "KL p99", "Top-1", "PP t/s", "TG t/s", "KV memory")
@@ -197,14 +198,8 @@ class KLPlot(pg.PlotWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent=parent)
-        pi = self.getPlotItem()
-        pi.setMenuEnabled(False)
-        pi.hideButtons()
-        pi.showGrid(x=True, y=True, alpha=0.15)
-        pi.setLabel("left", "quality loss: mean KL vs f16 (nats/token)")
-        pi.setLabel("bottom", "KV cache (MiB)")
-        self.setMouseEnabled(x=False, y=False)
-        self.setMinimumHeight(220)
+        pi = quiet_plot(self, "quality loss: mean KL vs f16 (nats/token)", "KV cache (MiB)",
+                        220)
         self.points = pg.ScatterPlotItem(size=9)
         self.front = pg.PlotDataItem()
         self.pick = pg.ScatterPlotItem(size=18, symbol="star")

@@ -14,7 +14,7 @@ from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 from kvgui.core.sizes import format_bytes
 from kvgui.ui import theme
 from kvgui.ui.barmodel import BarRow
-from kvgui.ui.barpaint import HitArea, paint_row, scale_of
+from kvgui.ui.barpaint import HitArea, paint_row, scale_of, show_hit_tooltip
 from kvgui.ui.theme import SEGMENTS
 
 ROW_H = 34
@@ -147,10 +147,8 @@ class MemoryBar(QWidget):
     def event(self, ev: QEvent) -> bool:
         if ev.type() == QEvent.Type.ToolTip and isinstance(ev, QHelpEvent):
             pos = QPointF(ev.pos())
-            for h in reversed(self._hits):
-                if h.rect.contains(pos):
-                    QToolTip.showText(ev.globalPos(), h.tip, self)
-                    return True
+            if show_hit_tooltip(self, pos, ev.globalPos(), self._hits):
+                return True
             QToolTip.hideText()
             ev.ignore()
             return True
