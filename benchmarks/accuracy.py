@@ -13,10 +13,10 @@ from pathlib import Path
 
 
 def main() -> int:
-    from kvgui.core.catalog import load_catalog
-    from kvgui.core.estimate import estimate
-    from kvgui.core.model import load_model
-    from kvgui.core.settings import FlashAttn, Settings
+    from kvgui.core.config.settings import FlashAttn, Settings
+    from kvgui.core.memory.estimate import estimate
+    from kvgui.core.model.catalog import load_catalog
+    from kvgui.core.model.info import load_model
     from kvgui.runtime.dryrun import DryRunError, dry_run_many
     from kvgui.testing.sparse_gguf import write_sparse_gguf
 

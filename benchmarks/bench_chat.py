@@ -102,7 +102,7 @@ def _direct_child(path: str) -> int:
     """``--direct-child PATH``: llama-cpp-python in a fresh process of its own, so neither
     side pays for the other's objects (the garbage collector scans every live object, and
     this benchmark's own process holds many); answers "go N" with one JSON line."""
-    from kvgui.core.settings import Settings
+    from kvgui.core.config.settings import Settings
 
     direct = Direct(path, Settings.from_dict(json.loads(sys.stdin.readline())))
     print("ready", flush=True)
@@ -154,7 +154,7 @@ def main() -> int:
     if args.direct_child:
         return _direct_child(args.direct_child)
 
-    from kvgui.core.settings import Settings
+    from kvgui.core.config.settings import Settings
     from kvgui.testing.tiny_model import write_tiny_model
 
     settings = Settings(n_ctx=2048)

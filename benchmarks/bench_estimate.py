@@ -12,12 +12,12 @@ import time
 
 
 def main() -> int:
-    from kvgui.core.catalog import find
-    from kvgui.core.devices import DeviceBudget
-    from kvgui.core.estimate import estimate
-    from kvgui.core.ggml_types import CACHE_TYPE_NAMES
-    from kvgui.core.model import ModelInfo
-    from kvgui.core.settings import FlashAttn, Settings
+    from kvgui.core.config.settings import FlashAttn, Settings
+    from kvgui.core.devices.device_budget import DeviceBudget
+    from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
+    from kvgui.core.memory.estimate import estimate
+    from kvgui.core.model.catalog import find
+    from kvgui.core.model.info import ModelInfo
     from kvgui.core.sizes import GiB
 
     gpu = [DeviceBudget("RTX 4060", 8 * GiB)]

@@ -17,9 +17,9 @@ from pathlib import Path
 def main() -> int:
     import gguf
 
-    from kvgui.core.catalog import find
-    from kvgui.core.gguf_reader import read_gguf
-    from kvgui.core.model import ModelInfo
+    from kvgui.core.gguf.reader import read_gguf
+    from kvgui.core.model.catalog import find
+    from kvgui.core.model.info import ModelInfo
     from kvgui.testing.sparse_gguf import write_sparse_gguf
 
     with tempfile.TemporaryDirectory() as tmp:

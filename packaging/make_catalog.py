@@ -1,7 +1,7 @@
 """Regenerate resources/models.json, the model catalog the GUI opens on.
 
 Each model is stored as a compact spec (llama.cpp arch + the HF config.json numbers that fix
-its tensor table + the quant mixes offered); kvgui.core.archspec expands it to a full GGUF
+its tensor table + the quant mixes offered); kvgui.core.model.archspec expands it to a full GGUF
 header at load time. The derived figures written next to each spec (tensor count, parameter
 count, file size) let the catalog list models without expanding them, and the tests check
 that they still match archspec.
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kvgui.core.archspec import build_header, spec_from_dict
+from kvgui.core.model.archspec import build_header, spec_from_dict
 
 OUT = Path(__file__).resolve().parents[1] / "resources" / "models.json"
 

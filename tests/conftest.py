@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kvgui.core.catalog import CatalogEntry, find, load_catalog
+from kvgui.core.model.catalog import CatalogEntry, find, load_catalog
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from kvgui.cli import main
-from kvgui.core.cmdparse import parse_command
-from kvgui.core.preset import preset_from_json
-from kvgui.core.settings import FlashAttn, Settings
-from kvgui.core.shellquote import split_command
+from kvgui.core.commandline.parse import parse_command
+from kvgui.core.commandline.preset import preset_from_json
+from kvgui.core.commandline.shellquote import split_command
+from kvgui.core.config.settings import FlashAttn, Settings
 
 MODEL = "/models/my model.gguf"
 

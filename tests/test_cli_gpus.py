@@ -9,8 +9,8 @@ import pynvml
 import pytest
 
 from kvgui.cli import main
-from kvgui.core.hardware import llama_backend, nvidia
-from kvgui.core.hardware.types import LlamaBackend
+from kvgui.core.devices.hardware import llama_backend, nvidia
+from kvgui.core.devices.hardware.types import LlamaBackend
 
 GiB = 1024**3
 MiB = 1024**2

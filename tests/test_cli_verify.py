@@ -28,7 +28,7 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]
 
 
 def test_json_puts_estimate_beside_llama_cpp(tiny: Path, capsys) -> None:
-    from kvgui.core.settings import Settings
+    from kvgui.core.config.settings import Settings
     from kvgui.runtime.dryrun import dry_run
 
     rc, data = run_json(capsys, str(tiny), "-c", "3000", "-ctk", "q8_0", "-fa", "on")

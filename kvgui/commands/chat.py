@@ -76,7 +76,7 @@ def _stats_line(done: Message) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvgui.core.estimate import estimate
+    from kvgui.core.memory.estimate import estimate
     from kvgui.runtime.client import (
         WorkerClient,
         WorkerError,

@@ -10,10 +10,10 @@ import argparse
 from pathlib import Path
 
 from kvgui.cli import UsageError
-from kvgui.core.ggml_types import CACHE_TYPE_NAMES
-from kvgui.core.gguf_reader import GGUFError
-from kvgui.core.model import ModelInfo, load_model
-from kvgui.core.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
+from kvgui.core.gguf.reader import GGUFError
+from kvgui.core.model.info import ModelInfo, load_model
 
 _DEFAULTS = Settings()
 
@@ -142,7 +142,7 @@ def open_model(path: str, *, catalog: bool = False) -> ModelInfo:
 
 def _catalog_entry(text: str):  # type: ignore[no-untyped-def]
     """A catalog entry named like ``"Llama-3.1-8B-Instruct Q4_K_M"`` (case and quant optional)."""
-    from kvgui.core.catalog import load_catalog
+    from kvgui.core.model.catalog import load_catalog
 
     wanted = text.strip().lower()
     entries = load_catalog()
@@ -153,7 +153,7 @@ def _catalog_entry(text: str):  # type: ignore[no-untyped-def]
 
 
 def catalog_listing() -> str:
-    from kvgui.core.catalog import load_catalog
+    from kvgui.core.model.catalog import load_catalog
     from kvgui.core.sizes import format_bytes
 
     return "\n".join(f"{e.label:<40} {e.arch:<10} {format_bytes(e.file_bytes):>10}"

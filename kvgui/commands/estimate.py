@@ -13,7 +13,7 @@ from kvgui.commands.common import (
     open_model,
     settings_from_args,
 )
-from kvgui.core.estimate import Estimate, estimate
+from kvgui.core.memory.estimate import Estimate, estimate
 from kvgui.core.sizes import format_bytes
 
 
@@ -30,13 +30,13 @@ def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
 
 
 def _add_budget_args(p: argparse.ArgumentParser) -> None:
-    from kvgui.core.budget import add_budget_args
+    from kvgui.core.devices.budget import add_budget_args
 
     add_budget_args(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvgui.core.budget import devices_from_args
+    from kvgui.core.devices.budget import devices_from_args
 
     if args.list_models:
         from kvgui.commands.common import catalog_listing
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         print(catalog_listing())
         return 0
     if args.from_command:
-        from kvgui.core.cmdparse import CommandParseError, parse_command
+        from kvgui.core.commandline.parse import CommandParseError, parse_command
 
         try:
             parsed = parse_command(args.from_command)

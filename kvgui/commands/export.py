@@ -1,7 +1,7 @@
 """``kvgui export``: the settings as a llama-cli / llama-server command, Python code or a preset.
 
-The command is built as a list (kvgui.core.cmdline) and only then quoted for the chosen shell,
-so what is printed runs unchanged in that shell.
+The command is built as a list (kvgui.core.commandline.export) and only then quoted for the
+chosen shell, so what is printed runs unchanged in that shell.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from kvgui.cli import UsageError
 from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
-from kvgui.core.settings import FlashAttn, Settings
-from kvgui.core.shellquote import SHELLS
+from kvgui.core.commandline.shellquote import SHELLS
+from kvgui.core.config.settings import FlashAttn, Settings
 
 FORMATS = ("llama-cli", "llama-server", "python", "json")
 
@@ -65,7 +65,7 @@ def _flash_attn_resolved(args: argparse.Namespace, settings: Settings) -> bool |
     """What -fa auto becomes for this model, when the model can be read here."""
     if settings.flash_attn is not FlashAttn.AUTO or not Path(args.model).is_file():
         return None
-    from kvgui.core.estimate import resolve_flash_attn
+    from kvgui.core.memory.estimate import resolve_flash_attn
 
     try:
         return resolve_flash_attn(open_model(args.model), settings)
@@ -75,8 +75,9 @@ def _flash_attn_resolved(args: argparse.Namespace, settings: Settings) -> bool |
 
 def build_text(args: argparse.Namespace) -> tuple[str, list[str]]:
     """The text to print (or save) and notes for stderr."""
-    from kvgui.core import cmdline, shellquote
-    from kvgui.core.preset import Preset
+    from kvgui.core.commandline import export as cmdline
+    from kvgui.core.commandline import shellquote
+    from kvgui.core.commandline.preset import Preset
 
     settings = _settings(args)
     shell = args.shell or _default_shell()

@@ -9,12 +9,12 @@ from typing import Any
 
 from kvgui.cli import UsageError
 from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
-from kvgui.core.fit import COMMON_CACHE_PAIRS, MAX_CONTEXT, max_context, max_gpu_layers
+from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, MAX_CONTEXT, max_context, max_gpu_layers
 from kvgui.core.sizes import format_bytes
 
 
 def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
-    from kvgui.core.budget import add_budget_args
+    from kvgui.core.devices.budget import add_budget_args
 
     p = sub.add_parser("fit", help=help_text, description=help_text)
     add_model_arg(p)
@@ -24,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvgui.core.budget import devices_from_args
-    from kvgui.core.estimate import estimate
+    from kvgui.core.devices.budget import devices_from_args
+    from kvgui.core.memory.estimate import estimate
 
     model = open_model(args.model, catalog=True)
     settings = settings_from_args(args, model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from kvgui.core.hardware import GpuInfo, HardwareReport, detect
+from kvgui.core.devices.hardware import GpuInfo, HardwareReport, detect
 from kvgui.core.sizes import format_bytes
 
 

@@ -149,7 +149,7 @@ def main(argv: Sequence[str]) -> int:
 
 def _write_crash_log() -> str | None:
     try:
-        from kvgui.core.appconfig import config_dir
+        from kvgui.core.config.appconfig import config_dir
 
         path = config_dir() / "crash.log"
         path.parent.mkdir(parents=True, exist_ok=True)

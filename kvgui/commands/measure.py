@@ -14,7 +14,7 @@ import sys
 
 from kvgui.cli import UsageError
 from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
-from kvgui.core.measure_results import (
+from kvgui.core.quality.results import (
     DEFAULT_PAIRS,
     DEFAULT_WINDOW,
     REFERENCE_PAIR,

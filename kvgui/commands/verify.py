@@ -38,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvgui.core.devices import DeviceBudget, cpu
-    from kvgui.core.estimate import estimate
+    from kvgui.core.devices.device_budget import DeviceBudget, cpu
+    from kvgui.core.memory.estimate import estimate
     from kvgui.runtime.dryrun import DryRunError, dry_run
 
     model = open_model(args.model)

@@ -24,12 +24,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kvgui.core.settings import Settings
+from kvgui.core.config.settings import Settings
 from kvgui.runtime.protocol import Message, ProtocolError, Sampling, decode, encode, message
 
 if TYPE_CHECKING:
-    from kvgui.core.devices import DeviceBudget
-    from kvgui.core.estimate import Estimate
+    from kvgui.core.devices.device_budget import DeviceBudget
+    from kvgui.core.memory.estimate import Estimate
 
 TAIL_LINES = 10
 
@@ -106,9 +106,9 @@ def describe_exit(returncode: int | None) -> str:
 def preflight(model_path: str | os.PathLike[str], settings: Settings,
               devices: Sequence[DeviceBudget] | None = None) -> Estimate:
     """The estimate for a launch, or LaunchRefused with the reason llama.cpp would give."""
-    from kvgui.core.estimate import estimate
-    from kvgui.core.gguf_reader import GGUFError
-    from kvgui.core.model import load_model
+    from kvgui.core.gguf.reader import GGUFError
+    from kvgui.core.memory.estimate import estimate
+    from kvgui.core.model.info import load_model
 
     path = Path(model_path)
     if not path.is_file():
@@ -379,9 +379,9 @@ def estimated_memory(est: Estimate) -> dict[str, int | None]:
 
 
 def detected_gpus() -> list[Any]:
-    """NVML's GPUs (kvgui.core.hardware), or [] when there is none or no NVML."""
+    """NVML's GPUs (kvgui.core.devices.hardware), or [] when there is none or no NVML."""
     try:
-        from kvgui.core.hardware import nvidia
+        from kvgui.core.devices.hardware import nvidia
 
         gpus, _reasons = nvidia.probe()
     except Exception:  # no driver, no library, no module: simply no GPU figures
@@ -391,7 +391,7 @@ def detected_gpus() -> list[Any]:
 
 def estimate_devices(gpu_offload: bool, gpus: Sequence[Any] | None = None) -> list[DeviceBudget]:
     """The devices llama.cpp actually used: the GPUs only if its build can offload."""
-    from kvgui.core.devices import DeviceBudget
+    from kvgui.core.devices.device_budget import DeviceBudget
 
     if not gpu_offload:
         return []

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from kvgui.core.settings import pad_ctx
+from kvgui.core.config.settings import pad_ctx
 from kvgui.runtime.llama_log import (
     BufferBytes,
     DeviceInfo,
@@ -33,7 +33,7 @@ from kvgui.runtime.llama_log import (
 )
 
 if TYPE_CHECKING:
-    from kvgui.core.settings import Settings
+    from kvgui.core.config.settings import Settings
 
 DEFAULT_TIMEOUT = 60.0
 # Cells (padded n_ctx) beyond which a dry run is refused: llama.cpp's per-cell bookkeeping is

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvgui.core.ggml_types import by_name
-from kvgui.core.settings import ALL_LAYERS, Settings
+from kvgui.core.config.settings import ALL_LAYERS, Settings
+from kvgui.core.gguf.ggml_types import by_name
 
 # "every layer": llama.cpp takes min(n_gpu_layers, n_layer + 1)
 ALL_GPU_LAYERS = 0x7FFFFFFF

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import kvgui
-from kvgui.core.measure_results import (
+from kvgui.core.config.settings import Settings
+from kvgui.core.quality.results import (
     DEFAULT_PAIRS,
     DEFAULT_WINDOW,
     REFERENCE_PAIR,
@@ -53,7 +54,6 @@ from kvgui.core.measure_results import (
     pair_label,
     pair_problem,
 )
-from kvgui.core.settings import Settings
 from kvgui.runtime.protocol import ProtocolError, decode, encode
 
 SAMPLE_TEXT_NAME = "sample (public domain)"

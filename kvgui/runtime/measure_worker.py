@@ -25,8 +25,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from kvgui.core.measure_results import REFERENCE_PAIR, PairResult, pair_label
-from kvgui.core.settings import Settings
+from kvgui.core.config.settings import Settings
+from kvgui.core.quality.results import REFERENCE_PAIR, PairResult, pair_label
 from kvgui.runtime.llama_log import LOG_CONT, LOG_DEBUG, error_lines, parse_llama_log
 from kvgui.runtime.protocol import decode, encode
 

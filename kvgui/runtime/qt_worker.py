@@ -22,7 +22,7 @@ from PySide6.QtCore import (
 )
 
 import kvgui.ui  # noqa: F401  (PySide6 6.12 on Python 3.11: see kvgui.ui.qtfix)
-from kvgui.core.settings import Settings
+from kvgui.core.config.settings import Settings
 from kvgui.runtime.client import (
     LaunchRefused,
     Tail,

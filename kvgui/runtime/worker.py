@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from kvgui.core.ggml_types import by_name
-from kvgui.core.settings import FlashAttn, Settings
+from kvgui.core.config.settings import FlashAttn, Settings
+from kvgui.core.gguf.ggml_types import by_name
 from kvgui.runtime.llama_params import context_fields, model_fields
 from kvgui.runtime.protocol import (
     PROTOCOL_VERSION,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
-from kvgui.core.archspec import (
+from kvgui.core.model.archspec import (
     Header,
     ModelSpec,
     build_header,
@@ -62,7 +62,7 @@ def _header_of(spec_or_entry: Any) -> Header:
         return spec_or_entry
     if isinstance(spec_or_entry, ModelSpec):
         return build_header(spec_or_entry)
-    spec = getattr(spec_or_entry, "spec", None)  # a kvgui.core.catalog.CatalogEntry
+    spec = getattr(spec_or_entry, "spec", None)  # a kvgui.core.model.catalog.CatalogEntry
     if isinstance(spec, ModelSpec):
         return build_header(spec)
     if isinstance(spec_or_entry, Mapping) and "arch" in spec_or_entry:  # catalog JSON form
@@ -110,7 +110,7 @@ def write_sparse_gguf(spec_or_entry: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kvgui.core.catalog import find, load_catalog
+    from kvgui.core.model.catalog import find, load_catalog
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:

@@ -10,7 +10,7 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication
 
 from kvgui import __version__
-from kvgui.core.appconfig import load_config
+from kvgui.core.config.appconfig import load_config
 
 
 def make_app(argv: Sequence[str] = ()) -> QApplication:

@@ -23,8 +23,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kvgui.core import ggml_types
-from kvgui.core.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.gguf import ggml_types
 from kvgui.ui import theme
 
 NGL_ALL, NGL_AUTO, NGL_N = "all", "auto", "n"

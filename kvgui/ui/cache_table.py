@@ -23,7 +23,7 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
-from kvgui.core.quality_notes import QualityNote
+from kvgui.core.quality.notes import QualityNote
 from kvgui.core.sizes import format_bytes
 from kvgui.ui import theme
 from kvgui.ui.barmodel import BarRow

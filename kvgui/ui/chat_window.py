@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kvgui.core.settings import ALL_LAYERS, Settings
+from kvgui.core.config.settings import ALL_LAYERS, Settings
 from kvgui.core.sizes import format_bytes
 from kvgui.runtime.protocol import Sampling
 from kvgui.runtime.qt_worker import FAILED, GENERATING, READY, QtWorker
@@ -325,8 +325,8 @@ class ChatPanel(QWidget):
         self.input.setFocus()
 
     def _estimate_for(self, gpu_offload: bool) -> Any:
-        from kvgui.core.estimate import estimate
-        from kvgui.core.model import load_model
+        from kvgui.core.memory.estimate import estimate
+        from kvgui.core.model.info import load_model
         from kvgui.runtime.client import estimate_devices
 
         if self.model_path is None or self.settings is None:

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kvgui.core.settings import N_CTX_PAD
+from kvgui.core.config.settings import N_CTX_PAD
 from kvgui.ui import theme
 
 MIN_CTX = 512

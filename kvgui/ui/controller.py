@@ -17,12 +17,12 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from kvgui.core.appconfig import HW_CATALOG, AppConfig, HardwareChoice
-from kvgui.core.estimate import Estimate, estimate
-from kvgui.core.fit import COMMON_CACHE_PAIRS, max_context, max_gpu_layers
-from kvgui.core.model import ModelInfo
-from kvgui.core.quality_notes import quality_note
-from kvgui.core.settings import N_CTX_PAD, FlashAttn, Settings
+from kvgui.core.config.appconfig import HW_CATALOG, AppConfig, HardwareChoice
+from kvgui.core.config.settings import N_CTX_PAD, FlashAttn, Settings
+from kvgui.core.memory.estimate import Estimate, estimate
+from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, max_context, max_gpu_layers
+from kvgui.core.model.info import ModelInfo
+from kvgui.core.quality.notes import quality_note
 from kvgui.core.sizes import format_bytes
 from kvgui.ui.barmodel import BarRow, rows_from_estimate
 from kvgui.ui.cache_table import CompareRow
@@ -141,7 +141,7 @@ class Controller(QObject):
         """Read the GGUF header in a worker thread; modelChanged or loadFailed follows."""
 
         def load() -> ModelInfo:
-            from kvgui.core.model import load_model
+            from kvgui.core.model.info import load_model
 
             return load_model(path)
 
@@ -401,9 +401,9 @@ class Controller(QObject):
 
 
 def catalog_gpu(name: str) -> GpuSource | None:
-    """The catalog GPU ``name`` names (kvgui.core.gpu_catalog), or None."""
+    """The catalog GPU ``name`` names (kvgui.core.devices.gpu_catalog), or None."""
     try:
-        from kvgui.core.gpu_catalog import find_gpu
+        from kvgui.core.devices.gpu_catalog import find_gpu
 
         g = find_gpu(name)
     except Exception:  # a missing or broken catalog only disables this choice

@@ -1,7 +1,8 @@
 """Export: the settings as a llama-cli / llama-server command or llama-cpp-python code.
 
-The argument lists come from kvgui.core.cmdline (one Settings object, pure builders) and are
-rendered for the chosen shell by kvgui.core.shellquote; copy to the clipboard or save a script.
+The argument lists come from kvgui.core.commandline.export (one Settings object, pure
+builders) and are rendered for the chosen shell by kvgui.core.commandline.shellquote; copy to
+the clipboard or save a script.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kvgui.core import cmdline, shellquote
-from kvgui.core.settings import Settings
+from kvgui.core.commandline import export as cmdline
+from kvgui.core.commandline import shellquote
+from kvgui.core.config.settings import Settings
 
 FORMATS = (("llama-cli", "llama-cli"), ("llama-server", "llama-server"),
            ("Python (llama-cpp-python)", "python"))

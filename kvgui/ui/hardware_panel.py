@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kvgui.core.appconfig import HW_CATALOG, HW_CUSTOM, HW_DETECTED, HardwareChoice
+from kvgui.core.config.appconfig import HW_CATALOG, HW_CUSTOM, HW_DETECTED, HardwareChoice
 from kvgui.core.sizes import GiB, format_bytes
 from kvgui.ui.hardware_plan import ALL_GPUS, GpuSource
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kvgui.core.appconfig import HW_CATALOG, HW_CUSTOM, HW_DETECTED, HardwareChoice
-from kvgui.core.budget import Reserve
-from kvgui.core.devices import CPU_NAME, DeviceBudget
+from kvgui.core.config.appconfig import HW_CATALOG, HW_CUSTOM, HW_DETECTED, HardwareChoice
+from kvgui.core.devices.budget import Reserve
+from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget
 from kvgui.ui.barmodel import DeviceView
 
 ALL_GPUS = -1  # HardwareChoice.detected_index meaning "every detected GPU"
@@ -45,7 +45,7 @@ class Plan:
 
 
 def reserve_for(choice: HardwareChoice, gpu: GpuSource, first: bool) -> int:
-    """The window's reserve, by the same rules as the CLI's (kvgui.core.budget.Reserve)."""
+    """The window's reserve, by the same rules as the CLI's (kvgui.core.devices.budget.Reserve)."""
     reserve = Reserve(other_apps=choice.desktop, embedding=choice.embedding,
                       mmproj=choice.mmproj, margin=choice.margin)
     return sum(item.bytes for item in reserve.items(in_use=gpu.in_use, first=first))

@@ -1,6 +1,6 @@
 """Import: paste a llama-cli / llama-server command line and the controls take its values.
 
-Parsing is kvgui.core.cmdparse.parse_command; flags kvgui does not model are listed, not
+Parsing is kvgui.core.commandline.parse.parse_command; flags kvgui does not model are listed, not
 dropped, so the user sees what the estimate leaves out.
 """
 
@@ -16,8 +16,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kvgui.core.cmdparse import CommandParseError, ParsedCommand, parse_command
-from kvgui.core.settings import Settings
+from kvgui.core.commandline.parse import CommandParseError, ParsedCommand, parse_command
+from kvgui.core.config.settings import Settings
 
 FIELDS = ("n_ctx", "type_k", "type_v", "flash_attn", "n_gpu_layers", "n_batch", "n_ubatch",
           "n_parallel", "swa_full", "kv_offload", "kv_unified", "mmap", "tensor_split")

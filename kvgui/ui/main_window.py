@@ -43,11 +43,11 @@ from PySide6.QtWidgets import (
 )
 
 from kvgui import __version__
-from kvgui.core.appconfig import AppConfig, save_config
-from kvgui.core.estimate import check, estimate, resolve_flash_attn
-from kvgui.core.ggml_types import CACHE_TYPE_NAMES
-from kvgui.core.model import ModelInfo
-from kvgui.core.settings import ALL_LAYERS, FlashAttn
+from kvgui.core.config.appconfig import AppConfig, save_config
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn
+from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
+from kvgui.core.memory.estimate import check, estimate, resolve_flash_attn
+from kvgui.core.model.info import ModelInfo
 from kvgui.core.sizes import format_bytes
 from kvgui.ui import theme
 from kvgui.ui.cache_controls import NGL_ALL, NGL_AUTO, NGL_N, CacheControls
@@ -371,7 +371,7 @@ class MainWindow(QMainWindow):
     # --- catalog and hardware -----------------------------------------------------------
     def _load_catalog(self) -> None:
         try:
-            from kvgui.core.catalog import load_catalog
+            from kvgui.core.model.catalog import load_catalog
 
             entries = load_catalog()
         except Exception as exc:  # the catalog is a convenience; the window works without it
@@ -382,7 +382,7 @@ class MainWindow(QMainWindow):
 
     def _gpu_catalog_names(self) -> list[str]:
         try:
-            from kvgui.core.gpu_catalog import catalog
+            from kvgui.core.devices.gpu_catalog import catalog
 
             return [g.name for g in catalog()]
         except Exception:
@@ -394,7 +394,7 @@ class MainWindow(QMainWindow):
         def work() -> None:
             report: object
             try:
-                from kvgui.core.hardware.detect import detect
+                from kvgui.core.devices.hardware.detect import detect
 
                 report = detect()
             except Exception as exc:  # shown in the status bar; the window plans without it
@@ -404,7 +404,7 @@ class MainWindow(QMainWindow):
         threading.Thread(target=work, name="kvgui-detect", daemon=True).start()
 
     def set_hardware_report(self, report: Any) -> None:
-        """Use a HardwareReport (from kvgui.core.hardware.detect) for the detected devices."""
+        """Use a HardwareReport (kvgui.core.devices.hardware.detect) for the detected devices."""
         self._hw_report = report
         gpus = [GpuSource(g.name, g.total, g.in_use, True) for g in report.gpus]
         ram = report.system.available if report.system else None
@@ -428,7 +428,7 @@ class MainWindow(QMainWindow):
         report = self._hw_report
         if report is None or not report.gpus:
             return
-        from kvgui.core.hardware.detect import free_memory
+        from kvgui.core.devices.hardware.detect import free_memory
 
         in_use: list[int | None] = []
         for g in report.gpus:
@@ -696,7 +696,7 @@ class MainWindow(QMainWindow):
             self.save_preset_to(path)
 
     def save_preset_to(self, path: str) -> None:
-        from kvgui.core.preset import Preset, save_preset
+        from kvgui.core.commandline.preset import Preset, save_preset
 
         src = self.ctl.model_source
         model_path = src if src and not src.startswith(CATALOG_PREFIX) else None
@@ -716,9 +716,9 @@ class MainWindow(QMainWindow):
         """Every setting of the preset (and its model, if the file is there) into the window."""
         import dataclasses
 
-        from kvgui.core.cmdparse import ParsedCommand
-        from kvgui.core.preset import PresetError, load_preset
-        from kvgui.core.settings import Settings
+        from kvgui.core.commandline.parse import ParsedCommand
+        from kvgui.core.commandline.preset import PresetError, load_preset
+        from kvgui.core.config.settings import Settings
 
         try:
             preset = load_preset(path)

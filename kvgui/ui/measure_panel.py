@@ -48,7 +48,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kvgui.core.measure_results import (
+from kvgui.core.config.settings import Settings
+from kvgui.core.quality.results import (
     DEFAULT_PAIRS,
     DEFAULT_WINDOW,
     OFFERED_PAIRS,
@@ -60,7 +61,6 @@ from kvgui.core.measure_results import (
     recommend,
     save_cached,
 )
-from kvgui.core.settings import Settings
 from kvgui.core.sizes import MiB, format_bytes, parse_size
 from kvgui.runtime.measure import (
     SAMPLE_TEXT_NAME,

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kvgui.core.model import ModelInfo
+from kvgui.core.model.info import ModelInfo
 from kvgui.core.sizes import format_bytes
 
 

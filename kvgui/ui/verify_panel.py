@@ -13,7 +13,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
 
-from kvgui.core.settings import Settings
+from kvgui.core.config.settings import Settings
 from kvgui.core.sizes import format_bytes
 from kvgui.ui import theme
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from kvgui.core.compute import simulates
-from kvgui.core.estimate import estimate
-from kvgui.core.model import load_model
-from kvgui.core.settings import FlashAttn, Settings
+from kvgui.core.config.settings import FlashAttn, Settings
+from kvgui.core.memory.compute import simulates
+from kvgui.core.memory.estimate import estimate
+from kvgui.core.model.info import load_model
 
 pytestmark = [pytest.mark.llama, pytest.mark.slow]
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kvgui.core import ggml_types
-from kvgui.core.archspec import (
+from kvgui.core.gguf import ggml_types
+from kvgui.core.gguf.reader import read_gguf
+from kvgui.core.model.archspec import (
     FILE_TYPES,
     Header,
     ModelSpec,
@@ -21,8 +22,7 @@ from kvgui.core.archspec import (
     synthetic_vocab,
     value_kind,
 )
-from kvgui.core.catalog import find
-from kvgui.core.gguf_reader import read_gguf
+from kvgui.core.model.catalog import find
 
 
 def _types(h: Header, pattern: str = "") -> Counter[str]:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kvgui.core.archspec import build_header
-from kvgui.core.catalog import find, load_catalog
-from kvgui.core.model import ModelInfo
+from kvgui.core.model.archspec import build_header
+from kvgui.core.model.catalog import find, load_catalog
+from kvgui.core.model.info import ModelInfo
 
 # bits per parameter a file of each mix lands in (embeddings and norms pull it around)
 _BITS = {"F16": (15.9, 16.1), "Q8_0": (8.4, 8.6), "Q6_K": (6.5, 6.7), "Q4_K_M": (4.5, 5.6),

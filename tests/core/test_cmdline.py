@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvgui.core.cmdline import (
+from kvgui.core.commandline.export import (
     export_notes,
     llama_cli_args,
     llama_server_args,
@@ -21,8 +21,8 @@ from kvgui.core.cmdline import (
     python_snippet,
     tensor_split_arg,
 )
-from kvgui.core.cmdparse import _OPTIONS
-from kvgui.core.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.commandline.parse import _OPTIONS
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
 
 ARG_CPP = Path(
     os.environ.get(

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvgui.core.cmdline import llama_cli_args, llama_server_args
-from kvgui.core.cmdparse import CommandParseError, parse_args, parse_command
-from kvgui.core.ggml_types import CACHE_TYPE_NAMES
-from kvgui.core.settings import ALL_LAYERS, FlashAttn, Settings
-from kvgui.core.shellquote import render
+from kvgui.core.commandline.export import llama_cli_args, llama_server_args
+from kvgui.core.commandline.parse import CommandParseError, parse_args, parse_command
+from kvgui.core.commandline.shellquote import render
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 
 
 def test_short_and_long_forms_mean_the_same() -> None:

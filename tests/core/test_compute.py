@@ -12,18 +12,18 @@ import random
 
 import pytest
 
-from kvgui.core import compute, ggml_alloc
-from kvgui.core.catalog import find
-from kvgui.core.compute import (
+from kvgui.core.config.settings import Settings
+from kvgui.core.memory import compute, ggml_alloc
+from kvgui.core.memory.compute import (
     SlotLayers,
     cache_graph,
     compute_buffer,
     simulated_peak,
     simulates,
 )
-from kvgui.core.estimate import context_shape
-from kvgui.core.model import ModelInfo
-from kvgui.core.settings import Settings
+from kvgui.core.memory.estimate import context_shape
+from kvgui.core.model.catalog import find
+from kvgui.core.model.info import ModelInfo
 
 
 def model(label: str) -> ModelInfo:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from kvgui.core.catalog import find
-from kvgui.core.devices import DeviceBudget, cpu
-from kvgui.core.estimate import estimate
-from kvgui.core.fit import COMMON_CACHE_PAIRS, max_context, max_gpu_layers
-from kvgui.core.gguf_reader import TensorInfo
-from kvgui.core.model import ModelInfo
-from kvgui.core.settings import FlashAttn, Settings
+from kvgui.core.config.settings import FlashAttn, Settings
+from kvgui.core.devices.device_budget import DeviceBudget, cpu
+from kvgui.core.gguf.reader import TensorInfo
+from kvgui.core.memory.estimate import estimate
+from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, max_context, max_gpu_layers
+from kvgui.core.model.catalog import find
+from kvgui.core.model.info import ModelInfo
 from kvgui.core.sizes import GiB, MiB
 
 

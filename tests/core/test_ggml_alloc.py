@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from kvgui.core import ggml_alloc
-from kvgui.core.ggml_alloc import Allocator, Graph, Program, Tensor, record, replay
+from kvgui.core.memory import ggml_alloc
+from kvgui.core.memory.ggml_alloc import Allocator, Graph, Program, Tensor, record, replay
 
 
 @pytest.mark.parametrize("scan", [False, True])

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvgui.core.gguf_reader import GGUFError, NumericArray, StringArray, read_gguf, split_parts
+from kvgui.core.gguf.reader import GGUFError, NumericArray, StringArray, read_gguf, split_parts
 
 
 def write_model(path: Path, *, n_vocab: int = 300, extra: dict | None = None,

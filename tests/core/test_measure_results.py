@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kvgui.core.measure_results import (
+from kvgui.core.config.settings import FlashAttn, Settings
+from kvgui.core.quality.results import (
     CacheKey,
     Evaluation,
     MeasureRun,
@@ -29,7 +30,6 @@ from kvgui.core.measure_results import (
     recommend,
     save_cached,
 )
-from kvgui.core.settings import FlashAttn, Settings
 
 
 def result(k: str, v: str | None = None, *, kl: float, kv: int | None, ppl: float = 10.0,

@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvgui.core.cmdparse import parse_command
-from kvgui.core.ggml_types import CACHE_TYPE_NAMES
-from kvgui.core.preset import (
+from kvgui.core.commandline.parse import parse_command
+from kvgui.core.commandline.preset import (
     PRESET_FORMAT,
     PRESET_VERSION,
     Preset,
@@ -22,7 +21,8 @@ from kvgui.core.preset import (
     preset_from_json,
     save_preset,
 )
-from kvgui.core.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 
 SAMPLE = Preset(
     settings=Settings(n_ctx=32768, type_k="q8_0", type_v="q8_0", flash_attn=FlashAttn.ON,

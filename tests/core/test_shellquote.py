@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvgui.core.shellquote import (
+from kvgui.core.commandline.shellquote import (
     ShellSyntaxError,
     guess_shell,
     quote_powershell,

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kvgui.core.settings import FlashAttn, Settings
+from kvgui.core.config.settings import FlashAttn, Settings
 from kvgui.runtime.client import (
     LaunchRefused,
     WorkerClient,
@@ -132,7 +132,7 @@ def test_worker_exits_when_its_parent_is_killed(tiny: str, tmp_path: Path) -> No
     script.write_text(textwrap.dedent(f"""
         import sys, time
         from kvgui.runtime.client import WorkerClient
-        from kvgui.core.settings import Settings
+        from kvgui.core.config.settings import Settings
         c = WorkerClient()
         c.load({tiny!r}, Settings(n_ctx=256))
         print(c.pid, flush=True)

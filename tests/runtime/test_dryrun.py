@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kvgui.core.ggml_types import CACHE_TYPE_NAMES, by_name
-from kvgui.core.settings import FlashAttn, Settings
+from kvgui.core.config.settings import FlashAttn, Settings
+from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES, by_name
 from kvgui.runtime.dryrun import DryRunError, dry_run, dry_run_many, llama_params
 from kvgui.runtime.llama_log import MIB, matches_logged
 

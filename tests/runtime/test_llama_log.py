@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kvgui.core.ggml_types import by_name
-from kvgui.core.settings import Settings, pad_ctx
+from kvgui.core.config.settings import Settings, pad_ctx
+from kvgui.core.gguf.ggml_types import by_name
 from kvgui.runtime.llama_log import (
     LOG_CONT,
     LOG_DEBUG,

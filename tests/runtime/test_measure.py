@@ -9,8 +9,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kvgui.core.measure_results import MeasureRun
-from kvgui.core.settings import FlashAttn, Settings
+from kvgui.core.config.settings import FlashAttn, Settings
+from kvgui.core.quality.results import MeasureRun
 from kvgui.runtime.llama_log import matches_logged
 from kvgui.runtime.measure import (
     MeasureCancelled,

@@ -54,7 +54,7 @@ def test_bad_shapes_are_refused(tmp_path: Path) -> None:
 
 
 def test_sparse_model_claims_its_size_without_using_it(sparse_8b_path: Path) -> None:
-    from kvgui.core.gguf_reader import read_gguf
+    from kvgui.core.gguf.reader import read_gguf
 
     st = sparse_8b_path.stat()
     assert st.st_size > 4 * 1024**3

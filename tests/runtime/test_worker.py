@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from kvgui.core.estimate import estimate
-from kvgui.core.model import load_model
-from kvgui.core.settings import FlashAttn, Settings
+from kvgui.core.config.settings import FlashAttn, Settings
+from kvgui.core.memory.estimate import estimate
+from kvgui.core.model.info import load_model
 from kvgui.runtime import worker
 from kvgui.runtime.client import WorkerClient, WorkerError, measured_memory
 from kvgui.runtime.llama_log import matches_logged, parse_llama_log

@@ -11,7 +11,7 @@ import psutil
 import pytest
 from PySide6.QtCore import Qt
 
-from kvgui.core.settings import FlashAttn, Settings
+from kvgui.core.config.settings import FlashAttn, Settings
 from kvgui.runtime.qt_worker import FAILED, READY
 from kvgui.testing.tiny_model import write_tiny_model
 from kvgui.ui.chat_window import MEMORY_ROWS, ChatPanel, ChatWindow, differs, settings_summary
@@ -195,9 +195,9 @@ def test_settings_summary_and_differences() -> None:
 def test_estimate_for_a_gpu_is_redone_for_a_cpu_only_build(qtbot, panel, tiny) -> None:
     import llama_cpp
 
-    from kvgui.core.devices import DeviceBudget
-    from kvgui.core.estimate import estimate
-    from kvgui.core.model import load_model
+    from kvgui.core.devices.device_budget import DeviceBudget
+    from kvgui.core.memory.estimate import estimate
+    from kvgui.core.model.info import load_model
 
     if llama_cpp.llama_supports_gpu_offload():
         pytest.skip("this llama.cpp build offloads: the planned GPU estimate is the right one")

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("pytestqt")
 
-from kvgui.core.settings import Settings
+from kvgui.core.config.settings import Settings
 from kvgui.ui.measure_panel import COLUMNS, MeasurePanel
 
 pytestmark = [pytest.mark.llama, pytest.mark.slow]

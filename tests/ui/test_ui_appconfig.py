@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from kvgui.core.appconfig import (
+from kvgui.core.config.appconfig import (
     CONFIG_VERSION,
     HW_CATALOG,
     MAX_RECENT,
@@ -16,7 +16,7 @@ from kvgui.core.appconfig import (
     load_config,
     save_config,
 )
-from kvgui.core.settings import FlashAttn, Settings
+from kvgui.core.config.settings import FlashAttn, Settings
 
 
 def test_config_dir_follows_the_environment(tmp_path, monkeypatch) -> None:

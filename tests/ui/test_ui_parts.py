@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from kvgui.commands import gui
-from kvgui.core.appconfig import HW_CUSTOM, HW_DETECTED, HardwareChoice
-from kvgui.core.fit import COMMON_CACHE_PAIRS
-from kvgui.core.quality_notes import K_CACHE_PPL_6183, quality_note
+from kvgui.core.config.appconfig import HW_CUSTOM, HW_DETECTED, HardwareChoice
+from kvgui.core.memory.fit import COMMON_CACHE_PAIRS
+from kvgui.core.quality.notes import K_CACHE_PPL_6183, quality_note
 from kvgui.core.sizes import GiB
 from kvgui.ui.context_slider import ctx_of, pages, pos_of, short_tokens, snap
 from kvgui.ui.hardware_plan import ALL_GPUS, GpuSource, make_plan

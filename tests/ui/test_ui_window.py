@@ -9,10 +9,10 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QMessageBox
 
-from kvgui.core.appconfig import HW_CUSTOM, HardwareChoice
-from kvgui.core.estimate import estimate
-from kvgui.core.fit import COMMON_CACHE_PAIRS, max_context
-from kvgui.core.settings import FlashAttn
+from kvgui.core.config.appconfig import HW_CUSTOM, HardwareChoice
+from kvgui.core.config.settings import FlashAttn
+from kvgui.core.memory.estimate import estimate
+from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, max_context
 from kvgui.core.sizes import GiB
 from kvgui.ui.barmodel import PART_KEYS
 from kvgui.ui.context_slider import pos_of
@@ -225,7 +225,7 @@ def test_catalog_model_opens_by_default(qtbot, make_config) -> None:
 
 
 def test_auto_fit_layers_fits_the_budget(qtbot, open_model, window, model_file) -> None:
-    from kvgui.core.fit import max_gpu_layers
+    from kvgui.core.memory.fit import max_gpu_layers
     from kvgui.ui.cache_controls import NGL_AUTO
 
     open_model(window, model_file)
@@ -242,7 +242,7 @@ def test_auto_fit_layers_fits_the_budget(qtbot, open_model, window, model_file) 
 
 
 def test_export_and_import_round_trip(qtbot, open_model, window, model_file) -> None:
-    from kvgui.core.cmdparse import parse_command
+    from kvgui.core.commandline.parse import parse_command
     from kvgui.ui.export_dialog import ExportDialog
 
     open_model(window, model_file)
@@ -266,10 +266,10 @@ def test_export_and_import_round_trip(qtbot, open_model, window, model_file) -> 
 
 
 def test_detected_gpu_with_live_free_memory(qtbot, open_model, window, model_file) -> None:
-    from kvgui.core.appconfig import HW_DETECTED
-    from kvgui.core.hardware.types import GpuInfo, HardwareReport, SystemMemory
+    from kvgui.core.config.appconfig import HW_DETECTED
+    from kvgui.core.devices.hardware.types import GpuInfo, HardwareReport, SystemMemory
 
-    # a report as kvgui.core.hardware.detect gives it (the NVML boundary is not crossed)
+    # a report as kvgui.core.devices.hardware.detect gives it (the NVML boundary is not crossed)
     gpu = GpuInfo("nvidia", 0, "NVIDIA GeForce RTX 4060", total=8 * GiB, free=7 * GiB)
     report = HardwareReport(gpus=(gpu,), system=SystemMemory(32 * GiB, 20 * GiB))
     window.ctl.set_hardware_choice(HardwareChoice(mode=HW_DETECTED))

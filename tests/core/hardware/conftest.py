@@ -11,7 +11,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from kvgui.core.hardware import nvidia
+from kvgui.core.devices.hardware import nvidia
 
 GiB = 1024**3
 MiB = 1024**2

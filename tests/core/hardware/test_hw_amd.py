@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kvgui.core.hardware import amd, drm
+from kvgui.core.devices.hardware import amd, drm
 
 GiB = 1024**3
 MiB = 1024**2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from kvgui.core.hardware import apple, system
+from kvgui.core.devices.hardware import apple, system
 
 GiB = 1024**3
 MiB = 1024**2

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from kvgui.cli import UsageError
-from kvgui.core import budget
-from kvgui.core.budget import (
+from kvgui.core.devices import budget
+from kvgui.core.devices.budget import (
     BGE_M3,
     DEFAULT_MARGIN,
     BertShape,
@@ -20,7 +20,7 @@ from kvgui.core.budget import (
     devices_from_args,
     plan_from_args,
 )
-from kvgui.core.hardware import GpuInfo, HardwareReport, SystemMemory
+from kvgui.core.devices.hardware import GpuInfo, HardwareReport, SystemMemory
 
 GiB = 1024**3
 MiB = 1024**2

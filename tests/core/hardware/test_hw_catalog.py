@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvgui.core.gpu_catalog import catalog, find_gpu, search_gpus, tokens
+from kvgui.core.devices.gpu_catalog import catalog, find_gpu, search_gpus, tokens
 
 GiB = 1024**3
 

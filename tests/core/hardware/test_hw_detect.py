@@ -9,10 +9,10 @@ import sys
 import pynvml
 import pytest
 
-from kvgui.core.hardware import GpuInfo, LlamaBackend, detect, free_memory, llama_backend
+from kvgui.core.devices.hardware import GpuInfo, LlamaBackend, detect, free_memory, llama_backend
 
 # the package re-exports the function detect(), which shadows the module's name
-detect_mod = importlib.import_module("kvgui.core.hardware.detect")
+detect_mod = importlib.import_module("kvgui.core.devices.hardware.detect")
 
 GiB = 1024**3
 CUDA_CMD = (
@@ -135,8 +135,9 @@ def test_core_imports_without_qt_or_llama_cpp():
         "import sys\n"
         "sys.modules['PySide6'] = None\n"
         "sys.modules['llama_cpp'] = None\n"
-        "import kvgui.core.hardware, kvgui.core.budget, kvgui.core.gpu_catalog\n"
-        "r = kvgui.core.hardware.detect()\n"
+        "import kvgui.core.devices.hardware, kvgui.core.devices.budget\n"
+        "import kvgui.core.devices.gpu_catalog\n"
+        "r = kvgui.core.devices.hardware.detect()\n"
         "assert r.llama is not None and not r.llama.installed, r.llama\n"
         "print('ok')\n"
     )

@@ -8,7 +8,7 @@ import psutil
 import pynvml
 import pytest
 
-from kvgui.core.hardware import nvidia
+from kvgui.core.devices.hardware import nvidia
 
 GiB = 1024**3
 MiB = 1024**2

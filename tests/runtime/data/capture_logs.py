@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 
-from kvgui.core.settings import FlashAttn, Settings  # noqa: E402
+from kvgui.core.config.settings import FlashAttn, Settings  # noqa: E402
 from kvgui.runtime.dryrun import DryRunError, dry_run  # noqa: E402
 from kvgui.runtime.llama_log import capture_llama_log  # noqa: E402
 from kvgui.testing.tiny_model import write_sparse_model, write_tiny_model  # noqa: E402
@@ -73,7 +73,7 @@ def main() -> None:
         dry("dryrun_llama8b_q4_0", big, Settings(n_ctx=16384))
         dry("error_quantized_v_fa_off", llama, Settings(type_v="q8_0", flash_attn=FlashAttn.OFF))
         # a hybrid (attention + short-conv recurrent state) model, from the catalog's header
-        from kvgui.core.catalog import find
+        from kvgui.core.model.catalog import find
         from kvgui.testing.sparse_gguf import write_sparse_gguf
 
         lfm2 = write_sparse_gguf(find("LFM2-1.2B Q8_0"), t / "lfm2.gguf")

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kvgui.core.ggml_alloc import Graph, Tensor
+from kvgui.core.memory.ggml_alloc import Graph, Tensor
 
 if TYPE_CHECKING:
-    from kvgui.core.model import ModelInfo
+    from kvgui.core.model.info import ModelInfo
 
 F32 = 4
 F16 = 2

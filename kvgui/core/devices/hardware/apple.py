@@ -12,8 +12,8 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from kvgui.core.hardware import system
-from kvgui.core.hardware.types import GpuInfo
+from kvgui.core.devices.hardware import system
+from kvgui.core.devices.hardware.types import GpuInfo
 from kvgui.core.sizes import GiB, MiB, format_bytes
 
 VENDOR = "apple"

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from kvgui.core import ggml_types
-from kvgui.core.compute import SlotLayers, cache_graph, compute_buffer
-from kvgui.core.devices import CPU_NAME, DeviceBudget
-from kvgui.core.model import ModelInfo
-from kvgui.core.settings import N_CTX_PAD, FlashAttn, Settings
+from kvgui.core.config.settings import N_CTX_PAD, FlashAttn, Settings
+from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget
+from kvgui.core.gguf import ggml_types
+from kvgui.core.memory.compute import SlotLayers, cache_graph, compute_buffer
+from kvgui.core.model.info import ModelInfo
 
 _QUANTIZED = frozenset({"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"})
 

@@ -3,8 +3,8 @@
 Qt-free and llama_cpp-free at import time; see detect.detect() for the entry point.
 """
 
-from kvgui.core.hardware.detect import detect, free_memory
-from kvgui.core.hardware.types import (
+from kvgui.core.devices.hardware.detect import detect, free_memory
+from kvgui.core.devices.hardware.types import (
     BackendDevice,
     GpuInfo,
     GpuProcess,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psutil
 
-from kvgui.core.hardware.types import SystemMemory
+from kvgui.core.devices.hardware.types import SystemMemory
 
 
 def read() -> SystemMemory:

@@ -3,7 +3,7 @@
 People plan before they download, so the GUI opens on these. resources/models.json stores
 each model as a compact spec (see packaging/make_catalog.py); the full header -- metadata
 and tensor table, exactly as a real file of that model and quant mix would have them -- is
-expanded by kvgui.core.archspec on demand.
+expanded by kvgui.core.model.archspec on demand.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from kvgui.core.archspec import Header, ModelSpec, build_header, spec_from_dict
-from kvgui.core.gguf_reader import TensorInfo
+from kvgui.core.gguf.reader import TensorInfo
+from kvgui.core.model.archspec import Header, ModelSpec, build_header, spec_from_dict
 
 _RESOURCE = "models.json"
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kvgui.core.compute_graph import (
+from kvgui.core.memory.compute_graph import (
     F16,
     F32,
     CacheGraph,
@@ -29,11 +29,11 @@ from kvgui.core.compute_graph import (
     scale,
     simulates,
 )
-from kvgui.core.ggml_alloc import CPU_ALIGN, CUDA_ALIGN, Program, record, replay
+from kvgui.core.memory.ggml_alloc import CPU_ALIGN, CUDA_ALIGN, Program, record, replay
 
 if TYPE_CHECKING:
-    from kvgui.core.estimate import ContextShape
-    from kvgui.core.model import ModelInfo
+    from kvgui.core.memory.estimate import ContextShape
+    from kvgui.core.model.info import ModelInfo
 
 __all__ = ["CPU_ALIGN", "CUDA_ALIGN", "CacheGraph", "SlotLayers", "cache_graph",
            "compute_buffer", "simulated_peak", "simulates"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvgui.core.settings import Settings
+from kvgui.core.config.settings import Settings
 
 CONFIG_VERSION = 1
 CONFIG_FILE = "settings.json"

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from kvgui.core.hardware import drm
-from kvgui.core.hardware.types import GpuInfo
+from kvgui.core.devices.hardware import drm
+from kvgui.core.devices.hardware.types import GpuInfo
 from kvgui.core.sizes import format_bytes
 
 VENDOR = "amd"

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvgui.core.ggml_types import CACHE_TYPE_NAMES
-from kvgui.core.settings import ALL_LAYERS, FlashAttn, Settings
-from kvgui.core.shellquote import ShellSyntaxError, guess_shell, split_command
+from kvgui.core.commandline.shellquote import ShellSyntaxError, guess_shell, split_command
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 
 
 class CommandParseError(ValueError):

@@ -17,11 +17,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from kvgui.core.devices import DeviceBudget, cpu
+from kvgui.core.devices.device_budget import DeviceBudget, cpu
+from kvgui.core.devices.gpu_catalog import CatalogGpu, find_gpu, search_gpus, tokens
+from kvgui.core.devices.hardware import apple
+from kvgui.core.devices.hardware.types import GpuInfo, HardwareReport, SystemMemory
 from kvgui.core.errors import UsageError
-from kvgui.core.gpu_catalog import CatalogGpu, find_gpu, search_gpus, tokens
-from kvgui.core.hardware import apple
-from kvgui.core.hardware.types import GpuInfo, HardwareReport, SystemMemory
 from kvgui.core.sizes import GiB, format_bytes, parse_size
 
 DEFAULT_MARGIN = GiB
@@ -61,7 +61,7 @@ def gguf_weight_bytes(path: str) -> int:
     """The tensor data of a GGUF file (what is loaded to the GPU): the header's tensor sizes
     when kvgui's reader can parse it, else the file's size (a slight overestimate)."""
     try:
-        from kvgui.core.gguf_reader import read_gguf
+        from kvgui.core.gguf.reader import read_gguf
 
         return int(sum(t.nbytes for t in read_gguf(path).tensors))
     except Exception:
@@ -395,7 +395,7 @@ def plan_from_args(args: argparse.Namespace, report: HardwareReport | None = Non
             if ram is None and entries and all(e.unified for e in entries):
                 ram = entries[0].memory  # planning a Mac: its RAM is the unified memory
             if report is None and ram is None:
-                from kvgui.core.hardware import system
+                from kvgui.core.devices.hardware import system
 
                 host, _ = system.probe()
                 report = HardwareReport(system=host)
@@ -409,7 +409,7 @@ def plan_from_args(args: argparse.Namespace, report: HardwareReport | None = Non
             )
             return plan_devices(report, reserve, planned=planned, ram=ram, split=split)
         if report is None:
-            from kvgui.core.hardware import detect
+            from kvgui.core.devices.hardware import detect
 
             report = detect(llama=False)
         chosen = _pick_detected(gpu_spec, report) if gpu_spec else None

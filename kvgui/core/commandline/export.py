@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kvgui.core.ggml_types import by_name
-from kvgui.core.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.gguf.ggml_types import by_name
 
 LLAMA_CLI = "llama-cli"
 LLAMA_SERVER = "llama-server"

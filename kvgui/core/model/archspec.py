@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from kvgui.core import ggml_types
+from kvgui.core.gguf import ggml_types
 
 GGUF_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT; kvgui never writes general.alignment
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from kvgui.core.hardware import system
-from kvgui.core.hardware.types import GpuInfo, GpuProcess
+from kvgui.core.devices.hardware import system
+from kvgui.core.devices.hardware.types import GpuInfo, GpuProcess
 
 VENDOR = "nvidia"
 _ready = False

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kvgui.core.devices import DeviceBudget
-from kvgui.core.estimate import estimate
-from kvgui.core.model import ModelInfo
-from kvgui.core.settings import N_CTX_PAD, Settings
+from kvgui.core.config.settings import N_CTX_PAD, Settings
+from kvgui.core.devices.device_budget import DeviceBudget
+from kvgui.core.memory.estimate import estimate
+from kvgui.core.model.info import ModelInfo
 
 # The K/V pairs the window compares side by side (issue: f16 … q4_0, and mixed q8_0/q4_0).
 COMMON_CACHE_PAIRS: tuple[tuple[str, str], ...] = (

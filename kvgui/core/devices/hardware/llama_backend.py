@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-from kvgui.core.hardware.types import BackendDevice, GpuInfo, LlamaBackend
+from kvgui.core.devices.hardware.types import BackendDevice, GpuInfo, LlamaBackend
 
 REINSTALL = {
     "nvidia": 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvgui.core import ggml_types
-from kvgui.core.gguf_reader import GGUFError, GGUFFile, TensorInfo, read_gguf
+from kvgui.core.gguf import ggml_types
+from kvgui.core.gguf.reader import GGUFError, GGUFFile, TensorInfo, read_gguf
 
 # llama.h enum llama_ftype, for "general.file_type".
 FILE_TYPES = {

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvgui.core.cmdparse import ParsedCommand
-from kvgui.core.ggml_types import CACHE_TYPE_NAMES
-from kvgui.core.settings import FlashAttn, Settings
+from kvgui.core.commandline.parse import ParsedCommand
+from kvgui.core.config.settings import FlashAttn, Settings
+from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 
 PRESET_FORMAT = "kvgui-preset"
 PRESET_VERSION = 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, overload
 
-from kvgui.core import ggml_types
+from kvgui.core.gguf import ggml_types
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kvgui.core.ggml_types import CACHE_TYPE_NAMES
-from kvgui.core.settings import FlashAttn, Settings
+from kvgui.core.config.settings import FlashAttn, Settings
+from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 
 SCHEMA_VERSION = 1
 REFERENCE_PAIR: tuple[str, str] = ("f16", "f16")

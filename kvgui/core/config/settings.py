@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from kvgui.core.ggml_types import CACHE_TYPE_NAMES
+from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 
 # kvgui's spelling of "every layer on the GPU" (llama-cli's `-ngl all`, llama-cpp-python's -1).
 ALL_LAYERS = -1

@@ -10,8 +10,8 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from kvgui.core.hardware import amd, apple, drm, llama_backend, nvidia, system
-from kvgui.core.hardware.types import GpuInfo, HardwareReport, LlamaBackend
+from kvgui.core.devices.hardware import amd, apple, drm, llama_backend, nvidia, system
+from kvgui.core.devices.hardware.types import GpuInfo, HardwareReport, LlamaBackend
 
 Probe = Callable[[], tuple[list[GpuInfo], list[str]]]
 

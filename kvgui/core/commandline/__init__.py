@@ -1,0 +1,1 @@
+"""llama.cpp command lines: export, import, shell quoting, presets."""

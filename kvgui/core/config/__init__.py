@@ -1,0 +1,1 @@
+"""The one Settings object and the app's saved configuration."""

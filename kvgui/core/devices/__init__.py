@@ -1,0 +1,1 @@
+"""GPUs and host memory: detection, the GPU catalog, budgets per device."""

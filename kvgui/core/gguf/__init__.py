@@ -1,0 +1,1 @@
+"""The GGUF file format: the header reader and ggml's data types."""

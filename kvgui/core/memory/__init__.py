@@ -1,0 +1,1 @@
+"""What llama.cpp allocates per device: KV cache, state, weights, compute, output."""

@@ -1,0 +1,1 @@
+"""What a model is, read from its header: layers, caches, weights; the catalog."""

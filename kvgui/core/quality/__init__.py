@@ -1,0 +1,1 @@
+"""What a cheaper KV cache costs: published and measured quality figures."""
