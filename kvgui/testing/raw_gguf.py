@@ -35,7 +35,7 @@ class Entry:
     vtype: int
     value: Any
     etype: int | None = None
-    count: int | None = None  # an array length to write instead of the true one (a lie)
+    count: int | None = None  # an array (or string) length to write instead of the true one
 
     def clone(self, **changes: Any) -> Entry:
         return dataclasses.replace(self, **changes)
@@ -99,9 +99,10 @@ def _string(s: str | bytes) -> bytes:
     return struct.pack("<Q", len(b)) + b
 
 
-def _scalar(vtype: int, value: Any) -> bytes:
+def _scalar(vtype: int, value: Any, count: int | None = None) -> bytes:
     if vtype == STRING:
-        return _string(value)
+        raw = _string(value)
+        return raw if count is None else struct.pack("<Q", count) + raw[8:]
     return struct.pack("<" + FORMATS[vtype], value)
 
 
@@ -125,7 +126,7 @@ def encode_entry(e: Entry) -> bytes:
         etype = e.etype if e.etype is not None else UINT32
         out.append(_array_body(etype, list(e.value), e.count))
     elif e.vtype in FORMATS or e.vtype == STRING:
-        out.append(_scalar(e.vtype, e.value))
+        out.append(_scalar(e.vtype, e.value, e.count))
     return b"".join(out)
 
 
