@@ -43,14 +43,18 @@ def shorten(text: str, limit: int = 120) -> str:
     """``text`` cut to about ``limit`` characters, saying how much was left out."""
     if len(text) <= limit:
         return text
-    keep = max(limit - 24, 8)
-    return f"{text[:keep]}… ({len(text) - keep} more characters)"
+    suffix = f"… ({len(text)} characters)"
+    return text[:max(limit - len(suffix), 8)] + suffix
 
 
 def one_line(text: str, limit: int = 120) -> str:
     """For messages and labels: printable (so one line, line breaks shown as ``\\n``) and
-    cut to about ``limit`` characters."""
-    return shorten(printable(text), limit)
+    cut to at most ``limit`` characters, naming the length of the whole."""
+    shown = printable(text[:limit])
+    if len(text) <= limit and len(shown) <= limit:
+        return shown
+    suffix = f"… ({len(text)} characters)"
+    return shown[:max(limit - len(suffix), 8)] + suffix
 
 
 def html_text(text: str, limit: int = 120) -> str:

@@ -219,3 +219,21 @@ def read(path: str | os.PathLike[str]) -> Header:
             tensors.append(Tensor(name, shape, _read(f, "I"), _read(f, "Q")))
     align = next((e.value for e in entries if e.key == "general.alignment"), 32)
     return Header(entries, tensors, version, int(align))
+
+
+_KINDS = {"bool": BOOL, "uint32": UINT32, "int32": INT32, "float32": FLOAT32, "string": STRING}
+
+
+def from_metadata(metadata: dict[str, Any], tensors: Any) -> Header:
+    """A header from kvgui's own form (a catalog model's metadata and TensorDef/TensorInfo
+    rows), typed as kvgui.testing.sparse_gguf writes it (archspec.value_kind)."""
+    from kvgui.core.model.archspec import value_kind
+
+    entries = []
+    for key, value in metadata.items():
+        kind = value_kind(value)
+        if kind.startswith("array:"):
+            entries.append(Entry(key, ARRAY, list(value), _KINDS[kind[6:]]))
+        else:
+            entries.append(Entry(key, _KINDS[kind], value))
+    return Header(entries, [Tensor(t.name, tuple(t.shape), t.type_id) for t in tensors])

@@ -99,8 +99,9 @@ _PS_INT = re.compile(r"0|[1-9][0-9]*|[0-9]+(?:\.[0-9]+){2,}")
 # A bareword PowerShell passes through unchanged: no sigils, no leading digit (1kb is 1024),
 # no leading ".5" (a number), no comma (the array operator).
 _PS_BARE = re.compile(r"(?![.][0-9])[A-Za-z_./\\][A-Za-z0-9_+./\\:-]*")
-# Microsoft's cmd documentation lists space & ( ) [ ] { } ^ = ; ! ' + , ` ~ as needing quotes.
-_CMD_SAFE = re.compile(r"[A-Za-z0-9_\-./\\:@]+")
+# Microsoft's cmd documentation lists space & ( ) [ ] { } ^ = ; ! ' + , ` ~ as needing quotes;
+# a leading @ would be cmd's "do not echo".
+_CMD_SAFE = re.compile(r"[A-Za-z0-9_\-./\\:]+")
 
 
 def quote_posix(arg: str) -> str:

@@ -93,6 +93,7 @@ _WHOLE = ("attention.key_length_mla", "attention.value_length_mla", "attention.k
           "wkv.head_size", "leading_dense_block_count", "expert_shared_count",
           "expert_gating_func")
 _WHOLE_OR_ARRAY = ("expert_feed_forward_length", "attention.sliding_window_pattern")
+_INTERVAL_ARCHS = frozenset({"qwen3next", "qwen35", "qwen35moe", "kimi-linear", "minimax-01"})
 _FLAGS = ("expert_weights_norm",)
 _REALS = ("expert_weights_scale",)
 
@@ -191,6 +192,9 @@ def check_header(g: GGUFFile) -> None:
         key = f"{arch}.{suffix}"
         if key in md:
             _whole_number(g, key, md[key])
+    interval = f"{arch}.full_attention_interval"
+    if arch in _INTERVAL_ARCHS and md.get(interval) == 0:  # llama.cpp divides il by it
+        raise _fail(g, f"{interval} = 0: every n-th layer cannot be n = 0")
     for suffix in _WHOLE_OR_ARRAY:
         key = f"{arch}.{suffix}"
         if key in md:
