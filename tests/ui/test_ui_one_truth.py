@@ -22,8 +22,7 @@ from kvgui.core.devices.budget import (
 from kvgui.core.devices.hardware.types import HardwareReport, SystemMemory
 from kvgui.core.memory.estimate import Verdict, estimate
 from kvgui.core.memory.fit import max_context
-from kvgui.core.model.catalog import load_catalog
-from kvgui.core.model.info import ModelInfo
+from kvgui.core.model.catalog import catalog_model, load_catalog
 from kvgui.core.sizes import GiB
 from kvgui.ui import theme
 from kvgui.ui.barpaint import paint_row
@@ -42,12 +41,6 @@ def drawn_bytes(row) -> int:  # type: ignore[no-untyped-def]
     return sum(h.nbytes for h in hits if h.key not in NOT_PARTS)
 
 
-def _catalog_model(label: str) -> ModelInfo:
-    entry = next(e for e in load_catalog() if e.label == label)
-    md, tensors, size = entry.header()
-    return ModelInfo.from_header(md, tensors, file_bytes=size)
-
-
 SETTINGS = (Settings(), Settings(n_ctx=32768, type_k="q8_0", type_v="q8_0", n_parallel=4),
             Settings(n_ctx=8192, n_gpu_layers=5), Settings(n_ctx=4096, kv_offload=False))
 
@@ -55,7 +48,7 @@ SETTINGS = (Settings(), Settings(n_ctx=32768, type_k="q8_0", type_v="q8_0", n_pa
 @pytest.mark.parametrize("label", [e.label for e in load_catalog()])
 def test_every_catalog_model_is_drawn_to_its_estimated_total(qapp, label: str) -> None:
     """Recurrent, hybrid, MoE, MLA, SWA: no part of the estimate goes undrawn."""
-    model = _catalog_model(label)
+    model = catalog_model(label)
     from kvgui.core.devices.budget import plan_hardware
 
     plan = plan_hardware(HardwareChoice(mode=HW_CUSTOM, custom_bytes=12 * GiB), [], 64 * GiB)
