@@ -116,10 +116,12 @@ def mutate(rng: random.Random, h: raw.Header) -> tuple[raw.Header, list[str]]:
     arch = next((e.value for e in h.entries if e.key == "general.architecture"), "")
     n_layer = next((e.value for e in h.entries if e.key == f"{arch}.block_count"), 8)
     n_layer = n_layer if isinstance(n_layer, int) else 8
-    read = [i for i, e in enumerate(h.entries)
-            if e.key.startswith((f"{arch}.", "general.", "split.", "tokenizer.ggml.tokens"))]
-    done = []
+    done: list[str] = []
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
+        if not h.entries:
+            break
+        read = [i for i, e in enumerate(h.entries)  # the keys kvgui's model reader reads
+                if e.key.startswith((f"{arch}.", "general.", "split.", "tokenizer.ggml.tokens"))]
         op = rng.choices(
             ["value", "array", "array_lie", "string_lie", "dup", "drop", "move", "add_key",
              "tensor_shape", "tensor_type", "tensor_offset", "tensor_name", "tensor_dims",

@@ -16,13 +16,27 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from kvgui.core.gguf import ggml_types
+from kvgui.core.gguf.reader import (  # gguf.h enum gguf_type, and gguf_type_name
+    ARRAY,
+    BOOL,
+    FLOAT32,
+    FLOAT64,
+    INT8,
+    INT16,
+    INT32,
+    INT64,
+    STRING,
+    TYPE_NAMES,
+    UINT8,
+    UINT16,
+    UINT32,
+    UINT64,
+)
 
-# gguf.h enum gguf_type
-UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY = range(10)
-UINT64, INT64, FLOAT64 = 10, 11, 12
-TYPE_NAMES = {UINT8: "u8", INT8: "i8", UINT16: "u16", INT16: "i16", UINT32: "u32",
-              INT32: "i32", FLOAT32: "f32", BOOL: "bool", STRING: "str", ARRAY: "arr",
-              UINT64: "u64", INT64: "i64", FLOAT64: "f64"}
+__all__ = ["ARRAY", "BOOL", "FLOAT32", "FLOAT64", "INT8", "INT16", "INT32", "INT64", "STRING",
+           "TYPE_NAMES", "UINT8", "UINT16", "UINT32", "UINT64", "Entry", "Header", "Tensor",
+           "data_bytes", "encode", "from_metadata", "read", "write"]
+
 FORMATS = {UINT8: "B", INT8: "b", UINT16: "H", INT16: "h", UINT32: "I", INT32: "i",
            FLOAT32: "f", BOOL: "?", UINT64: "Q", INT64: "q", FLOAT64: "d"}
 

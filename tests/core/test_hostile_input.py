@@ -465,7 +465,7 @@ def test_12_continuations_and_comments_are_still_one_command() -> None:
     ("-c 99999999999", "above 2147483647"),
     ("-b 99999999999999", "above 2147483647"),
     ("-np 300", "above 256"),
-    ("-ngl 99999999999999999999", "above 2147483647"),
+    ("-ngl 99999999999999999999", "outside llama.cpp.s int32 range"),
     ("-ts 1,nan", "finite"),
     ("--port 70000", "above 65535"),
 ])
@@ -511,3 +511,12 @@ def test_4_a_zero_full_attention_interval_is_refused(write: Callable[..., Path])
     assert load_model(write(h, "a.gguf")).arch == "qwen3next"
     h.set("qwen3next.full_attention_interval", raw.UINT32, 0)
     refusal(write(h, "b.gguf"), "full_attention_interval = 0")
+
+
+def test_1_the_cli_export_refuses_in_one_line(write: Callable[..., Path]) -> None:
+    path = write(base_header())
+    out = subprocess.run([sys.executable, "-m", "kvgui", "export", str(path), "--shell", "cmd",
+                          "--system-prompt", "Be brief.\ncalc.exe & echo pwned"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "cmd ends the command at a line break" in out.stderr

@@ -217,8 +217,8 @@ class _Reader:
             n = -2
         else:
             n = self._int(flag, v)
-            if n > limits.INT32_MAX or n < -limits.INT32_MAX - 1:  # std::stoi: out of range
-                self._int(flag, v, "n_gpu_layers")
+            if not -limits.INT32_MAX - 1 <= n <= limits.INT32_MAX:  # std::stoi fails on it
+                raise CommandParseError(f"{flag}: {n} is outside llama.cpp's int32 range")
         # arg.cpp: "auto" is -1, "all" (and any value <= -2) is every layer.
         self.ngl_auto = n == -1
         self.values["n_gpu_layers"] = ALL_LAYERS if n < 0 else n
