@@ -269,30 +269,37 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
     names = set()
     skipped = 0
     output_names = layer_rules.output_tensors(arch)
+    align = layer_rules.WEIGHT_ALIGNMENT
     for t in tensors:
         names.add(t.name)
+        nbytes = -(-t.nbytes // align) * align  # as placed in the model buffer
         m = _BLK.match(t.name)
         if m and int(m.group(1)) < n_layer_all:
             il = int(m.group(1))
             if il >= n_layer:
                 skipped += t.n_elements
                 continue
-            layer_weights[il] += t.nbytes
+            layer_weights[il] += nbytes
         elif t.name.split(".", 1)[0] in output_names:
-            output_w += t.nbytes
+            output_w += nbytes
         elif t.name.startswith(_INPUT_TENSORS):
-            input_w += t.nbytes
+            input_w += nbytes
         elif t.name.startswith(_LAYER0_TENSORS):
-            layer_weights[0] += t.nbytes  # a repeating-layer tensor made with layer index 0
+            layer_weights[0] += nbytes  # a repeating-layer tensor made with layer index 0
         else:
-            other_w += t.nbytes
+            other_w += nbytes
     if n_layer_nextn and skipped:
         notes.append(f"{n_layer_nextn} NextN/MTP layer(s) in the file, not loaded "
                      "(llama.cpp loads them only for MTP speculation)")
     tied_w = 0
     if "output.weight" not in names:
         tok = next((t for t in tensors if t.name == "token_embd.weight"), None)
-        if tok is not None:
+        if tok is not None and arch in layer_rules.OUTPUT_BEFORE_TOKEN_EMBD:
+            # the output's copy of token_embd is made before token_embd itself: two copies
+            output_w += -(-tok.nbytes // align) * align
+            notes.append("tied embeddings: llama.cpp loads token_embd twice for this "
+                         "architecture (input and output head)")
+        elif tok is not None:
             # tied embeddings: llama.cpp shares token_embd with the output layer, and copies it
             # only when the output layer sits on another device (a GPU)
             tied_w = tok.nbytes

@@ -190,6 +190,16 @@ _OUTPUT_TENSORS_BY_ARCH = {"lfm2": _OUTPUT_TENSORS | {"token_embd_norm"},
                            "lfm2moe": _OUTPUT_TENSORS | {"token_embd_norm"}}
 
 
+# Architectures whose load_arch_tensors creates the (tied) output head before token_embd: the
+# TENSOR_DUPLICATED copy is made first, so token_embd is allocated twice even when both sit
+# in the same buffer (models/gemma3n.cpp, models/gemma4.cpp; llama-model-loader.cpp
+# create_tensor only reuses a duplicate that already exists).
+OUTPUT_BEFORE_TOKEN_EMBD = frozenset({"gemma3n", "gemma4"})
+# llama.cpp's model buffers place each tensor at the buffer type's alignment (CPU: 32 bytes;
+# ggml_backend_buft_get_alloc_size), so a 4-byte layer scale takes 32.
+WEIGHT_ALIGNMENT = 32
+
+
 def output_tensors(arch: str) -> frozenset[str]:
     return _OUTPUT_TENSORS_BY_ARCH.get(arch, _OUTPUT_TENSORS)
 
