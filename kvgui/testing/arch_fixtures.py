@@ -19,14 +19,16 @@ from kvgui.core.model.archspec import ModelSpec, spec_from_dict
 # people do load them. Numbers from each model's public config.json.
 TEST_MODELS: list[dict[str, Any]] = [
     {
-        "name": "c4ai-command-r-08-2024", "arch": "command-r", "hf": "CohereLabs/c4ai-command-r-08-2024",
+        "name": "c4ai-command-r-08-2024", "arch": "command-r",
+        "hf": "CohereLabs/c4ai-command-r-08-2024",
         "hp": {"hidden_size": 8192, "intermediate_size": 24576, "num_hidden_layers": 40,
                "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 256000,
                "max_position_embeddings": 131072, "rope_theta": 4000000.0,
                "layer_norm_eps": 1e-5, "logit_scale": 0.0625, "tie_word_embeddings": True},
     },
     {
-        "name": "OLMo-2-1124-7B-Instruct", "arch": "olmo2", "hf": "allenai/OLMo-2-1124-7B-Instruct",
+        "name": "OLMo-2-1124-7B-Instruct", "arch": "olmo2",
+        "hf": "allenai/OLMo-2-1124-7B-Instruct",
         "hp": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
                "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 100352,
                "max_position_embeddings": 4096, "rope_theta": 500000.0, "rms_norm_eps": 1e-6},
@@ -42,7 +44,8 @@ TEST_MODELS: list[dict[str, Any]] = [
                "tie_word_embeddings": True},
     },
     {
-        "name": "Falcon-H1-1.5B-Instruct", "arch": "falcon-h1", "hf": "tiiuae/Falcon-H1-1.5B-Instruct",
+        "name": "Falcon-H1-1.5B-Instruct", "arch": "falcon-h1",
+        "hf": "tiiuae/Falcon-H1-1.5B-Instruct",
         "hp": {"hidden_size": 2048, "intermediate_size": 4608, "num_hidden_layers": 24,
                "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 128,
                "vocab_size": 65537, "mamba_d_state": 256, "mamba_d_conv": 4, "mamba_n_groups": 1,
@@ -82,13 +85,15 @@ TEST_MODELS: list[dict[str, Any]] = [
                "layer_norm_eps": 1e-5},
     },
     {
-        "name": "internlm2_5-7b-chat", "arch": "internlm2", "hf": "internlm/internlm2_5-7b-chat",
+        "name": "internlm2_5-7b-chat", "arch": "internlm2",
+        "hf": "internlm/internlm2_5-7b-chat",
         "hp": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
                "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 92544,
                "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-5},
     },
     {
-        "name": "MiniCPM-2B-sft-bf16", "arch": "minicpm", "hf": "openbmb/MiniCPM-2B-sft-bf16",
+        "name": "MiniCPM-2B-sft-bf16", "arch": "minicpm",
+        "hf": "openbmb/MiniCPM-2B-sft-bf16",
         "hp": {"hidden_size": 2304, "intermediate_size": 5760, "num_hidden_layers": 40,
                "num_attention_heads": 36, "num_key_value_heads": 36, "vocab_size": 122753,
                "max_position_embeddings": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
@@ -102,14 +107,16 @@ TEST_MODELS: list[dict[str, Any]] = [
                "rms_norm_eps": 1e-5, "tie_word_embeddings": True},
     },
     {
-        "name": "Hunyuan-7B-Instruct", "arch": "hunyuan-dense", "hf": "tencent/Hunyuan-7B-Instruct",
+        "name": "Hunyuan-7B-Instruct", "arch": "hunyuan-dense",
+        "hf": "tencent/Hunyuan-7B-Instruct",
         "hp": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
                "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
                "vocab_size": 128167, "max_position_embeddings": 262144, "rope_theta": 10000.0,
                "rope_scaling_alpha": 50.0, "rms_norm_eps": 1e-5},
     },
     {
-        "name": "Apertus-8B-Instruct-2509", "arch": "apertus", "hf": "swiss-ai/Apertus-8B-Instruct-2509",
+        "name": "Apertus-8B-Instruct-2509", "arch": "apertus",
+        "hf": "swiss-ai/Apertus-8B-Instruct-2509",
         "hp": {"hidden_size": 4096, "intermediate_size": 21504, "num_hidden_layers": 32,
                "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 131072,
                "max_position_embeddings": 65536, "rope_theta": 12000000.0, "rms_norm_eps": 1e-5,
@@ -135,21 +142,108 @@ TEST_MODELS: list[dict[str, Any]] = [
                "partial_rotary_factor": 0.5, "rms_norm_eps": 1e-6,
                "routed_scaling_factor": 2.5, "norm_topk_prob": True},
     },
+    {
+        "name": "Phi-4-mini-instruct", "arch": "phi3",
+        "hf": "microsoft/Phi-4-mini-instruct",
+        "hp": {"hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+               "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 200064,
+               "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+               "rope_theta": 10000.0, "partial_rotary_factor": 0.75, "rms_norm_eps": 1e-5,
+               "sliding_window": 262144, "tie_word_embeddings": True, "longrope": True},
+    },
+    {
+        "name": "c4ai-command-r7b-12-2024", "arch": "cohere2",
+        "hf": "CohereLabs/c4ai-command-r7b-12-2024",
+        "hp": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+               "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 256000,
+               "max_position_embeddings": 8192, "rope_theta": 50000.0, "layer_norm_eps": 1e-5,
+               "logit_scale": 0.25, "sliding_window": 4096, "tie_word_embeddings": True},
+    },
+    {
+        "name": "EXAONE-4.0-32B", "arch": "exaone4",
+        "hf": "LGAI-EXAONE/EXAONE-4.0-32B",
+        "hp": {"hidden_size": 5120, "intermediate_size": 27392, "num_hidden_layers": 64,
+               "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128,
+               "vocab_size": 102400, "max_position_embeddings": 131072,
+               "rope_theta": 1000000.0, "rms_norm_eps": 1e-5, "sliding_window": 4096,
+               "sliding_window_pattern": "LLLG", "rope_freqs": True},
+    },
+    {
+        "name": "Olmo-3-7B-Instruct", "arch": "olmo2",
+        "hf": "allenai/Olmo-3-7B-Instruct",
+        "hp": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+               "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 100278,
+               "max_position_embeddings": 65536, "rope_theta": 500000.0, "rms_norm_eps": 1e-6,
+               "sliding_window": 4096,
+               "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention",
+                               "full_attention"] * 8,
+               "rope_scaling": {"rope_type": "yarn", "factor": 8.0,
+                                "original_max_position_embeddings": 8192}},
+    },
+    {
+        "name": "SmolLM3-3B", "arch": "smollm3",
+        "hf": "HuggingFaceTB/SmolLM3-3B",
+        "hp": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+               "num_attention_heads": 16, "num_key_value_heads": 4, "vocab_size": 128256,
+               "max_position_embeddings": 65536, "rope_theta": 5000000.0, "rms_norm_eps": 1e-6,
+               "tie_word_embeddings": True},
+    },
+    {
+        "name": "GLM-4-9B-0414", "arch": "glm4", "hf": "zai-org/GLM-4-9B-0414",
+        "hp": {"hidden_size": 4096, "intermediate_size": 13696, "num_hidden_layers": 40,
+               "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128,
+               "vocab_size": 151552, "max_position_embeddings": 32768, "rope_theta": 10000.0,
+               "rms_norm_eps": 1e-5, "partial_rotary_factor": 0.5, "attention_bias": True},
+    },
+    {
+        "name": "granite-3.3-8b-instruct", "arch": "granite",
+        "hf": "ibm-granite/granite-3.3-8b-instruct",
+        "hp": {"hidden_size": 4096, "intermediate_size": 12800, "num_hidden_layers": 40,
+               "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 49159,
+               "max_position_embeddings": 131072, "rope_theta": 10000000.0,
+               "rms_norm_eps": 1e-5, "attention_multiplier": 0.0078125,
+               "embedding_multiplier": 12.0, "residual_multiplier": 0.22,
+               "logits_scaling": 16.0, "tie_word_embeddings": True},
+    },
+    {
+        "name": "ERNIE-4.5-21B-A3B-PT", "arch": "ernie4_5-moe",
+        "hf": "baidu/ERNIE-4.5-21B-A3B-PT",
+        "hp": {"hidden_size": 2560, "intermediate_size": 12288, "moe_intermediate_size": 1536,
+               "num_hidden_layers": 28, "num_attention_heads": 20, "num_key_value_heads": 4,
+               "head_dim": 128, "moe_num_experts": 64, "moe_k": 6, "moe_num_shared_experts": 2,
+               "moe_layer_start_index": 1, "moe_layer_interval": 1, "vocab_size": 103424,
+               "max_position_embeddings": 131072, "rope_theta": 500000.0,
+               "rms_norm_eps": 1e-5, "tie_word_embeddings": True},
+    },
+    {
+        "name": "Hunyuan-A13B-Instruct", "arch": "hunyuan-moe",
+        "hf": "tencent/Hunyuan-A13B-Instruct",
+        "hp": {"hidden_size": 4096, "intermediate_size": 3072, "moe_intermediate_size": 3072,
+               "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+               "head_dim": 128, "num_experts": 64, "moe_topk": 8, "num_shared_expert": 1,
+               "vocab_size": 128167, "max_position_embeddings": 262144, "rope_theta": 10000.0,
+               "rope_scaling_alpha": 1000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": True},
+    },
+    {
+        "name": "Seed-OSS-36B-Instruct", "arch": "seed_oss",
+        "hf": "ByteDance-Seed/Seed-OSS-36B-Instruct",
+        "hp": {"hidden_size": 5120, "intermediate_size": 27648, "num_hidden_layers": 64,
+               "num_attention_heads": 80, "num_key_value_heads": 8, "head_dim": 128,
+               "vocab_size": 155136, "max_position_embeddings": 524288,
+               "rope_theta": 10000000.0, "rms_norm_eps": 1e-6, "attention_bias": True},
+    },
 ]
 
 
 # Test-only models are written in F16: a header-only file costs the same in any mix.
 TEST_QUANT = "F16"
-# The families the README's first table already checks (tests/core/test_against_llama_cpp.py).
-FIRST_FAMILIES = frozenset({"llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3",
-                            "deepseek2", "lfm2", "mamba2", "gpt-oss"})
 
 
 @dataclass(frozen=True)
 class Fixture:
     """One model standing for its family: the spec, and the catalog label when it is one."""
 
-    key: str  # "<arch>", or "<arch>:<what differs>" for a second model of an architecture
+    key: str  # "<arch>", or "<arch>:<model name>" for a further model of an architecture
     spec: ModelSpec
     label: str = ""  # catalog label ("<name> <quant>"), empty for a test-only model
     hf_repo: str = ""
@@ -165,10 +259,11 @@ def fixtures() -> list[Fixture]:
         if entry.name in seen:
             continue
         seen.add(entry.name)
-        out.append(Fixture(_key(out, entry.arch), entry.spec, entry.label, entry.hf_repo))
+        out.append(Fixture(_key(out, entry.arch, entry.name), entry.spec, entry.label,
+                           entry.hf_repo))
     for d in TEST_MODELS:
-        out.append(Fixture(_key(out, str(d["arch"])), spec_from_dict(d, TEST_QUANT), "",
-                           str(d.get("hf", ""))))
+        out.append(Fixture(_key(out, str(d["arch"]), str(d["name"])),
+                           spec_from_dict(d, TEST_QUANT), "", str(d.get("hf", ""))))
     return out
 
 
@@ -178,10 +273,5 @@ def family_models(quant: str | None = None) -> dict[str, ModelSpec]:
             ModelSpec(f.spec.name, f.spec.arch, quant, f.spec.hp) for f in fixtures()}
 
 
-def _key(out: list[Fixture], arch: str) -> str:
-    taken = {f.key for f in out}
-    key, n = arch, 2
-    while key in taken:
-        key = f"{arch}#{n}"
-        n += 1
-    return key
+def _key(out: list[Fixture], arch: str, name: str) -> str:
+    return f"{arch}:{name}" if any(f.spec.arch == arch for f in out) else arch

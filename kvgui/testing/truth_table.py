@@ -48,12 +48,11 @@ def full_matrix() -> list[Settings]:
                 for n_par, unified in ((1, False), (4, False), (4, True)):
                     runs.append(Settings(n_ctx=n_ctx, type_k=kv, type_v=kv, flash_attn=fa,
                                          n_parallel=n_par, kv_unified=unified))
-    runs += [Settings(n_ctx=32768, swa_full=True, flash_attn=ON),
-             Settings(n_ctx=32768, swa_full=True, flash_attn=OFF),
-             Settings(n_ctx=8192, n_ubatch=1024, flash_attn=ON),
+    runs += [Settings(n_ctx=32768, swa_full=True, flash_attn=OFF),
              Settings(n_ctx=8192, n_ubatch=1024, flash_attn=OFF),
              Settings(n_ctx=65536, type_k="q8_0", type_v="q8_0", n_ubatch=1024, flash_attn=ON)]
-    return runs
+    runs += default_matrix()  # the default test run's settings are a subset
+    return list(dict.fromkeys(runs))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from kvgui.core.config.settings import N_CTX_PAD, FlashAttn, Settings
 from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget
 from kvgui.core.gguf import ggml_types
 from kvgui.core.memory.compute import SlotLayers, cache_graph, compute_buffer
+from kvgui.core.memory.verification import ComputeCheck, compute_check
 from kvgui.core.model.info import ModelInfo
 
 _QUANTIZED = frozenset({"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"})
@@ -125,6 +126,11 @@ class Estimate:
         verdicts = [d.fits for d in self.devices if d.budget is not None]
         return all(verdicts) if verdicts else None
 
+    @property
+    def compute_check(self) -> ComputeCheck:
+        """How far the compute figure is verified for this architecture (verification.py)."""
+        return compute_check(self.model, any(d.is_gpu and d.compute for d in self.devices))
+
     def memory_json(self) -> dict[str, int]:
         return {"weights": self.weights, "kv_k": self.kv_k, "kv_v": self.kv_v, "kv": self.kv,
                 "state": self.state, "compute": self.compute, "output": self.output,
@@ -141,6 +147,7 @@ class Estimate:
                          "n_batch": self.shape.n_batch, "n_ubatch": self.shape.n_ubatch,
                          "n_parallel": s.n_parallel, "swa_full": s.swa_full},
             "memory": self.memory_json(),
+            "compute_check": self.compute_check.to_json(),
             "devices": [{"name": d.name, "weights": d.weights, "kv": d.kv, "state": d.state,
                          "compute": d.compute, "output": d.output, "total": d.total,
                          "budget": d.budget}

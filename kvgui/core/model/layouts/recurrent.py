@@ -491,7 +491,8 @@ def _m_qwen3next(h: Hp, m: dict[str, Any]) -> None:
         m[f"{a}.expert_feed_forward_length"] = int(h["moe_intermediate_size"])
         m[f"{a}.expert_shared_feed_forward_length"] = int(h["shared_expert_intermediate_size"])
     if h.arch in ("qwen35", "qwen35moe"):
-        m[f"{a}.rope.dimension_sections"] = [int(s) for s in h.get("mrope_section", [11, 11, 10, 0])]
+        sections = h.get("mrope_section", [11, 11, 10, 0])
+        m[f"{a}.rope.dimension_sections"] = [int(s) for s in sections]
 
 
 def _t_lfm2(h: Hp) -> Shapes:
@@ -532,7 +533,8 @@ LAYOUTS: dict[str, Layout] = {
                             "models/granite-hybrid.cpp; conversion/granite.py"),
     "nemotron_h": Layout(_t_nemotron_h, _m_nemotron_h,
                          "models/nemotron-h.cpp; conversion/nemotron.py"),
-    "falcon-h1": Layout(_t_falcon_h1, _m_falcon_h1, "models/falcon-h1.cpp; conversion/falcon_h1.py"),
+    "falcon-h1": Layout(_t_falcon_h1, _m_falcon_h1,
+                        "models/falcon-h1.cpp; conversion/falcon_h1.py"),
     "qwen3next": Layout(_t_qwen3next, _m_qwen3next, "models/qwen3next.cpp; conversion/qwen.py"),
     "qwen35": Layout(_t_qwen3next, _m_qwen3next, "models/qwen35.cpp; conversion/qwen.py"),
     "qwen35moe": Layout(_t_qwen3next, _m_qwen3next, "models/qwen35moe.cpp; conversion/qwen.py"),
