@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             results.append(res)
             span = f"{res['compute_min'] * 100:+6.1f}% .. {res['compute_max'] * 100:+6.1f}%"
-            print(f"{fx.key:<15}{fx.spec.name[:37]:<38}{len(ran):>5}{res['n_ctx_exact']:>5}"
+            print(f"{fx.spec.arch:<15}{fx.spec.name[:37]:<38}{len(ran):>5}{res['n_ctx_exact']:>5}"
                   f"{res['context_exact']:>6}{res['weights_exact']:>5}{res['compute_exact']:>5}"
                   f"  {span:<27}  {len(aborted)}", flush=True)
             for a in aborted:

@@ -28,7 +28,7 @@ MEASURED = "measured"  # the stage model, its error measured against llama.cpp f
 UNVERIFIED = "unverified"  # an architecture kvgui has no fixture for
 
 # Compute-buffer error of the stage model against llama.cpp (our figure / llama.cpp's - 1),
-# min and max over benchmarks/accuracy.py's 41 settings (cache f16 / q8_0 / q4_0, flash
+# min and max over benchmarks/accuracy.py's 43 settings (cache f16 / q8_0 / q4_0, flash
 # attention on and off, 4096 / 10000 / 32768 tokens, -np 4 with and without -kvu,
 # --swa-full, -ub 1024), CPU-only, BF16 fixtures. Replayed families are not listed: exact.
 # Re-measure with `python benchmarks/accuracy.py --json out.json` after changing compute.py.
@@ -39,7 +39,7 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "command-r": (-0.0466, 0.0000),
     "deepseek2": (-0.2589, 0.0300),
     "dots1": (-0.0603, 0.0000),
-    "ernie4_5": (-0.0551, 0.0035),
+    "ernie4_5": (-0.0885, 0.0035),
     "ernie4_5-moe": (-0.1722, 0.0000),
     "exaone4": (-0.1840, 0.0000),
     "falcon-h1": (-0.1571, 0.0000),
