@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from kvgui.core.gguf import ggml_types
@@ -150,7 +151,8 @@ def header_bytes(metadata: Mapping[str, Any], tensors: Sequence[TensorDef]) -> i
             sub = kind[6:]
             n += 4 + 8
             if sub == "string":
-                n += sum(8 + len(s.encode()) for s in value)
+                n += _strings_bytes(value) if isinstance(value, tuple) else \
+                    sum(8 + len(s.encode()) for s in value)
             else:
                 n += _SCALAR_BYTES[sub] * len(value)
         else:
@@ -158,6 +160,12 @@ def header_bytes(metadata: Mapping[str, Any], tensors: Sequence[TensorDef]) -> i
     for t in tensors:
         n += 8 + len(t.name.encode()) + 4 + 8 * len(t.shape) + 4 + 8
     return n
+
+
+@lru_cache(maxsize=16)
+def _strings_bytes(value: tuple[str, ...]) -> int:
+    """A string array's packed size (each a uint64 length + UTF-8), once per shared tuple."""
+    return 8 * len(value) + len("".join(value).encode())
 
 
 # --- tokenizer -----------------------------------------------------------------------------
@@ -168,11 +176,7 @@ def synthetic_vocab(n_vocab: int) -> dict[str, Any]:
     memory, and generating it keeps the catalog free of 262144-entry token lists."""
     if n_vocab < 259 + 1:
         raise ValueError(f"vocab of {n_vocab} tokens is too small for the byte tokens")
-    tokens = ["<unk>", "<s>", "</s>"]
-    tokens += [f"<0x{i:02X}>" for i in range(256)]
-    tokens += [f"t{i}" for i in range(len(tokens), n_vocab)]
-    types = [2, 3, 3] + [6] * 256 + [1] * (n_vocab - 259)
-    scores = [0.0] * 259 + [float(-i) for i in range(n_vocab - 259)]
+    tokens, scores, types = _vocab_arrays(n_vocab)
     return {
         "tokenizer.ggml.model": "llama",
         "tokenizer.ggml.tokens": tokens,
@@ -182,6 +186,18 @@ def synthetic_vocab(n_vocab: int) -> dict[str, Any]:
         "tokenizer.ggml.eos_token_id": 2,
         "tokenizer.ggml.unknown_token_id": 0,
     }
+
+
+@lru_cache(maxsize=8)
+def _vocab_arrays(n_vocab: int) -> tuple[tuple[str, ...], tuple[float, ...], tuple[int, ...]]:
+    """The token list, scores and types, as shared tuples: many models have the same vocab
+    size, and writing a header packs them once per size (sparse_gguf)."""
+    tokens = ["<unk>", "<s>", "</s>"]
+    tokens += [f"<0x{i:02X}>" for i in range(256)]
+    tokens += [f"t{i}" for i in range(len(tokens), n_vocab)]
+    types = [2, 3, 3] + [6] * 256 + [1] * (n_vocab - 259)
+    scores = [0.0] * 259 + [float(-i) for i in range(n_vocab - 259)]
+    return tuple(tokens), tuple(scores), tuple(types)
 
 
 # --- tensor tables per architecture: kvgui.core.model.layouts -----------------------------
