@@ -5,6 +5,11 @@ into numpy objects, which takes seconds for a 262K-token vocabulary. Here a stri
 only walked (to find where the next key starts) and decoded when someone asks for it, and every
 length is checked against the bytes that remain before anything is allocated, so a hostile or
 truncated file fails fast with one ``GGUFError``.
+
+The bytes come from a ``ByteSource``: a local file here, or anything else that can read a range
+(kvgui.sources.remote_header reads a file on the Hugging Face Hub with HTTP range requests).
+One parser for both is what makes the estimate of a remote file equal that of the same file on
+disk.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, overload
+from typing import Any, BinaryIO, Protocol, overload
 
 from kvgui.core.gguf import ggml_types
 
@@ -156,22 +161,62 @@ class GGUFFile:
     file_bytes: int  # all split parts together
     parts: list[Path] = field(default_factory=list)
     alignment: int = DEFAULT_ALIGNMENT
+    header_bytes: list[int] = field(default_factory=list)  # per part: where its data starts
 
     @property
     def arch(self) -> str:
         return str(self.metadata.get("general.architecture", ""))
 
 
-class _Cursor:
-    """Sequential reads from a file with every length checked against what remains."""
+class ByteSource(Protocol):
+    """Random access to the bytes of one GGUF file, wherever they are.
 
-    def __init__(self, f: BinaryIO, path: Path, size: int) -> None:
-        self._f = f
-        self._path = path
-        self.size = size
+    ``first_read`` is how much the reader asks for at first; every later miss asks for at least
+    ``growth`` times more than the one before (a remote source starts small and grows, so a
+    small header costs one small request and a 262K-token vocabulary a few large ones).
+    ``read_at`` returns ``n`` bytes, fewer only at the end of the file.
+    """
+
+    @property
+    def name(self) -> str: ...  # for messages: a path, or repo/file
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def first_read(self) -> int: ...
+
+    @property
+    def growth(self) -> int: ...
+
+    def read_at(self, offset: int, n: int) -> bytes: ...
+
+
+class LocalFile:
+    """A ByteSource over an open local file (1 MiB reads: the page cache makes them cheap)."""
+
+    first_read = 1 << 20
+    growth = 1
+
+    def __init__(self, f: BinaryIO, name: str, size: int) -> None:
+        self._f, self.name, self.size = f, name, size
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        self._f.seek(offset)
+        return self._f.read(n)
+
+
+class _Cursor:
+    """Sequential reads from a ByteSource with every length checked against what remains."""
+
+    def __init__(self, source: ByteSource) -> None:
+        self._src = source
+        self._path = source.name
+        self.size = source.size
         self._buf = b""
         self._base = 0  # file offset of _buf[0]
         self.pos = 0  # absolute file offset
+        self._chunk = source.first_read
 
     def fail(self, reason: str) -> GGUFError:
         return GGUFError(self._path, reason)
@@ -185,9 +230,9 @@ class _Cursor:
             )
         start = self.pos - self._base
         if start < 0 or start + n > len(self._buf):
-            want = max(n, 1 << 20, len(self._buf))  # grow geometrically, at least 1 MiB
-            self._f.seek(self.pos)
-            data = self._f.read(min(want, self.size - self.pos))
+            want = max(n, self._chunk)
+            self._chunk *= self._src.growth
+            data = self._src.read_at(self.pos, min(want, self.size - self.pos))
             if len(data) < n:
                 raise self.fail(f"file ended early while reading {what} at offset {self.pos}")
             self._buf, self._base, start = data, self.pos, 0
@@ -278,13 +323,24 @@ def _read_value(cur: _Cursor, vtype: int, key: str, depth: int = 0) -> Any:
     raise cur.fail(f"{key}: unknown metadata value type {vtype}")
 
 
-def _read_one(path: Path) -> tuple[int, dict[str, Any], list[TensorInfo], int, int]:
-    """Read one file: (version, metadata, tensors, file size, alignment)."""
+@dataclass(frozen=True)
+class HeaderPart:
+    """One file's header as read; ``data_start`` is where its tensor data begins."""
+
+    version: int
+    metadata: dict[str, Any]
+    tensors: list[TensorInfo]
+    size: int
+    alignment: int
+    data_start: int
+
+
+def _open_local(path: Path) -> tuple[BinaryIO, int]:
     try:
         size = path.stat().st_size
         if path.is_dir():
             raise GGUFError(path, "is a directory, not a GGUF file")
-        f = open(path, "rb")  # noqa: SIM115 - closed below
+        f = open(path, "rb")  # noqa: SIM115 - the caller closes it
     except FileNotFoundError:
         raise GGUFError(path, "no such file") from None
     except IsADirectoryError:
@@ -293,46 +349,57 @@ def _read_one(path: Path) -> tuple[int, dict[str, Any], list[TensorInfo], int, i
         raise GGUFError(path, "permission denied") from None
     except OSError as exc:
         raise GGUFError(path, f"cannot open: {exc.strerror or exc}") from None
+    return f, size
+
+
+def _read_one(path: Path) -> HeaderPart:
+    f, size = _open_local(path)
     with f:
-        cur = _Cursor(f, path, size)
-        if size < 24:
-            raise GGUFError(path, f"too small to be a GGUF file ({size} bytes)")
-        magic = cur.raw(4, "magic")
-        if magic != GGUF_MAGIC:
-            raise GGUFError(path, f"not a GGUF file (starts with {magic!r}, expected b'GGUF')")
-        version = cur.read(_U32, "version")
-        if version not in (2, 3):
-            hint = " (GGUF v1 is no longer supported by llama.cpp)" if version == 1 else ""
-            raise GGUFError(path, f"unsupported GGUF version {version}{hint}")
-        n_tensors = cur.read(_U64, "tensor count")
-        n_kv = cur.read(_U64, "metadata count")
-        if n_kv * 13 > size or n_tensors * 28 > size:  # smallest possible entries
-            raise GGUFError(
-                path, f"corrupt header: {n_kv} metadata entries / {n_tensors} tensors "
-                f"cannot fit in a {size}-byte file"
-            )
-        metadata: dict[str, Any] = {}
-        for _ in range(n_kv):
-            klen = cur.read(_U64, "key length")
-            if klen > _MAX_KEY_BYTES:
-                raise GGUFError(path, f"corrupt header: metadata key of {klen} bytes")
-            key = cur.raw(klen, "key").decode("utf-8", errors="replace")
-            vtype = cur.read(_U32, f"{key} type")
-            metadata[key] = _read_value(cur, vtype, key)
-        alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-            raise GGUFError(path, f"general.alignment must be a power of two, not {alignment!r}")
-        raw_tensors = []
-        for _ in range(n_tensors):
-            name = cur.string("tensor name")
-            n_dims = cur.read(_U32, f"{name} dimension count")
-            if not 1 <= n_dims <= _MAX_DIMS:
-                raise GGUFError(path, f"tensor {name!r} has {n_dims} dimensions")
-            shape = tuple(cur.read(_U64, f"{name} shape") for _ in range(n_dims))
-            type_id = cur.read(_U32, f"{name} type")
-            offset = cur.read(_U64, f"{name} offset")
-            raw_tensors.append((name, shape, type_id, offset))
-        data_start = -(-cur.pos // alignment) * alignment
+        return read_header(LocalFile(f, os.fspath(path), size))
+
+
+def read_header(source: ByteSource) -> HeaderPart:
+    """Parse one file's header (metadata, tensor table) from ``source``; checks every bound."""
+    path, size = source.name, source.size
+    cur = _Cursor(source)
+    if size < 24:
+        raise GGUFError(path, f"too small to be a GGUF file ({size} bytes)")
+    magic = cur.raw(4, "magic")
+    if magic != GGUF_MAGIC:
+        raise GGUFError(path, f"not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+    version = cur.read(_U32, "version")
+    if version not in (2, 3):
+        hint = " (GGUF v1 is no longer supported by llama.cpp)" if version == 1 else ""
+        raise GGUFError(path, f"unsupported GGUF version {version}{hint}")
+    n_tensors = cur.read(_U64, "tensor count")
+    n_kv = cur.read(_U64, "metadata count")
+    if n_kv * 13 > size or n_tensors * 28 > size:  # smallest possible entries
+        raise GGUFError(
+            path, f"corrupt header: {n_kv} metadata entries / {n_tensors} tensors "
+            f"cannot fit in a {size}-byte file"
+        )
+    metadata: dict[str, Any] = {}
+    for _ in range(n_kv):
+        klen = cur.read(_U64, "key length")
+        if klen > _MAX_KEY_BYTES:
+            raise GGUFError(path, f"corrupt header: metadata key of {klen} bytes")
+        key = cur.raw(klen, "key").decode("utf-8", errors="replace")
+        vtype = cur.read(_U32, f"{key} type")
+        metadata[key] = _read_value(cur, vtype, key)
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise GGUFError(path, f"general.alignment must be a power of two, not {alignment!r}")
+    raw_tensors = []
+    for _ in range(n_tensors):
+        name = cur.string("tensor name")
+        n_dims = cur.read(_U32, f"{name} dimension count")
+        if not 1 <= n_dims <= _MAX_DIMS:
+            raise GGUFError(path, f"tensor {name!r} has {n_dims} dimensions")
+        shape = tuple(cur.read(_U64, f"{name} shape") for _ in range(n_dims))
+        type_id = cur.read(_U32, f"{name} type")
+        offset = cur.read(_U64, f"{name} offset")
+        raw_tensors.append((name, shape, type_id, offset))
+    data_start = -(-cur.pos // alignment) * alignment
     tensors = []
     data_bytes = size - data_start
     for name, shape, type_id, offset in raw_tensors:
@@ -351,7 +418,7 @@ def _read_one(path: Path) -> tuple[int, dict[str, Any], list[TensorInfo], int, i
                 f"{data_start + offset + nbytes}, the file has {size}"
             )
         tensors.append(TensorInfo(name, shape, type_id, offset, nbytes))
-    return version, metadata, tensors, size, alignment
+    return HeaderPart(version, metadata, tensors, size, alignment, min(data_start, size))
 
 
 def split_parts(path: Path) -> list[Path]:
@@ -372,13 +439,33 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
         missing = [q.name for q in parts if not q.exists()]
         if missing:
             raise GGUFError(p, f"split model is missing part(s): {', '.join(missing)}")
-    version, metadata, tensors, total, alignment = _read_one(parts[0])
-    split_count = metadata.get("split.count", 1)
+    first = _read_one(parts[0])
+    split_count = first.metadata.get("split.count", 1)
     if len(parts) == 1 and isinstance(split_count, int) and split_count > 1:
         raise GGUFError(p, f"part of a {split_count}-part split model, but its name does not "
                         "follow the name-00001-of-0000N.gguf pattern")
-    for part in parts[1:]:
-        _, _, more, size, _ = _read_one(part)
-        tensors.extend(more)
-        total += size
-    return GGUFFile(parts[0], version, metadata, tensors, total, parts, alignment)
+    return _combine(parts[0], parts, [first, *(_read_one(q) for q in parts[1:])])
+
+
+def read_gguf_sources(sources: Sequence[ByteSource]) -> GGUFFile:
+    """Read a model whose parts (in order) are ``sources``: the same checks as read_gguf.
+
+    ``path`` and ``parts`` of the result hold the sources' names."""
+    if not sources:
+        raise ValueError("no source to read")
+    first = read_header(sources[0])
+    split_count = first.metadata.get("split.count", 1)
+    if isinstance(split_count, int) and split_count != len(sources) and \
+            (split_count > 1 or len(sources) > 1):
+        raise GGUFError(sources[0].name, f"part of a {split_count}-part split model, but "
+                        f"{len(sources)} part(s) were given")
+    names = [Path(s.name) for s in sources]
+    return _combine(names[0], names, [first, *(read_header(s) for s in sources[1:])])
+
+
+def _combine(path: Path, names: list[Path], parts: list[HeaderPart]) -> GGUFFile:
+    first = parts[0]
+    tensors = [t for part in parts for t in part.tensors]
+    return GGUFFile(path, first.version, first.metadata, tensors,
+                    sum(part.size for part in parts), names, first.alignment,
+                    [part.data_start for part in parts])
