@@ -82,6 +82,9 @@ class RemoteFile:
         self._stats.ranges.append((offset, n))
         headers = {**self._headers, "Range": f"bytes={offset}-{offset + n - 1}"}
         url = self._direct or self.url
+        if url is self._direct and _origin(url) != _origin(self.url):
+            # the token is for the Hub, never for its CDN (httpx drops it on the redirect too)
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         try:
             with get_session().stream("GET", url, headers=headers, timeout=self._timeout,
                                       follow_redirects=True) as r:
@@ -144,6 +147,13 @@ class RemoteFile:
         return bytes(out) if len(out) >= n else None
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    return u.scheme, (u.hostname or "").lower(), u.port
+
+
 class CachedFile:
     """A cached header as a ByteSource: the first bytes of a file, and its full size.
 
@@ -152,11 +162,11 @@ class CachedFile:
     is the one of the real file.
     """
 
-    first_read = 1 << 30  # everything is in memory: one read
     growth = 1
 
     def __init__(self, name: str, cached: CachedHeader) -> None:
         self.name, self.size, self._data = name, cached.size, cached.data
+        self.first_read = max(len(cached.data), 1)  # all of it in one read
 
     def read_at(self, offset: int, n: int) -> bytes:
         data = self._data[offset:offset + n]

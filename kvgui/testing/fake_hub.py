@@ -90,6 +90,8 @@ class FakeHub:
         self.corrupt = False
         self.fail: dict[str, tuple[int, dict[str, str]]] = {}
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-hub",
@@ -97,8 +99,8 @@ class FakeHub:
 
     @property
     def endpoint(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        port = self._server.server_address[1]
+        return f"http://127.0.0.1:{port}"
 
     def __enter__(self) -> FakeHub:
         self._thread.start()
@@ -118,7 +120,8 @@ class FakeHub:
                                             gated=gated, token=token, downloads=downloads)
         return r
 
-    def add_file(self, repo: str, path: str, source: Path, *, sha256: str | None = None) -> FakeFile:
+    def add_file(self, repo: str, path: str, source: Path, *,
+                 sha256: str | None = None) -> FakeFile:
         r = self.add_repo(repo)
         source = Path(source)
         size = source.stat().st_size
@@ -128,7 +131,9 @@ class FakeHub:
         return f
 
     def requests(self, method: str | None = None, under: str = "") -> list[Logged]:
-        with self._lock:
+        """The log (once every request in flight has been answered and recorded)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=5)
             return [e for e in self.log if (method is None or e.method == method)
                     and e.path.startswith(under)]
 
@@ -138,6 +143,15 @@ class FakeHub:
     def _record(self, entry: Logged) -> None:
         with self._lock:
             self.log.append(entry)
+
+    def _begin(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def _end(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
 
 
 _REVISION = re.compile(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?$")
@@ -215,7 +229,21 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def do_HEAD(self) -> None:
             self.do_GET()
 
+        def do_GET(self) -> None:
+            hub._begin()  # before a byte of the answer: requests() waits for the record
+            try:
+                self._get()
+            finally:
+                hub._end()
+
         def do_POST(self) -> None:
+            hub._begin()
+            try:
+                self._post()
+            finally:
+                hub._end()
+
+        def _post(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length).decode() if length else ""
             if self._faults():
@@ -232,7 +260,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 wanted = json.loads(body).get("paths", [])
             self._json(200, [_entry(f) for p, f in repo.files.items() if p in wanted])
 
-        def do_GET(self) -> None:
+        def _get(self) -> None:
             if self._faults():
                 return
             url = urlparse(self.path)

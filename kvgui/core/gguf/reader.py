@@ -264,7 +264,7 @@ class _Cursor:
         remaining = self.size - start
         if count * 8 > remaining:
             raise self.fail(f"{what}: {count} strings cannot fit in the {remaining} bytes left")
-        window = min(remaining, max(count * 24, 1 << 20))
+        window = min(remaining, max(count * 24, 4096))
         unpack = _U64.unpack_from
         while True:
             i0 = self._ensure(window, what)
