@@ -23,6 +23,7 @@ sparse file whose header alone is read can be given a stand-in (it is never down
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -136,6 +137,12 @@ class FakeHub:
             self._idle.wait_for(lambda: self._in_flight == 0, timeout=5)
             return [e for e in self.log if (method is None or e.method == method)
                     and e.path.startswith(under)]
+
+    def clear_log(self) -> None:
+        """Forget every request so far (once those in flight have been answered)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=5)
+            self.log.clear()
 
     def range_requests(self) -> list[Logged]:
         return [e for e in self.requests("GET", "/cdn/") if e.range]
@@ -386,8 +393,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self._log(status, sent)
             if sent < length:  # a dropped connection: close it mid-body
                 self.close_connection = True
-                self.wfile.flush()
-                self.connection.shutdown(2)
+                with contextlib.suppress(OSError):  # the client may have gone already
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
 
     return Handler
 

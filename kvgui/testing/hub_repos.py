@@ -32,7 +32,7 @@ def write_files(folder: Path, sparse_model: Callable[[str], Path]) -> dict[str, 
     from kvgui.testing.tiny_model import write_tiny_model
 
     split = write_sparse_split(find("Qwen3-8B Q6_K"), folder, "Qwen3-8B-Q6_K", 3)
-    tiny = write_tiny_model(folder / "tiny-F16.gguf", n_layer=4, n_embd=256, n_ff=512,
+    tiny = write_tiny_model(folder / "tiny-F16.gguf", n_layer=4, n_embd=512, n_ff=1024,
                             n_vocab=2048, dtype="f16")
     projector = write_tiny_model(folder / "mmproj-tiny-F16.gguf")
     readme = folder / "README.md"

@@ -35,7 +35,7 @@ def hub(_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     _hub.delay, _hub.drop_after, _hub.drop_times = 0.0, None, 0
     _hub.short_body = _hub.corrupt = False
     _hub.fail.clear()
-    _hub.log.clear()
+    _hub.clear_log()
     monkeypatch.setenv("HF_ENDPOINT", _hub.endpoint)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("KVGUI_CACHE_DIR", str(tmp_path / "kvgui-cache"))

@@ -86,13 +86,13 @@ def test_reopening_reads_the_header_cache_and_works_offline(
         hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
     first = open_reference(f"{QWEN_SPLIT}:Q6_K")
     assert first.stats.requests >= 3  # one per part at least
-    hub.log.clear()
+    hub.clear_log()
     again = open_reference(f"{QWEN_SPLIT}:Q6_K")
     assert again.info == first.info
     assert again.stats.requests == 0 and again.stats.cached_parts == 3
     assert hub.range_requests() == []  # only the listing was asked for
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hub.log.clear()
+    hub.clear_log()
     offline = open_reference(f"{QWEN_SPLIT}:Q6_K")
     assert offline.info == first.info
     assert hub.requests() == []  # offline: not one request
@@ -103,7 +103,7 @@ def test_offline_without_a_cached_header_says_so(hub: FakeHub,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     open_reference(f"{LLAMA}:Q4_K_M")  # lists the repo, caches the Q4_K_M header only
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hub.log.clear()
+    hub.clear_log()
     with pytest.raises(HubError, match=r"Q8_0\.gguf: offline \(HF_HUB_OFFLINE\) and its "
                        "header is not cached") as err:
         open_reference(f"{LLAMA}:Q8_0")
@@ -138,7 +138,7 @@ def test_read_only_header_cache_still_opens(hub: FakeHub, tmp_path: Path,
         opened = open_reference(f"{TINY}")
     assert opened.info.n_layer == 4
     assert "cannot write the header cache" in caplog.text
-    hub.log.clear()
+    hub.clear_log()
     open_reference(f"{TINY}")  # nothing was cached: read again
     assert len(hub.range_requests()) == 1
 
@@ -149,7 +149,7 @@ def test_private_repo_needs_a_token(hub: FakeHub) -> None:
     assert err.value.kind == "auth" and err.value.needs_token
     with pytest.raises(HubError, match=r"refused the token \(401\)"):
         open_hub(HubRef(PRIVATE), config=_cfg(token="hf_" + "x" * 34))
-    hub.log.clear()
+    hub.clear_log()
     opened = open_hub(HubRef(PRIVATE), config=_cfg(token=TOKEN))
     assert opened.info.n_layer == 4
     assert all(e.authorized for e in hub.requests() if e.path.startswith("/api/"))
@@ -198,7 +198,7 @@ def test_a_short_response_is_retried_then_reported(hub: FakeHub) -> None:
     assert open_reference(TINY).info.n_layer == 4
     dropped, retry = hub.range_requests()  # the tiny header is one request, and its retry
     assert dropped.sent == 1000 and retry.range == dropped.range and retry.sent == 65536
-    hub.log.clear()
+    hub.clear_log()
     hub.short_body = True  # every body is half its Content-Length
     with pytest.raises(HubError, match=r"closed the connection early|the response ended"):
         open_hub(HubRef(LLAMA, "Q8_0"), config=_cfg())
