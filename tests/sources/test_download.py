@@ -95,7 +95,7 @@ def test_cancel_keeps_the_partial_file_and_resume_continues(
 def test_wrong_checksum_deletes_the_download(hub: FakeHub) -> None:
     listing, group = _tiny()
     hub.corrupt = True
-    with pytest.raises(HubError, match="sha256 is .*, the Hub publishes .*deleted") as err:
+    with pytest.raises(HubError, match=r"sha256 is .*, the Hub publishes .*deleted") as err:
         dl.download(listing, group)
     assert err.value.kind == "checksum"
     repo_dir = HubConfig.from_env().hub_cache / "models--kvgui-test--tiny-GGUF"
@@ -107,7 +107,7 @@ def test_not_enough_disk_stops_before_the_first_byte(
         hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
     listing, group = _tiny()
     monkeypatch.setattr(dl, "free_disk", lambda path: 3 << 20)  # the disk is the hardware
-    with pytest.raises(HubError, match="the download needs .* but .* has 3.00 MiB free") as err:
+    with pytest.raises(HubError, match=r"the download needs .* but .* has 3.00 MiB free") as err:
         dl.download(listing, group)
     assert err.value.kind == "disk"
     assert hub.requests("GET", "/cdn/") == []
@@ -119,7 +119,7 @@ def test_read_only_hub_cache(hub: FakeHub, tmp_path: Path,
     blocker.write_text("")
     monkeypatch.setenv("HF_HUB_CACHE", str(blocker / "hub"))  # cannot be created, even by root
     listing, group = _tiny()
-    with pytest.raises(HubError, match="cannot write to the Hub cache at .*HF_HUB_CACHE"):
+    with pytest.raises(HubError, match=r"cannot write to the Hub cache at .*HF_HUB_CACHE"):
         dl.download(listing, group)
     assert hub.requests("GET", "/cdn/") == []
 
