@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from kvgui.core.memory.estimate import estimate
     from kvgui.runtime.dryrun import DryRunError, dry_run
 
-    model = open_model(args.model)
+    model = open_model(args.model, need_file=True)
+    args.model = model.path or args.model  # a Hub model: its file in the Hub cache
     settings = settings_from_args(args, model)
     try:
         llama = dry_run(args.model, settings, timeout=args.timeout)

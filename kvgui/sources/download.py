@@ -101,7 +101,7 @@ class _HashingWriter:
 def _silent_tqdm() -> Any:
     from huggingface_hub.utils import tqdm
 
-    class Silent(tqdm):  # type: ignore[misc,valid-type]
+    class Silent(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)

@@ -80,12 +80,15 @@ def llama_cli_args(
     full: bool = False,
     program: str = LLAMA_CLI,
     extra_args: Sequence[str] = (),
+    model_args: Sequence[str] | None = None,
 ) -> list[str]:
     """argv for llama-cli: program, -m, -c, -ngl, then non-default settings (all if ``full``).
 
     ``extra_args`` (e.g. flags kvgui did not understand on import) go last, unchanged.
+    ``model_args`` replaces ``-m model_path`` (``-hf repo:quant`` for a Hub model).
     """
-    args = [program, "-m", str(model_path), *_settings_args(settings, server=False, full=full)]
+    model = list(model_args) if model_args else ["-m", str(model_path)]
+    args = [program, *model, *_settings_args(settings, server=False, full=full)]
     if system_prompt:
         args += ["-sys", system_prompt]
     return args + list(extra_args)
@@ -100,9 +103,12 @@ def llama_server_args(
     full: bool = False,
     program: str = LLAMA_SERVER,
     extra_args: Sequence[str] = (),
+    model_args: Sequence[str] | None = None,
 ) -> list[str]:
-    """argv for llama-server; ``-np`` always, ``--host``/``--port`` when given (or ``full``)."""
-    args = [program, "-m", str(model_path), *_settings_args(settings, server=True, full=full)]
+    """argv for llama-server; ``-np`` always, ``--host``/``--port`` when given (or ``full``).
+    ``model_args`` replaces ``-m model_path`` (``-hf repo:quant`` for a Hub model)."""
+    model = list(model_args) if model_args else ["-m", str(model_path)]
+    args = [program, *model, *_settings_args(settings, server=True, full=full)]
     if host is not None or full:
         args += ["--host", host if host is not None else DEFAULT_HOST]
     if port is not None or full:
