@@ -49,6 +49,20 @@ class OpenedModel:
         return ["-hf", self.hub.repo, "-hff", self.hub.filename or ""]
 
 
+def hf_model_args(source: str, config: HubConfig | None = None) -> list[str] | None:
+    """``-hf repo:TAG`` (or ``-hf repo -hff FILE``) for a window source that came from the
+    Hub (``hf:…``); None for a file or a catalog model."""
+    if not source.startswith(HF_PREFIX):
+        return None
+    hosts = (config or HubConfig.from_env()).hub_hosts
+    ref = parse_hub_ref(source[len(HF_PREFIX):], hub_hosts=hosts)
+    if ref is None:
+        return None
+    if ref.filename:
+        return ["-hf", ref.repo, "-hff", ref.filename]
+    return ["-hf", ref.spec]
+
+
 def looks_like_hub_reference(text: str, config: HubConfig | None = None) -> bool:
     """True when ``text`` is not an existing path and parses as a Hub reference."""
     if not text or os.path.exists(text):
