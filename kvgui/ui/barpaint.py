@@ -15,10 +15,10 @@ from PySide6.QtGui import QBrush, QColor, QFontMetricsF, QPainter, QPainterPath,
 from PySide6.QtWidgets import QToolTip, QWidget
 
 from kvgui.core.sizes import format_bytes
-from kvgui.ui.barmodel import BarRow
-from kvgui.ui.theme import SEGMENTS, Theme
+from kvgui.ui.theme import Theme
+from kvgui.ui.viewmodel import BarRow, segments
 
-LABELS = {key: (label, what) for key, label, what in SEGMENTS}
+LABELS = {key: (label, what) for key, label, what in segments()}
 
 
 @dataclass(frozen=True)

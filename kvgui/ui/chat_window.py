@@ -36,24 +36,16 @@ from PySide6.QtWidgets import (
 )
 
 from kvgui.core.config.settings import ALL_LAYERS, Settings
+from kvgui.core.memory.estimate import PART_KEYS, PARTS
 from kvgui.core.sizes import format_bytes
 from kvgui.runtime.protocol import Sampling
 from kvgui.runtime.qt_worker import FAILED, GENERATING, READY, QtWorker
 from kvgui.ui import theme
-from kvgui.ui.barmodel import PART_KEYS, BarRow
 from kvgui.ui.memory_bar import MemoryBar
+from kvgui.ui.viewmodel import BarRow
 
 # rows of the measured-vs-estimated table: (key, label)
-MEMORY_ROWS = (
-    ("weights", "Weights"),
-    ("kv_k", "K cache"),
-    ("kv_v", "V cache"),
-    ("kv", "KV cache"),
-    ("compute", "Compute"),
-    ("output", "Output"),
-    ("total", "Total"),
-    ("n_ctx", "Context (tokens)"),
-)
+MEMORY_ROWS = (*PARTS, ("kv", "KV cache"), ("total", "Total"), ("n_ctx", "Context (tokens)"))
 # llama.cpp logs sizes as "%.2f MiB": closer than this is the same figure
 LOGGED_TOLERANCE = int(0.0051 * 1024 * 1024)
 

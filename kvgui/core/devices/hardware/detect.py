@@ -10,7 +10,8 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from kvgui.core.devices.hardware import amd, apple, drm, llama_backend, nvidia, system
+from kvgui.core.devices.hardware import amd, apple, drm, nvidia, system
+from kvgui.core.devices.hardware.llama_advice import offload_advice
 from kvgui.core.devices.hardware.types import GpuInfo, HardwareReport, LlamaBackend
 
 Probe = Callable[[], tuple[list[GpuInfo], list[str]]]
@@ -40,8 +41,11 @@ def _pci_hints(gpus: list[GpuInfo], root: Path) -> list[str]:
     return hints
 
 
-def detect(*, llama: bool = True, drm_root: Path = drm.DRM_ROOT) -> HardwareReport:
-    """Probe everything. ``llama=False`` skips importing llama_cpp (the CLI's budget path)."""
+def detect(*, llama_probe: Callable[[], LlamaBackend] | None = None,
+           drm_root: Path = drm.DRM_ROOT) -> HardwareReport:
+    """Probe every GPU and the RAM; ``llama_probe`` (kvgui.runtime.llama_backend.probe, which
+    imports llama_cpp) adds what the installed llama.cpp can use. Without it, no llama view:
+    the CLI's budget path and the core never load llama.cpp."""
     gpus: list[GpuInfo] = []
     reasons: list[str] = []
     for label, probe in PROBES.items():
@@ -56,9 +60,9 @@ def detect(*, llama: bool = True, drm_root: Path = drm.DRM_ROOT) -> HardwareRepo
     ram, why = system.probe()
     reasons += why
     backend: LlamaBackend | None = None
-    if llama:
+    if llama_probe is not None:
         try:
-            backend = llama_backend.probe()
+            backend = llama_probe()
         except Exception as exc:
             backend = LlamaBackend(installed=False, reason=f"{type(exc).__name__}: {exc}")
     return HardwareReport(
@@ -66,7 +70,7 @@ def detect(*, llama: bool = True, drm_root: Path = drm.DRM_ROOT) -> HardwareRepo
         system=ram,
         llama=backend,
         reasons=tuple(reasons),
-        advice=tuple(llama_backend.offload_advice(gpus, backend)),
+        advice=tuple(offload_advice(gpus, backend)),
     )
 
 
