@@ -351,7 +351,7 @@ class HubDialog(QDialog):
 def show_hub_dialog(window: Any) -> HubDialog:
     """The main window's File ▸ Open from Hugging Face: plan for its settings and hardware."""
     ctl = window.ctl
-    dlg = HubDialog(ctl.settings, ctl.plan.budgets, window)
+    dlg = HubDialog(ctl.settings, ctl.plan.devices(), window)
     dlg.modelChosen.connect(ctl.open_reference)
     dlg.setObjectName("hubDialog")
     dlg.open()

@@ -12,7 +12,8 @@ pytest.importorskip("PySide6")
 pytestmark = pytest.mark.qt_log_ignore("does not support propagateSizeHints")
 
 import kvgui.ui  # noqa: E402,F401  (PySide6 safety before any Qt call)
-from kvgui.core.config.appconfig import HW_CUSTOM, AppConfig, HardwareChoice  # noqa: E402
+from kvgui.core.config.appconfig import AppConfig  # noqa: E402
+from kvgui.core.devices.budget import HW_CUSTOM, HardwareChoice  # noqa: E402
 from kvgui.core.sizes import GiB  # noqa: E402
 from kvgui.testing.fake_hub import FakeHub  # noqa: E402
 from kvgui.testing.hub_repos import QWEN_SPLIT, TINY  # noqa: E402
