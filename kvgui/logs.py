@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
-import os
 from pathlib import Path
 
 LOGGER = "kvgui"
@@ -22,12 +21,9 @@ _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 def log_dir() -> Path:
     """$KVGUI_LOG_DIR if set (tests, portable installs), else the platform's log dir."""
-    env = os.environ.get("KVGUI_LOG_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
+    from kvgui.core.config.appconfig import user_dir
 
-    return Path(platformdirs.user_log_dir("kvgui", appauthor=False))
+    return user_dir("KVGUI_LOG_DIR", "log")
 
 
 def log_path() -> Path:

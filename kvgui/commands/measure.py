@@ -77,10 +77,9 @@ def kv_budget_of_plan(model: Any, settings: Any, args: argparse.Namespace) -> in
     placed (the window's measure budget, by the same plan)."""
     from kvgui.core.devices.budget import plan_from_args
     from kvgui.core.memory.estimate import estimate
+    from kvgui.core.memory.fit import kv_room
 
-    est = estimate(model, settings, plan_from_args(args).devices())
-    main = est.devices[0]
-    return None if main.budget is None else main.budget - (main.total - main.kv)
+    return kv_room(estimate(model, settings, plan_from_args(args).devices()))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from kvgui.core.devices.device_budget import DeviceBudget, cpu
     from kvgui.core.memory.estimate import estimate
     from kvgui.runtime.dryrun import DryRunError, dry_run
+    from kvgui.runtime.verification import layout_note
 
     model = open_model(args.model, need_file=True)
     args.model = model.path or args.model  # a Hub model: its file in the Hub cache
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         "error": str(error) if error else None,
         "layout": {"verified": [d.name for d in est.devices],
                    "planned": planned,
-                   "note": _layout_note(planned, [d.name for d in gpus])},
+                   "note": layout_note(planned, [d.name for d in gpus])},
     }
     if llama:
         data["difference"] = {k: est_mem.get(k, 0) - v for k, v in llama.memory().items()}
@@ -95,16 +96,6 @@ def _planned_gpus(args: argparse.Namespace, plan_from_args: Any) -> list[str]:
     if not any(getattr(args, f, None) for f in ("gpu", "gpu_model", "vram")):
         return []
     return [g.name for g in plan_from_args(args).gpus]
-
-
-def _layout_note(planned: list[str], verified_gpus: list[str]) -> str:
-    """What the dry run checked, when it is not the layout the flags plan for."""
-    here = ", ".join(verified_gpus) if verified_gpus else "no GPU (CPU only)"
-    if not planned or planned == verified_gpus:
-        return f"verified on this machine's llama.cpp devices: {here}"
-    return (f"the dry run can only use this machine's llama.cpp devices ({here}), not the "
-            f"planned {', '.join(planned)}: it checks the same settings on the CPU layout; "
-            "weights and KV sizes are the same on any device, the compute buffer is not")
 
 
 def _cell(n: int | None) -> str:

@@ -25,6 +25,8 @@ LABELS = {key: (label, what) for key, label, what in segments()}
 class HitArea:
     rect: QRectF
     tip: str
+    key: str = ""  # the segment drawn here (a part key, "reserve", "over", "headroom")
+    nbytes: int = 0
 
 
 def show_hit_tooltip(widget: QWidget, pos: QPointF, global_pos: QPoint,
@@ -72,7 +74,8 @@ def paint_row(p: QPainter, rect: QRectF, row: BarRow, t: Theme, scale: int | Non
         p.setBrush(t.segment(key))
         p.drawRect(seg.intersected(clip))
         label, what = LABELS[key]
-        hits.append(HitArea(seg, f"<b>{label}: {format_bytes(nbytes)}</b><br>{what}"))
+        hits.append(HitArea(seg, f"<b>{label}: {format_bytes(nbytes)}</b><br>{what}", key,
+                            nbytes))
         if show_text:
             text = f"{label} {format_bytes(nbytes, 1)}"
             if fm.horizontalAdvance(text) + 8 > w:

@@ -31,7 +31,7 @@ ROW_H = 46
 HEAD_H = 24
 NAME_W = 118
 TOTAL_W = 92
-FIT_W = 104
+FIT_W = 136
 
 
 class CacheTypeTable(QWidget):
@@ -111,6 +111,10 @@ class CacheTypeTable(QWidget):
             p.setFont(bold)
             p.setPen(t.over if r.over else t.text)
             p.drawText(QRectF(total_x, y + 4, TOTAL_W - 6, 20), right, format_bytes(r.total, 2))
+            hits.append(HitArea(QRectF(total_x, y, TOTAL_W, 26),
+                                f"What llama.cpp allocates on {r.bar.label} with this cache "
+                                f"type (the big bar's figure); on every device: "
+                                f"{format_bytes(r.all_devices)}"))
         p.end()
         self._hits = hits
 
@@ -130,7 +134,7 @@ class CacheTypeTable(QWidget):
         p.setPen(t.muted)
         p.drawText(QRectF(4, 0, NAME_W, HEAD_H), left, "K / V cache")
         p.drawText(QRectF(bar_x, 0, bar_w, HEAD_H), left, "memory at this context")
-        p.drawText(QRectF(total_x, 0, TOTAL_W - 6, HEAD_H), right, "total")
+        p.drawText(QRectF(total_x, 0, TOTAL_W - 6, HEAD_H), right, "needs")
         p.drawText(QRectF(fit_x, 0, FIT_W - 4, HEAD_H), right, "fits up to")
         hits.append(HitArea(QRectF(fit_x, 0, FIT_W, HEAD_H),
                             "The largest context (a multiple of 256) at which everything "
@@ -160,10 +164,7 @@ class CacheTypeTable(QWidget):
                 p.drawText(bar_rect, left, fm_small.elidedText(
                     f"refused: {r.error}", Qt.TextElideMode.ElideRight, bar_w))
                 hits.append(HitArea(bar_rect, f"<b>llama.cpp refuses {r.label}</b><br>{r.error}"))
-            else:
-                hits.append(HitArea(QRectF(total_x, y, TOTAL_W, 26),
-                                    "Everything llama.cpp allocates with this cache type, on "
-                                    "all devices"))
+
             p.setFont(bold)
             limit = r.limit
             if r.refused:

@@ -9,6 +9,7 @@ out-of-memory kill shows up here as a message with llama.cpp's last log lines, a
 from __future__ import annotations
 
 import html
+import logging
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
@@ -43,6 +44,8 @@ from kvgui.runtime.qt_worker import FAILED, GENERATING, READY, QtWorker
 from kvgui.ui import theme
 from kvgui.ui.memory_bar import MemoryBar
 from kvgui.ui.viewmodel import BarRow
+
+log = logging.getLogger(__name__)
 
 # rows of the measured-vs-estimated table: (key, label)
 MEMORY_ROWS = (*PARTS, ("kv", "KV cache"), ("total", "Total"), ("n_ctx", "Context (tokens)"))
@@ -328,6 +331,7 @@ class ChatPanel(QWidget):
                 load_model(self.model_path)
             return estimate(model, self.settings, estimate_devices(gpu_offload))
         except Exception as exc:  # the header was read before launch; keep the chat usable
+            log.warning("no estimate for the chat's model", exc_info=True)
             self._set_status(f"no estimate: {exc}", error=True)
             return None
 

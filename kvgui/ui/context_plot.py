@@ -146,7 +146,7 @@ class ContextPlot(pg.PlotWidget):
                                       pen=pg.mkPen(theme.current().muted, width=1,
                                                    style=Qt.PenStyle.DotLine),
                                       label="trained", labelOpts={
-                                          "position": 0.95, "color": theme.current().muted})
+                                          "position": 0.04, "color": theme.current().muted})
             pi.addItem(trained, ignoreBounds=True)
             self._items.append(trained)
         ax = pi.getAxis("bottom")

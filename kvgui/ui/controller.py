@@ -17,6 +17,7 @@ Model files are read in a worker thread, so a slow disk never freezes the window
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from kvgui.core.commandline.parse import ParsedCommand
 from kvgui.core.config.appconfig import AppConfig
 from kvgui.core.config.settings import ALL_LAYERS, N_CTX_PAD, Settings
 from kvgui.core.devices.budget import (
@@ -37,7 +39,7 @@ from kvgui.core.errors import UsageError
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 from kvgui.core.memory.estimate import Estimate, Verdict, check, estimate
 from kvgui.core.memory.findings import first_fix, refusals
-from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, max_context, max_gpu_layers
+from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, kv_room, max_context, max_gpu_layers
 from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.model.info import ModelInfo
 from kvgui.core.quality.notes import quality_note
@@ -60,6 +62,7 @@ from kvgui.ui.viewmodel import (
 log = logging.getLogger(__name__)
 
 CURVE_POINTS = 64
+CATALOG_PREFIX = "catalog:"  # a model_source that is a catalog entry, not a file
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,12 @@ class Controller(QObject):
         self.model = model
         self.model_source = source
         self._caches = _Caches(ModelMemo(model))
+        if model is not None and self.ngl_mode == NGL_N and \
+                self.settings.n_gpu_layers >= len(model.layers) + 1:
+            # "40 layers" of a 19-layer model is every layer: say so, and export it so
+            self.ngl_mode = NGL_ALL
+            self.settings = self.settings.replace(n_gpu_layers=ALL_LAYERS)
+            self.settingsChanged.emit(self.settings)
         self.modelChanged.emit(model)
         self.recompute(full=True)
 
@@ -280,6 +289,45 @@ class Controller(QObject):
                 if own:
                     out[i][t] = own[0].message
         return out
+
+    def apply_import(self, parsed: ParsedCommand) -> str | None:
+        """Every setting an imported command (or a preset) sets; returns the model path it
+        names when that is another file that exists (for the window to open)."""
+        changes = {name: getattr(parsed.settings, name) for name in parsed.given}
+        if parsed.ctx_from_model and self.model is not None and self.model.n_ctx_train:
+            changes["n_ctx"] = self.model.n_ctx_train
+        if "n_gpu_layers" in changes:
+            self.ngl_mode = NGL_ALL if changes["n_gpu_layers"] == ALL_LAYERS else NGL_N
+        if not self.update_settings(**changes):
+            return None
+        kept = self.settings.extra_args
+        self.message.emit("Imported; kept and passed on to llama.cpp: " + " ".join(kept)
+                          if kept else "Imported the command's settings")
+        path = parsed.model_path
+        if path and os.path.isfile(path) and (
+                not self.model_source or os.path.abspath(path) != os.path.abspath(
+                    self.model_source)):
+            return path
+        return None
+
+    def measure_budget(self) -> tuple[int, Callable[[str, str], int]] | None:
+        """The KV cache's room on the main device, and each pair's KV size (measure's
+        "fits" column); None without a model or a budget."""
+        est = self.snapshot.estimate if self.snapshot else None
+        room = kv_room(est) if est is not None else None
+        model, settings = self.model, self.settings
+        if room is None or model is None:
+            return None
+        memo = self._caches.memo
+        return room, lambda k, v: estimate(model, settings.replace(type_k=k, type_v=v),
+                                           None, memo).kv
+
+    def export_model_path(self) -> str:
+        """The -m of an export: the file, or a catalog model's usual file name."""
+        src = self.model_source
+        if src.startswith(CATALOG_PREFIX):
+            return src[len(CATALOG_PREFIX):].replace(" ", "-") + ".gguf"
+        return src or "model.gguf"
 
     def apply_preset(self, key: str) -> None:
         preset = next(p for p in PRESETS if p.key == key)
@@ -487,10 +535,12 @@ class Controller(QObject):
             pe = est if pair == cur else estimate(
                 self.model, s.replace(type_k=pair[0], type_v=pair[1]), devices, memo)
             prow = rows_from_estimate(pe, plan.views)
+            main = prow[0] if prow else None
             compare.append(CompareRow(
-                pair[0], pair[1], None if pe.refused else (prow[0] if prow else None),
-                pe.total, fits.get(pair, ContextLimit(None)), quality_note(*pair), pair == cur,
-                pe.errors[0] if pe.errors else ""))
+                pair[0], pair[1], None if pe.refused else main,
+                main.used if main else pe.total, fits.get(pair, ContextLimit(None)),
+                quality_note(*pair), pair == cur, pe.errors[0] if pe.errors else "",
+                pe.total))
         return Snapshot(s.n_ctx, est, rows, tuple(compare), plan, _headline(est, rows, plan))
 
     def headline(self) -> tuple[str, str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,6 @@ from PySide6.QtWidgets import (
 
 from kvgui import __version__
 from kvgui.core.config.appconfig import AppConfig, save_config
-from kvgui.core.config.settings import ALL_LAYERS
-from kvgui.core.memory.estimate import estimate
 from kvgui.core.memory.findings import Code
 from kvgui.core.model.info import ModelInfo
 from kvgui.core.sizes import format_bytes
@@ -54,14 +53,15 @@ from kvgui.ui.cache_controls import CacheControls
 from kvgui.ui.cache_table import CacheTypeTable
 from kvgui.ui.context_plot import ContextPlot
 from kvgui.ui.context_slider import ContextControl
-from kvgui.ui.controller import PRESETS, Controller, HardwareState
+from kvgui.ui.controller import CATALOG_PREFIX, PRESETS, Controller, HardwareState
 from kvgui.ui.hardware_panel import HardwarePanel
 from kvgui.ui.memory_bar import MemoryBar
 from kvgui.ui.model_panel import ModelPanel
 from kvgui.ui.verify_panel import VerifyPanel, VerifyRunner
-from kvgui.ui.viewmodel import NGL_ALL, NGL_N, ControlsState, Curves, Snapshot
+from kvgui.ui.viewmodel import ControlsState, Curves, Snapshot
 
-CATALOG_PREFIX = "catalog:"
+log = logging.getLogger(__name__)
+
 REPO_URL = "https://github.com/ggml-org/llama.cpp"
 
 
@@ -272,6 +272,8 @@ class MainWindow(QMainWindow):
             a.setIcon(icon(name))
         self.act_quit = act("&Quit", self.close, QKeySequence.StandardKey.Quit)
         self.act_about = act("&About kvgui", self.about)
+        self.act_log = act("Show &log", self.show_log, None,
+                           "What kvgui logged: failures with their details, for a bug report")
         self.act_adv = act("Show &advanced settings", self.cache_controls.set_advanced_open)
         self.act_adv.setCheckable(True)
         self.act_adv.setChecked(self.config.advanced_open)
@@ -314,6 +316,7 @@ class MainWindow(QMainWindow):
         m.addAction(self.act_chat)
         m.addAction(self.act_measure)
         m = mb.addMenu("&Help")
+        m.addAction(self.act_log)
         m.addAction(self.act_about)
 
         tb = QToolBar("Main")
@@ -380,6 +383,7 @@ class MainWindow(QMainWindow):
 
             entries = load_catalog()
         except Exception as exc:  # the catalog is a convenience; the window works without it
+            log.warning("model catalog unavailable", exc_info=True)
             self.statusBar().showMessage(f"model catalog unavailable: {exc}", 8000)
             entries = []
         self._catalog = {e.label: e for e in entries}
@@ -390,7 +394,8 @@ class MainWindow(QMainWindow):
             from kvgui.core.devices.gpu_catalog import catalog
 
             return [g.name for g in catalog()]
-        except Exception:
+        except Exception:  # the GPU catalog is a convenience too
+            log.warning("GPU catalog unavailable", exc_info=True)
             return []
 
     def _start_detection(self) -> None:
@@ -403,6 +408,7 @@ class MainWindow(QMainWindow):
 
                 report = detect_all()
             except Exception as exc:  # shown in the status bar; the window plans without it
+                log.warning("hardware detection failed", exc_info=True)
                 report = exc
             self._det.ready.emit(report)
 
@@ -601,19 +607,13 @@ class MainWindow(QMainWindow):
             self.plan_label.setText(plan)
 
     # --- actions ------------------------------------------------------------------------
-    def _model_path_for_export(self) -> str:
-        src = self.ctl.model_source
-        if src.startswith(CATALOG_PREFIX):
-            return src[len(CATALOG_PREFIX):].replace(" ", "-") + ".gguf"
-        return src or "model.gguf"
-
     def export_dialog(self) -> None:
         from kvgui.ui.export_dialog import ExportDialog
 
         est = self.ctl.snapshot.estimate if self.ctl.snapshot else None
         from kvgui.sources.resolve import hf_model_args
 
-        dlg = ExportDialog(self.ctl.settings, self._model_path_for_export(),
+        dlg = ExportDialog(self.ctl.settings, self.ctl.export_model_path(),
                            est.flash_attn if est else None, self,
                            model_args=hf_model_args(self.ctl.model_source))
         dlg.exec()
@@ -669,21 +669,9 @@ class MainWindow(QMainWindow):
         return True
 
     def apply_import(self, parsed: Any) -> None:
-        from kvgui.ui.import_dialog import changes_from
-
-        m = self.ctl.model
-        changes = changes_from(parsed, m.n_ctx_train if m else None)
-        if "n_gpu_layers" in changes:
-            self.ctl.ngl_mode = NGL_ALL if changes["n_gpu_layers"] == ALL_LAYERS else NGL_N
-        self.ctl.update_settings(**changes)
-        if parsed.model_path and os.path.exists(parsed.model_path) and \
-                os.path.abspath(parsed.model_path) != os.path.abspath(self.ctl.model_source):
-            self.open_path(parsed.model_path)
-        if parsed.unknown:
-            self.statusBar().showMessage("Imported; not modelled by kvgui: "
-                                         + " ".join(parsed.unknown), 15000)
-        else:
-            self.statusBar().showMessage("Imported the command's settings", 8000)
+        path = self.ctl.apply_import(parsed)
+        if path:
+            self.open_path(path)
 
     def verify(self) -> None:
         src = self.ctl.model_source
@@ -702,8 +690,11 @@ class MainWindow(QMainWindow):
 
         if self.ctl.model is None:
             return
-        est = estimate(self.ctl.model, settings, None)
-        self.verify_panel.show_result(est, result)
+        from kvgui.runtime.verification import dry_run_gpus, estimate_as_verified, layout_note
+
+        est = estimate_as_verified(self.ctl.model, settings, result)
+        planned = [g.name for g in self.ctl.plan.gpus]
+        self.verify_panel.show_result(est, result, layout_note(planned, dry_run_gpus(result)))
         self.statusBar().showMessage("llama.cpp's own figures are beside the estimate", 8000)
 
     def launch_chat(self) -> None:
@@ -722,6 +713,7 @@ class MainWindow(QMainWindow):
             win.launch(src, self.ctl.settings, est)
             win.show()
         except Exception as exc:  # the chat window is another module: never take this one down
+            log.error("could not start the chat", exc_info=True)
             QMessageBox.warning(self, "Chat", f"Could not start the chat: {exc}")
             return
         self._chats = [w for w in getattr(self, "_chats", []) if w.isVisible()] + [win]
@@ -745,16 +737,12 @@ class MainWindow(QMainWindow):
             self._measure_window = win
         panel = win.centralWidget()
         assert isinstance(panel, MeasurePanel)
-        settings, model = self.ctl.settings, self.ctl.model
         panel.set_model(src)
-        panel.set_settings(settings)
-        est = self.ctl.snapshot.estimate if self.ctl.snapshot else None
-        gpu = est.devices[0] if est is not None else None
-        if gpu is not None and gpu.budget is not None and model is not None:
-            # what the KV cache may take on this device once everything else is placed
-            panel.set_budget(gpu.budget - (gpu.total - gpu.kv),
-                             lambda r: estimate(model, settings.replace(
-                                 type_k=r.type_k, type_v=r.type_v), None).kv)
+        panel.set_settings(self.ctl.settings)
+        budget = self.ctl.measure_budget()
+        if budget is not None:
+            room, kv_of = budget
+            panel.set_budget(room, lambda r: kv_of(r.type_k, r.type_v))
         win.show()
 
     def about(self) -> None:
@@ -767,6 +755,36 @@ class MainWindow(QMainWindow):
             "itself with <i>Verify</i>.</p><p>Quality notes quote llama.cpp's published "
             "perplexity measurements (PRs #6183, #7412, #7527).</p>"
             f"<p>Qt {self._qt_version()} · MIT licence</p>")
+
+    def show_log(self) -> None:
+        """The log's last lines, plain text, with the file's place to attach to a report."""
+        from PySide6.QtWidgets import QDialog, QDialogButtonBox, QPlainTextEdit
+
+        from kvgui.logs import log_path, tail
+
+        dlg = QDialog(self)
+        dlg.setObjectName("logDialog")
+        dlg.setWindowTitle("kvgui log")
+        lay = QVBoxLayout(dlg)
+        where = QLabel(f"{log_path()}")
+        where.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        where.setTextFormat(Qt.TextFormat.PlainText)
+        text = QPlainTextEdit()
+        text.setReadOnly(True)
+        text.setPlainText(tail() or "(nothing logged yet)")
+        text.moveCursor(text.textCursor().MoveOperation.End)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        folder = buttons.addButton("Open folder", QDialogButtonBox.ButtonRole.ActionRole)
+        folder.clicked.connect(lambda: self.open_url(QUrl.fromLocalFile(
+            str(log_path().parent)).toString()))
+        buttons.rejected.connect(dlg.reject)
+        lay.addWidget(where)
+        lay.addWidget(text, 1)
+        lay.addWidget(buttons)
+        dlg.resize(900, 520)
+        dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dlg.open()
+        self._log_dialog = dlg
 
     @staticmethod
     def _qt_version() -> str:

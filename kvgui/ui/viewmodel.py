@@ -170,11 +170,12 @@ class CompareRow:
     type_k: str
     type_v: str
     bar: BarRow | None  # the main device's bar; None when llama.cpp refuses the pair
-    total: int
+    total: int  # on the main device: the same figure as the big bar's
     limit: ContextLimit
     note: QualityNote
     current: bool = False
     error: str = ""
+    all_devices: int = 0  # everything llama.cpp allocates, on every device
 
     @property
     def label(self) -> str:

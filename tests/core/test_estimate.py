@@ -14,14 +14,13 @@ from kvgui.core.devices.device_budget import DeviceBudget, cpu
 from kvgui.core.gguf.reader import TensorInfo
 from kvgui.core.memory.estimate import PART_KEYS, estimate
 from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, max_context, max_gpu_layers
-from kvgui.core.model.catalog import find
+from kvgui.core.model.catalog import catalog_model, find
 from kvgui.core.model.info import ModelInfo
 from kvgui.core.sizes import GiB, MiB
 
 
 def model(label: str) -> ModelInfo:
-    metadata, tensors, file_bytes = find(label).header()
-    return ModelInfo.from_header(metadata, tensors, file_bytes=file_bytes)
+    return catalog_model(label)
 
 
 @pytest.fixture(scope="module")

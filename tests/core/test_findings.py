@@ -10,25 +10,20 @@ from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 from kvgui.core.memory.estimate import Verdict, check, estimate
 from kvgui.core.memory.findings import Code, Severity, first_fix
 from kvgui.core.memory.fit import max_context
-from kvgui.core.model.catalog import find
+from kvgui.core.model.catalog import catalog_model
 from kvgui.core.model.info import ModelInfo
 
 GiB = 1024**3
 
 
-def _model(label: str) -> ModelInfo:
-    md, tensors, size = find(label).header()
-    return ModelInfo.from_header(md, tensors, file_bytes=size)
-
-
 @pytest.fixture(scope="module")
 def llama3() -> ModelInfo:
-    return _model("Llama-3.1-8B-Instruct Q4_K_M")
+    return catalog_model("Llama-3.1-8B-Instruct Q4_K_M")
 
 
 @pytest.fixture(scope="module")
 def deepseek() -> ModelInfo:
-    return _model("DeepSeek-V2-Lite-Chat Q4_K_M")
+    return catalog_model("DeepSeek-V2-Lite-Chat Q4_K_M")
 
 
 def codes(model: ModelInfo, s: Settings) -> set[Code]:

@@ -66,7 +66,9 @@ def test_dragging_the_slider_updates_every_bar(qtbot, open_model, window, model_
         # every cache type's row is the estimate for that pair at the same context
         for row in window.table.rows:
             s = window.ctl.settings.replace(type_k=row.type_k, type_v=row.type_v)
-            assert row.total == estimate(window.ctl.model, s, window.ctl.plan.devices()).total
+            est = estimate(window.ctl.model, s, window.ctl.plan.devices())
+            assert row.total == est.devices[0].total  # the main device, as the big bar
+            assert row.all_devices == est.total
         assert window.plot.cursor_value == pytest.approx(n)
         assert window.plot.cursor.isVisible()
     # keyboard: one step is one llama.cpp padding unit, Page Up the next power of two

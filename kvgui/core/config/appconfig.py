@@ -81,14 +81,19 @@ def _ngl_mode(value: Any) -> str:
     return str(value)
 
 
-def config_dir() -> Path:
-    """$KVGUI_CONFIG_DIR if set (tests, portable installs), else the platform's config dir."""
-    env = os.environ.get("KVGUI_CONFIG_DIR")
-    if env:
-        return Path(env)
+def user_dir(env: str, kind: str) -> Path:
+    """$``env`` if set (tests, portable installs), else platformdirs' user ``kind`` dir
+    ("config", "log", "cache") for kvgui."""
+    value = os.environ.get(env)
+    if value:
+        return Path(value)
     import platformdirs
 
-    return Path(platformdirs.user_config_dir("kvgui", appauthor=False))
+    return Path(getattr(platformdirs, f"user_{kind}_dir")("kvgui", appauthor=False))
+
+
+def config_dir() -> Path:
+    return user_dir("KVGUI_CONFIG_DIR", "config")
 
 
 def config_path() -> Path:

@@ -12,6 +12,7 @@ where llama.cpp puts them; the margin and the apps' share are per GPU.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from kvgui.core.devices.hardware import apple
 from kvgui.core.devices.hardware.types import GpuInfo, HardwareReport, SystemMemory
 from kvgui.core.errors import UsageError
 from kvgui.core.sizes import GiB, format_bytes, parse_size
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MARGIN = GiB
 
@@ -64,7 +67,8 @@ def gguf_weight_bytes(path: str) -> int:
         from kvgui.core.gguf.reader import read_gguf
 
         return int(sum(t.nbytes for t in read_gguf(path).tensors))
-    except Exception:
+    except Exception:  # any reader failure: the file's size is a safe overestimate
+        log.info("cannot read %s's header; using its file size", path, exc_info=True)
         return os.path.getsize(path)
 
 

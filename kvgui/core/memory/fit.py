@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from kvgui.core.config.settings import N_CTX_PAD, Settings
 from kvgui.core.devices.device_budget import DeviceBudget
-from kvgui.core.memory.estimate import estimate
+from kvgui.core.memory.estimate import Estimate, estimate
 from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.model.info import ModelInfo
 
@@ -50,6 +50,13 @@ def max_context(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBu
         else:
             hi = mid
     return lo * N_CTX_PAD
+
+
+def kv_room(est: Estimate) -> int | None:
+    """What the KV cache may take on the main device once everything else is placed there
+    (measure's budget: which cache types fit at all); None without a budget."""
+    main = est.devices[0]
+    return None if main.budget is None else main.budget - (main.total - main.kv)
 
 
 def max_gpu_layers(model: ModelInfo, settings: Settings,

@@ -6,13 +6,15 @@ libraries and odd containers, and must still open with a CPU-only plan.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from kvgui.core.devices.hardware import amd, apple, drm, nvidia, system
 from kvgui.core.devices.hardware.llama_advice import offload_advice
 from kvgui.core.devices.hardware.types import GpuInfo, HardwareReport, LlamaBackend
+
+log = logging.getLogger(__name__)
 
 Probe = Callable[[], tuple[list[GpuInfo], list[str]]]
 
@@ -52,18 +54,22 @@ def detect(*, llama_probe: Callable[[], LlamaBackend] | None = None,
         try:
             found, why = probe()
         except Exception as exc:  # a probe bug must not take the app down
+            log.warning("%s detection failed", label, exc_info=True)
             found, why = [], [f"{label}: detection failed ({type(exc).__name__}: {exc})"]
         gpus += found
         reasons += why
-    with contextlib.suppress(Exception):
+    try:
         reasons += _pci_hints(gpus, drm_root)
+    except Exception:  # hints are extras: a sysfs oddity must not stop detection
+        log.info("PCI scan for unreadable GPUs failed", exc_info=True)
     ram, why = system.probe()
     reasons += why
     backend: LlamaBackend | None = None
     if llama_probe is not None:
         try:
             backend = llama_probe()
-        except Exception as exc:
+        except Exception as exc:  # the probe never raises; a bug in it must not either
+            log.warning("llama.cpp backend probe failed", exc_info=True)
             backend = LlamaBackend(installed=False, reason=f"{type(exc).__name__}: {exc}")
     return HardwareReport(
         gpus=tuple(gpus),
@@ -88,5 +94,6 @@ def free_memory(gpu: GpuInfo) -> int | None:
         return gpu.free
     try:
         return reader(gpu)
-    except Exception:
+    except Exception:  # the poll must never fail: no figure this second
+        log.debug("free-memory poll of %s failed", gpu.name, exc_info=True)
         return None
