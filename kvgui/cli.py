@@ -24,6 +24,8 @@ SUBCOMMANDS: dict[str, str] = {
     "verify": "ask the bundled llama.cpp what it would allocate (dry run, no weights read)",
     "chat": "chat with the model through llama.cpp, with exactly these settings",
     "gpus": "list the GPUs and memory kvgui detects",
+    "download": "download a Hugging Face model's quant into the Hub cache (llama.cpp's -hf "
+    "finds it there)",
     "measure": "measure each KV cache type's quality and speed on your model and text",
 }
 

@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         measured_memory,
     )
 
-    model = open_model(args.model)
+    model = open_model(args.model, need_file=True)
+    args.model = model.path or args.model  # a Hub model: its file in the Hub cache
     settings = settings_from_args(args, model)
     sampling = _sampling(args)
     if args.json and args.prompt is None:

@@ -18,9 +18,23 @@ from kvgui.core.model.info import ModelInfo, load_model
 _DEFAULTS = Settings()
 
 
+class _ModelPositional(argparse.Action):
+    """MODEL that does not undo ``-hf`` (an absent optional positional writes its default)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        if values is not None:
+            setattr(namespace, self.dest, values)
+        elif getattr(namespace, self.dest, None) is None:
+            setattr(namespace, self.dest, self.default)
+
+
 def add_model_arg(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    parser.add_argument("model", metavar="MODEL", nargs=None if required else "?",
-                        help="a .gguf file (any part of a split model)")
+    parser.add_argument("model", metavar="MODEL", nargs="?", action=_ModelPositional,
+                        help="a .gguf file (any part of a split model), or a Hugging Face model "
+                        "as llama.cpp's -hf names it (org/repo[:QUANT]) or its URL")
+    parser.add_argument("-hf", "-hfr", "--hf-repo", dest="model", metavar="REPO[:QUANT]",
+                        help="a Hugging Face model, as llama.cpp's -hf takes it")
 
 
 def _int_at_least(minimum: int):  # type: ignore[no-untyped-def]
@@ -121,10 +135,18 @@ def settings_from_args(args: argparse.Namespace, model: ModelInfo | None = None)
         raise UsageError(str(exc)) from None
 
 
-def open_model(path: str, *, catalog: bool = False) -> ModelInfo:
-    """The model at ``path`` -- or, with ``catalog``, a catalog model by name, to plan before
-    downloading -- or a one-line UsageError naming what is wrong with it."""
+def open_model(path: str | None, *, catalog: bool = False, need_file: bool = False) -> ModelInfo:
+    """The model at ``path`` -- a file, a Hub reference (its header, read remotely), or with
+    ``catalog`` a catalog model by name, to plan before downloading -- or a one-line
+    UsageError naming what is wrong with it. ``need_file``: the command runs llama.cpp on the
+    model, so a Hub model must be downloaded (its path is then ``ModelInfo.path``)."""
+    if not path:
+        raise UsageError("give a MODEL: a .gguf file, or a Hub model (org/repo[:QUANT], -hf)")
     if not Path(path).exists():
+        from kvgui.sources.modelref import parse_hub_ref
+
+        if parse_hub_ref(path.removeprefix("hf:"), hub_hosts=_hub_hosts()) is not None:
+            return _open_hub_model(path, need_file)
         entry = _catalog_entry(path) if catalog else None
         if entry is None:
             hint = " (nor a catalog model: see `kvgui estimate --list-models`)" if catalog \
@@ -138,6 +160,28 @@ def open_model(path: str, *, catalog: bool = False) -> ModelInfo:
         raise UsageError(str(exc)) from None
     except MemoryError:
         raise UsageError(f"{path}: header too large to read") from None
+
+
+def _hub_hosts() -> tuple[str, ...]:
+    import os
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "")).hostname
+    return (host,) if host else ()
+
+
+def _open_hub_model(text: str, need_file: bool) -> ModelInfo:
+    from kvgui.sources.hub_errors import HubError
+    from kvgui.sources.resolve import open_reference
+
+    try:
+        opened = open_reference(text)
+    except (HubError, GGUFError) as exc:
+        raise UsageError(str(exc)) from None
+    if need_file and opened.local_path is None:
+        raise UsageError(f"{text}: only its header has been read; download it first "
+                         f"(kvgui download {text})")
+    return opened.info
 
 
 def _catalog_entry(text: str):  # type: ignore[no-untyped-def]

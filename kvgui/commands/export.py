@@ -53,6 +53,8 @@ def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
                    help="write every setting, not only those that differ from llama.cpp's "
                    "defaults")
     g.add_argument("--multiline", action="store_true", help="one flag per line")
+    g.add_argument("--as-path", action="store_true",
+                   help="a Hub model: write -m with its downloaded file instead of -hf")
     g.add_argument("-o", "--output", metavar="FILE", default=None,
                    help="write a script (or the preset) to FILE instead of printing")
     g.add_argument("--force", action="store_true",
@@ -97,6 +99,28 @@ def _flash_attn_resolved(args: argparse.Namespace, settings: Settings) -> bool |
         return None
 
 
+def _hub_model_args(args: argparse.Namespace) -> list[str] | None:
+    """``-hf repo:quant`` (as the user named it) for a Hub model; with --as-path, ``-m`` and
+    its file in the Hub cache. None for a local file."""
+    if not args.model:
+        raise UsageError("give a MODEL: a .gguf file, or a Hub model (org/repo[:QUANT], -hf)")
+    if Path(args.model).exists():
+        return None
+    from kvgui.commands.common import _hub_hosts
+    from kvgui.sources.modelref import parse_hub_ref
+
+    ref = parse_hub_ref(args.model.removeprefix("hf:"), hub_hosts=_hub_hosts())
+    if ref is None:
+        return None
+    if getattr(args, "as_path", False):
+        model = open_model(args.model, need_file=True)
+        args.model = model.path or args.model
+        return ["-m", args.model]
+    if ref.filename:
+        return ["-hf", ref.repo, "-hff", ref.filename]
+    return ["-hf", ref.spec]
+
+
 def build_text(args: argparse.Namespace) -> tuple[str, list[str]]:
     """The text to print (or save) and notes for stderr."""
     from kvgui.core.commandline import export as cmdline
@@ -105,6 +129,7 @@ def build_text(args: argparse.Namespace) -> tuple[str, list[str]]:
 
     settings = _settings(args)
     shell = args.shell or _default_shell()
+    model_args = _hub_model_args(args)
     model = args.model
     if args.format == "json":
         extras: dict[str, object] = {}
@@ -130,12 +155,12 @@ def build_text(args: argparse.Namespace) -> tuple[str, list[str]]:
     if args.format == "llama-server":
         argv = cmdline.llama_server_args(
             settings, model, args.host, args.port, full=args.full,
-            program=args.program or cmdline.LLAMA_SERVER,
+            program=args.program or cmdline.LLAMA_SERVER, model_args=model_args,
         )
     else:
         argv = cmdline.llama_cli_args(
             settings, model, system_prompt=args.system_prompt, full=args.full,
-            program=args.program or cmdline.LLAMA_CLI,
+            program=args.program or cmdline.LLAMA_CLI, model_args=model_args,
         )
     notes = cmdline.export_notes(settings, args.format, system_prompt=args.system_prompt)
     if args.format == "llama-cli" and (args.host is not None or args.port is not None):

@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
     add_model_arg(p)
     add_settings_args(p)
     add_budget_args(p)
+    p.add_argument("--quants", action="store_true",
+                   help="MODEL is a Hugging Face repo: plan every quant in it (reads only the "
+                   "headers), per K/V pair")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -30,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from kvgui.core.memory.estimate import estimate
     from kvgui.core.memory.memo import ModelMemo
 
+    if args.quants:
+        from kvgui.commands.fit_quants import run_quants
+
+        return run_quants(args)
     model = open_model(args.model, catalog=True)
     settings = settings_from_args(args, model)
     plan = plan_from_args(args)

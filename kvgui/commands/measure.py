@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         sample_text,
     )
 
-    model = open_model(args.model)
+    model = open_model(args.model, need_file=True)
+    args.model = model.path or args.model  # a Hub model: its file in the Hub cache
     settings = settings_from_args(args, model)
     budget = None
     if args.kv_budget:

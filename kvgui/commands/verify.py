@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from kvgui.runtime.dryrun import DryRunError, dry_run
     from kvgui.runtime.verification import layout_note
 
-    model = open_model(args.model)
+    model = open_model(args.model, need_file=True)
+    args.model = model.path or args.model  # a Hub model: its file in the Hub cache
     settings = settings_from_args(args, model)
     planned = _planned_gpus(args, plan_from_args)
     try:

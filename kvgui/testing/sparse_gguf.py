@@ -81,16 +81,7 @@ def _header_of(spec_or_entry: Any) -> Header:
                     f"not {spec_or_entry!r}")
 
 
-def write_sparse_gguf(spec_or_entry: Any, path: str | os.PathLike[str]) -> Path:
-    """Write the header of ``spec_or_entry`` (ModelSpec, CatalogEntry or Header) to ``path``
-    and extend the file to its full size without writing the tensor data.
-
-    ``python -m kvgui.testing.sparse_gguf "Llama-3.1-8B-Instruct Q4_K_M" out.gguf`` writes a
-    catalog model from the command line."""
-    header = _header_of(spec_or_entry)
-    path = Path(path)
-    md = header.metadata
-    writer = _Writer(path, arch=str(md["general.architecture"]))
+def _add_metadata(writer: GGUFWriter, md: Mapping[str, Any]) -> None:
     for key, value in md.items():
         if key == "general.architecture":  # GGUFWriter adds it itself
             continue
@@ -102,23 +93,74 @@ def write_sparse_gguf(spec_or_entry: Any, path: str | os.PathLike[str]) -> Path:
                                  sub_type=_KINDS[kind[6:]])
         else:
             writer.add_key_value(key, value, _KINDS[kind])
-    for t in header.tensors:
+
+
+def _add_tensors(writer: GGUFWriter, tensors: Any) -> None:
+    for t in tensors:
         # GGUFWriter takes numpy order (reversed) and stores ne0 first
         writer.add_tensor_info(t.name, tuple(reversed(t.shape)), np.dtype(np.float32),
                                t.nbytes, raw_dtype=GGMLQuantizationType(t.type_id))
+
+
+def _write_header(writer: GGUFWriter, path: Path) -> int:
     try:
         writer.write_header_to_file(path)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
     finally:
         writer.close()
-    written = path.stat().st_size
+    return path.stat().st_size
+
+
+def write_sparse_gguf(spec_or_entry: Any, path: str | os.PathLike[str]) -> Path:
+    """Write the header of ``spec_or_entry`` (ModelSpec, CatalogEntry or Header) to ``path``
+    and extend the file to its full size without writing the tensor data.
+
+    ``python -m kvgui.testing.sparse_gguf "Llama-3.1-8B-Instruct Q4_K_M" out.gguf`` writes a
+    catalog model from the command line."""
+    header = _header_of(spec_or_entry)
+    path = Path(path)
+    md = header.metadata
+    writer = _Writer(path, arch=str(md["general.architecture"]))
+    _add_metadata(writer, md)
+    _add_tensors(writer, header.tensors)
+    written = _write_header(writer, path)
     expected = header_bytes(md, header.tensors)
     if written != expected:
         raise ValueError(f"{path}: wrote a {written}-byte header, archspec computed {expected}")
     # the data section starts at the next alignment boundary; the hole covers the padding too
     os.truncate(path, header.file_bytes)
     return path
+
+
+def write_sparse_split(spec_or_entry: Any, folder: str | os.PathLike[str], stem: str,
+                       n_parts: int) -> list[Path]:
+    """The model as ``n_parts`` files ``{stem}-0000i-of-0000n.gguf``, laid out as
+    llama-gguf-split lays them: part 1 holds all metadata, every part holds ``split.no``,
+    ``split.count`` and ``split.tensors.count`` and a share of the tensors (sparse data)."""
+    header = _header_of(spec_or_entry)
+    md = header.metadata
+    arch = str(md["general.architecture"])
+    per = -(-len(header.tensors) // n_parts)
+    paths = []
+    for i in range(n_parts):
+        path = Path(folder) / f"{stem}-{i + 1:05d}-of-{n_parts:05d}.gguf"
+        writer = _Writer(path, arch=arch)
+        if i == 0:
+            _add_metadata(writer, md)
+        writer.add_uint16("split.no", i)
+        writer.add_uint16("split.count", n_parts)
+        writer.add_int32("split.tensors.count", len(header.tensors))
+        part = header.tensors[i * per:(i + 1) * per]
+        _add_tensors(writer, part)
+        written = _write_header(writer, path)
+        os.truncate(path, _pad32(written) + sum(_pad32(t.nbytes) for t in part))
+        paths.append(path)
+    return paths
+
+
+def _pad32(n: int) -> int:
+    return -(-n // 32) * 32
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,6 +165,23 @@ class Controller(QObject):
 
         self.open_header(load, path)
 
+    def open_reference(self, ref: str) -> None:
+        """A path, or a Hub model (``hf:repo:TAG``, ``repo:TAG``, a URL): its header is read
+        off the GUI thread (range requests, or the caches), as open_path does for files."""
+        from kvgui.sources.resolve import HF_PREFIX, looks_like_hub_reference
+
+        bare = ref.removeprefix(HF_PREFIX)
+        if not ref.startswith(HF_PREFIX) and not looks_like_hub_reference(bare):
+            self.open_path(ref)
+            return
+
+        def load() -> ModelInfo:
+            from kvgui.sources.resolve import open_reference
+
+            return open_reference(bare).info
+
+        self.open_header(load, HF_PREFIX + bare)
+
     def open_header(self, load: Callable[[], ModelInfo], source: str) -> None:
         """Run ``load`` (read a file, or expand a catalog entry) off the GUI thread."""
         self._load_token += 1
@@ -190,7 +207,8 @@ class Controller(QObject):
         # a split model opened from any part is the model of its first part (what llama.cpp
         # is given, and what the recent list keeps)
         path = model.path
-        self.set_model(model, path if path and not source.startswith("catalog:") else source)
+        keep = source.startswith(("catalog:", "hf:"))  # a Hub model keeps its -hf name
+        self.set_model(model, path if path and not keep else source)
 
     # --- settings ----------------------------------------------------------------------
     def update_settings(self, **changes: Any) -> bool:

@@ -37,16 +37,17 @@ SCRIPT_SUFFIX = {"posix": ".sh", "powershell": ".ps1", "cmd": ".cmd"}
 
 
 def render_export(settings: Settings, model_path: str, fmt: str, shell: str, full: bool,
-                  flash_attn_resolved: bool | None = None) -> tuple[str, list[str]]:
+                  flash_attn_resolved: bool | None = None,
+                  model_args: list[str] | None = None) -> tuple[str, list[str]]:
     """(text, notes) for one format: a command line, or Python code."""
     if fmt == "python":
         text = cmdline.python_snippet(settings, model_path,
                                       flash_attn_resolved=flash_attn_resolved, full=full)
         return text, cmdline.export_notes(settings, "python")
     if fmt == "llama-server":
-        args = cmdline.llama_server_args(settings, model_path, full=full)
+        args = cmdline.llama_server_args(settings, model_path, full=full, model_args=model_args)
     else:
-        args = cmdline.llama_cli_args(settings, model_path, full=full)
+        args = cmdline.llama_cli_args(settings, model_path, full=full, model_args=model_args)
     notes = cmdline.export_notes(settings, fmt)
     try:
         return shellquote.render(args, shell, multiline=True), notes
@@ -56,12 +57,13 @@ def render_export(settings: Settings, model_path: str, fmt: str, shell: str, ful
 
 class ExportDialog(QDialog):
     def __init__(self, settings: Settings, model_path: str, flash_attn_resolved: bool | None,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, *, model_args: list[str] | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Export command")
         self.resize(760, 420)
         self._settings = settings
         self._model = model_path
+        self._model_args = model_args  # -hf repo:quant for a Hub model
         self._fa = flash_attn_resolved
         self.fmt = QComboBox()
         for label, key in FORMATS:
@@ -107,7 +109,8 @@ class ExportDialog(QDialog):
 
     def current(self) -> tuple[str, list[str]]:
         return render_export(self._settings, self._model, self.fmt.currentData(),
-                             self.shell.currentData(), self.full.isChecked(), self._fa)
+                             self.shell.currentData(), self.full.isChecked(), self._fa,
+                             self._model_args)
 
     def refresh(self) -> None:
         self.shell.setEnabled(self.fmt.currentData() != "python")
@@ -129,7 +132,8 @@ class ExportDialog(QDialog):
         else:
             args = (cmdline.llama_server_args if fmt == "llama-server" else
                     cmdline.llama_cli_args)(self._settings, self._model,
-                                            full=self.full.isChecked())
+                                            full=self.full.isChecked(),
+                                            model_args=self._model_args)
             try:
                 content = shellquote.script(args, shell)
             except shellquote.UnsafeForShell as exc:

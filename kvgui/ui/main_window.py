@@ -278,6 +278,12 @@ class MainWindow(QMainWindow):
         self.act_adv.setCheckable(True)
         self.act_adv.setChecked(self.config.advanced_open)
         self.cache_controls.adv_toggle.toggled.connect(self.act_adv.setChecked)
+        from kvgui.ui import hub_dialog  # issue 16: the Hub and the models on this machine
+        self.act_hub = act("Open from &Hugging Face…", lambda: hub_dialog.show_hub_dialog(self),
+                           "Ctrl+Shift+H", "Plan any GGUF on the Hub before downloading it")
+        self.act_local = act("Models on this &machine…",
+                             lambda: hub_dialog.show_local_models(self), None,
+                             "GGUFs in the Hub cache, llama.cpp's cache, LM Studio, ollama")
         self.recent_menu = QMenu("Open &recent", self)
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         self.preset_actions: list[QAction] = []
@@ -290,6 +296,8 @@ class MainWindow(QMainWindow):
         m = mb.addMenu("&File")
         m.addAction(self.act_open)
         m.addMenu(self.recent_menu)
+        m.addAction(self.act_hub)
+        m.addAction(self.act_local)
         m.addSeparator()
         m.addAction(self.act_import)
         m.addAction(self.act_export)
@@ -603,8 +611,11 @@ class MainWindow(QMainWindow):
         from kvgui.ui.export_dialog import ExportDialog
 
         est = self.ctl.snapshot.estimate if self.ctl.snapshot else None
+        from kvgui.sources.resolve import hf_model_args
+
         dlg = ExportDialog(self.ctl.settings, self.ctl.export_model_path(),
-                           est.flash_attn if est else None, self)
+                           est.flash_attn if est else None, self,
+                           model_args=hf_model_args(self.ctl.model_source))
         dlg.exec()
 
     def import_dialog(self) -> None:

@@ -98,13 +98,16 @@ def llama_cli_args(
     full: bool = False,
     program: str = LLAMA_CLI,
     extra_args: Sequence[str] = (),
+    model_args: Sequence[str] | None = None,
 ) -> list[str]:
     """argv for llama-cli: program, -m, -c, -ngl, then non-default settings (all if ``full``).
 
     The settings' kept flags (``Settings.extra_args``) that llama-cli accepts, then
-    ``extra_args``, go last, unchanged.
+    ``extra_args``, go last, unchanged. ``model_args`` replaces ``-m model_path``
+    (``-hf repo:quant`` for a Hub model).
     """
-    args = [program, "-m", str(model_path), *_settings_args(settings, server=False, full=full)]
+    model = list(model_args) if model_args else ["-m", str(model_path)]
+    args = [program, *model, *_settings_args(settings, server=False, full=full)]
     if system_prompt:
         args += ["-sys", system_prompt]
     return args + kept_args(settings, LLAMA_CLI) + list(extra_args)
@@ -119,10 +122,13 @@ def llama_server_args(
     full: bool = False,
     program: str = LLAMA_SERVER,
     extra_args: Sequence[str] = (),
+    model_args: Sequence[str] | None = None,
 ) -> list[str]:
     """argv for llama-server; ``-np`` always, ``--host``/``--port`` when given (or ``full``;
-    then they replace a kept --host/--port), the kept flags llama-server accepts last."""
-    args = [program, "-m", str(model_path), *_settings_args(settings, server=True, full=full)]
+    then they replace a kept --host/--port), the kept flags llama-server accepts last.
+    ``model_args`` replaces ``-m model_path`` (``-hf repo:quant`` for a Hub model)."""
+    model = list(model_args) if model_args else ["-m", str(model_path)]
+    args = [program, *model, *_settings_args(settings, server=True, full=full)]
     kept = kept_args(settings, LLAMA_SERVER)
     if host is not None or full:
         kept = _without(kept, "--host")

@@ -15,6 +15,11 @@ tensors and ``MAX_STRINGS`` array strings, with every length checked against the
 remain before anything is allocated -- so a hostile, truncated or sparse file fails within a
 second or two with one ``GGUFError``, and never hangs (a FIFO is refused before it is opened
 for reading).
+
+The bytes come from a ``ByteSource``: a local file here, or anything else that can read a range
+(kvgui.sources.remote_header reads a file on the Hugging Face Hub with HTTP range requests).
+One parser for both is what makes the estimate of a remote file equal that of the same file on
+disk.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, overload
+from typing import Any, BinaryIO, Protocol, overload
 
 from kvgui.core import untrusted
 from kvgui.core.gguf import ggml_types
@@ -116,17 +121,16 @@ class TensorInfo:
 class _LazyArray:
     """An array's place in the file; its elements are read from there on first access."""
 
-    def __init__(self, path: Path, offset: int, nbytes: int, count: int) -> None:
-        self._path, self._offset, self._nbytes, self._count = path, offset, nbytes, count
+    def __init__(self, source: Reread, offset: int, nbytes: int, count: int) -> None:
+        self._source, self._offset, self._nbytes, self._count = source, offset, nbytes, count
+        self._path = source.name
 
     def __len__(self) -> int:
         return self._count
 
     def _raw(self) -> bytes:
         try:
-            with open(self._path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read(self._nbytes)
+            data = self._source.read_at(self._offset, self._nbytes)
         except OSError as exc:
             raise GGUFError(self._path, f"cannot read an array again: {exc.strerror or exc}"
                             ) from None
@@ -172,8 +176,8 @@ class NumericArray(_LazyArray, Sequence[Any]):
 
     _items: list[Any] | None = None
 
-    def __init__(self, path: Path, offset: int, fmt: str, count: int) -> None:
-        super().__init__(path, offset, count * struct.calcsize("<" + fmt), count)
+    def __init__(self, source: Reread, offset: int, fmt: str, count: int) -> None:
+        super().__init__(source, offset, count * struct.calcsize("<" + fmt), count)
         self._fmt = fmt
 
     def _values(self) -> list[Any]:
@@ -206,6 +210,7 @@ class GGUFFile:
     alignment: int = DEFAULT_ALIGNMENT
     # key -> (gguf type, element type for an array else None), of the first part
     types: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    header_bytes: list[int] = field(default_factory=list)  # per part: where its data starts
 
     @property
     def arch(self) -> str:
@@ -213,23 +218,82 @@ class GGUFFile:
 
 
 @dataclass
-class _Part:
+class HeaderPart:
+    """One file's header as read; ``data_start`` is where its tensor data begins."""
+
     version: int
     metadata: dict[str, Any]
     types: dict[str, tuple[int, int | None]]
     tensors: list[TensorInfo]
     size: int
     alignment: int
+    data_start: int = 0
+
+
+class Reread(Protocol):
+    """What a lazy array needs: its bytes again, by offset (and a name for messages)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def read_at(self, offset: int, n: int) -> bytes: ...
+
+
+class ByteSource(Reread, Protocol):
+    """Random access to the bytes of one GGUF file, wherever they are.
+
+    ``first_read`` is how much the reader asks for at first; every later miss asks for at least
+    ``growth`` times more than the one before (a remote source starts small and grows, so a
+    small header costs one small request and a 262K-token vocabulary a few large ones).
+    ``read_at`` returns ``n`` bytes, fewer only at the end of the file.
+    """
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def first_read(self) -> int: ...
+
+    @property
+    def growth(self) -> int: ...
+
+
+class LocalFile:
+    """A ByteSource over an open local file (1 MiB reads: the page cache makes them cheap)."""
+
+    first_read = 1 << 20
+    growth = 1
+
+    def __init__(self, f: BinaryIO, name: str, size: int) -> None:
+        self._f, self.name, self.size = f, name, size
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        self._f.seek(offset)
+        return self._f.read(n)
+
+
+class _LocalPath:
+    """Reads a local file again by opening it (lazy arrays outlive the reader's handle)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.name = path, os.fspath(path)
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            return f.read(n)
 
 
 class _Cursor:
     """Sequential reads from a file with every length checked against what remains, and the
     reader's budgets kept."""
 
-    def __init__(self, f: BinaryIO, path: Path, size: int) -> None:
-        self._f = f
-        self._path = path
-        self.size = size
+    def __init__(self, source: ByteSource, reread: Reread) -> None:
+        self._src = source
+        self.reread = reread  # what lazy arrays read their elements from later
+        self._path = source.name
+        self.size = source.size
+        self._chunk = source.first_read
         self._buf = b""
         self._base = 0  # file offset of _buf[0]
         self.pos = 0  # absolute file offset
@@ -257,9 +321,9 @@ class _Cursor:
         self._check_room(n, what)
         start = self.pos - self._base
         if start < 0 or start + n > len(self._buf):
-            want = max(n, 1 << 20)
-            self._f.seek(self.pos)
-            data = self._f.read(min(want, self.size - self.pos))
+            want = max(n, self._chunk)
+            self._chunk *= self._src.growth
+            data = self._src.read_at(self.pos, min(want, self.size - self.pos))
             if len(data) < n:
                 raise self.fail(f"file ended early while reading {self._what(what)} at offset "
                                 f"{self.pos}")
@@ -315,6 +379,11 @@ class _Cursor:
                             f"in the {self.size - start} bytes left")
         unpack = _U64.unpack_from
         left = count
+        # one read for the whole array where it is plausible (≈ 24 bytes a token): a remote
+        # source then fetches a 262K-token vocabulary in one request, not in doubling steps
+        window = min(self.size - self.pos, count * 24, MAX_HEADER_BYTES - self.pos)
+        if window > 8:
+            self._ensure(window, what)
         while left:
             i = self._ensure(8, what)
             buf, end, done = self._buf, len(self._buf), 0
@@ -372,10 +441,10 @@ def _read_value(cur: _Cursor, vtype: int, key: str) -> tuple[Any, int | None]:
             data = cur.raw(count * item, f"key '{key}'")
             return list(struct.unpack(f"<{count}{_ARRAY_FORMAT[etype]}", data)), etype
         offset = cur.skip(count * item, f"key '{key}'")
-        return NumericArray(cur._path, offset, _ARRAY_FORMAT[etype], count), etype
+        return NumericArray(cur.reread, offset, _ARRAY_FORMAT[etype], count), etype
     if etype == STRING:
         offset, nbytes = cur.walk_strings(count, f"key '{key}'")
-        return StringArray(cur._path, offset, nbytes, count), etype
+        return StringArray(cur.reread, offset, nbytes, count), etype
     if etype == ARRAY:  # gguf.cpp: "key has invalid GGUF type" for an array's arrays
         raise cur.fail(f"key {quoted(key)} is an array of arrays, which llama.cpp cannot read")
     raise cur.fail(f"key {quoted(key)} has unknown array element type {etype}")
@@ -408,82 +477,89 @@ def _open_regular(path: Path) -> tuple[BinaryIO, int]:
     return os.fdopen(fd, "rb"), st.st_size
 
 
-def _read_one(path: Path) -> _Part:
-    """Read one file: its header, checked as gguf.cpp checks it."""
+def _read_one(path: Path) -> HeaderPart:
+    """Read one local file: its header, checked as gguf.cpp checks it."""
     f, size = _open_regular(path)
     with f:
-        cur = _Cursor(f, path, size)
-        if size < 24:
-            raise GGUFError(path, f"too small to be a GGUF file ({size} bytes)")
-        magic = cur.raw(4, "magic")
-        if magic != GGUF_MAGIC:
-            raise GGUFError(path, f"not a GGUF file (starts with {magic!r}, expected b'GGUF')")
-        version = cur.read(_U32, "version")
-        if version not in (2, 3):
-            hint = " (GGUF v1 is no longer supported by llama.cpp)" if version == 1 else ""
-            raise GGUFError(path, f"unsupported GGUF version {version}{hint}")
-        n_tensors = cur.read(_U64, "tensor count")
-        n_kv = cur.read(_U64, "metadata count")
-        if n_kv * 13 > size or n_tensors * 28 > size:  # smallest possible entries
-            raise GGUFError(
-                path, f"corrupt header: {n_kv} metadata entries / {n_tensors} tensors "
-                f"cannot fit in a {size}-byte file"
-            )
-        if n_kv > MAX_KEYS or n_tensors > MAX_TENSORS:
-            raise GGUFError(path, f"corrupt header: {n_kv} metadata entries / {n_tensors} "
-                            f"tensors (kvgui reads up to {MAX_KEYS} / {MAX_TENSORS}; no "
-                            "model has more)")
-        metadata: dict[str, Any] = {}
-        types: dict[str, tuple[int, int | None]] = {}
-        seen: set[bytes] = set()
-        for i in range(n_kv):
-            at = cur.pos
-            raw_key = cur.string(f"metadata key {i}", _MAX_KEY_BYTES)
-            key = raw_key.decode("utf-8", errors="replace")
-            if not raw_key:
-                raise GGUFError(path, f"metadata key {i} at offset {at} is empty")
-            if raw_key in seen:
-                raise GGUFError(path, f"duplicate key {quoted(key)} at offset {at} "
-                                f"(metadata entry {i})")
-            seen.add(raw_key)
-            vtype = cur.read(_U32, f"key '{key}'")
-            value, etype = _read_value(cur, vtype, key)
-            metadata.setdefault(key, value)
-            types.setdefault(key, (vtype, etype))
-        if "general.alignment" in types and types["general.alignment"][0] != UINT32:
-            raise GGUFError(path, "key 'general.alignment' must be of type u32, not "
-                            f"{TYPE_NAMES.get(types['general.alignment'][0], '?')}")
-        alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
-        if alignment <= 0 or alignment & (alignment - 1):
-            raise GGUFError(path, f"general.alignment must be a power of two, not {alignment}")
-        raw_tensors = []
-        names: set[bytes] = set()
-        for i in range(n_tensors):
-            at = cur.pos
-            raw_name = cur.string(f"tensor {i} name", _MAX_KEY_BYTES)
-            name = raw_name.decode("utf-8", errors="replace")
-            if len(raw_name) > _MAX_NAME_BYTES:
-                raise GGUFError(path, f"tensor {i} at offset {at}: name {quoted(name)} is "
-                                f"{len(raw_name)} bytes, llama.cpp takes at most "
-                                f"{_MAX_NAME_BYTES}")
-            if raw_name in names:
-                raise GGUFError(path, f"duplicate tensor name {quoted(name)} (tensor {i} at "
-                                f"offset {at})")
-            names.add(raw_name)
-            n_dims = cur.read(_U32, f"tensor '{name}'")
-            if not 1 <= n_dims <= _MAX_DIMS:
-                raise GGUFError(path, f"tensor {quoted(name)} has {n_dims} dimensions")
-            shape = tuple(cur.read(_U64, f"tensor '{name}'") for _ in range(n_dims))
-            n = 1
-            for d in shape:
-                n *= d
-            if max(shape) > _INT64_MAX or n > _INT64_MAX:
-                raise GGUFError(path, f"tensor {quoted(name)} has shape {list(shape)}: more "
-                                "elements than an int64 holds")
-            type_id = cur.read(_U32, f"tensor '{name}'")
-            offset = cur.read(_U64, f"tensor '{name}'")
-            raw_tensors.append((name, shape, type_id, offset))
-        data_start = -(-cur.pos // alignment) * alignment if n_tensors else cur.pos
+        return read_header(LocalFile(f, os.fspath(path), size), _LocalPath(path))
+
+
+def read_header(source: ByteSource, reread: Reread | None = None) -> HeaderPart:
+    """Parse one file's header (metadata, tensor table) from ``source``, checked as gguf.cpp
+    checks it; long arrays are read again from ``reread`` (default: the source) on access."""
+    path, size = source.name, source.size
+    cur = _Cursor(source, reread or source)
+    if size < 24:
+        raise GGUFError(path, f"too small to be a GGUF file ({size} bytes)")
+    magic = cur.raw(4, "magic")
+    if magic != GGUF_MAGIC:
+        raise GGUFError(path, f"not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+    version = cur.read(_U32, "version")
+    if version not in (2, 3):
+        hint = " (GGUF v1 is no longer supported by llama.cpp)" if version == 1 else ""
+        raise GGUFError(path, f"unsupported GGUF version {version}{hint}")
+    n_tensors = cur.read(_U64, "tensor count")
+    n_kv = cur.read(_U64, "metadata count")
+    if n_kv * 13 > size or n_tensors * 28 > size:  # smallest possible entries
+        raise GGUFError(
+            path, f"corrupt header: {n_kv} metadata entries / {n_tensors} tensors "
+            f"cannot fit in a {size}-byte file"
+        )
+    if n_kv > MAX_KEYS or n_tensors > MAX_TENSORS:
+        raise GGUFError(path, f"corrupt header: {n_kv} metadata entries / {n_tensors} "
+                        f"tensors (kvgui reads up to {MAX_KEYS} / {MAX_TENSORS}; no "
+                        "model has more)")
+    metadata: dict[str, Any] = {}
+    types: dict[str, tuple[int, int | None]] = {}
+    seen: set[bytes] = set()
+    for i in range(n_kv):
+        at = cur.pos
+        raw_key = cur.string(f"metadata key {i}", _MAX_KEY_BYTES)
+        key = raw_key.decode("utf-8", errors="replace")
+        if not raw_key:
+            raise GGUFError(path, f"metadata key {i} at offset {at} is empty")
+        if raw_key in seen:
+            raise GGUFError(path, f"duplicate key {quoted(key)} at offset {at} "
+                            f"(metadata entry {i})")
+        seen.add(raw_key)
+        vtype = cur.read(_U32, f"key '{key}'")
+        value, etype = _read_value(cur, vtype, key)
+        metadata.setdefault(key, value)
+        types.setdefault(key, (vtype, etype))
+    if "general.alignment" in types and types["general.alignment"][0] != UINT32:
+        raise GGUFError(path, "key 'general.alignment' must be of type u32, not "
+                        f"{TYPE_NAMES.get(types['general.alignment'][0], '?')}")
+    alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise GGUFError(path, f"general.alignment must be a power of two, not {alignment}")
+    raw_tensors = []
+    names: set[bytes] = set()
+    for i in range(n_tensors):
+        at = cur.pos
+        raw_name = cur.string(f"tensor {i} name", _MAX_KEY_BYTES)
+        name = raw_name.decode("utf-8", errors="replace")
+        if len(raw_name) > _MAX_NAME_BYTES:
+            raise GGUFError(path, f"tensor {i} at offset {at}: name {quoted(name)} is "
+                            f"{len(raw_name)} bytes, llama.cpp takes at most "
+                            f"{_MAX_NAME_BYTES}")
+        if raw_name in names:
+            raise GGUFError(path, f"duplicate tensor name {quoted(name)} (tensor {i} at "
+                            f"offset {at})")
+        names.add(raw_name)
+        n_dims = cur.read(_U32, f"tensor '{name}'")
+        if not 1 <= n_dims <= _MAX_DIMS:
+            raise GGUFError(path, f"tensor {quoted(name)} has {n_dims} dimensions")
+        shape = tuple(cur.read(_U64, f"tensor '{name}'") for _ in range(n_dims))
+        n = 1
+        for d in shape:
+            n *= d
+        if max(shape) > _INT64_MAX or n > _INT64_MAX:
+            raise GGUFError(path, f"tensor {quoted(name)} has shape {list(shape)}: more "
+                            "elements than an int64 holds")
+        type_id = cur.read(_U32, f"tensor '{name}'")
+        offset = cur.read(_U64, f"tensor '{name}'")
+        raw_tensors.append((name, shape, type_id, offset))
+    data_start = -(-cur.pos // alignment) * alignment if n_tensors else cur.pos
     tensors = []
     expected = 0  # gguf.cpp: each tensor starts where the previous one ends, padded
     data_bytes = size - data_start
@@ -508,7 +584,8 @@ def _read_one(path: Path) -> _Part:
             )
         expected = offset + -(-nbytes // alignment) * alignment
         tensors.append(TensorInfo(name, shape, type_id, offset, nbytes))
-    return _Part(version, metadata, types, tensors, size, alignment)
+    return HeaderPart(version, metadata, types, tensors, size, alignment,
+                      min(data_start, size))
 
 
 def split_parts(path: Path) -> list[Path]:
@@ -526,7 +603,7 @@ def split_parts(path: Path) -> list[Path]:
             for i in range(1, count + 1)]
 
 
-def _split_key(part: _Part, key: str, want: int, path: Path) -> int | None:
+def _split_key(part: HeaderPart, key: str, want: int, path: Path) -> int | None:
     if key not in part.metadata:
         return None
     vtype = part.types[key][0]
@@ -547,41 +624,62 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
     if split_count is None or split_count <= 1:
         if parts[0] != p:  # not a split after all: llama.cpp reads such a file alone
             first = _read_one(p)
-        return GGUFFile(p, first.version, first.metadata, first.tensors, first.size, [p],
-                        first.alignment, first.types)
+        return _combine([p], [first])
     if len(parts) == 1:
         raise GGUFError(p, f"part of a {split_count}-part split model, but its name does "
                         "not follow the name-00001-of-0000N.gguf pattern")
     if split_count != len(parts):
         raise GGUFError(parts[0], f"the name says {len(parts)} parts, but split.count is "
                         f"{split_count}")
-    if _split_key(first, "split.no", UINT16, parts[0]) != 0:
-        raise GGUFError(parts[0], "the first part of a split model must have split.no = 0")
     missing = [q.name for q in parts[1:] if not q.exists()]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise GGUFError(p, f"split model is missing {len(missing)} part(s): "
                         f"{', '.join(missing[:3])}{more}")
+    return _combine(parts, [first, *(_read_one(q) for q in parts[1:])])
+
+
+def read_gguf_sources(sources: Sequence[ByteSource]) -> GGUFFile:
+    """Read a model whose parts (in order) are ``sources``, with read_gguf's checks.
+
+    ``path`` and ``parts`` of the result hold the sources' names."""
+    if not sources:
+        raise ValueError("no source to read")
+    names = [Path(s.name) for s in sources]
+    first = read_header(sources[0])
+    split_count = _split_key(first, "split.count", UINT16, names[0]) or 1
+    if split_count != len(sources) and (split_count > 1 or len(sources) > 1):
+        raise GGUFError(names[0], f"part of a {split_count}-part split model, but "
+                        f"{len(sources)} part(s) were given")
+    return _combine(names, [first, *(read_header(s) for s in sources[1:])])
+
+
+def _combine(names: list[Path], parts: list[HeaderPart]) -> GGUFFile:
+    """One model from its parts, checked as llama.cpp checks a split (split.no in order, no
+    tensor twice, split.tensors.count right)."""
+    first = parts[0]
     tensors = list(first.tensors)
-    seen = {t.name for t in tensors}
-    total = first.size
-    for idx, part_path in enumerate(parts[1:], start=1):
-        part = _read_one(part_path)
-        no = _split_key(part, "split.no", UINT16, part_path)
-        if no is None:
-            raise GGUFError(part_path, "missing key split.no in a part of a split model")
-        if no != idx:
-            raise GGUFError(part_path, f"invalid split file idx: {no}, expected {idx}")
-        for t in part.tensors:
-            if t.name in seen:
-                raise GGUFError(part_path, f"tensor {quoted(t.name)} is duplicated (it is "
-                                "also in an earlier part)")
-            seen.add(t.name)
-        tensors.extend(part.tensors)
-        total += part.size
-    declared = first.metadata.get("split.tensors.count")
-    if declared is not None and declared != len(tensors):
-        raise GGUFError(parts[0], f"corrupted model: {declared!r} tensors expected but "
-                        f"{len(tensors)} found")
-    return GGUFFile(parts[0], first.version, first.metadata, tensors, total, parts,
-                    first.alignment, first.types)
+    if len(parts) > 1:
+        if _split_key(first, "split.no", UINT16, names[0]) != 0:
+            raise GGUFError(names[0], "the first part of a split model must have split.no = 0")
+        seen = {t.name for t in tensors}
+        for idx, (part_path, part) in enumerate(zip(names[1:], parts[1:], strict=True),
+                                                 start=1):
+            no = _split_key(part, "split.no", UINT16, part_path)
+            if no is None:
+                raise GGUFError(part_path, "missing key split.no in a part of a split model")
+            if no != idx:
+                raise GGUFError(part_path, f"invalid split file idx: {no}, expected {idx}")
+            for t in part.tensors:
+                if t.name in seen:
+                    raise GGUFError(part_path, f"tensor {quoted(t.name)} is duplicated (it is "
+                                    "also in an earlier part)")
+                seen.add(t.name)
+            tensors.extend(part.tensors)
+        declared = first.metadata.get("split.tensors.count")
+        if declared is not None and declared != len(tensors):
+            raise GGUFError(names[0], f"corrupted model: {declared!r} tensors expected but "
+                            f"{len(tensors)} found")
+    return GGUFFile(names[0], first.version, first.metadata, tensors,
+                    sum(part.size for part in parts), names, first.alignment, first.types,
+                    [part.data_start for part in parts])

@@ -340,6 +340,8 @@ def state_sizes(rule: LayerRule, md: Mapping[str, Any], arch: str, n_embd: int,
         return num("token_shift_count", 2) * n_embd, n_embd * wkv
     shortconv = num("shortconv.l_cache")
     if rule.state == STATE_SHORTCONV or shortconv:
+        if shortconv < 1:  # lfm2.cpp reads it with ml.get_key: required
+            raise KeyError(f"missing or invalid {arch}.shortconv.l_cache ({shortconv})")
         return n_embd * (shortconv - 1), 0
     d_conv = num("ssm.conv_kernel")
     kda = num("kda.head_dim")
