@@ -8,10 +8,11 @@ generic keys, with a warning.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kvgui.core.gguf import ggml_types
@@ -143,8 +144,6 @@ class ModelInfo:
     block_tensors: frozenset[str] = frozenset()
     # the "<arch>." scalar header keys, prefix dropped (hyperparameters compute.py reads)
     arch_keys: tuple[tuple[str, int | float | bool | str], ...] = ()
-    # memo for the estimate (placements per -ngl); not part of the model's identity
-    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     @property
     def n_embd_v_max(self) -> int:
@@ -155,13 +154,10 @@ class ModelInfo:
         return sum(self.layer_weights) + self.input_weights + self.output_weights + \
             self.other_weights
 
-    @property
+    @functools.cached_property
     def has_kv_cache(self) -> bool:
-        found = self.cache.get("has_kv_cache")
-        if found is None:
-            found = self.cache["has_kv_cache"] = any(
-                layer.has_kv and not layer.recurrent for layer in self.layers)
-        return bool(found)
+        """Some layer keeps a KV cache (the cache type matters)."""
+        return any(layer.has_kv and not layer.recurrent for layer in self.layers)
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile) -> ModelInfo:
