@@ -177,6 +177,21 @@ def test_debian_package_names_follow_debian_policy() -> None:
     assert {s: install_hints.debian_package(s) for s in cases} == cases
 
 
+def _dpkg_owners(paths: set[str]) -> dict[str, str]:
+    """path -> the package that owns it (or its resolved target), in one ``dpkg -S`` call (one
+    call per path reads dpkg's database each time: seconds)."""
+    candidates = {p: [p, str(Path(p).resolve())] for p in paths}
+    query = sorted({c for cs in candidates.values() for c in cs})
+    out = subprocess.run(["dpkg", "-S", *query], capture_output=True, text=True).stdout
+    owner_of: dict[str, str] = {}
+    for line in out.splitlines():
+        pkgs, sep, path = line.partition(": ")
+        if sep and not line.startswith("diversion "):
+            owner_of.setdefault(path.strip(), pkgs.split(",")[0].split(":")[0].strip())
+    return {p: next(owner_of[c] for c in cs if c in owner_of)
+            for p, cs in candidates.items() if any(c in owner_of for c in cs)}
+
+
 @pytest.mark.skipif(not LINUX, reason="Debian packages")
 def test_qt_x11_package_list_covers_what_the_xcb_plugin_links() -> None:
     """Every system library Qt's X11 path links belongs to a package the hint installs (or to
@@ -184,14 +199,8 @@ def test_qt_x11_package_list_covers_what_the_xcb_plugin_links() -> None:
     if not all(shutil.which(t) for t in ("ldd", "dpkg", "dpkg-query", "apt-cache")):
         pytest.skip("needs a Debian-like system (ldd, dpkg, apt-cache)")
     libs, missing = _ldd(_xcb_chain())
-    owners: set[str] = {install_hints.debian_package(s) for s in missing}
-    for path in sorted(libs):
-        candidates = [path, str(Path(path).resolve())]
-        for p in candidates:
-            out = subprocess.run(["dpkg", "-S", p], capture_output=True, text=True)
-            if out.returncode == 0:
-                owners.add(out.stdout.split(":", 1)[0].split(",")[0].strip())
-                break
+    owners: set[str] = {install_hints.debian_package(s) for s in missing} | set(
+        _dpkg_owners(libs).values())
     closure = subprocess.run(
         ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
          "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances",
