@@ -69,13 +69,17 @@ def test_estimate_equals_llama_cpp(sparse_model: Callable[[str], Path], label: s
     model = load_model(path)
     matrix = _matrix(swa)
     results = dry_run_many(path, matrix)
-    checked = 0
+    checked = host_aborts = 0
     for s, got in zip(matrix, results, strict=True):
         est = estimate(model, s)
         what = f"{label} {s}"
         if isinstance(got, DryRunError):
             # llama.cpp refused: kvgui must have said why before launch
             assert est.errors, f"llama.cpp refused but kvgui did not: {got} ({what})"
+            if est.errors[0].startswith("llama.cpp aborts on this CPU"):
+                # DeepSeek-V2 on an AMX build: the abort kvgui predicts is the one that came
+                assert "GGML_ASSERT(*cur_backend_id != -1)" in got.reason, what
+                host_aborts += 1
             continue
         assert not est.errors, f"kvgui refused what llama.cpp accepts: {est.errors} ({what})"
         assert est.n_ctx == got.n_ctx, what
@@ -86,11 +90,20 @@ def test_estimate_equals_llama_cpp(sparse_model: Callable[[str], Path], label: s
         for ours, logged in ((est.kv_k, got.kv_k), (est.kv_v, got.kv_v),
                              (est.state, got.state)):
             assert matches_logged(ours, logged / 2**20), what
-        assert est.weights == got.weights, f"weights ({what})"
+        # weights: the dry run never maps the file (it forces LLAMA_LOAD_MODE_NONE), so it is
+        # the truth for -lm none, per host buffer type (AMX, CPU_REPACK, CPU); with mmap the
+        # extra buffer types are the same allocations (the mapped range: test_host_buffers)
+        unmapped = estimate(model, s.replace(mmap=False))
+        truth = {b.name: b.model for b in got.exact if b.model}
+        assert dict(unmapped.host_buffers) == truth, f"host weights ({what})"
+        assert unmapped.weights == got.weights, f"weights ({what})"
+        assert {b: n for b, n in est.host_buffers if b != "CPU_Mapped"} == \
+            {b: n for b, n in truth.items() if b != "CPU"}, what
         assert est.output == got.output_total or matches_logged(est.output,
                                                                 got.output_total / 2**20), what
         tol = 0.0 if simulates(model) else compute_tol
         assert est.compute == pytest.approx(got.compute_total, rel=tol), \
             f"compute {est.compute} != llama.cpp {got.compute_total} bytes ({what})"
         checked += 1
-    assert checked >= 5, "llama.cpp refused most of the matrix"
+    # on a CPU where llama.cpp aborts with flash attention, only the runs without it remain
+    assert checked >= (1 if host_aborts else 5), "llama.cpp refused most of the matrix"

@@ -14,9 +14,11 @@ from typing import Any, NamedTuple
 
 from kvgui.core.config.settings import N_CTX_PAD, FlashAttn, Settings
 from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget
+from kvgui.core.devices.hardware.cpu import HostCpu
 from kvgui.core.gguf import ggml_types
+from kvgui.core.memory import host_buffers
 from kvgui.core.memory.compute import SlotLayers, cache_graph, compute_buffer
-from kvgui.core.model.info import ModelInfo
+from kvgui.core.model.info import ModelInfo, weight_group
 
 _QUANTIZED = frozenset({"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"})
 
@@ -38,6 +40,12 @@ class DeviceMemory(NamedTuple):
     compute: int = 0
     output: int = 0
     state: int = 0  # recurrent state (Mamba/RWKV conv + ssm), beside the KV cache
+    # the host with mmap: the part of ``weights`` that is the model file mapped into memory
+    # (llama.cpp's CPU_Mapped buffer: page cache, shared with the OS file cache) ...
+    mapped: int = 0
+    # ... and the part of that range no CPU weight uses (file pages of weights copied into
+    # AMX/CPU_REPACK buffers at load): resident after loading, but the OS may drop them
+    mapped_idle: int = 0
 
     @property
     def kv(self) -> int:
@@ -45,15 +53,21 @@ class DeviceMemory(NamedTuple):
 
     @property
     def total(self) -> int:
+        """Everything llama.cpp allocates or maps here (its memory breakdown's sum)."""
         return self.weights + self.kv + self.state + self.compute + self.output
 
     @property
+    def required(self) -> int:
+        """The memory this device must have: ``total`` less mapped pages nothing uses."""
+        return self.total - self.mapped_idle
+
+    @property
     def headroom(self) -> int | None:
-        return None if self.budget is None else self.budget - self.total
+        return None if self.budget is None else self.budget - self.required
 
     @property
     def fits(self) -> bool | None:
-        return None if self.budget is None else self.total <= self.budget
+        return None if self.budget is None else self.required <= self.budget
 
 
 class ContextShape(NamedTuple):
@@ -78,6 +92,9 @@ class Estimate:
     devices: tuple[DeviceMemory, ...]
     warnings: tuple[str, ...]
     errors: tuple[str, ...]
+    # the host's weights per llama.cpp buffer type ("CPU_Mapped", "AMX", "CPU_REPACK", "CPU")
+    host_buffers: tuple[tuple[str, int], ...] = ()
+    host: HostCpu | None = None
 
     @property
     def n_ctx(self) -> int:
@@ -143,8 +160,11 @@ class Estimate:
             "memory": self.memory_json(),
             "devices": [{"name": d.name, "weights": d.weights, "kv": d.kv, "state": d.state,
                          "compute": d.compute, "output": d.output, "total": d.total,
-                         "budget": d.budget}
+                         "mapped": d.mapped, "mapped_idle": d.mapped_idle,
+                         "required": d.required, "budget": d.budget}
                         for d in self.devices],
+            "host_buffers": dict(self.host_buffers),
+            "host_cpu": None if self.host is None else self.host.to_dict(),
             "fits": self.fits,
             "warnings": list(self.warnings),
             "errors": list(self.errors),
@@ -223,6 +243,7 @@ class _Placement:
 
     n_gpu_layers: int
     weights: tuple[int, ...]  # per slot: GPUs in order, then the CPU
+    host: host_buffers.HostWeights  # the CPU slot's weights by llama.cpp buffer type
     kv_groups: tuple[tuple[int, int, int, bool, int], ...]  # (slot, n_embd_k, n_embd_v, swa, n)
     kv_groups_host: tuple[tuple[int, int, int, bool, int], ...]  # the same with -nkvo
     recurrent: tuple[int, ...]  # recurrent layers per slot
@@ -267,8 +288,28 @@ def _layer_devices(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) 
     return [dev(il) for il in range(n_all)], dev(n_all), max(0, min(ngl, n_all + 1))
 
 
-def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> _Placement:
-    key = (s.n_gpu_layers, s.tensor_split, tuple((g.split, g.budget) for g in gpus))
+def _host_weights(model: ModelInfo, host: HostCpu, layer_dev: Sequence[int], out_dev: int,
+                  *, gpus: bool, mmap: bool) -> host_buffers.HostWeights:
+    """The CPU's weights (input, other, CPU layers, a CPU output layer) in llama.cpp's host
+    buffer types (host_buffers.py)."""
+    n_all = len(model.layers)
+
+    def on_cpu(group: int | str) -> bool:
+        if isinstance(group, int):
+            return layer_dev[group] < 0
+        return group != "output" or out_dev < 0
+
+    mine = [t for t in model.tensors if on_cpu(weight_group(t.name, n_all))]
+    tied = None
+    if model.tied_output_weights and out_dev < 0:
+        tied = next((t for t in mine if t.name == "token_embd.weight"), None)
+    return host_buffers.place(mine, host, gpu_host=gpus, mmap=mmap, tied_output=tied)
+
+
+def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget],
+               host: HostCpu) -> _Placement:
+    key = (s.n_gpu_layers, s.tensor_split, tuple((g.split, g.budget) for g in gpus), host,
+           s.mmap)
     cache = model.cache
     found = cache.get(key)
     if found is not None:
@@ -287,6 +328,9 @@ def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> _
         weights[out_dev] += model.tied_output_weights
     for il, w in enumerate(model.layer_weights):
         weights[slot(layer_dev[il])] += w
+    hosted = _host_weights(model, host, layer_dev, out_dev, gpus=bool(gpus), mmap=s.mmap)
+    if model.tensors:  # a header without its tensor table keeps the plain sums
+        weights[cpu] = hosted.total
     groups: dict[tuple[int, int, int, bool], int] = {}
     groups_host: dict[tuple[int, int, int, bool], int] = {}
     recurrent = [0] * n_slots
@@ -308,7 +352,7 @@ def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> _
             holds_layers=bool(here), holds_output=out_dev == d,
             full_attention=any(layer.has_kv and not layer.swa for layer in here),
             swa=any(layer.has_kv and layer.swa for layer in here)))
-    placed = _Placement(n_gpu_layers, tuple(weights),
+    placed = _Placement(n_gpu_layers, tuple(weights), hosted,
                         tuple((*k, n) for k, n in groups.items()),
                         tuple((*k, n) for k, n in groups_host.items()),
                         tuple(recurrent), tuple(recurrent_host), tuple(slots))
@@ -323,6 +367,8 @@ def estimate(model: ModelInfo, settings: Settings,
     devices = devices or ()
     gpus = [d for d in devices if d.is_gpu]
     cpu_budget = next((d.budget for d in devices if not d.is_gpu), None)
+    host = next((d.host for d in devices if not d.is_gpu and d.host is not None), None) \
+        or this_host()
     s = settings
     fa = resolve_flash_attn(model, s)
     if s.type_v in _QUANTIZED and s.flash_attn is FlashAttn.AUTO:
@@ -336,7 +382,7 @@ def estimate(model: ModelInfo, settings: Settings,
         model.cache[check_key] = checked
     errors, warnings = checked[0], list(checked[1])
     shape = context_shape(model, s)
-    placed = _placement(model, s, gpus)
+    placed = _placement(model, s, gpus, host)
     n_slots = len(gpus) + 1
     cpu = n_slots - 1
 
@@ -370,10 +416,21 @@ def estimate(model: ModelInfo, settings: Settings,
         out.append(DeviceMemory(g.name, True, g.budget, placed.weights[i], kv_k[i], kv_v[i],
                                 compute[i], 0, state[i]))
     out.append(DeviceMemory(CPU_NAME, False, cpu_budget, placed.weights[cpu], kv_k[cpu],
-                            kv_v[cpu], compute[cpu], output, state[cpu]))
+                            kv_v[cpu], compute[cpu], output, state[cpu],
+                            placed.host.mapped, placed.host.mapped_idle))
+    host_errors, host_warnings = host_buffers.refusals(placed.host, flash_attn=fa)
+    errors = errors + host_errors
+    warnings += host_warnings + host_buffers.notes(placed.host, host)
     n_gpu_layers = placed.n_gpu_layers
     if gpus and n_gpu_layers < len(model.layers) + 1:
         warnings.append(f"{n_gpu_layers} of {len(model.layers) + 1} layers on the GPU: "
                         "the rest run on the CPU, much slower")
     return Estimate(model, s, shape, fa, n_gpu_layers, tuple(out), tuple(warnings),
-                    tuple(errors))
+                    tuple(errors), placed.host.buffers, host)
+
+
+def this_host() -> HostCpu:
+    """The CPU of the machine kvgui runs on, as its llama.cpp build uses it (probed once)."""
+    from kvgui.core.devices.hardware.llama_backend import probe_host_cpu
+
+    return probe_host_cpu()

@@ -143,6 +143,8 @@ class ModelInfo:
     block_tensors: frozenset[str] = frozenset()
     # the "<arch>." scalar header keys, prefix dropped (hyperparameters compute.py reads)
     arch_keys: tuple[tuple[str, int | float | bool | str], ...] = ()
+    # the weight tensors (name, shape, type, offset): which host buffer type each one takes
+    tensors: tuple[TensorInfo, ...] = field(default=(), compare=False, repr=False)
     # memo for the estimate (placements per -ngl); not part of the model's identity
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False, hash=False)
 
@@ -292,6 +294,22 @@ def _recurrent_layers(meta: _Meta, arch: str, n_layer_all: int,
     return [n == 0 for n in n_head_kv]
 
 
+_BLK = re.compile(r"^blk\.(\d+)\.")
+
+
+def weight_group(name: str, n_layer_all: int) -> int | str:
+    """Where the estimate places a weight: its block's index, "input" (embeddings, always on
+    the host), "output" (the head and its norm, with the output layer) or "other"."""
+    m = _BLK.match(name)
+    if m and int(m.group(1)) < n_layer_all:
+        return int(m.group(1))
+    if name.startswith(("token_embd", "per_layer_token_embd", "token_types", "position_embd")):
+        return "input"
+    if name.startswith(("output", "cls")):
+        return "output"
+    return "other"
+
+
 def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | None,
               file_bytes: int | None) -> ModelInfo:
     arch = str(md.get("general.architecture") or "")
@@ -384,16 +402,15 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
     layer_weights = [0] * n_layer_all
     input_w = output_w = other_w = 0
     names = set()
-    blk = re.compile(r"^blk\.(\d+)\.")
+    blk = _BLK
     for t in tensors:
         names.add(t.name)
-        m = blk.match(t.name)
-        if m and int(m.group(1)) < n_layer_all:
-            layer_weights[int(m.group(1))] += t.nbytes
-        elif t.name.startswith(("token_embd", "per_layer_token_embd", "token_types",
-                                "position_embd")):
+        group = weight_group(t.name, n_layer_all)
+        if isinstance(group, int):
+            layer_weights[group] += t.nbytes
+        elif group == "input":
             input_w += t.nbytes
-        elif t.name.startswith(("output", "cls")):
+        elif group == "output":
             output_w += t.nbytes
         else:
             other_w += t.nbytes
@@ -458,6 +475,7 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
         ssm_n_group=meta.num("ssm.group_count", 0),
         ssm_dt_rank=meta.num("ssm.time_step_rank", 0),
         block_tensors=frozenset(blk.sub("", n) for n in names if blk.match(n)),
+        tensors=tuple(tensors),
         arch_keys=tuple(sorted((k[len(arch) + 1:], v) for k, v in md.items()
                                if k.startswith(arch + ".")
                                and isinstance(v, (int, float, bool, str)))),
