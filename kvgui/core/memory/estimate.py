@@ -95,6 +95,7 @@ class Estimate:
     # the host's weights per llama.cpp buffer type ("CPU_Mapped", "AMX", "CPU_REPACK", "CPU")
     host_buffers: tuple[tuple[str, int], ...] = ()
     host: HostCpu | None = None
+    notes: tuple[str, ...] = ()  # what to know about the figures (not a problem)
 
     @property
     def n_ctx(self) -> int:
@@ -167,6 +168,7 @@ class Estimate:
             "host_cpu": None if self.host is None else self.host.to_dict(),
             "fits": self.fits,
             "warnings": list(self.warnings),
+            "notes": list(self.notes),
             "errors": list(self.errors),
         }
 
@@ -420,13 +422,14 @@ def estimate(model: ModelInfo, settings: Settings,
                             placed.host.mapped, placed.host.mapped_idle))
     host_errors, host_warnings = host_buffers.refusals(placed.host, flash_attn=fa)
     errors = errors + host_errors
-    warnings += host_warnings + host_buffers.notes(placed.host, host)
+    warnings += host_warnings
     n_gpu_layers = placed.n_gpu_layers
     if gpus and n_gpu_layers < len(model.layers) + 1:
         warnings.append(f"{n_gpu_layers} of {len(model.layers) + 1} layers on the GPU: "
                         "the rest run on the CPU, much slower")
     return Estimate(model, s, shape, fa, n_gpu_layers, tuple(out), tuple(warnings),
-                    tuple(errors), placed.host.buffers, host)
+                    tuple(errors), placed.host.buffers, host,
+                    tuple(host_buffers.notes(placed.host, host)))
 
 
 def this_host() -> HostCpu:
