@@ -21,7 +21,8 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parents[1] / "kvgui" / "core" / "memory" / "tensor_ops.py"
 
 _NAME = re.compile(r'\{\s*(LLM_TENSOR_\w+)\s*,\s*"([^"]+)"\s*\}')
-_INFO = re.compile(r"\{\s*(LLM_TENSOR_\w+)\s*,\s*\{\s*LLM_TENSOR_LAYER_(\w+)\s*,\s*GGML_OP_(\w+)\s*\}\s*\}")
+_INFO = re.compile(r"\{\s*(LLM_TENSOR_\w+)\s*,\s*\{\s*LLM_TENSOR_LAYER_(\w+)\s*,"
+                   r"\s*GGML_OP_(\w+)\s*\}\s*\}")
 
 
 def _table(source: str, start: str) -> str:
@@ -43,11 +44,10 @@ def build(llama_cpp: Path) -> dict[str, tuple[str, str]]:
         key = re.sub(r"^(\w+\.)?blk\.%d\.", r"\1", pattern).replace(".%d", ".*")
         layer, op = infos[enum]
         seen = out.get(key)
-        if seen is not None and seen != (layer, op):
-            # one name, two enums (e.g. token_embd_norm): keep a matmul op if either is one,
-            # since that is the only case where the buffer type could differ
-            if "MUL_MAT" in seen[1]:
-                continue
+        # one name, two enums (e.g. token_embd_norm): keep a matmul op if either is one,
+        # since that is the only case where the buffer type could differ
+        if seen is not None and seen != (layer, op) and "MUL_MAT" in seen[1]:
+            continue
         out[key] = (layer, op)
     return dict(sorted(out.items()))
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 from kvgui.core.devices.device_budget import DeviceBudget, cpu
 from kvgui.core.devices.gpu_catalog import CatalogGpu, find_gpu, search_gpus, tokens
 from kvgui.core.devices.hardware import apple
+from kvgui.core.devices.hardware.cpu import PRESETS, HostCpu
+from kvgui.core.devices.hardware.cpu import preset as host_preset
 from kvgui.core.devices.hardware.types import GpuInfo, HardwareReport, SystemMemory
 from kvgui.core.errors import UsageError
 from kvgui.core.sizes import GiB, format_bytes, parse_size
@@ -160,17 +162,19 @@ def apply_split(plans: Sequence[GpuPlan], ratios: Sequence[float]) -> list[GpuPl
 
 
 def cpu_budget(
-    ram: SystemMemory | int | None, reserve: Reserve, gpus: Sequence[GpuPlan] = ()
+    ram: SystemMemory | int | None, reserve: Reserve, gpus: Sequence[GpuPlan] = (),
+    host: HostCpu | None = None,
 ) -> DeviceBudget:
     """Host RAM available. With no GPU the embedding model and mmproj come out of it; a
-    unified-memory GPU's budget does too (the CPU and GPU share the same RAM)."""
+    unified-memory GPU's budget does too (the CPU and GPU share the same RAM). ``host``:
+    the CPU backend to plan for (None: this machine's)."""
     avail = ram.available if isinstance(ram, SystemMemory) else ram
     if avail is None:
-        return cpu(None)
+        return cpu(None, host)
     if not gpus:
         avail -= reserve.embedding + reserve.mmproj
     avail -= sum(g.budget for g in gpus if g.unified)
-    return cpu(max(0, avail))
+    return cpu(max(0, avail), host)
 
 
 def _unique_names(plans: list[GpuPlan]) -> list[GpuPlan]:
@@ -208,8 +212,10 @@ def plan_devices(
     planned: Sequence[GpuPlan] | None = None,
     ram: int | None = None,
     split: Sequence[float] | None = None,
+    host: HostCpu | None = None,
 ) -> BudgetPlan:
-    """Plans for ``planned`` GPUs, else the chosen real ``gpus``, else what ``report`` found."""
+    """Plans for ``planned`` GPUs, else the chosen real ``gpus``, else what ``report`` found.
+    ``host``: the CPU backend to plan for, else the report's, else this machine's."""
     if planned is not None:
         plans = list(planned)
     else:
@@ -218,8 +224,10 @@ def plan_devices(
     plans = _unique_names(plans)
     if split:
         plans = apply_split(plans, split)
-    host = ram if ram is not None else (report.system if report else None)
-    return BudgetPlan(tuple(plans), cpu_budget(host, reserve, plans))
+    memory = ram if ram is not None else (report.system if report else None)
+    if host is None and report is not None:
+        host = report.host_cpu
+    return BudgetPlan(tuple(plans), cpu_budget(memory, reserve, plans, host))
 
 
 # --- the CLI flags (estimate, fit) --------------------------------------------------------
@@ -293,6 +301,12 @@ def add_budget_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--ram", metavar="SIZE", help="host RAM for CPU layers (default: what is available now)"
+    )
+    g.add_argument(
+        "--host-cpu",
+        metavar="KIND",
+        help="plan for another machine's llama.cpp CPU backend, which decides how much RAM "
+        f"the CPU weights take: {', '.join(PRESETS)} (default: this machine's)",
     )
 
 
@@ -389,6 +403,12 @@ def plan_from_args(args: argparse.Namespace, report: HardwareReport | None = Non
     reserve = reserve_from_args(args)
     ram = _size("--ram", getattr(args, "ram", None))
     split = _split_from_args(args)
+    host = None
+    if getattr(args, "host_cpu", None):
+        try:
+            host = host_preset(args.host_cpu)
+        except ValueError as exc:
+            raise UsageError(f"--host-cpu: {exc}") from None
     try:
         if models or vrams:
             entries = [catalog_gpu(m) for m in models]
@@ -397,8 +417,8 @@ def plan_from_args(args: argparse.Namespace, report: HardwareReport | None = Non
             if report is None and ram is None:
                 from kvgui.core.devices.hardware import system
 
-                host, _ = system.probe()
-                report = HardwareReport(system=host)
+                memory, _ = system.probe()
+                report = HardwareReport(system=memory)
             planned = (
                 [plan_catalog(e, reserve, first=i == 0) for i, e in enumerate(entries)]
                 if entries
@@ -407,13 +427,14 @@ def plan_from_args(args: argparse.Namespace, report: HardwareReport | None = Non
                     for i, v in enumerate(vrams)
                 ]
             )
-            return plan_devices(report, reserve, planned=planned, ram=ram, split=split)
+            return plan_devices(report, reserve, planned=planned, ram=ram, split=split,
+                                host=host)
         if report is None:
             from kvgui.core.devices.hardware import detect
 
             report = detect(llama=False)
         chosen = _pick_detected(gpu_spec, report) if gpu_spec else None
-        return plan_devices(report, reserve, gpus=chosen, ram=ram, split=split)
+        return plan_devices(report, reserve, gpus=chosen, ram=ram, split=split, host=host)
     except ValueError as exc:  # a negative tensor split
         raise UsageError(str(exc)) from None
 

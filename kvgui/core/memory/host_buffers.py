@@ -141,7 +141,7 @@ def repack_kernel(w: Weight, host: HostCpu) -> bool:
 
 def repack_supports(w: Weight, op: str, host: HostCpu) -> bool:
     """repack.cpp extra_buffer_type::supports_op for the loader's probe."""
-    if op == "MUL_MAT" and n_dims(w) == 2 or op == "MUL_MAT_ID" and n_dims(w) == 3:
+    if (op == "MUL_MAT" and n_dims(w) == 2) or (op == "MUL_MAT_ID" and n_dims(w) == 3):
         return repack_kernel(w, host)
     return False
 

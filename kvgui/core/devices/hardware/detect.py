@@ -67,6 +67,7 @@ def detect(*, llama: bool = True, drm_root: Path = drm.DRM_ROOT) -> HardwareRepo
         llama=backend,
         reasons=tuple(reasons),
         advice=tuple(llama_backend.offload_advice(gpus, backend)),
+        host_cpu=llama_backend.probe_host_cpu(),  # its libraries by ctypes: ~40 ms, once
     )
 
 

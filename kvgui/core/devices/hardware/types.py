@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kvgui.core.devices.hardware.cpu import HostCpu
+
 
 def _plain(value: Any) -> Any:
     """asdict() keeps tuples; JSON and its readers want lists."""
@@ -114,6 +116,7 @@ class HardwareReport:
     llama: LlamaBackend | None = None
     reasons: tuple[str, ...] = ()
     advice: tuple[str, ...] = field(default=())
+    host_cpu: HostCpu | None = None  # llama.cpp's CPU backend here (extra buffer types)
 
     @property
     def cpu_only(self) -> bool:
@@ -127,4 +130,5 @@ class HardwareReport:
             "reasons": list(self.reasons),
             "advice": list(self.advice),
             "cpu_only": self.cpu_only,
+            "host_cpu": None if self.host_cpu is None else self.host_cpu.to_dict(),
         }
