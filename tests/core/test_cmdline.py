@@ -168,7 +168,7 @@ def test_the_registry_reader_sees_per_tool_options() -> None:
 @needs_arg_cpp
 def test_every_flag_the_importer_knows_is_registered() -> None:
     registry = _arg_cpp_registry()
-    older = {"--mmap", "--no-mmap"}  # replaced by --load-mode in this llama.cpp
+    older = {"--mmap", "--no-mmap", "--mlock"}  # replaced by --load-mode in this llama.cpp
     for names, _, _ in _OPTIONS.values():
         for name in names:
             if name not in older:

@@ -22,6 +22,7 @@ from kvgui.core.memory.compute import (
     simulates,
 )
 from kvgui.core.memory.estimate import context_shape
+from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.model.catalog import find
 from kvgui.core.model.info import ModelInfo
 
@@ -81,13 +82,13 @@ def test_layer_shortcut_equals_the_full_replay(label: str) -> None:
     for _ in range(6):
         m = base
         if uniform:  # other depths and widths of the same layer
-            m = dataclasses.replace(base, n_layer=rng.choice([1, 2, 3, 7, 28, 61]), cache={},
+            m = dataclasses.replace(base, n_layer=rng.choice([1, 2, 3, 7, 28, 61]),
                                     n_head_kv=rng.choice([1, 2, 4, base.n_head]),
                                     n_ff=rng.choice([base.n_ff, 4864, 3 * base.n_embd]))
         fa = rng.random() < 0.5
         cache = (rng.random() < 0.4, rng.random() < 0.4, rng.random() < 0.2,
                  rng.random() < 0.2)
-        program = compute._program(m, fa, cache)
+        program = compute._program(m, fa, cache, ModelMemo(m))
         for _ in range(5):
             t = rng.choice([1, 7, 64, 512, 513, 2048])
             n_kv = rng.choice([256, 4096, 10240, 131072])

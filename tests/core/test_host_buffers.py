@@ -10,11 +10,11 @@ from kvgui.core.config.settings import FlashAttn, Settings
 from kvgui.core.devices.device_budget import DeviceBudget, cpu
 from kvgui.core.devices.hardware import cpu as hostcpu
 from kvgui.core.devices.hardware.cpu import PRESETS, HostCpu
-from kvgui.core.devices.hardware.llama_backend import host_from_backend
 from kvgui.core.gguf import ggml_types
 from kvgui.core.gguf.reader import TensorInfo
 from kvgui.core.memory import host_buffers as hb
 from kvgui.core.memory.estimate import estimate
+from kvgui.core.memory.findings import Code
 from kvgui.core.model.catalog import find
 from kvgui.core.model.info import ModelInfo
 from kvgui.core.sizes import GiB
@@ -128,8 +128,8 @@ def test_mmap_maps_the_files_range_and_copies_the_rest() -> None:
     assert host.weights == host.mapped + dict(unmapped.host_buffers)["AMX"]
     assert host.mapped - host.mapped_idle == dict(unmapped.host_buffers)["CPU"]
     assert host.required == unmapped.devices[-1].total
-    assert amx.notes and "page cache" in amx.notes[0]
-    assert not estimate(m, Settings(), on(NONE)).notes
+    assert amx.has(Code.HOST_MAPPED_COPIES) and not amx.refused
+    assert not estimate(m, Settings(), on(NONE)).has(Code.HOST_MAPPED_COPIES)
 
 
 def test_a_gpu_host_buffer_comes_before_amx() -> None:
@@ -144,12 +144,13 @@ def test_a_gpu_host_buffer_comes_before_amx() -> None:
 def test_deepseek_v2_on_amx_is_refused_with_the_reason() -> None:
     m = model("DeepSeek-V2-Lite-Chat Q4_K_M")
     fa = estimate(m, Settings(flash_attn=FlashAttn.ON), on(AMX))
-    assert len(fa.errors) == 1 and "attn_v_b" in fa.errors[0] and "-nr" in fa.errors[0]
+    assert [f.code for f in fa.refusals] == [Code.AMX_MLA_ABORTS]
+    assert "attn_v_b" in fa.errors[0] and "-nr" in fa.errors[0]
     assert "GGML_ASSERT(*cur_backend_id != -1)" in fa.errors[0]
     auto = estimate(m, Settings(), on(AMX))  # auto resolves to on: the same abort
     assert auto.errors == fa.errors
     off = estimate(m, Settings(flash_attn=FlashAttn.OFF), on(AMX))
-    assert not off.errors and any("attn_v_b" in w and "wrong output" in w for w in off.warnings)
+    assert not off.errors and off.has(Code.AMX_3D_PACKING)
     for host in (AVX2, NONE, AMX.without_extra_buffers()):
         assert not estimate(m, Settings(flash_attn=FlashAttn.ON), on(host)).errors
     # attn_v_b offloaded to a GPU: not the CPU's problem
@@ -161,14 +162,17 @@ def test_deepseek_v2_on_amx_is_refused_with_the_reason() -> None:
 def test_attn_k_b_in_amx_aborts_even_without_flash_attention() -> None:
     k_b = tensor("blk.0.attn_k_b.weight", (128, 512, 16), "q8_0")
     placed = hb.place([k_b], AMX, gpu_host=False, mmap=False)
-    errors, _ = hb.refusals(placed, flash_attn=False)
-    assert errors and "attn_k_b" in errors[0]
+    found = hb.findings(placed, AMX, flash_attn=False)
+    assert [f.code for f in found if f.is_refusal] == [Code.AMX_MLA_ABORTS]
+    assert "attn_k_b" in found[0].message
 
 
 def test_unmodeled_extra_buffers_are_said() -> None:
     m = model("Llama-3.1-8B-Instruct Q4_K_M")
     kleidi = HostCpu(("KLEIDIAI", "CPU_REPACK"), frozenset({"NEON", "DOTPROD"}))
-    assert any("KLEIDIAI" in n for n in estimate(m, Settings(), on(kleidi)).notes)
+    est = estimate(m, Settings(), on(kleidi))
+    assert est.has(Code.HOST_BUFFERS_UNMODELED) and "KLEIDIAI" in next(
+        f.message for f in est.findings if f.code is Code.HOST_BUFFERS_UNMODELED)
 
 
 def test_host_cpu_from_flags_and_from_the_build() -> None:
@@ -182,7 +186,7 @@ def test_host_cpu_from_flags_and_from_the_build() -> None:
     arm = hostcpu.native_build(hostcpu.parse_cpuinfo("Features\t: fp asimd asimddp i8mm\n"),
                                "aarch64")
     assert arm.has("NEON") and arm.has("DOTPROD") and arm.has("MATMUL_INT8")
-    built = host_from_backend(["AMX", "CPU_REPACK"], {"AVX2": "1", "AMX_INT8": "1",
+    built = hostcpu.from_backend(["AMX", "CPU_REPACK"], {"AVX2": "1", "AMX_INT8": "1",
                                                       "SVE_CNT": "0"}, version="0.3.36")
     assert built.amx and built.has("AVX2") and "0.3.36" in built.source
     with pytest.raises(ValueError, match="one of"):

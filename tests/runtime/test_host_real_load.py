@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from kvgui.core.config.settings import Settings
-from kvgui.core.devices.hardware.llama_backend import probe_host_cpu
+from kvgui.core.devices.device_budget import cpu
 from kvgui.core.memory import host_buffers as hb
 from kvgui.core.memory.estimate import estimate
 from kvgui.core.model.info import load_model
+from kvgui.runtime.llama_backend import probe_host_cpu
 
 pytestmark = pytest.mark.llama
 
@@ -40,7 +41,7 @@ def test_host_buffers_equal_a_real_load(mixed_model: Path, mmap: bool) -> None:
     from kvgui.runtime.client import WorkerClient
 
     settings = Settings(n_ctx=512, mmap=mmap)
-    est = estimate(load_model(mixed_model), settings)
+    est = estimate(load_model(mixed_model), settings, [cpu(None, probe_host_cpu())])
     with WorkerClient() as client:
         loaded = client.load(str(mixed_model), settings)
     assert loaded["exact"], "the worker could not read llama.cpp's memory breakdown"
@@ -62,7 +63,7 @@ def test_host_buffers_equal_the_dry_run(mixed_model: Path) -> None:
     settings = Settings(n_ctx=512, mmap=False)
     got = dry_run(mixed_model, settings)
     assert got.exact is not None
-    est = estimate(load_model(mixed_model), settings)
+    est = estimate(load_model(mixed_model), settings, [cpu(None, probe_host_cpu())])
     assert dict(est.host_buffers) == {b.name: b.model for b in got.exact if b.model}
     # the buffer types llama.cpp used are the ones kvgui read from the build
     host = probe_host_cpu()

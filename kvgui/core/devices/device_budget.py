@@ -15,7 +15,7 @@ class DeviceBudget:
     embedding model, a safety margin); None means unknown (no fit verdict for it).
     ``split`` is this GPU's share of the layers (llama.cpp's --tensor-split); 0 = by budget.
     ``host`` (the CPU only): llama.cpp's CPU backend there, which decides the host buffer
-    types the CPU weights take; None = this machine's (detected on first use).
+    types the CPU weights take; None = this machine's, as the estimate guesses it.
     """
 
     name: str

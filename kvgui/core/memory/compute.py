@@ -30,6 +30,7 @@ from kvgui.core.memory.compute_graph import (
     simulates,
 )
 from kvgui.core.memory.ggml_alloc import CPU_ALIGN, CUDA_ALIGN, Program, record, replay
+from kvgui.core.memory.memo import ModelMemo
 
 if TYPE_CHECKING:
     from kvgui.core.memory.estimate import ContextShape
@@ -91,33 +92,33 @@ def _stage_peaks(model: ModelInfo, shape: ContextShape, fa: bool, n_kv: int,
     return attn + resid + mask, max(ffn + resid + mask, ssm), output
 
 
-def _program(model: ModelInfo, fa: bool, cache: CacheGraph) -> Program:
-    """The allocator's operations for the model's graph (memoized per model)."""
-    key = ("galloc", fa, cache)
-    found = model.cache.get(key)
-    if found is None:
+def _program(model: ModelInfo, fa: bool, cache: CacheGraph, memo: ModelMemo) -> Program:
+    """The allocator's operations for the model's graph (once per model and graph)."""
+    def make() -> Program:
         graph, sizes = dense_graph(model, model.n_layer, fa, cache)
-        found = model.cache[key] = record(graph, sizes)
-    assert isinstance(found, Program)
-    return found
+        return record(graph, sizes)
+
+    return memo.get("galloc", (fa, cache), make)
 
 
 def simulated_peak(model: ModelInfo, shape: ContextShape, fa: bool,
                    cache: CacheGraph = (False, False, False, False),
-                   alignment: int = CPU_ALIGN) -> int:
+                   alignment: int = CPU_ALIGN, memo: ModelMemo | None = None) -> int:
     """The compute buffer of the whole model on one backend, from a replay of ggml-alloc."""
+    memo = ModelMemo(model) if memo is None else memo
     # graph_reserve: n_tokens is a multiple of n_seq_max (n_seq, where the shape has it)
     n_seqs = max(int(getattr(shape, "n_seq", 0)), shape.n_stream, 1)
     n_outputs = min(shape.n_ubatch, shape.n_batch)
     n_tokens = -(-shape.n_ubatch // n_seqs) * n_seqs  # graph_reserve: a multiple of n_seqs
-    key = ("galloc-peak", fa, cache, n_tokens, shape.n_ctx_seq, shape.swa_cells, shape.n_stream,
-           n_outputs, alignment)
-    found = model.cache.get(key)
-    if found is None:
+    key = (fa, cache, n_tokens, shape.n_ctx_seq, shape.swa_cells, shape.n_stream, n_outputs,
+           alignment)
+
+    def make() -> int:
         sizes = scale(n_tokens, shape.n_ctx_seq, shape.swa_cells, n_outputs, shape.n_stream,
                       n_seqs)
-        found = model.cache[key] = replay(_program(model, fa, cache), sizes, alignment)
-    return int(found)
+        return int(replay(_program(model, fa, cache, memo), sizes, alignment))
+
+    return memo.get("galloc-peak", key, make)
 
 
 @dataclass(frozen=True)
@@ -132,22 +133,24 @@ class SlotLayers:
 
 def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
                    slots: Sequence[SlotLayers],
-                   cache: CacheGraph | None = None) -> list[int]:
+                   cache: CacheGraph | None = None, memo: ModelMemo | None = None) -> list[int]:
     """Compute buffer bytes per device: the GPUs in order, then the CPU (last).
 
     ``cache``: cache_graph() of the cache types; None when unknown: the largest of the
     quantized / not quantized cases (f16 and quantized caches).
     """
+    memo = ModelMemo(model) if memo is None else memo
     result = [0] * len(slots)
     n_outputs = min(shape.n_ubatch, shape.n_batch)
     computing = [i for i, s in enumerate(slots) if s.holds_layers or s.holds_output]
     alone = len(computing) == 1 and slots[computing[0]].holds_layers \
-        and slots[computing[0]].holds_output and simulates(model)
+        and slots[computing[0]].holds_output \
+        and memo.get("simulates", None, lambda: simulates(model))
     cases = [cache] if cache is not None else [
         (k, v, False, False) for k in (False, True) for v in (False, True)]
 
     def replayed(alignment: int) -> int:
-        return max(simulated_peak(model, shape, fa, c, alignment) for c in cases)
+        return max(simulated_peak(model, shape, fa, c, alignment, memo) for c in cases)
 
     for i, slot in enumerate(slots):
         is_cpu = i == len(slots) - 1

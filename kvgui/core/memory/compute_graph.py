@@ -59,16 +59,7 @@ _ARCHS: dict[str, frozenset[str]] = {
 
 
 def simulates(model: ModelInfo) -> bool:
-    """Whether the compute buffer of ``model`` is replayed through ggml-alloc (memoized: each
-    estimate asks; the model is kept with the answer, as dataclasses.replace shares the
-    memo between a model and its altered copies)."""
-    found = model.cache.get("simulates")
-    if found is None or found[0] is not model:
-        found = model.cache["simulates"] = (model, _simulates(model))
-    return bool(found[1])
-
-
-def _simulates(model: ModelInfo) -> bool:
+    """Whether the compute buffer of ``model`` is replayed through ggml-alloc."""
     allowed = _ARCHS.get(model.arch)
     swa_ok = model.arch in ("gemma2", "gemma3", "gpt-oss") and not model.swa_chunked
     keys = dict(model.arch_keys)

@@ -36,6 +36,8 @@ from typing import NamedTuple
 from kvgui.core.devices.hardware.cpu import AMX, REPACK, HostCpu
 from kvgui.core.gguf import ggml_types
 from kvgui.core.gguf.reader import TensorInfo
+from kvgui.core.memory import findings as fnd
+from kvgui.core.memory.findings import Code, Finding
 from kvgui.core.memory.tensor_ops import TENSOR_OPS
 
 CPU = "CPU"  # ggml_backend_cpu_buffer_type
@@ -246,9 +248,12 @@ def place(weights: Iterable[Weight], host: HostCpu, *, gpu_host: bool, mmap: boo
 
 # --- what llama.cpp at this commit does with some placements -------------------------------
 
-def refusals(host_weights: HostWeights, *, flash_attn: bool) -> tuple[list[str], list[str]]:
-    """Errors (llama.cpp aborts) and warnings for weights llama.cpp places where their graph
-    cannot use them.
+_NO_REPACK = "run llama.cpp with -nr (--no-repack), which turns the extra CPU buffer types off"
+
+
+def findings(host_weights: HostWeights, host: HostCpu, *, flash_attn: bool) -> list[Finding]:
+    """What the user must know about the host's weights: llama.cpp aborting or computing
+    wrongly with a placement, buffer types kvgui does not follow, mapped pages held twice.
 
     MLA models keep attn_k_b / attn_v_b as 3-D {.., .., n_head} weights. The loader's probe
     passes AMX's supports_op (it checks only ne0/ne1), but in the graph attn_k_b multiplies a
@@ -258,29 +263,45 @@ def refusals(host_weights: HostWeights, *, flash_attn: bool) -> tuple[list[str],
     ggml_backend_cpu_device_supports_op), so no backend takes the node:
     ``GGML_ASSERT(*cur_backend_id != -1)`` in ggml-backend.cpp's scheduler (pass 4).
     """
-    errors: list[str] = []
-    warnings: list[str] = []
+    out: list[Finding] = []
     in_amx = [p.weight for p in host_weights.placed if p.buffer == AMX]
     k_b = next((w for w in in_amx if weight_base(w.name) == "attn_k_b"), None)
     v_b = next((w for w in in_amx if weight_base(w.name) == "attn_v_b"), None)
-    fix = "run llama.cpp with -nr (--no-repack), which turns the extra CPU buffer types off"
     if k_b is not None or (v_b is not None and flash_attn):
         w = k_b if k_b is not None else v_b
         assert w is not None
         why = "its input is permuted" if k_b is not None else \
             "with flash attention its input is permuted"
-        errors.append(
+        out.append(fnd.refusal(
+            Code.AMX_MLA_ABORTS,
             f"llama.cpp aborts on this CPU: it puts {weight_base(w.name)} ({w.type_name}, "
             f"3-D) in the AMX buffer, but {why} and neither AMX nor the CPU backend will "
-            f"multiply it (GGML_ASSERT(*cur_backend_id != -1) in ggml-backend.cpp); {fix}"
-            + ("" if k_b is not None else ", or turn flash attention off"))
+            f"multiply it (GGML_ASSERT(*cur_backend_id != -1) in ggml-backend.cpp); "
+            f"{_NO_REPACK}" + ("" if k_b is not None else ", or turn flash attention off"),
+            field=None if k_b is not None else "flash_attn"))
     if v_b is not None and not flash_attn:
-        warnings.append(
+        out.append(fnd.warning(
+            Code.AMX_3D_PACKING,
             f"llama.cpp packs {weight_base(v_b.name)} ({v_b.type_name}, {ne(v_b, 2)} slices) "
             "for AMX as if it had one slice (ggml_backend_amx_get_alloc_size counts ne0 x ne1"
             f" only): by its source the other slices are never packed, so expect wrong "
-            f"output; {fix}")
-    return errors, warnings
+            f"output; {_NO_REPACK}"))
+    if host.unmodeled:
+        out.append(fnd.note(
+            Code.HOST_BUFFERS_UNMODELED,
+            f"llama.cpp's CPU backend has {', '.join(host.unmodeled)} buffers, which kvgui "
+            "does not model: the host weights may differ from its figures"))
+    copied = host_weights.allocated - host_weights.buffer(GPU_HOST)
+    if host_weights.mapped_idle >= 2**20 and copied:
+        extra = "/".join(b for b, _ in host_weights.buffers if b in (AMX, REPACK))
+        out.append(fnd.note(
+            Code.HOST_MAPPED_COPIES,
+            f"with mmap, llama.cpp maps {_mib(host_weights.mapped)} of the file for the CPU "
+            f"weights, {_mib(host_weights.mapped_idle)} of it the file pages of weights it "
+            f"copies into {extra} buffers ({_mib(copied)}): right after loading both are in "
+            "RAM; the copies' pages are then left to the page cache (the OS can drop them). "
+            "-lm none maps nothing"))
+    return out
 
 
 def weight_base(name: str) -> str:
@@ -288,25 +309,6 @@ def weight_base(name: str) -> str:
     base = _BLK.sub(r"\1", name)
     head, dot, last = base.rpartition(".")
     return head if dot and last in _SUFFIXES else base
-
-
-def notes(host_weights: HostWeights, host: HostCpu) -> list[str]:
-    """What the user should know about the host figure: buffer types kvgui cannot follow,
-    and the mapped pages that a real load holds twice."""
-    out: list[str] = []
-    if host.unmodeled:
-        out.append(f"llama.cpp's CPU backend has {', '.join(host.unmodeled)} buffers, which "
-                   "kvgui does not model: the host weights may differ from its figures")
-    copied = host_weights.allocated - host_weights.buffer(GPU_HOST)
-    if host_weights.mapped_idle >= 2**20 and copied:
-        out.append(
-            f"with mmap, llama.cpp maps {_mib(host_weights.mapped)} of the file for the CPU "
-            f"weights, {_mib(host_weights.mapped_idle)} of it the file pages of weights it "
-            f"copies into {'/'.join(b for b, _ in host_weights.buffers if b in (AMX, REPACK))}"
-            f" buffers ({_mib(copied)}): right after loading both are in RAM; the copies' "
-            "pages are then left to the page cache (the OS can drop them). -lm none maps "
-            "nothing")
-    return out
 
 
 def _mib(n: int) -> str:

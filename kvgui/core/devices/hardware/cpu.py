@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -129,6 +129,20 @@ def native_build(flags: Iterable[str], machine: str = "") -> HostCpu:
     extra.append(REPACK)
     return HostCpu(tuple(extra), frozenset(features), cpu_flags=flags,
                    source="assumed: a native llama.cpp build for this CPU's flags")
+
+
+def from_backend(extra: Sequence[str], features: dict[str, str],
+                 flags: frozenset[str] = frozenset(), version: str | None = None
+                 ) -> HostCpu:
+    """A HostCpu from what ggml's CPU backend says of itself (extra buffer type names, and
+    the features from ggml_backend_get_features, "1" when on)."""
+    on = frozenset(k for k, v in features.items() if v not in ("", "0"))
+    try:
+        sve_cnt = int(features.get("SVE_CNT", 0) or 0)
+    except ValueError:
+        sve_cnt = 0
+    what = f"llama-cpp-python {version}" if version else "the installed llama-cpp-python"
+    return HostCpu(tuple(extra), on, sve_cnt, cpu_flags=flags, source=f"{what}'s CPU backend")
 
 
 def parse_cpuinfo(text: str) -> frozenset[str]:

@@ -104,6 +104,7 @@ class LlamaBackend:
     gpu_offload: bool | None = None
     devices: tuple[BackendDevice, ...] = ()
     reason: str | None = None
+    host_cpu: HostCpu | None = None  # its CPU backend's extra buffer types and features
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
 """What the installed llama-cpp-python can use: GPU offload at all, and which ggml devices.
 
-A CPU-only build of llama-cpp-python accepts -ngl and silently keeps every layer on the CPU,
-so when the machine has a GPU the build cannot use, kvgui says so and gives the reinstall
-command. llama_cpp is imported here, inside functions only: kvgui.core must import without it.
+This imports llama_cpp (so it lives in the runtime, not the core); the advice drawn from its
+answer is kvgui.core.devices.hardware.llama_advice.
 """
 
 from __future__ import annotations
@@ -13,28 +12,14 @@ import importlib
 import importlib.util
 import logging
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kvgui.core.devices.hardware import cpu
 from kvgui.core.devices.hardware.cpu import HostCpu
-from kvgui.core.devices.hardware.types import BackendDevice, GpuInfo, LlamaBackend
+from kvgui.core.devices.hardware.types import BackendDevice, LlamaBackend
 
 log = logging.getLogger(__name__)
-
-REINSTALL = {
-    "nvidia": 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '
-    "llama-cpp-python",
-    "amd": 'CMAKE_ARGS="-DGGML_HIP=on" pip install --force-reinstall --no-cache-dir '
-    "llama-cpp-python (needs ROCm; or -DGGML_VULKAN=on)",
-    "intel": 'CMAKE_ARGS="-DGGML_VULKAN=on" pip install --force-reinstall --no-cache-dir '
-    "llama-cpp-python",
-    "apple": 'CMAKE_ARGS="-DGGML_METAL=on" pip install --force-reinstall --no-cache-dir '
-    "llama-cpp-python",
-}
-CUDA_REINSTALL = REINSTALL["nvidia"]
-VENDOR_NAMES = {"nvidia": "NVIDIA", "amd": "AMD", "apple": "Apple", "intel": "Intel"}
 
 # enum ggml_backend_dev_type (ggml-backend.h)
 DEVICE_KINDS = ("CPU", "GPU", "IGPU", "ACCEL", "META")
@@ -104,28 +89,9 @@ def probe() -> LlamaBackend:
     except Exception as exc:  # a build whose libggml lacks the device registry
         devices, reason = (), f"cannot list ggml backend devices ({type(exc).__name__}: {exc})"
     return LlamaBackend(
-        installed=True, version=version, gpu_offload=offload, devices=devices, reason=reason
+        installed=True, version=version, gpu_offload=offload, devices=devices, reason=reason,
+        host_cpu=probe_host_cpu(),
     )
-
-
-def offload_advice(gpus: Sequence[GpuInfo], backend: LlamaBackend | None) -> list[str]:
-    """What to tell a user whose GPU llama-cpp-python cannot use."""
-    if backend is None or not gpus:
-        return []
-    if not backend.installed:
-        return [
-            "llama-cpp-python is not installed: kvgui can still estimate, but cannot verify or "
-            "chat. Install it with GPU support: " + REINSTALL.get(gpus[0].vendor, CUDA_REINSTALL)
-        ]
-    if backend.gpu_offload is False:
-        vendor = gpus[0].vendor
-        version = f" {backend.version}" if backend.version else ""
-        return [
-            f"llama-cpp-python{version} is a CPU-only build: it cannot offload layers to your "
-            f"{VENDOR_NAMES.get(vendor, vendor)} GPU, so -ngl does nothing. "
-            f"Reinstall it with GPU support: {REINSTALL.get(vendor, CUDA_REINSTALL)}"
-        ]
-    return []
 
 
 # --- the CPU backend's extra buffer types (no llama_cpp import: its libraries, by ctypes) ----
@@ -196,18 +162,6 @@ def read_cpu_backend(folder: Path) -> tuple[list[str], dict[str, str]]:
     return extra, features
 
 
-def host_from_backend(extra: Sequence[str], features: dict[str, str],
-                      flags: frozenset[str] = frozenset(), version: str | None = None
-                      ) -> HostCpu:
-    on = frozenset(k for k, v in features.items() if v not in ("", "0"))
-    try:
-        sve_cnt = int(features.get("SVE_CNT", 0) or 0)
-    except ValueError:
-        sve_cnt = 0
-    what = f"llama-cpp-python {version}" if version else "the installed llama-cpp-python"
-    return HostCpu(tuple(extra), on, sve_cnt, cpu_flags=flags, source=f"{what}'s CPU backend")
-
-
 def _version(folder: Path) -> str | None:
     try:
         from importlib.metadata import version
@@ -228,7 +182,15 @@ def probe_host_cpu() -> HostCpu:
         folder = _lib_dir()
         if folder is not None:
             extra, features = read_cpu_backend(folder)
-            return host_from_backend(extra, features, flags, _version(folder))
+            return cpu.from_backend(extra, features, flags, _version(folder))
     except Exception as exc:  # a broken install: plan as for a native build
         log.warning("cannot read llama.cpp's CPU backend: %s: %s", type(exc).__name__, exc)
     return cpu.native_build(flags, cpu.machine())
+
+
+def detect_all() -> Any:
+    """kvgui.core's hardware detection plus this llama.cpp's view (what `kvgui gpus` and the
+    window show)."""
+    from kvgui.core.devices.hardware.detect import detect
+
+    return detect(llama_probe=probe)
