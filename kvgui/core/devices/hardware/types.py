@@ -15,6 +15,8 @@ def _plain(value: Any) -> Any:
     """asdict() keeps tuples; JSON and its readers want lists."""
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
