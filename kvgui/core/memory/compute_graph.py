@@ -87,7 +87,7 @@ def _rot_size(head: int, k: bool) -> int:
     if not k:
         return 64
     n = 64
-    while head % (n * 2) == 0:
+    while head % (n * 2) == 0 and n < head:  # bounded: head 0 (no attention) would never end
         n *= 2
     return n
 

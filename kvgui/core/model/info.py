@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvgui.core.gguf import ggml_types
+from kvgui.core import untrusted
+from kvgui.core.gguf import ggml_types, validate
 from kvgui.core.gguf.reader import GGUFError, GGUFFile, TensorInfo, read_gguf
 
 # llama.h enum llama_ftype, for "general.file_type".
@@ -179,12 +180,26 @@ class ModelInfo:
 
 
 def load_model(path: str | os.PathLike[str]) -> ModelInfo:
-    """Read a GGUF header and describe the model; raises GGUFError for anything unreadable."""
+    """Read a GGUF header and describe the model; raises GGUFError for anything unreadable,
+    or that llama.cpp's loader would refuse (validate.py)."""
     gguf = read_gguf(path)
+    validate.check_header(gguf)
     try:
-        return ModelInfo.from_gguf(gguf)
-    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
+        model = ModelInfo.from_gguf(gguf)
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError,
+            OverflowError) as exc:
         raise GGUFError(gguf.path, f"not a usable model header: {exc}") from None
+    validate.check_model(model)
+    return model
+
+
+def _whole(key: str, value: Any) -> int:
+    """A header number as llama.cpp's uint32 hyperparameters hold it (no float, bool or text)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} must be a whole number, not {value!r:.40}")
+    if not 0 <= value < 2**32:
+        raise ValueError(f"{key} = {value} does not fit llama.cpp's uint32")
+    return value
 
 
 class _Meta:
@@ -201,18 +216,19 @@ class _Meta:
         value = self.get(key, default)
         if value is None:
             raise KeyError(f"missing {self.arch}.{key}")
-        if isinstance(value, list):
+        if isinstance(value, Sequence) and not isinstance(value, str):
             raise TypeError(f"{self.arch}.{key} is an array, expected a number")
-        return int(value)
+        return _whole(f"{self.arch}.{key}", value)
 
     def per_layer(self, key: str, n_layer: int, default: int | list[int]) -> list[int]:
         """llama.cpp's get_key_or_arr: a scalar for all layers, or one value per layer."""
         value = self.get(key, default)
-        if isinstance(value, list):
+        name = f"{self.arch}.{key}"
+        if isinstance(value, Sequence) and not isinstance(value, str):
             if len(value) < n_layer:
-                raise ValueError(f"{self.arch}.{key} has {len(value)} entries for {n_layer} layers")
-            return [int(v) for v in value[:n_layer]]
-        return [int(value)] * n_layer
+                raise ValueError(f"{name} has {len(value)} entries for {n_layer} layers")
+            return [_whole(name, v) for v in value[:n_layer]]
+        return [_whole(name, value)] * n_layer
 
 
 def _swa_layers(meta: _Meta, arch: str, n_layer_all: int, n_layer: int,
@@ -451,7 +467,9 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
     if no_memory:
         notes.append("no KV cache (encoder or non-causal model)")
 
-    name = str(md.get("general.name") or (os.path.basename(path) if path else arch))
+    # shown on terminals and in widgets: control characters escaped, length bounded
+    name = untrusted.one_line(str(md.get("general.name") or
+                                  (os.path.basename(path) if path else arch)), 200)
     total_bytes = file_bytes if file_bytes is not None else sum(t.nbytes for t in tensors)
     return ModelInfo(
         path=path, name=name, arch=arch, file_type=file_type, file_bytes=total_bytes,
