@@ -23,6 +23,8 @@ from kvgui.core.memory import host_buffers
 from kvgui.core.memory.compute import SlotLayers, cache_graph, compute_buffer
 from kvgui.core.memory.findings import Code, Finding
 from kvgui.core.memory.memo import ModelMemo
+from kvgui.core.memory.verification import ComputeCheck, compute_check
+from kvgui.core.model import layer_rules
 from kvgui.core.model.info import ModelInfo, weight_group
 
 
@@ -197,6 +199,11 @@ class Estimate:
         v = self.verdict
         return None if v is Verdict.UNKNOWN else v is Verdict.FITS
 
+    @property
+    def compute_check(self) -> ComputeCheck:
+        """How far the compute figure is verified for this architecture (verification.py)."""
+        return compute_check(self.model, any(d.is_gpu and d.compute for d in self.devices))
+
     def memory_json(self) -> dict[str, int]:
         out = {key: getattr(self, key) for key in PART_KEYS}
         out["kv"] = self.kv
@@ -214,6 +221,7 @@ class Estimate:
                          "n_batch": self.shape.n_batch, "n_ubatch": self.shape.n_ubatch,
                          "n_parallel": s.n_parallel, "swa_full": s.swa_full},
             "memory": self.memory_json(),
+            "compute_check": self.compute_check.to_json(),
             "devices": [{"name": d.name, "is_gpu": d.is_gpu, "budget": d.budget,
                          **{key: getattr(d, key) for key in PART_KEYS},
                          "kv": d.kv, "total": d.total, "mapped": d.mapped,
@@ -376,17 +384,23 @@ def _host_weights(model: ModelInfo, host: HostCpu, layer_dev: Sequence[int], out
     """The CPU's weights (input, other, CPU layers, a CPU output layer) in llama.cpp's host
     buffer types (host_buffers.py)."""
     n_all = len(model.layers)
+    output_names = layer_rules.output_tensors(model.arch)
 
     def on_cpu(group: int | str) -> bool:
         if isinstance(group, int):
             return layer_dev[group] < 0
         return group != "output" or out_dev < 0
 
-    mine = [t for t in model.tensors if on_cpu(weight_group(t.name, n_all))]
+    # model.tensors holds what llama.cpp loads (no NextN/MTP blocks)
+    mine = [t for t in model.tensors
+            if on_cpu(weight_group(t.name, n_all, model.n_layer, output_names))]
     tied = None
-    if model.tied_output_weights and out_dev < 0:
+    output_first = model.arch in layer_rules.OUTPUT_BEFORE_TOKEN_EMBD
+    if out_dev < 0 and (model.tied_output_weights or output_first) and \
+            not any(t.name == "output.weight" for t in model.tensors):
         tied = next((t for t in mine if t.name == "token_embd.weight"), None)
-    return host_buffers.place(mine, host, gpu_host=gpus, mmap=mmap, tied_output=tied)
+    return host_buffers.place(mine, host, gpu_host=gpus, mmap=mmap, tied_output=tied,
+                              output_first=output_first)
 
 
 def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget],

@@ -210,10 +210,11 @@ class HostWeights:
 
 
 def place(weights: Iterable[Weight], host: HostCpu, *, gpu_host: bool, mmap: bool,
-          tied_output: Weight | None = None) -> HostWeights:
+          tied_output: Weight | None = None, output_first: bool = False) -> HostWeights:
     """Place the host's weights. ``tied_output``: token_embd also serving as the output head
     on the CPU; llama.cpp probes it again as MUL_MAT (TENSOR_DUPLICATED) and makes a second
-    copy when that lands in another buffer type than the embedding's."""
+    copy when that lands in another buffer type than the embedding's -- or always, for the
+    architectures that create the head first (``output_first``, layer_rules)."""
     buffers = cpu_buffer_list(host, gpu_host=gpu_host)
     placed: list[Placed] = []
     for w in weights:
@@ -226,7 +227,7 @@ def place(weights: Iterable[Weight], host: HostCpu, *, gpu_host: bool, mmap: boo
         b_out = select(tied_output, "MUL_MAT", buffers, host)
         if mmap and b_out == GPU_HOST:
             b_out = CPU
-        if b_out != b_in:
+        if b_out != b_in or output_first:
             placed.append(Placed(tied_output, b_out, alloc_size(tied_output, b_out)))
     sums: dict[str, int] = {}
     mapped = idle = 0
@@ -235,7 +236,8 @@ def place(weights: Iterable[Weight], host: HostCpu, *, gpu_host: bool, mmap: boo
         first = min(p.weight.offset for p in in_cpu)
         last = max(p.weight.offset + p.weight.nbytes for p in in_cpu)
         mapped = last - first
-        idle = mapped - sum(p.weight.nbytes for p in in_cpu)
+        # two copies of one tensor (a tied head) map the same file bytes once
+        idle = mapped - sum({p.weight.offset: p.weight.nbytes for p in in_cpu}.values())
         sums[CPU_MAPPED] = mapped
     for p in placed:
         if p.buffer == CPU and mmap:

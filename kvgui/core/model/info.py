@@ -18,6 +18,7 @@ from typing import Any
 from kvgui.core import untrusted
 from kvgui.core.gguf import ggml_types, validate
 from kvgui.core.gguf.reader import GGUFError, GGUFFile, TensorInfo, read_gguf
+from kvgui.core.model import layer_rules
 
 # llama.h enum llama_ftype, for "general.file_type".
 FILE_TYPES = {
@@ -29,62 +30,31 @@ FILE_TYPES = {
     37: "TQ2_0", 38: "MXFP4_MOE",
 }
 
-RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
-HYBRID_ARCHS = frozenset({
-    "jamba", "falcon-h1", "plamo2", "granitehybrid", "lfm2", "lfm2moe", "nemotron_h",
-    "nemotron_h_moe", "qwen3next", "kimi-linear", "bailingmoe3", "qwen35", "qwen35moe",
-    "minimax-01",
-})
-# Encoders and diffusion models get no KV cache at all (llama_model::create_memory).
-NO_MEMORY_ARCHS = frozenset({
-    "bert", "jina-bert-v2", "jina-bert-v3", "nomic-bert", "nomic-bert-moe", "neo-bert",
-    "eurobert", "wavtokenizer-dec", "modern-bert", "gemma-embedding", "dream", "llada",
-    "llada-moe", "rnd1",
-})
-# Architectures whose KV layout kvgui models exactly (the rest: generic keys + a warning).
+# Architectures whose KV layout kvgui models exactly (the rest: generic keys + a warning);
+# those whose layers differ have their rule in layer_rules.RULES.
 KNOWN_ARCHS = frozenset({
     "llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "mistral3", "gemma", "gemma2", "gemma3",
-    "gemma3n", "cohere2", "command-r", "phi3", "phimoe", "deepseek2", "llama4", "gpt-oss",
-    "granite", "granitemoe", "olmo2", "olmoe", "exaone", "exaone4", "starcoder2", "stablelm",
-    "internlm2", "minicpm", "glm4", "glm4moe", "smollm3", "mamba", "mamba2", "jamba",
-    "granitehybrid", "lfm2", "qwen2vl", "qwen3vl", "ernie4_5", "ernie4_5-moe", "hunyuan-dense",
-    "gpt2", "bloom", "falcon", "mpt", "baichuan", "orion", "xverse", "deci", "arcee",
-    "seed_oss", "apertus", "mellum", "smallthinker", "plamo3", "afmoe", "exaone-moe",
-    "nemotron", "dots1", "bailingmoe", "bailingmoe2", "chatglm", "qwen", "phi2",
-    "gptneox", "starcoder", "refact", "codeshell", "grok", "dbrx", "arctic", "mimo2",
-})
-
-
-@dataclass(frozen=True)
-class SwaRule:
-    """How an architecture marks its sliding-window layers (from src/models/<arch>.cpp)."""
-
-    pattern: int  # every n-th layer is dense: il % n < n-1 slides (0 = all slide)
-    dense_first: bool = False  # il % n != 0 slides instead
-    default_window: int = 0  # window when the file has no sliding_window key
-    only_if_window: bool = False  # SWA only when the file has sliding_window > 0
-    chunked: bool = False
-
-
-SWA_RULES: dict[str, SwaRule] = {
-    "gemma2": SwaRule(2, default_window=4096),
-    "gemma3": SwaRule(6, only_if_window=True),
-    "gemma3n": SwaRule(5),
-    "cohere2": SwaRule(4),
-    "cohere2moe": SwaRule(4, dense_first=True),
-    "gpt-oss": SwaRule(2),
-    "llama4": SwaRule(4, default_window=8192, chunked=True),
-    "exaone-moe": SwaRule(4, default_window=128),
-    "afmoe": SwaRule(4, only_if_window=True),
-    "olmo2": SwaRule(4, only_if_window=True),
-    "plamo3": SwaRule(8, only_if_window=True),
-    "smallthinker": SwaRule(4, dense_first=True, only_if_window=True),
-    "mellum": SwaRule(4, only_if_window=True),
-    "laguna": SwaRule(4, dense_first=True, only_if_window=True),
-    "muse-glimmer": SwaRule(4),
-}
-# Architectures that read a per-layer pattern array only.
-SWA_ARRAY_ARCHS = frozenset({"gemma4", "granite_swa", "maple", "spark2_5", "mimo2", "step35"})
+    "gemma3n", "gemma4", "cohere2", "command-r", "phi3", "phimoe", "deepseek2", "llama4",
+    "gpt-oss", "granite", "granitemoe", "olmo2", "olmoe", "exaone", "exaone4", "starcoder2",
+    "stablelm", "internlm2", "minicpm", "glm4", "glm4moe", "smollm3", "qwen2vl", "qwen3vl",
+    "ernie4_5", "ernie4_5-moe", "hunyuan-dense", "hunyuan-moe", "gpt2", "bloom", "falcon", "mpt",
+    "baichuan", "orion", "xverse", "deci", "arcee", "seed_oss", "apertus", "mellum",
+    "smallthinker", "plamo3", "afmoe", "exaone-moe", "nemotron", "dots1", "bailingmoe",
+    "bailingmoe2", "chatglm", "qwen", "phi2", "gptneox", "starcoder", "refact", "codeshell",
+    "grok", "dbrx", "arctic", "mimo2",
+}) | frozenset(layer_rules.RULES)
+RECURRENT_ARCHS = layer_rules.RECURRENT_ARCHS
+HYBRID_ARCHS = layer_rules.HYBRID_ARCHS
+NO_MEMORY_ARCHS = layer_rules.NO_MEMORY_ARCHS
+_BLK = re.compile(r"^blk\.(\d+)\.")
+_ROUTER = re.compile(r"^blk\.(\d+)\.ffn_gate_inp\.weight$")  # a layer with routed experts
+# Tensors outside blk.N by llama.cpp's placement (llama-arch.cpp LLM_TENSOR_INFOS): the input
+# layer (always host memory), and the repeating-layer ones created with layer index 0.
+_INPUT_TENSORS = ("token_embd.", "per_layer_token_embd.", "token_types.", "position_embd.")
+_LAYER0_TENSORS = ("rope_freqs.", "rope_factors_long.", "rope_factors_short.",
+                   "token_embd_norm.", "per_layer_model_proj.", "per_layer_proj_norm.")
+# linear-attention state formulas kvgui has no fixture to check against llama.cpp
+_UNVERIFIED_STATE = frozenset({"kimi-linear", "minimax-01", "bailingmoe3", "plamo2", "lfm2moe"})
 
 
 @dataclass(frozen=True)
@@ -96,6 +66,12 @@ class LayerKV:
     swa: bool
     recurrent: bool
     has_kv: bool
+    experts: bool = False  # the feed-forward is a routed mixture of experts
+
+    @property
+    def stateless(self) -> bool:
+        """Neither a KV cache nor a recurrent state (nemotron_h's MLP-only blocks)."""
+        return not self.has_kv and not self.recurrent
 
 
 @dataclass(frozen=True)
@@ -145,7 +121,8 @@ class ModelInfo:
     block_tensors: frozenset[str] = frozenset()
     # the "<arch>." scalar header keys, prefix dropped (hyperparameters compute.py reads)
     arch_keys: tuple[tuple[str, int | float | bool | str], ...] = ()
-    # the weight tensors (name, shape, type, offset): which host buffer type each one takes
+    # the weight tensors llama.cpp loads (name, shape, type, offset): which host buffer type
+    # each one takes (memory/host_buffers.py)
     tensors: tuple[TensorInfo, ...] = field(default=(), compare=False, repr=False)
 
     @property
@@ -159,8 +136,9 @@ class ModelInfo:
 
     @functools.cached_property
     def has_kv_cache(self) -> bool:
-        """Some layer keeps a KV cache (the cache type matters)."""
-        return any(layer.has_kv and not layer.recurrent for layer in self.layers)
+        """Some layer keeps a KV cache (the cache type matters); in falcon-h1 every layer
+        keeps one beside its recurrent state."""
+        return any(layer.has_kv for layer in self.layers)
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile) -> ModelInfo:
@@ -231,94 +209,21 @@ class _Meta:
         return [_whole(name, value)] * n_layer
 
 
-def _swa_layers(meta: _Meta, arch: str, n_layer_all: int, n_layer: int,
-                is_recr: list[bool], warnings: list[str]) -> tuple[list[bool], int, bool]:
-    """Which layers use a sliding window, the window, and whether it is chunked."""
-    window_key = meta.get("attention.sliding_window")
-    pattern_value = meta.get("attention.sliding_window_pattern")
-    no_swa = ([False] * n_layer_all, 0, False)
-
-    def from_pattern(n_pattern: int, dense_first: bool) -> list[bool]:
-        if isinstance(pattern_value, list):
-            flags = [bool(v) for v in pattern_value[:n_layer_all]]
-            return flags + [False] * (n_layer_all - len(flags))
-        if pattern_value is not None:
-            n_pattern = int(pattern_value)
-        out = []
-        for il in range(n_layer_all):
-            if il >= n_layer:
-                out.append(False)
-            elif dense_first:
-                out.append(n_pattern == 0 or il % n_pattern != 0)
-            else:
-                out.append(n_pattern == 0 or il % n_pattern < n_pattern - 1)
-        return out
-
-    if arch == "lfm2" or arch == "lfm2moe":
-        if window_key and int(window_key) > 0:
-            return [not r for r in is_recr], int(window_key), False
-        return no_swa
-    if arch == "exaone4":
-        window = int(window_key) if window_key is not None else 4096
-        if n_layer == 64:
-            return from_pattern(4, False), window, False
-        return no_swa
-    if arch == "llama4":
-        if window_key is not None and int(window_key) == 0:
-            return no_swa
-        return from_pattern(4, False), 8192, True  # llama4.cpp forces 8192
-    rule = SWA_RULES.get(arch)
-    if rule is not None:
-        if rule.only_if_window and not (window_key and int(window_key) > 0):
-            return no_swa
-        window = int(window_key) if window_key is not None else rule.default_window
-        if arch == "smallthinker":
-            window = 4096  # smallthinker.cpp overrides the file's value
-        if window <= 0:
-            raise KeyError(f"missing {arch}.attention.sliding_window")
-        return from_pattern(rule.pattern, rule.dense_first), window, rule.chunked
-    if arch in SWA_ARRAY_ARCHS or (isinstance(pattern_value, list) and window_key):
-        if not isinstance(pattern_value, list):
-            raise KeyError(f"missing {arch}.attention.sliding_window_pattern")
-        if arch not in SWA_ARRAY_ARCHS:
-            warnings.append(f"sliding-window layers of '{arch}' read from its pattern array "
-                            "(kvgui has no rule for this architecture)")
-        return from_pattern(0, False), int(window_key or 0), False
-    if window_key and int(window_key) > 0 and arch not in ("phi3", "qwen2", "mistral3",
-                                                           "llama", "qwen3", "starcoder2"):
-        warnings.append(f"{arch} declares a sliding window of {window_key}; kvgui does not "
-                        "know whether llama.cpp applies it and assumes full attention")
-    return no_swa
-
-
-def _recurrent_layers(meta: _Meta, arch: str, n_layer_all: int,
-                      n_head_kv: list[int]) -> list[bool]:
-    if arch in RECURRENT_ARCHS:
-        return [True] * n_layer_all
-    if arch not in HYBRID_ARCHS:
-        return [False] * n_layer_all
-    if arch == "falcon-h1":
-        return [True] * n_layer_all  # every layer has both attention and SSM state
-    if arch in ("qwen3next", "qwen35", "qwen35moe", "kimi-linear", "minimax-01"):
-        interval = meta.get("full_attention_interval", 4)
-        return [(il + 1) % int(interval) != 0 for il in range(n_layer_all)]
-    # jamba, granitehybrid, lfm2, nemotron_h, plamo2: layers without KV heads are recurrent
-    return [n == 0 for n in n_head_kv]
-
-
-_BLK = re.compile(r"^blk\.(\d+)\.")
-
-
-def weight_group(name: str, n_layer_all: int) -> int | str:
-    """Where the estimate places a weight: its block's index, "input" (embeddings, always on
-    the host), "output" (the head and its norm, with the output layer) or "other"."""
+def weight_group(name: str, n_layer_all: int, n_layer: int,
+                 output_names: frozenset[str] | set[str] | Sequence[str]) -> int | str:
+    """Where a weight goes with its layer: its block's index (rope tables: layer 0's),
+    "input" (embeddings, always on the host), "output" (with the output layer), "other",
+    or "skip" (a NextN/MTP block llama.cpp does not load)."""
     m = _BLK.match(name)
     if m and int(m.group(1)) < n_layer_all:
-        return int(m.group(1))
-    if name.startswith(("token_embd", "per_layer_token_embd", "token_types", "position_embd")):
-        return "input"
-    if name.startswith(("output", "cls")):
+        il = int(m.group(1))
+        return "skip" if il >= n_layer else il
+    if name.split(".", 1)[0] in output_names:
         return "output"
+    if name.startswith(_INPUT_TENSORS):
+        return "input"
+    if name.startswith(_LAYER0_TENSORS):
+        return 0  # a repeating-layer tensor made with layer index 0
     return "other"
 
 
@@ -330,8 +235,7 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
     meta = _Meta(md, arch)
     warnings: list[str] = []
     notes: list[str] = []
-    if arch not in KNOWN_ARCHS and arch not in SWA_RULES and arch not in HYBRID_ARCHS \
-            and arch not in RECURRENT_ARCHS and arch not in NO_MEMORY_ARCHS:
+    if arch not in KNOWN_ARCHS:
         warnings.append(f"architecture '{arch}' is not one kvgui has checked against llama.cpp;"
                         " the estimate uses its generic header keys")
 
@@ -361,81 +265,80 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
     is_mla = bool(meta.get("attention.key_length_mla")) and \
         bool(meta.get("attention.value_length_mla"))
 
-    is_recr = _recurrent_layers(meta, arch, n_layer_all, n_head_kv_arr)
-    swa_flags, n_swa, chunked = _swa_layers(meta, arch, n_layer_all, n_layer, is_recr, warnings)
-
-    kv_from_start = -1
-    if arch == "gemma3n":
-        kv_from_start = 20
-    elif arch == "gemma4":
-        kv_from_start = n_layer_all - meta.num("attention.shared_kv_layers", 0)
-
-    no_memory = arch in NO_MEMORY_ARCHS or md.get(f"{arch}.attention.causal") is False
+    # which layers are recurrent, keep KV, slide: the architecture's rule (layer_rules.py)
+    rule = layer_rules.rule_for(arch)
+    shape = layer_rules.layers(md, arch, n_layer_all, n_layer, n_head_kv_arr, n_ff_arr,
+                               warnings)
+    is_recr, swa_flags, n_swa, chunked = shape.recurrent, shape.swa, shape.n_swa, shape.chunked
+    kv_from_start = shape.kv_from_start
+    no_memory = rule.kv == layer_rules.KV_NONE or md.get(f"{arch}.attention.causal") is False
+    routed = {int(m.group(1)) for t in tensors if (m := _ROUTER.match(t.name))}
     layers = []
     for il in range(n_layer_all):
-        has_kv = (kv_from_start < 0 or il < kv_from_start) and not no_memory
-        if il >= n_layer:  # NextN/MTP layers are filtered out of the main context's cache
-            has_kv = False
+        attn = shape.kv[il]
         hk = head_k_swa if swa_flags[il] else head_k
         hv = head_v_swa if swa_flags[il] else head_v
         nkv = n_head_kv_arr[il]
-        attn = has_kv and (arch not in HYBRID_ARCHS or not is_recr[il] or arch == "falcon-h1")
         layers.append(LayerKV(
             n_embd_k=hk * nkv if attn else 0,
             n_embd_v=(0 if is_mla else hv * nkv) if attn else 0,
             swa=swa_flags[il],
-            recurrent=is_recr[il] and not no_memory,
+            recurrent=is_recr[il] and rule.recurrent != layer_rules.RECR_NONE,
             has_kv=attn,
+            experts=il in routed,
         ))
-    if arch in RECURRENT_ARCHS:
-        layers = [LayerKV(0, 0, False, True, False) for _ in range(n_layer_all)]
 
     # recurrent state sizes (llama_hparams::n_embd_r / n_embd_s)
     n_embd_r = n_embd_s = 0
-    if any(is_recr):
-        wkv = meta.num("wkv.head_size", 0)
-        shortconv = meta.num("shortconv.l_cache", 0)
-        d_conv = meta.num("ssm.conv_kernel", 0)
-        d_inner = meta.num("ssm.inner_size", 0)
-        d_state = meta.num("ssm.state_size", 0)
-        n_group = meta.num("ssm.group_count", 0)
-        if wkv:
-            n_embd_r = meta.num("token_shift_count", 2) * n_embd
-            n_embd_s = n_embd * wkv
-        elif shortconv:
-            n_embd_r = n_embd * (shortconv - 1)
-        else:
-            n_embd_r = (d_conv - 1 if d_conv > 0 else 0) * (d_inner + 2 * n_group * d_state)
-            n_embd_s = d_state * d_inner
-        if arch in ("qwen3next", "qwen35", "qwen35moe", "kimi-linear", "minimax-01"):
-            warnings.append(f"{arch}'s linear-attention state is estimated from its ssm keys")
+    if any(layer.recurrent for layer in layers):
+        n_embd_r, n_embd_s = layer_rules.state_sizes(rule, md, arch, n_embd, n_head)
+        if arch in _UNVERIFIED_STATE:
+            warnings.append(f"{arch}'s recurrent state is estimated from its header keys "
+                            "(not checked against llama.cpp)")
 
-    # weights: by layer, input (token embedding), output
+    # weights: by layer, input (token embedding), output. The NextN/MTP blocks are in the file
+    # but llama.cpp does not load them (TENSOR_SKIP unless MTP speculation asks for them).
     layer_weights = [0] * n_layer_all
     input_w = output_w = other_w = 0
     names = set()
-    blk = _BLK
+    skipped = 0
+    output_names = layer_rules.output_tensors(arch)
+    align = layer_rules.WEIGHT_ALIGNMENT
+    loaded: list[TensorInfo] = []
     for t in tensors:
         names.add(t.name)
-        group = weight_group(t.name, n_layer_all)
+        nbytes = -(-t.nbytes // align) * align  # as placed in the model buffer
+        group = weight_group(t.name, n_layer_all, n_layer, output_names)
+        if group == "skip":
+            skipped += t.n_elements
+            continue
+        loaded.append(t)
         if isinstance(group, int):
-            layer_weights[group] += t.nbytes
-        elif group == "input":
-            input_w += t.nbytes
+            layer_weights[group] += nbytes
         elif group == "output":
-            output_w += t.nbytes
+            output_w += nbytes
+        elif group == "input":
+            input_w += nbytes
         else:
-            other_w += t.nbytes
+            other_w += nbytes
+    if n_layer_nextn and skipped:
+        notes.append(f"{n_layer_nextn} NextN/MTP layer(s) in the file, not loaded "
+                     "(llama.cpp loads them only for MTP speculation)")
     tied_w = 0
     if "output.weight" not in names:
         tok = next((t for t in tensors if t.name == "token_embd.weight"), None)
-        if tok is not None:
+        if tok is not None and arch in layer_rules.OUTPUT_BEFORE_TOKEN_EMBD:
+            # the output's copy of token_embd is made before token_embd itself: two copies
+            output_w += -(-tok.nbytes // align) * align
+            notes.append("tied embeddings: llama.cpp loads token_embd twice for this "
+                         "architecture (input and output head)")
+        elif tok is not None:
             # tied embeddings: llama.cpp shares token_embd with the output layer, and copies it
             # only when the output layer sits on another device (a GPU)
             tied_w = tok.nbytes
             notes.append("tied embeddings: the output layer reuses token_embd")
 
-    n_params = sum(t.n_elements for t in tensors)
+    n_params = sum(t.n_elements for t in tensors)  # llama_model_n_params: the whole file
     vocab = md.get("tokenizer.ggml.tokens")
     n_vocab = meta.num("vocab_size", len(vocab) if vocab is not None else 0)
     if not n_vocab:
@@ -458,8 +361,16 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
         notes.append("recurrent: fixed-size state per sequence, no KV cache")
     elif arch in HYBRID_ARCHS:
         n_attn = sum(1 for layer in layers if layer.has_kv)
-        notes.append(f"hybrid: {n_attn} attention layers with KV cache, "
-                     f"{sum(is_recr)} recurrent layers with fixed state")
+        n_recr = sum(1 for layer in layers if layer.recurrent)
+        n_both = sum(1 for layer in layers if layer.has_kv and layer.recurrent)
+        n_mlp = sum(1 for layer in layers[:n_layer] if layer.stateless)
+        note = f"hybrid: {n_attn} attention layers with KV cache, {n_recr} recurrent layers " \
+            "with fixed state"
+        if n_both:
+            note += f" ({n_both} layers have both)"
+        if n_mlp:
+            note += f", {n_mlp} MLP-only layers with neither"
+        notes.append(note)
     if kv_from_start >= 0:
         notes.append(f"only the first {kv_from_start} layers keep a KV cache; the rest share it")
     if n_expert:
@@ -488,8 +399,8 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
         ssm_d_inner=meta.num("ssm.inner_size", 0), ssm_d_state=meta.num("ssm.state_size", 0),
         ssm_n_group=meta.num("ssm.group_count", 0),
         ssm_dt_rank=meta.num("ssm.time_step_rank", 0),
-        block_tensors=frozenset(blk.sub("", n) for n in names if blk.match(n)),
-        tensors=tuple(tensors),
+        block_tensors=frozenset(_BLK.sub("", n) for n in names if _BLK.match(n)),
+        tensors=tuple(loaded),
         arch_keys=tuple(sorted((k[len(arch) + 1:], v) for k, v in md.items()
                                if k.startswith(arch + ".")
                                and isinstance(v, (int, float, bool, str)))),
