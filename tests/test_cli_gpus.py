@@ -67,8 +67,12 @@ def test_gpus_on_this_machine(capsys):
 def test_gpus_json_on_this_machine(capsys):
     assert main(["gpus", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"gpus", "system", "llama", "reasons", "advice", "cpu_only"}
+    assert set(data) == {"gpus", "system", "llama", "reasons", "advice", "cpu_only", "host_cpu"}
     assert data["cpu_only"] == (data["gpus"] == [])
+    # the CPU backend the host weights are placed for: the installed build's when it loads
+    if data["llama"] and data["llama"]["installed"]:
+        assert data["host_cpu"]["extra_buffers"] == data["llama"]["host_cpu"]["extra_buffers"]
+        assert data["host_cpu"]["source"].startswith("llama-cpp-python")
     assert data["system"]["total"] > 0
     if data["cpu_only"]:
         assert any(r.startswith("NVIDIA: ") for r in data["reasons"])

@@ -10,6 +10,7 @@ the llama architecture in this llama.cpp has no sliding-window support.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,33 @@ def _writer(path: Path, arch: str, *, n_layer: int, n_embd: int, n_head: int, n_
     return w
 
 
+TINY_DTYPES = ("f32", "f16", "q8_0", "q4_0", "q4_k")
+
+
+def _add_matrix(w: Any, name: str, shape: tuple[int, ...], dtype: str, rng: Any) -> None:
+    """A random matrix (numpy shape: rows, row length) in ``dtype``; quantized ones through
+    gguf's reference quantizer, Q4_K as valid blocks of random nibbles (gguf has no Q4_K
+    quantizer): small f16 scales, random 6-bit sub-scales."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    values = rng.standard_normal(shape) / np.sqrt(shape[1])
+    if dtype in ("f32", "f16"):
+        w.add_tensor(name, values.astype(np.float32 if dtype == "f32" else np.float16))
+        return
+    if dtype in ("q8_0", "q4_0"):
+        qtype = GGMLQuantizationType.Q8_0 if dtype == "q8_0" else GGMLQuantizationType.Q4_0
+        w.add_tensor(name, quants.quantize(values.astype(np.float32), qtype), raw_dtype=qtype)
+        return
+    rows, cols = shape
+    if cols % 256:
+        raise ValueError(f"{name}: q4_k needs rows of a multiple of 256, not {cols}")
+    blocks = rng.integers(0, 256, size=(rows, cols // 256, 144), dtype=np.uint8)
+    scales = np.frombuffer(np.array([0.01, 0.001], dtype=np.float16).tobytes(), np.uint8)
+    blocks[:, :, 0:4] = scales  # d, dmin
+    w.add_tensor(name, blocks.reshape(rows, -1), raw_dtype=GGMLQuantizationType.Q4_K)
+
+
 def write_tiny_model(
     path: str | Path,
     *,
@@ -176,6 +204,7 @@ def write_tiny_model(
     swa_pattern: int = 2,
     value_dim: int | None = None,
     seed: int = 0,
+    tensor_types: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a random-weight model to ``path`` and return it.
 
@@ -184,17 +213,24 @@ def write_tiny_model(
     ``swa_pattern``-th layer is then a full-attention layer, the others use the window.
     ``value_dim`` (V head size, default head_dim) other than head_dim loads, but llama.cpp's
     llama graph then fails a GGML_ASSERT: tests use it to make llama.cpp abort on purpose.
+    ``dtype`` is the matrices' type: f32, f16, or the quantized q8_0, q4_0, q4_k (which ask
+    for row lengths that are multiples of their block, 32 or 256); ``tensor_types`` sets it
+    per tensor kind ({"ffn_down": "f16"}), so tests can steer weights into llama.cpp's
+    extra CPU buffer types (AMX, CPU_REPACK). Norms stay f32.
     """
     import numpy as np
     from gguf import LlamaFileType
 
     head_dim = _check(arch, n_embd, n_head, n_head_kv, head_dim, n_swa)
-    if dtype not in ("f32", "f16"):
-        raise ValueError(f"dtype must be f32 or f16, not {dtype!r}")
+    types = dict(tensor_types or {})
+    for t in (dtype, *types.values()):
+        if t not in TINY_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(TINY_DTYPES)}, not {t!r}")
     path = Path(path)
     rng = np.random.default_rng(seed)
-    wtype = np.float32 if dtype == "f32" else np.float16
-    ftype = LlamaFileType.ALL_F32 if dtype == "f32" else LlamaFileType.MOSTLY_F16
+    ftype = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
+             "q8_0": LlamaFileType.MOSTLY_Q8_0, "q4_0": LlamaFileType.MOSTLY_Q4_0,
+             "q4_k": LlamaFileType.MOSTLY_Q4_K_M}[dtype]
     w = _writer(path, arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
                 head_dim=head_dim, n_ff=n_ff, n_vocab=n_vocab, n_ctx_train=n_ctx_train,
                 n_swa=n_swa, swa_pattern=swa_pattern, file_type=int(ftype),
@@ -205,8 +241,8 @@ def write_tiny_model(
         if len(shape) == 1:
             w.add_tensor(name, np.ones(shape, dtype=np.float32))  # norms stay f32
         else:
-            scale = 1.0 / np.sqrt(shape[1])
-            w.add_tensor(name, (rng.standard_normal(shape) * scale).astype(wtype))
+            kind = name.removesuffix(".weight").split(".")[-1]
+            _add_matrix(w, name, shape, types.get(kind, dtype), rng)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -81,12 +81,17 @@ class Row:
 def compare(path: str | os.PathLike[str], settings: Sequence[Settings],
             model: ModelInfo | None = None) -> list[Row]:
     """llama.cpp's dry run of ``path`` for every settings, next to kvgui's estimate."""
+    from kvgui.core.devices.device_budget import cpu
     from kvgui.runtime.dryrun import DryRunError, dry_run_many
+    from kvgui.runtime.llama_backend import probe_host_cpu
 
     model = model or load_model(path)
+    host = [cpu(None, probe_host_cpu())]  # the installed build's CPU backend
     rows = []
     for s, got in zip(settings, dry_run_many(path, settings), strict=True):
-        est = estimate(model, s)
+        # the dry run never maps the file (no_alloc forces LLAMA_LOAD_MODE_NONE): compare
+        # the estimate for -lm none, whatever the settings say
+        est = estimate(model, s.replace(mmap=False), host)
         if isinstance(got, DryRunError):
             rows.append(Row(s, est, refused=got.reason or "refused"))
             continue

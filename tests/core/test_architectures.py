@@ -10,8 +10,8 @@ compute buffer must be exact where kvgui replays the graph and otherwise stay wi
 error kvgui shows for that family (kvgui/core/memory/verification.py).
 
 The fixtures are BF16: no weight of it lands in an AMX or repack CPU buffer, so weights
-compare byte for byte on any machine (catalog mixes such as Q4_K_M get an AMX buffer on
-AMX CPUs, which the estimate does not model yet).
+compare byte for byte on any machine (catalog mixes such as Q4_K_M get AMX and CPU_REPACK
+buffers, which memory/host_buffers.py follows: test_against_llama_cpp, test_host_buffers).
 
 The layer-rule tests at the end need no llama.cpp: they pin what layer_rules.py reads out
 of each family's header.

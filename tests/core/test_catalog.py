@@ -91,14 +91,32 @@ def test_sparse_file_has_full_apparent_size_but_almost_no_blocks(
 @pytest.mark.llama
 @pytest.mark.slow
 def test_llama_cpp_loads_every_catalog_model_and_creates_a_context(llama_accepts) -> None:
+    from kvgui.core.config.settings import Settings
+    from kvgui.core.devices.device_budget import cpu
+    from kvgui.core.memory.estimate import estimate
+    from kvgui.core.memory.findings import Code
+    from kvgui.runtime.llama_backend import probe_host_cpu
+
+    host = [cpu(None, probe_host_cpu())]
+
     assert set(llama_accepts) == {e.label for e in load_catalog()}
+    probe_settings = Settings(n_ctx=512, n_batch=512, n_ubatch=512)  # the probe's context
+    aborted = []
     for label, r in llama_accepts.items():
         entry = find(label)
         h = entry.build(vocab=False)
+        est = estimate(ModelInfo.from_header(*entry.header()[:2]), probe_settings, host)
+        if est.has(Code.AMX_MLA_ABORTS):
+            # this llama.cpp aborts for the model on this CPU (DeepSeek-V2's attn_v_b in the
+            # AMX buffer, host_buffers.findings); kvgui says so, and the abort must be that one
+            assert not r.context and "GGML_ASSERT(*cur_backend_id != -1)" in r.error, label
+            aborted.append(label)
+            continue
         assert r.loaded and r.context, f"{label}: {r.error}"
         assert r.n_params == entry.n_params, label
         assert r.model_size == sum(t.nbytes for t in h.tensors), label
         assert r.n_layer == entry.spec.hp["num_hidden_layers"], label
+    assert len(aborted) < len(llama_accepts) // 2, aborted
 
 
 @pytest.mark.llama

@@ -11,7 +11,9 @@ import pytest
 
 from kvgui.core.config.settings import FlashAttn, Settings
 from kvgui.core.devices.device_budget import DeviceBudget, cpu
+from kvgui.core.devices.hardware.cpu import PRESETS
 from kvgui.core.gguf.reader import TensorInfo
+from kvgui.core.memory import host_buffers
 from kvgui.core.memory.estimate import PART_KEYS, estimate
 from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, max_context, max_gpu_layers
 from kvgui.core.model.catalog import catalog_model, find
@@ -140,14 +142,22 @@ def test_unknown_architecture_warns_and_still_estimates() -> None:
 
 def test_partial_offload_follows_llama_cpp_layer_order(llama3: ModelInfo) -> None:
     gpu = [DeviceBudget("GPU", 8 * GiB)]
-    s = Settings(n_ctx=4096, n_gpu_layers=10)
+    s = Settings(n_ctx=4096, n_gpu_layers=10, mmap=False)
     est = estimate(llama3, s, gpu)
     g, c = est.devices
     # -ngl 10 of 33: the output layer and the last 9 blocks (llama_model::load_tensors)
     assert est.n_gpu_layers == 10
     assert g.weights == sum(llama3.layer_weights[23:]) + llama3.output_weights
-    assert c.weights == sum(llama3.layer_weights[:23]) + llama3.input_weights + \
-        llama3.other_weights
+    on_host = sum(llama3.layer_weights[:23]) + llama3.input_weights + llama3.other_weights
+    assert c.weights == on_host and c.mapped == 0
+    # with GPUs the host weights take the GPU's host buffer type, ahead of AMX / CPU_REPACK
+    assert dict(est.host_buffers) == {"GPU_Host": on_host}
+    # with mmap they are the file range from the first to the last: the output tensors (on the
+    # GPU) lie inside it in this file, so the range is larger than what the CPU uses
+    mapped = estimate(llama3, s.replace(mmap=True), gpu).devices[1]
+    assert mapped.weights == mapped.mapped and mapped.required == mapped.total - \
+        mapped.weights + on_host
+    assert mapped.mapped_idle == llama3.output_weights  # output.weight and output_norm
     per_layer = 4096 * (1024 * 2) * 2  # cells x (8 heads x 128) x f16, K and V
     assert g.kv == 9 * per_layer and c.kv == 23 * per_layer
     no_offload = estimate(llama3, s.replace(kv_offload=False), gpu)
@@ -166,19 +176,29 @@ def test_tensor_split_across_two_gpus(llama3: ModelInfo) -> None:
     assert b.weights > 0 and a.weights > b.weights
 
 
-def test_tied_output_is_copied_only_to_a_gpu() -> None:
+def test_tied_output_is_copied_to_a_gpu_or_an_extra_cpu_buffer() -> None:
     m = model("Llama-3.2-3B-Instruct Q4_K_M")
     assert m.tied_output_weights > 0
-    host_only = estimate(m, Settings(n_gpu_layers=0))
-    offloaded = estimate(m, Settings(), [DeviceBudget("GPU", 8 * GiB)])
+    s = Settings(mmap=False)
+    plain = cpu(None, PRESETS["none"])
+    host_only = estimate(m, s.replace(n_gpu_layers=0), [plain])
+    offloaded = estimate(m, s, [DeviceBudget("GPU", 8 * GiB), plain])
     assert offloaded.weights == host_only.weights + m.tied_output_weights
+    # on the CPU, the head's MUL_MAT probe puts the copy in AMX when the embedding's
+    # GET_ROWS keeps it in the CPU buffer (TENSOR_DUPLICATED, another buffer type)
+    amx = estimate(m, s.replace(n_gpu_layers=0), [cpu(None, PRESETS["amx"])])
+    embd = next(t for t in m.tensors if t.name == "token_embd.weight")
+    placed = host_buffers.place(m.tensors, PRESETS["amx"], gpu_host=False, mmap=False,
+                                tied_output=embd).placed
+    assert [p.buffer for p in placed if p.weight is embd] == ["CPU", "AMX"]
+    assert amx.weights == sum(p.nbytes for p in placed) > host_only.weights
 
 
 def test_json_shape(llama3: ModelInfo) -> None:
     data = estimate(llama3, Settings(n_ctx=8000), [DeviceBudget("GPU", 8 * GiB), cpu(None)]
                     ).to_json()
     assert set(data) == {"model", "settings", "memory", "compute_check", "devices", "verdict",
-                         "fits", "findings", "warnings", "errors"}
+                         "fits", "findings", "warnings", "errors", "host_buffers", "host_cpu"}
     assert data["verdict"] == "fits" and data["fits"] is True
     # llama is replayed, but a GPU computes here: the replay is not verified on a GPU
     assert data["compute_check"]["status"] == "replayed"

@@ -21,6 +21,8 @@ from dataclasses import dataclass, replace
 from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget
 from kvgui.core.devices.gpu_catalog import CatalogGpu, find_gpu, search_gpus, tokens
 from kvgui.core.devices.hardware import apple
+from kvgui.core.devices.hardware.cpu import PRESETS, HostCpu
+from kvgui.core.devices.hardware.cpu import preset as host_preset
 from kvgui.core.devices.hardware.types import GpuInfo, HardwareReport, SystemMemory
 from kvgui.core.errors import UsageError
 from kvgui.core.sizes import GiB, format_bytes, parse_size
@@ -120,6 +122,7 @@ class DevicePlan:
     detected: bool = False
     unified: bool = False
     is_gpu: bool = True
+    host: HostCpu | None = None  # the host's llama.cpp CPU backend (None: this machine's)
 
     @property
     def reserved(self) -> int:
@@ -130,7 +133,8 @@ class DevicePlan:
         return None if self.total is None else max(0, self.total - self.reserved)
 
     def device(self) -> DeviceBudget:
-        return DeviceBudget(self.name, self.budget, is_gpu=self.is_gpu, split=self.split)
+        return DeviceBudget(self.name, self.budget, is_gpu=self.is_gpu, split=self.split,
+                            host=self.host)
 
 
 GpuPlan = DevicePlan  # a GPU's plan (is_gpu=True)
@@ -166,14 +170,14 @@ def apply_split(plans: Sequence[DevicePlan], ratios: Sequence[float]) -> list[De
 
 
 def plan_host(ram: SystemMemory | int | None, reserve: Reserve,
-              gpus: Sequence[DevicePlan] = ()) -> DevicePlan:
+              gpus: Sequence[DevicePlan] = (), host: HostCpu | None = None) -> DevicePlan:
     """Host RAM available now. With no GPU the embedding model, mmproj and the safety margin
     come out of it (llama.cpp's --fit keeps the margin free on the host when it has no GPU:
     common/fit.cpp, the nd == 0 case); a unified-memory GPU's budget does too (the CPU and
     GPU share the same RAM)."""
     avail = ram.available if isinstance(ram, SystemMemory) else ram
     if avail is None:
-        return DevicePlan(CPU_NAME, None, is_gpu=False)
+        return DevicePlan(CPU_NAME, None, is_gpu=False, host=host)
     items: list[ReserveItem] = []
     if not gpus:
         if reserve.embedding:
@@ -185,7 +189,7 @@ def plan_host(ram: SystemMemory | int | None, reserve: Reserve,
     shared = sum(g.budget or 0 for g in gpus if g.unified)
     if shared:
         items.append(ReserveItem("the GPU's share of unified memory", shared))
-    return DevicePlan(CPU_NAME, avail, tuple(items), is_gpu=False)
+    return DevicePlan(CPU_NAME, avail, tuple(items), is_gpu=False, host=host)
 
 
 def cpu_budget(ram: SystemMemory | int | None, reserve: Reserve,
@@ -253,8 +257,10 @@ def plan_devices(
     planned: Sequence[DevicePlan] | None = None,
     ram: int | None = None,
     split: Sequence[float] | None = None,
+    host: HostCpu | None = None,
 ) -> BudgetPlan:
-    """Plans for ``planned`` GPUs, else the chosen real ``gpus``, else what ``report`` found."""
+    """Plans for ``planned`` GPUs, else the chosen real ``gpus``, else what ``report`` found.
+    ``host``: the CPU backend to plan for, else the report's, else this machine's."""
     if planned is not None:
         plans = list(planned)
     else:
@@ -263,8 +269,10 @@ def plan_devices(
     plans = _unique_names(plans)
     if split:
         plans = apply_split(plans, split)
-    host = ram if ram is not None else (report.system if report else None)
-    return BudgetPlan(tuple(plans), plan_host(host, reserve, plans),
+    memory = ram if ram is not None else (report.system if report else None)
+    if host is None and report is not None:
+        host = report.host_cpu
+    return BudgetPlan(tuple(plans), plan_host(memory, reserve, plans, host),
                       planned=planned is not None)
 
 
@@ -300,6 +308,7 @@ class HardwareChoice:
     detected_list: tuple[int, ...] = ()  # several detected GPUs by index (the CLI's --gpu 0,2)
     cpu_only: bool = False  # --gpu none
     ram: int | None = None  # host RAM to plan for; None = this machine's, available now
+    host_cpu: str = ""  # a CPU backend to plan for (cpu.PRESETS); "" = this machine's
 
     @property
     def reserve(self) -> Reserve:
@@ -336,18 +345,24 @@ class HardwareChoice:
             raise ValueError("hardware.catalog_name is not text")
         if type(out.cpu_only) is not bool:
             raise ValueError("hardware.cpu_only is not true or false")
+        if not isinstance(out.host_cpu, str) or (out.host_cpu and out.host_cpu not in PRESETS):
+            raise ValueError(f"hardware.host_cpu is not one of {', '.join(PRESETS)}")
         return out
 
 
 def plan_hardware(choice: HardwareChoice, detected: Sequence[GpuInfo] = (),
                   ram: SystemMemory | int | None = None,
-                  split: Sequence[float] | None = None) -> BudgetPlan:
+                  split: Sequence[float] | None = None,
+                  host: HostCpu | None = None) -> BudgetPlan:
     """The devices and budgets for ``choice``: the one planner of the window and the CLI.
 
     ``detected``: the GPUs found on this machine (with what is in use on them now); ``ram``:
-    this machine's RAM (used unless the choice names its own). Raises UsageError for a
-    catalog name that matches no GPU."""
+    this machine's RAM (used unless the choice names its own); ``host``: this machine's
+    llama.cpp CPU backend (used unless the choice names a preset; None: the estimate's
+    own guess). Raises UsageError for a catalog name that matches no GPU."""
     reserve = choice.reserve
+    if choice.host_cpu:
+        host = host_preset(choice.host_cpu)
     host_ram: SystemMemory | int | None = choice.ram if choice.ram is not None else ram
     if choice.mode == HW_CATALOG:
         entries = [catalog_gpu(name) for name in _multiples([choice.catalog_name])]
@@ -357,12 +372,12 @@ def plan_hardware(choice: HardwareChoice, detected: Sequence[GpuInfo] = (),
             host_ram = entries[0].memory  # planning a Mac: its RAM is the unified memory
         planned = [plan_catalog(e, reserve, first=i == 0) for i, e in enumerate(entries)]
         return plan_devices(None, reserve, planned=planned,
-                            ram=_available(host_ram), split=split)
+                            ram=_available(host_ram), split=split, host=host)
     if choice.mode == HW_CUSTOM:
         sizes = [choice.custom_bytes, *choice.custom_more]
         planned = [plan_vram(n, reserve, first=i == 0) for i, n in enumerate(sizes)]
         return plan_devices(None, reserve, planned=planned, ram=_available(host_ram),
-                            split=split)
+                            split=split, host=host)
     if choice.cpu_only or not detected:
         chosen: list[GpuInfo] = []
     elif choice.detected_list:
@@ -371,7 +386,8 @@ def plan_hardware(choice: HardwareChoice, detected: Sequence[GpuInfo] = (),
         chosen = [g for g in detected if not g.unified] or list(detected)
     else:
         chosen = [detected[min(max(choice.detected_index, 0), len(detected) - 1)]]
-    return plan_devices(None, reserve, gpus=chosen, ram=_available(host_ram), split=split)
+    return plan_devices(None, reserve, gpus=chosen, ram=_available(host_ram), split=split,
+                        host=host)
 
 
 def _available(ram: SystemMemory | int | None) -> int | None:
@@ -449,6 +465,12 @@ def add_budget_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--ram", metavar="SIZE", help="host RAM for CPU layers (default: what is available now)"
+    )
+    g.add_argument(
+        "--host-cpu",
+        metavar="KIND",
+        help="plan for another machine's llama.cpp CPU backend, which decides how much RAM "
+        f"the CPU weights take: {', '.join(PRESETS)} (default: this machine's)",
     )
 
 
@@ -535,6 +557,13 @@ def _pick_detected(spec: list[str], report: HardwareReport) -> HardwareChoice:
     return HardwareChoice(detected_list=tuple(chosen))
 
 
+def _host_cpu(args: argparse.Namespace) -> str:
+    name = (getattr(args, "host_cpu", None) or "").strip().lower()
+    if name and name not in PRESETS:
+        raise UsageError(f"--host-cpu: unknown CPU {name!r}: one of {', '.join(PRESETS)}")
+    return name
+
+
 def choice_from_args(args: argparse.Namespace,
                      report: HardwareReport | None = None) -> HardwareChoice:
     """The HardwareChoice the flags describe (the window's own kind of choice)."""
@@ -547,7 +576,7 @@ def choice_from_args(args: argparse.Namespace,
     base = HardwareChoice(desktop=r.other_apps, embedding=r.embedding,
                           embedding_name=r.embedding_name, mmproj=r.mmproj, margin=r.margin,
                           ram=_size("--ram", getattr(args, "ram", None)),
-                          detected_index=ALL_GPUS)
+                          detected_index=ALL_GPUS, host_cpu=_host_cpu(args))
     if models:
         for m in models:
             catalog_gpu(m)  # one line naming the candidates, before anything else
@@ -572,7 +601,8 @@ def plan_from_args(args: argparse.Namespace, report: HardwareReport | None = Non
         report = HardwareReport(system=system.probe()[0]) if planning else detect()
     choice = choice_from_args(args, report)
     try:
-        return plan_hardware(choice, report.gpus, report.system, _split_from_args(args))
+        return plan_hardware(choice, report.gpus, report.system, _split_from_args(args),
+                             report.host_cpu)
     except ValueError as exc:  # a negative tensor split
         raise UsageError(str(exc)) from None
 

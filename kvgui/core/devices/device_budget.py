@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvgui.core.devices.hardware.cpu import HostCpu
+
 
 @dataclass(frozen=True)
 class DeviceBudget:
@@ -12,16 +14,19 @@ class DeviceBudget:
     ``budget`` is what is left for llama.cpp after the reserve (desktop, other apps, an
     embedding model, a safety margin); None means unknown (no fit verdict for it).
     ``split`` is this GPU's share of the layers (llama.cpp's --tensor-split); 0 = by budget.
+    ``host`` (the CPU only): llama.cpp's CPU backend there, which decides the host buffer
+    types the CPU weights take; None = this machine's, as the estimate guesses it.
     """
 
     name: str
     budget: int | None
     is_gpu: bool = True
     split: float = 0.0
+    host: HostCpu | None = None
 
 
 CPU_NAME = "CPU"
 
 
-def cpu(budget: int | None = None) -> DeviceBudget:
-    return DeviceBudget(CPU_NAME, budget, is_gpu=False)
+def cpu(budget: int | None = None, host: HostCpu | None = None) -> DeviceBudget:
+    return DeviceBudget(CPU_NAME, budget, is_gpu=False, host=host)

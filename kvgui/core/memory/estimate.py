@@ -15,13 +15,17 @@ from typing import Any, NamedTuple
 
 from kvgui.core.config.settings import N_CTX_PAD, FlashAttn, Settings
 from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget
+from kvgui.core.devices.hardware import cpu as host_cpu
+from kvgui.core.devices.hardware.cpu import HostCpu
 from kvgui.core.gguf import ggml_types
 from kvgui.core.memory import findings as fnd
+from kvgui.core.memory import host_buffers
 from kvgui.core.memory.compute import SlotLayers, cache_graph, compute_buffer
 from kvgui.core.memory.findings import Code, Finding
 from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.memory.verification import ComputeCheck, compute_check
-from kvgui.core.model.info import ModelInfo
+from kvgui.core.model import layer_rules
+from kvgui.core.model.info import ModelInfo, weight_group
 
 
 def _pad(n: int, to: int) -> int:
@@ -61,6 +65,12 @@ class DeviceMemory(NamedTuple):
     compute: int = 0
     output: int = 0
     state: int = 0  # recurrent state (Mamba/RWKV conv + ssm), beside the KV cache
+    # the host with mmap: the part of ``weights`` that is the model file mapped into memory
+    # (llama.cpp's CPU_Mapped buffer: page cache, shared with the OS file cache) ...
+    mapped: int = 0
+    # ... and the part of that range no CPU weight uses (file pages of weights copied into
+    # AMX/CPU_REPACK buffers at load): resident after loading, but the OS may drop them
+    mapped_idle: int = 0
 
     @property
     def kv(self) -> int:
@@ -68,7 +78,13 @@ class DeviceMemory(NamedTuple):
 
     @property
     def total(self) -> int:
+        """Everything llama.cpp allocates or maps here (its memory breakdown's sum)."""
         return self.weights + self.kv + self.state + self.compute + self.output
+
+    @property
+    def required(self) -> int:
+        """The memory this device must have: ``total`` less mapped pages nothing uses."""
+        return self.total - self.mapped_idle
 
     def parts(self) -> tuple[tuple[str, int], ...]:
         """(part key, bytes) in PARTS order; sums to ``total``."""
@@ -76,11 +92,11 @@ class DeviceMemory(NamedTuple):
 
     @property
     def headroom(self) -> int | None:
-        return None if self.budget is None else self.budget - self.total
+        return None if self.budget is None else self.budget - self.required
 
     @property
     def fits(self) -> bool | None:
-        return None if self.budget is None else self.total <= self.budget
+        return None if self.budget is None else self.required <= self.budget
 
 
 class ContextShape(NamedTuple):
@@ -104,6 +120,10 @@ class Estimate:
     n_gpu_layers: int
     devices: tuple[DeviceMemory, ...]
     findings: tuple[Finding, ...]
+    # the host's weights per llama.cpp buffer type ("CPU_Mapped", "AMX", "CPU_REPACK", "CPU",
+    # "GPU_Host"), and the CPU backend they were placed for
+    host_buffers: tuple[tuple[str, int], ...] = ()
+    host: HostCpu | None = None
 
     @property
     def refusals(self) -> tuple[Finding, ...]:
@@ -204,8 +224,12 @@ class Estimate:
             "compute_check": self.compute_check.to_json(),
             "devices": [{"name": d.name, "is_gpu": d.is_gpu, "budget": d.budget,
                          **{key: getattr(d, key) for key in PART_KEYS},
-                         "kv": d.kv, "total": d.total, "headroom": d.headroom}
+                         "kv": d.kv, "total": d.total, "mapped": d.mapped,
+                         "mapped_idle": d.mapped_idle, "required": d.required,
+                         "headroom": d.headroom}
                         for d in self.devices],
+            "host_buffers": dict(self.host_buffers),
+            "host_cpu": None if self.host is None else self.host.to_dict(),
             "verdict": self.verdict.value,
             "fits": self.fits,
             "findings": [f.to_json() for f in self.findings],
@@ -318,6 +342,7 @@ class _Placement:
     recurrent: tuple[int, ...]  # recurrent layers per slot
     recurrent_host: tuple[int, ...]
     compute_slots: tuple[SlotLayers, ...]
+    host: host_buffers.HostWeights  # the CPU slot's weights by llama.cpp buffer type
 
 
 def _layer_devices(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> tuple[
@@ -354,7 +379,32 @@ def _layer_devices(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) 
     return [dev(il) for il in range(n_all)], dev(n_all), max(0, min(ngl, n_all + 1))
 
 
-def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> _Placement:
+def _host_weights(model: ModelInfo, host: HostCpu, layer_dev: Sequence[int], out_dev: int,
+                  *, gpus: bool, mmap: bool) -> host_buffers.HostWeights:
+    """The CPU's weights (input, other, CPU layers, a CPU output layer) in llama.cpp's host
+    buffer types (host_buffers.py)."""
+    n_all = len(model.layers)
+    output_names = layer_rules.output_tensors(model.arch)
+
+    def on_cpu(group: int | str) -> bool:
+        if isinstance(group, int):
+            return layer_dev[group] < 0
+        return group != "output" or out_dev < 0
+
+    # model.tensors holds what llama.cpp loads (no NextN/MTP blocks)
+    mine = [t for t in model.tensors
+            if on_cpu(weight_group(t.name, n_all, model.n_layer, output_names))]
+    tied = None
+    output_first = model.arch in layer_rules.OUTPUT_BEFORE_TOKEN_EMBD
+    if out_dev < 0 and (model.tied_output_weights or output_first) and \
+            not any(t.name == "output.weight" for t in model.tensors):
+        tied = next((t for t in mine if t.name == "token_embd.weight"), None)
+    return host_buffers.place(mine, host, gpu_host=gpus, mmap=mmap, tied_output=tied,
+                              output_first=output_first)
+
+
+def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget],
+               host: HostCpu) -> _Placement:
     layer_dev, out_dev, n_gpu_layers = _layer_devices(model, s, gpus)
     n_slots = len(gpus) + 1
     cpu = n_slots - 1
@@ -369,6 +419,9 @@ def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> _
         weights[out_dev] += model.tied_output_weights
     for il, w in enumerate(model.layer_weights):
         weights[slot(layer_dev[il])] += w
+    hosted = _host_weights(model, host, layer_dev, out_dev, gpus=bool(gpus), mmap=s.mmap)
+    if model.tensors:  # a header without its tensor table keeps the plain sums
+        weights[cpu] = hosted.total
     groups: dict[tuple[int, int, int, bool], int] = {}
     groups_host: dict[tuple[int, int, int, bool], int] = {}
     recurrent = [0] * n_slots
@@ -393,7 +446,7 @@ def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> _
     return _Placement(n_gpu_layers, tuple(weights),
                       tuple((*k, n) for k, n in groups.items()),
                       tuple((*k, n) for k, n in groups_host.items()),
-                      tuple(recurrent), tuple(recurrent_host), tuple(slots))
+                      tuple(recurrent), tuple(recurrent_host), tuple(slots), hosted)
 
 
 def estimate(model: ModelInfo, settings: Settings,
@@ -408,6 +461,8 @@ def estimate(model: ModelInfo, settings: Settings,
     devices = devices or ()
     gpus = [d for d in devices if d.is_gpu]
     cpu_budget = next((d.budget for d in devices if not d.is_gpu), None)
+    host = next((d.host for d in devices if not d.is_gpu and d.host is not None), None) \
+        or this_host()
     s = settings
     fa = resolve_flash_attn(model, s)
     if ggml_types.is_quantized(s.type_v) and s.flash_attn is FlashAttn.AUTO:
@@ -418,8 +473,9 @@ def estimate(model: ModelInfo, settings: Settings,
     refused = any(f.is_refusal for f in found)
     shape = context_shape(model, s)
     placed = memo.get("placement",
-                      (s.n_gpu_layers, s.tensor_split, tuple((g.split, g.budget) for g in gpus)),
-                      lambda: _placement(model, s, gpus))
+                      (s.n_gpu_layers, s.tensor_split, tuple((g.split, g.budget) for g in gpus),
+                       host, s.mmap),
+                      lambda: _placement(model, s, gpus, host))
     n_slots = len(gpus) + 1
     cpu = n_slots - 1
 
@@ -449,11 +505,28 @@ def estimate(model: ModelInfo, settings: Settings,
         out.append(DeviceMemory(g.name, True, g.budget, placed.weights[i], kv_k[i], kv_v[i],
                                 compute[i], 0, state[i]))
     out.append(DeviceMemory(CPU_NAME, False, cpu_budget, placed.weights[cpu], kv_k[cpu],
-                            kv_v[cpu], compute[cpu], output, state[cpu]))
+                            kv_v[cpu], compute[cpu], output, state[cpu],
+                            placed.host.mapped, placed.host.mapped_idle))
+    found += host_buffers.findings(placed.host, host, flash_attn=fa)
     n_gpu_layers = placed.n_gpu_layers
     if gpus and n_gpu_layers < len(model.layers) + 1:
         found.append(fnd.warning(
             Code.PARTIAL_OFFLOAD,
             f"{n_gpu_layers} of {len(model.layers) + 1} layers on the GPU: "
             "the rest run on the CPU, much slower", field="n_gpu_layers"))
-    return Estimate(model, s, shape, fa, n_gpu_layers, tuple(out), tuple(found))
+    return Estimate(model, s, shape, fa, n_gpu_layers, tuple(out), tuple(found),
+                    placed.host.buffers, host)
+
+
+def this_host() -> HostCpu:
+    """This machine's llama.cpp CPU backend as the core can tell it: a native build for its
+    CPU's flags (pip builds llama-cpp-python with GGML_NATIVE). The runtime reads the
+    installed build itself (kvgui.runtime.llama_backend.probe_host_cpu) and passes it in
+    the CPU's DeviceBudget; this is the guess when nobody did."""
+    global _THIS_HOST
+    if _THIS_HOST is None:
+        _THIS_HOST = host_cpu.native_build(host_cpu.read_cpu_flags(), host_cpu.machine())
+    return _THIS_HOST
+
+
+_THIS_HOST: HostCpu | None = None

@@ -34,6 +34,7 @@ class Code(str, Enum):
     K_BLOCK_SIZE = "k-block-size"
     V_BLOCK_SIZE = "v-block-size"
     LLAMA_ABORTS = "llama-aborts"
+    AMX_MLA_ABORTS = "amx-mla-aborts"  # an MLA weight in the AMX buffer: GGML_ASSERT
     # warnings
     BEYOND_TRAINED = "beyond-trained-context"
     SWA_FULL = "swa-full"
@@ -41,8 +42,11 @@ class Code(str, Enum):
     FA_FORCED_OFF = "flash-attn-forced-off"
     PARTIAL_OFFLOAD = "partial-offload"
     MODEL = "model"  # a warning about the model itself (unknown architecture, …)
+    AMX_3D_PACKING = "amx-3d-packing"  # AMX packs one slice of a 3-D weight: wrong output
     # notes
     COMPUTE_NOT_VERIFIED = "compute-not-verified"
+    HOST_MAPPED_COPIES = "host-mapped-copies"  # mmap + repacked weights: both in RAM at first
+    HOST_BUFFERS_UNMODELED = "host-buffers-unmodeled"  # KleidiAI & co.: not followed
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})

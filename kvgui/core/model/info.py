@@ -12,7 +12,7 @@ import functools
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kvgui.core import untrusted
@@ -121,6 +121,9 @@ class ModelInfo:
     block_tensors: frozenset[str] = frozenset()
     # the "<arch>." scalar header keys, prefix dropped (hyperparameters compute.py reads)
     arch_keys: tuple[tuple[str, int | float | bool | str], ...] = ()
+    # the weight tensors llama.cpp loads (name, shape, type, offset): which host buffer type
+    # each one takes (memory/host_buffers.py)
+    tensors: tuple[TensorInfo, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def n_embd_v_max(self) -> int:
@@ -206,6 +209,24 @@ class _Meta:
         return [_whole(name, value)] * n_layer
 
 
+def weight_group(name: str, n_layer_all: int, n_layer: int,
+                 output_names: frozenset[str] | set[str] | Sequence[str]) -> int | str:
+    """Where a weight goes with its layer: its block's index (rope tables: layer 0's),
+    "input" (embeddings, always on the host), "output" (with the output layer), "other",
+    or "skip" (a NextN/MTP block llama.cpp does not load)."""
+    m = _BLK.match(name)
+    if m and int(m.group(1)) < n_layer_all:
+        il = int(m.group(1))
+        return "skip" if il >= n_layer else il
+    if name.split(".", 1)[0] in output_names:
+        return "output"
+    if name.startswith(_INPUT_TENSORS):
+        return "input"
+    if name.startswith(_LAYER0_TENSORS):
+        return 0  # a repeating-layer tensor made with layer index 0
+    return "other"
+
+
 def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | None,
               file_bytes: int | None) -> ModelInfo:
     arch = str(md.get("general.architecture") or "")
@@ -283,22 +304,21 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
     skipped = 0
     output_names = layer_rules.output_tensors(arch)
     align = layer_rules.WEIGHT_ALIGNMENT
+    loaded: list[TensorInfo] = []
     for t in tensors:
         names.add(t.name)
         nbytes = -(-t.nbytes // align) * align  # as placed in the model buffer
-        m = _BLK.match(t.name)
-        if m and int(m.group(1)) < n_layer_all:
-            il = int(m.group(1))
-            if il >= n_layer:
-                skipped += t.n_elements
-                continue
-            layer_weights[il] += nbytes
-        elif t.name.split(".", 1)[0] in output_names:
+        group = weight_group(t.name, n_layer_all, n_layer, output_names)
+        if group == "skip":
+            skipped += t.n_elements
+            continue
+        loaded.append(t)
+        if isinstance(group, int):
+            layer_weights[group] += nbytes
+        elif group == "output":
             output_w += nbytes
-        elif t.name.startswith(_INPUT_TENSORS):
+        elif group == "input":
             input_w += nbytes
-        elif t.name.startswith(_LAYER0_TENSORS):
-            layer_weights[0] += nbytes  # a repeating-layer tensor made with layer index 0
         else:
             other_w += nbytes
     if n_layer_nextn and skipped:
@@ -380,6 +400,7 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
         ssm_n_group=meta.num("ssm.group_count", 0),
         ssm_dt_rank=meta.num("ssm.time_step_rank", 0),
         block_tensors=frozenset(_BLK.sub("", n) for n in names if _BLK.match(n)),
+        tensors=tuple(loaded),
         arch_keys=tuple(sorted((k[len(arch) + 1:], v) for k, v in md.items()
                                if k.startswith(arch + ".")
                                and isinstance(v, (int, float, bool, str)))),

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from kvgui.core.devices.hardware import amd, apple, drm, nvidia, system
+from kvgui.core.devices.hardware import amd, apple, cpu, drm, nvidia, system
 from kvgui.core.devices.hardware.llama_advice import offload_advice
 from kvgui.core.devices.hardware.types import GpuInfo, HardwareReport, LlamaBackend
 
@@ -77,6 +77,10 @@ def detect(*, llama_probe: Callable[[], LlamaBackend] | None = None,
         llama=backend,
         reasons=tuple(reasons),
         advice=tuple(offload_advice(gpus, backend)),
+        # the installed build's CPU backend when llama.cpp was probed, else what a native
+        # build has on this CPU (pip builds llama-cpp-python with GGML_NATIVE)
+        host_cpu=backend.host_cpu if backend is not None and backend.host_cpu is not None
+        else cpu.native_build(cpu.read_cpu_flags(), cpu.machine()),
     )
 
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kvgui.core.devices.hardware.cpu import HostCpu
+
 
 def _plain(value: Any) -> Any:
     """asdict() keeps tuples; JSON and its readers want lists."""
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
@@ -102,6 +106,7 @@ class LlamaBackend:
     gpu_offload: bool | None = None
     devices: tuple[BackendDevice, ...] = ()
     reason: str | None = None
+    host_cpu: HostCpu | None = None  # its CPU backend's extra buffer types and features
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class HardwareReport:
     llama: LlamaBackend | None = None
     reasons: tuple[str, ...] = ()
     advice: tuple[str, ...] = field(default=())
+    host_cpu: HostCpu | None = None  # llama.cpp's CPU backend here (extra buffer types)
 
     @property
     def cpu_only(self) -> bool:
@@ -127,4 +133,5 @@ class HardwareReport:
             "reasons": list(self.reasons),
             "advice": list(self.advice),
             "cpu_only": self.cpu_only,
+            "host_cpu": None if self.host_cpu is None else self.host_cpu.to_dict(),
         }
