@@ -16,27 +16,28 @@ against llama.cpp's own reserve (no_alloc dry run) in tests/core/test_against_ll
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kvgui.core.memory.compute_graph import (
-    F16,
-    F32,
-    CacheGraph,
-    cache_graph,
-    dense_graph,
-    scale,
-    simulates,
-)
-from kvgui.core.memory.ggml_alloc import CPU_ALIGN, CUDA_ALIGN, Program, record, replay
+from kvgui.core.memory import reserve
+from kvgui.core.memory.graph.alloc import CPU_ALIGN, CUDA_ALIGN
+from kvgui.core.memory.reserve import CacheKinds, cache_kinds
 
 if TYPE_CHECKING:
     from kvgui.core.memory.estimate import ContextShape
     from kvgui.core.model.info import ModelInfo
 
-__all__ = ["CPU_ALIGN", "CUDA_ALIGN", "CacheGraph", "SlotLayers", "cache_graph",
+log = logging.getLogger(__name__)
+
+F16_CACHE = CacheKinds("f16", "f16")
+
+__all__ = ["CPU_ALIGN", "CUDA_ALIGN", "CacheKinds", "SlotLayers", "cache_graph",
            "compute_buffer", "simulated_peak", "simulates"]
+
+F32 = 4
+F16 = 2
 
 KQ_MASK_PAD = 64  # GGML_KQ_MASK_PAD: the mask's token dimension is padded for flash attention
 # the stage model rounds every tensor to this (ggml-alloc aligns to the buffer type's
@@ -91,32 +92,27 @@ def _stage_peaks(model: ModelInfo, shape: ContextShape, fa: bool, n_kv: int,
     return attn + resid + mask, max(ffn + resid + mask, ssm), output
 
 
-def _program(model: ModelInfo, fa: bool, cache: CacheGraph) -> Program:
-    """The allocator's operations for the model's graph (memoized per model)."""
-    key = ("galloc", fa, cache)
-    found = model.cache.get(key)
-    if found is None:
-        graph, sizes = dense_graph(model, model.n_layer, fa, cache)
-        found = model.cache[key] = record(graph, sizes)
-    assert isinstance(found, Program)
-    return found
+def simulates(model: ModelInfo) -> bool:
+    """Whether the compute buffer of ``model`` is replayed through ggml-alloc over its real
+    graph (builders/: an architecture with a builder, every tensor of the file read)."""
+    return reserve.supports(model)
+
+
+def cache_graph(model: ModelInfo, type_k: str, type_v: str) -> CacheKinds:
+    """What the cache types change in the graph (the key its recordings are shared by)."""
+    return cache_kinds(model, type_k, type_v)
 
 
 def simulated_peak(model: ModelInfo, shape: ContextShape, fa: bool,
-                   cache: CacheGraph = (False, False, False, False),
+                   cache: CacheKinds = F16_CACHE,
                    alignment: int = CPU_ALIGN) -> int:
     """The compute buffer of the whole model on one backend, from a replay of ggml-alloc."""
-    # graph_reserve: n_tokens is a multiple of n_seq_max (n_seq, where the shape has it)
-    n_seqs = max(int(getattr(shape, "n_seq", 0)), shape.n_stream, 1)
-    n_outputs = min(shape.n_ubatch, shape.n_batch)
-    n_tokens = -(-shape.n_ubatch // n_seqs) * n_seqs  # graph_reserve: a multiple of n_seqs
-    key = ("galloc-peak", fa, cache, n_tokens, shape.n_ctx_seq, shape.swa_cells, shape.n_stream,
-           n_outputs, alignment)
+    key = ("galloc-peak", fa, cache, shape, alignment)
     found = model.cache.get(key)
     if found is None:
-        sizes = scale(n_tokens, shape.n_ctx_seq, shape.swa_cells, n_outputs, shape.n_stream,
-                      n_seqs)
-        found = model.cache[key] = replay(_program(model, fa, cache), sizes, alignment)
+        if len(model.cache) > 4096:
+            model.cache.clear()
+        found = model.cache[key] = reserve.peak(model, shape, fa, cache, alignment)
     return int(found)
 
 
@@ -132,7 +128,7 @@ class SlotLayers:
 
 def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
                    slots: Sequence[SlotLayers],
-                   cache: CacheGraph | None = None) -> list[int]:
+                   cache: CacheKinds | None = None) -> list[int]:
     """Compute buffer bytes per device: the GPUs in order, then the CPU (last).
 
     ``cache``: cache_graph() of the cache types; None when unknown: the largest of the
@@ -144,10 +140,14 @@ def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
     alone = len(computing) == 1 and slots[computing[0]].holds_layers \
         and slots[computing[0]].holds_output and simulates(model)
     cases = [cache] if cache is not None else [
-        (k, v, False, False) for k in (False, True) for v in (False, True)]
+        CacheKinds(k, v) for k in ("f16", "quantized") for v in ("f16", "quantized")]
 
-    def replayed(alignment: int) -> int:
-        return max(simulated_peak(model, shape, fa, c, alignment) for c in cases)
+    def replayed(alignment: int) -> int | None:
+        try:
+            return max(simulated_peak(model, shape, fa, c, alignment) for c in cases)
+        except reserve.UnsupportedGraph as exc:  # (settings llama.cpp refuses, mostly)
+            log.info("compute buffer from the stage model: %s", exc)
+            return None
 
     for i, slot in enumerate(slots):
         is_cpu = i == len(slots) - 1
@@ -157,8 +157,9 @@ def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
                 result[i] = _al(F32 * model.n_embd * shape.n_ubatch) + _al(
                     F32 * shape.n_ctx_seq * shape.n_ubatch)
             continue
-        if alone and is_cpu:
-            result[i] = replayed(CPU_ALIGN)
+        exact = replayed(CPU_ALIGN) if alone and is_cpu else None
+        if exact is not None:
+            result[i] = exact
             continue
         n_kv = shape.n_ctx_seq if slot.full_attention or not slot.swa else shape.swa_cells
         attn, ffn, output = _stage_peaks(model, shape, fa, n_kv, n_outputs)
@@ -167,9 +168,10 @@ def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
             peaks.append(attn)
         if slot.holds_output:
             peaks.append(output)
-        if alone:
+        on_gpu = replayed(CUDA_ALIGN) if alone and not is_cpu else None
+        if on_gpu is not None:
             # one GPU computes everything: the same allocator runs over (nearly) the same
             # graph with CUDA's alignment; never below the stage model (not verified on CUDA)
-            peaks.append(replayed(CUDA_ALIGN))
+            peaks.append(on_gpu)
         result[i] = max(peaks)
     return result
