@@ -107,13 +107,7 @@ def simulated_peak(model: ModelInfo, shape: ContextShape, fa: bool,
                    cache: CacheKinds = F16_CACHE,
                    alignment: int = CPU_ALIGN) -> int:
     """The compute buffer of the whole model on one backend, from a replay of ggml-alloc."""
-    key = ("galloc-peak", fa, cache, shape, alignment)
-    found = model.cache.get(key)
-    if found is None:
-        if len(model.cache) > 4096:
-            model.cache.clear()
-        found = model.cache[key] = reserve.peak(model, shape, fa, cache, alignment)
-    return int(found)
+    return reserve.peak(model, shape, fa, cache, alignment)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ the sizes of each context. A model keeps its programs in ``ModelInfo.cache``.
 
 from __future__ import annotations
 
+import functools
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from kvgui.core.gguf import ggml_types
@@ -28,26 +28,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Stand-ins for a cache type's kind: the graph of a model is the same for every quantized cache
-# type (q4_0 ... iq4_nl: Hadamard rotations, no copy of the cache) and for f16/bf16, so one
-# recording serves them all. They are distinct objects: a graph that allocates a tensor of the
-# stand-in's type would depend on the exact type (build_graph checks it never does).
+# The stand-in for every quantized cache type: a model's graph is the same for q4_0 ... iq4_nl
+# (the Hadamard rotations; the cache itself is only viewed and stored into), so one recording
+# serves them all. A distinct object: a graph that allocates a tensor of the stand-in's type
+# (a copy of a quantized cache, which llama.cpp makes only where it refuses the settings: MLA
+# without flash attention) depends on the exact type, and is not replayed (program()).
 _QUANT = GGMLType(8, "q8_0", 32, 34)
 
 
 class CacheKinds(NamedTuple):
-    """What the K and V cache types change in the graph: "f32", "f16", "bf16" or "quantized"
-    (an exact type name where the graph copies the cache: MLA without flash attention)."""
+    """What the K and V cache types change in the graph: "f32", "f16", "bf16" or
+    "quantized"."""
 
     k: str
     v: str
 
 
 def cache_kinds(model: ModelInfo, type_k: str, type_v: str) -> CacheKinds:
+    return _cache_kinds(type_k, type_v)
+
+
+@functools.lru_cache(maxsize=256)
+def _cache_kinds(type_k: str, type_v: str) -> CacheKinds:
     def kind(name: str) -> str:
-        if model.is_mla or not is_quantized(ggml_types.by_name(name)):
-            return name
-        return "quantized"
+        return "quantized" if is_quantized(ggml_types.by_name(name)) else name
 
     return CacheKinds(kind(type_k), kind(type_v))
 
@@ -79,13 +83,17 @@ def shape_values(shape: ContextShape) -> ShapeValues:
                                          "W": shape.swa_cells})
 
 
-@dataclass(frozen=True)
-class GraphKey:
+class GraphKey(NamedTuple):
+    """What a graph is built for (one recording each)."""
+
     fa: bool
     kinds: CacheKinds
     n_seq_max: int
     kv_unified: bool
     ones: frozenset[str]
+
+
+_NO_ONES: frozenset[str] = frozenset()
 
 
 class UnsupportedGraph(Exception):
@@ -97,20 +105,31 @@ def params_for(key: GraphKey) -> GraphParams:
                        key.kv_unified, True, key.ones)
 
 
-def _programs(model: ModelInfo) -> dict[GraphKey, Program]:
-    """The model's recordings (kept with the model object: dataclasses.replace shares the
-    memo dict between a model and its altered copies)."""
-    found = model.cache.get("reserve-programs")
+class _Recordings:
+    """A model's programs by key, one object per distinct program (keys whose graphs place
+    the same way share it, and its replays), and the replays done."""
+
+    def __init__(self) -> None:
+        self.programs: dict[GraphKey, Program] = {}
+        self.distinct: dict[Program, Program] = {}
+        self.peaks: dict[tuple[int, ...], int] = {}  # by program, variables, alignment
+        self.by_shape: dict[tuple[object, ...], int] = {}  # by what peak() is asked
+
+
+def _recordings(model: ModelInfo) -> _Recordings:
+    """Kept with the model object (dataclasses.replace shares the memo dict between a model
+    and its altered copies)."""
+    found = model.cache.get("reserve-recordings")
     if found is None or found[0] is not model:
-        found = model.cache["reserve-programs"] = (model, {})
-    programs: dict[GraphKey, Program] = found[1]
-    return programs
+        found = model.cache["reserve-recordings"] = (model, _Recordings())
+    recordings: _Recordings = found[1]
+    return recordings
 
 
 def program(model: ModelInfo, key: GraphKey) -> Program:
     """The recorded allocator program of the model's graph for ``key`` (memoized)."""
-    programs = _programs(model)
-    found = programs.get(key)
+    recordings = _recordings(model)
+    found = recordings.programs.get(key)
     if found is None:
         try:
             result, graph = builders.build(model, params_for(key))
@@ -124,9 +143,10 @@ def program(model: ModelInfo, key: GraphKey) -> Program:
                                    f"{sorted(unread)[:4]}")
         for node in result.gf.nodes:
             if node.type is _QUANT and node.view_src is None and node.loc is None:
-                raise AssertionError(f"{model.arch}: {node} copies a quantized cache; "
-                                     "its size depends on the exact type")
-        found = programs[key] = alloc.record(result.gf)
+                raise UnsupportedGraph(f"{model.arch}: {node} copies a quantized cache: its "
+                                       "size depends on the exact type")
+        recorded = alloc.record(result.gf)
+        found = recordings.programs[key] = recordings.distinct.setdefault(recorded, recorded)
     return found
 
 
@@ -147,8 +167,26 @@ def supports(model: ModelInfo) -> bool:
 
 def peak(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
          alignment: int) -> int:
-    """The compute buffer on one backend: ggml-alloc's high-water mark for this context."""
+    """The compute buffer on one backend: ggml-alloc's high-water mark for this context
+    (memoized: a slider step asks for each cache type)."""
+    recordings = _recordings(model)
+    asked = (fa, kinds, shape, alignment)
+    done = recordings.by_shape.get(asked)
+    if done is not None:
+        return done
     values = shape_values(shape)
-    key = GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, values.ones)
-    prog = program(model, key)
-    return alloc.replay(prog, prog.scale(values.env), alignment)
+    env = values.env
+    ones = frozenset(v for v in ("U", "O") if env[v] == 1) if 1 in (env["U"], env["O"]) \
+        else _NO_ONES
+    prog = program(model, GraphKey(fa, kinds, values.n_seq_max,
+                                   values.kv_unified, ones))
+    peaks = recordings.peaks
+    memo = (id(prog), env["U"], env["O"], env["K"], env["W"], alignment)
+    found = peaks.get(memo)
+    if found is None:
+        if len(peaks) > 4096:
+            peaks.clear()
+            recordings.by_shape.clear()
+        found = peaks[memo] = alloc.replay(prog, prog.scale(env), alignment)
+    recordings.by_shape[asked] = found
+    return found

@@ -267,7 +267,8 @@ class KVCache:
             v_cur = ggml.reshape_2d(ctx, v_cur, n_embd_gqa, n_tokens)
         else:
             v_cur = ggml.cont_2d(ctx, v_cur, n_embd_gqa, n_tokens)
-        if isinstance(v.ne[0], int) and isinstance(n_embd_gqa, int) and n_embd_gqa < v.ne[0]:  # [TAG_V_CACHE_VARIABLE]
+        # [TAG_V_CACHE_VARIABLE]
+        if isinstance(v.ne[0], int) and isinstance(n_embd_gqa, int) and n_embd_gqa < v.ne[0]:
             v_cur = ggml.pad(ctx, v_cur, v.ne[0] - n_embd_gqa, 0, 0, 0)
         v_view = ggml.reshape_2d(ctx, v, 1, ggml.nelements(v))
         v_cur = ggml.reshape_2d(ctx, v_cur, 1, ggml.nelements(v_cur))
