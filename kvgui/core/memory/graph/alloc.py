@@ -16,6 +16,7 @@ import itertools
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kvgui.core.memory.graph import ops as ggml
 from kvgui.core.memory.graph.ir import Graph, Tensor
@@ -142,15 +143,59 @@ class _Hash:
         self.storage = -1
 
 
-def record(graph: Graph, alloc_size: Callable[[Tensor], Dim] = ggml.nbytes,
+class _Walk(Protocol):
+    nodes: list[Tensor]
+    leafs: list[Tensor]
+
+
+def _nbytes(t: Tensor, buffer: int) -> Dim:
+    return ggml.nbytes(t)
+
+
+def record(graph: Graph | _Walk, alloc_size: Callable[[Tensor, int], Dim] = _nbytes,
            layer_of: Callable[[Tensor], int] | None = None) -> Program:
     """ggml_gallocr_alloc_graph_impl on one buffer: leafs, then the inputs, then each node
     with its parents (placed in place over a parent when allowed), each parent freed after
     its last child; outputs are never freed.
 
-    ``alloc_size``: ggml_backend_buft_get_alloc_size (the bytes placed for a tensor, before
-    alignment). ``layer_of``: the layer a node belongs to (default its ``il``); the first node
-    of each layer starts a unit of the replay's reuse."""
+    ``alloc_size(tensor, buffer)``: ggml_backend_buft_get_alloc_size (the bytes placed for a
+    tensor, before alignment). ``layer_of``: the layer a node belongs to (default its ``il``);
+    the first node of each layer starts a unit of the replay's reuse."""
+    sizes, size_of, _, ops, starts, live = _walk(graph, alloc_size, layer_of, None, None)
+    return _program(sizes, size_of, ops, starts, live)
+
+
+def record_buffers(graph: _Walk, node_buffers: Sequence[int], leaf_buffers: Sequence[int],
+                   n_buffers: int, alloc_size: Callable[[Tensor, int], Dim] = _nbytes,
+                   layer_of: Callable[[Tensor], int] | None = None) -> tuple[Program, ...]:
+    """ggml_gallocr_alloc_graph_impl over several buffers (the scheduler's graph copy, with
+    each node's and leaf's buffer as node_buffer_ids / leaf_buffer_ids give them): a parent
+    reused in place keeps its buffer; an input or a parent is placed in the buffer of the node
+    being walked. Each buffer has its own allocator, which sees only its own operations in
+    order: one Program per buffer."""
+    sizes, size_of, buffer_of, ops, starts, live = _walk(graph, alloc_size, layer_of,
+                                                         node_buffers, leaf_buffers)
+    parts = []
+    for b in range(n_buffers):
+        mine = [i for i, (s, _) in enumerate(ops) if buffer_of[s if s >= 0 else ~s] == b]
+        at = 0
+        b_starts = []
+        for start in starts:  # (the same layer boundaries, counted in this buffer's ops)
+            while at < len(mine) and mine[at] < start:
+                at += 1
+            b_starts.append(at)
+        b_live = [tuple(s for s in alive if buffer_of[s] == b) for alive in live]
+        parts.append(_program(sizes, size_of, [ops[i] for i in mine], b_starts, b_live))
+    return tuple(parts)
+
+
+def _walk(graph: Graph | _Walk, alloc_size: Callable[[Tensor, int], Dim],
+          layer_of: Callable[[Tensor], int] | None, node_buffers: Sequence[int] | None,
+          leaf_buffers: Sequence[int] | None
+          ) -> tuple[list[Dim], list[int], list[int], list[tuple[int, int]], list[int],
+                     list[tuple[int, ...]]]:
+    """The walk itself: distinct sizes, each storage's size and buffer, the operations, where
+    each layer starts in them and the storages alive there."""
     hashes: dict[int, _Hash] = {}
 
     def h(t: Tensor) -> _Hash:
@@ -161,13 +206,14 @@ def record(graph: Graph, alloc_size: Callable[[Tensor], Dim] = ggml.nbytes,
 
     sizes: dict[Dim, int] = {}  # distinct byte sizes, in order of first use
     size_of: list[int] = []  # per storage: its size index
+    buffer_of: list[int] = []  # per storage: its buffer
     ops: list[tuple[int, int]] = []
     alive: dict[int, None] = {}  # storages placed by the node walk, still allocated
     live: list[tuple[int, ...]] = []
     starts: list[int] = []
     in_walk = False
 
-    def allocate_node(node: Tensor) -> None:  # ggml_gallocr_allocate_node
+    def allocate_node(node: Tensor, buffer: int) -> None:  # ggml_gallocr_allocate_node
         if node.loc is not None or node.view_src is not None:  # external data, or a view
             return
         hn = h(node)
@@ -195,12 +241,13 @@ def record(graph: Graph, alloc_size: Callable[[Tensor], Dim] = ggml.nbytes,
                     hn.storage = ph.storage
                     ph.allocated = False
                     return
-        size = alloc_size(node)
+        size = alloc_size(node, buffer)
         k = sizes.get(size)
         if k is None:
             k = sizes[size] = len(sizes)
         hn.storage = len(size_of)
         size_of.append(k)
+        buffer_of.append(buffer)
         ops.append((hn.storage, k))
         if in_walk:
             alive[hn.storage] = None
@@ -212,23 +259,25 @@ def record(graph: Graph, alloc_size: Callable[[Tensor], Dim] = ggml.nbytes,
         hn.allocated = False
         alive.pop(hn.storage, None)
 
-    for leaf in graph.leafs:
-        allocate_node(leaf)
-    for node in graph.nodes:
+    for i, leaf in enumerate(graph.leafs):
+        allocate_node(leaf, leaf_buffers[i] if leaf_buffers is not None else 0)
+    for i, node in enumerate(graph.nodes):
+        buffer = node_buffers[i] if node_buffers is not None else 0
         if node.view_src is not None and node.op != "NONE":
             h(node.view_src).n_views += 1
         if node.is_input:
-            allocate_node(node)
+            allocate_node(node, buffer)
         for src in node.src:
             if src is None:
                 continue
             h(src).n_children += 1
             if src.is_input:
-                allocate_node(src)
+                allocate_node(src, buffer)
     in_walk = True
     layer_of = layer_of or (lambda t: t.il)
     next_layer = 0
-    for node in graph.nodes:
+    for i, node in enumerate(graph.nodes):
+        buffer = node_buffers[i] if node_buffers is not None else 0
         il = layer_of(node)
         if il >= next_layer:
             starts.append(len(ops))
@@ -236,8 +285,8 @@ def record(graph: Graph, alloc_size: Callable[[Tensor], Dim] = ggml.nbytes,
             next_layer = il + 1
         for parent in node.src:
             if parent is not None:
-                allocate_node(parent)
-        allocate_node(node)
+                allocate_node(parent, buffer)
+        allocate_node(node, buffer)
         for parent in node.src:
             if parent is None:
                 continue
@@ -252,7 +301,7 @@ def record(graph: Graph, alloc_size: Callable[[Tensor], Dim] = ggml.nbytes,
                         free_node(vs, vh)
                 elif ph.allocated:
                     free_node(parent, ph)
-    return _program(list(sizes), size_of, ops, starts, live)
+    return list(sizes), size_of, buffer_of, ops, starts, live
 
 
 def _program(sizes: list[Dim], size_of: list[int], ops: list[tuple[int, int]],
