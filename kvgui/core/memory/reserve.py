@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from kvgui.core.gguf import ggml_types
@@ -20,7 +21,9 @@ from kvgui.core.memory import builders
 from kvgui.core.memory.builders.common import GraphParams, is_quantized
 from kvgui.core.memory.graph import alloc
 from kvgui.core.memory.graph.alloc import Program
-from kvgui.core.memory.graph.sym import SymbolicError
+from kvgui.core.memory.graph.ir import Tensor
+from kvgui.core.memory.graph.sched import Backend, Buft, Decisions, split_graph
+from kvgui.core.memory.graph.sym import Dim, SymbolicError
 
 if TYPE_CHECKING:
     from kvgui.core.memory.estimate import ContextShape
@@ -114,6 +117,7 @@ class _Recordings:
         self.distinct: dict[Program, Program] = {}
         self.peaks: dict[tuple[int, ...], int] = {}  # by program, variables, alignment
         self.by_shape: dict[tuple[object, ...], int] = {}  # by what peak() is asked
+        self.splits: dict[tuple[GraphKey, Layout], list[_Split]] = {}
 
 
 def _recordings(model: ModelInfo) -> _Recordings:
@@ -190,3 +194,140 @@ def peak(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
         found = peaks[memo] = alloc.replay(prog, prog.scale(env), alignment)
     recordings.by_shape[asked] = found
     return found
+
+
+# --- several devices: the scheduler's split graph, one buffer per backend ----------------
+
+CPU_BUFT = Buft("CPU", host=True)
+
+
+def cpu_backend(buft: Buft = CPU_BUFT) -> Backend:
+    """The CPU backend (its compute buffer in ``buft``: CUDA's pinned host memory when a CUDA
+    device is the first one, llama_context's "host buffer of the first device")."""
+    return Backend("CPU", "cpu", buft, alloc.CPU_ALIGN)
+
+
+def rpc_backend(index: int, name: str = "") -> Backend:
+    """An RPC device served by ggml-rpc-server's CPU backend: its own buffers only, every op,
+    no offload_op, the CPU's alignment."""
+    return Backend(name or f"RPC{index}", "rpc", Buft(name or f"RPC{index}", False, index),
+                   alloc.CPU_ALIGN)
+
+
+def cuda_backend(index: int) -> Backend:
+    """A CUDA device: 128-byte alignment, offload_op from a batch of 32 (not verified here:
+    the CUDA flash-attention scratch in its alloc size is not modelled)."""
+    return Backend(f"CUDA{index}", "cuda", Buft(f"CUDA{index}", False, index), alloc.CUDA_ALIGN,
+                   offload_batch=32)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where llama.cpp puts a model for some settings, as the scheduler sees it.
+
+    ``backends``: the devices in order, the CPU last. ``layer_backend``: the backend of each
+    layer's weights (llama_model::dev_layer), ``output_backend``: the output layer's.
+    ``offload_kqv``: the KV cache (and recurrent state) on its layer's device, else on the
+    CPU (-nkvo). ``n_copies``: the scheduler's input copies (4 with pipeline parallelism).
+    ``full_offload``: n_gpu_layers > n_layer (a rule of llama.cpp's callback). ``pins``:
+    apply llama.cpp's ggml_backend_sched_set_tensor_backend hints; a reserve that only sizes
+    (no_alloc: the dry run, llama-fit-params) resets the scheduler after building and loses
+    them, an allocating one keeps them."""
+
+    backends: tuple[Backend, ...]
+    layer_backend: tuple[int, ...]
+    output_backend: int
+    offload_kqv: bool = True
+    n_copies: int = 1
+    full_offload: bool = False
+    pins: bool = True
+
+    @property
+    def cpu(self) -> int:
+        return len(self.backends) - 1
+
+    def buft_of(self, t: Tensor) -> Buft:
+        loc = t.loc
+        assert loc is not None
+        if loc.kind == "input":
+            b = self.cpu
+        elif loc.kind == "layer":
+            b = self.layer_backend[loc.il]
+        elif loc.kind == "output":
+            b = self.output_backend
+        else:  # the KV cache or recurrent state of layer il
+            b = self.layer_backend[loc.il] if self.offload_kqv else self.cpu
+        return CPU_BUFT if b == self.cpu else self.backends[b].buft
+
+
+@dataclass
+class _Split:
+    decisions: Decisions
+    parts: tuple[Program, ...]  # one per distinct buffer type
+    part_of: tuple[int, ...]  # per backend: its allocator (ggml-alloc shares equal bufts)
+    n_splits: int
+    n_nodes: int
+
+
+def _split_recording(model: ModelInfo, key: GraphKey, layout: Layout,
+                     env: dict[str, int]) -> _Split:
+    try:
+        params = params_for(key) if layout.offload_kqv else _no_kqv_params(key)
+        result, graph = builders.build(model, params)
+    except (AssertionError, AttributeError, IndexError, KeyError, SymbolicError) as exc:
+        raise UnsupportedGraph(f"{model.arch}: {type(exc).__name__}: {exc}") from exc
+    decisions = Decisions(env)
+    assigned: dict[int, int] = {}
+    if layout.pins:
+        few_tokens = not decisions.at_least(graph.n_tokens, 32)
+        for tensor, what, il in graph.pins:
+            if what == "cpu":
+                assigned[id(tensor)] = layout.cpu
+            elif few_tokens or layout.full_offload:
+                assigned[id(tensor)] = layout.layer_backend[il]
+    n_nodes = len(result.gf.nodes)
+    split = split_graph(result.gf, layout.backends, layout.buft_of, decisions, assigned,
+                        layout.n_copies)
+    bufts: list[Buft] = []
+    part_of = []
+    for b in layout.backends:
+        if b.buft not in bufts:
+            bufts.append(b.buft)
+        part_of.append(bufts.index(b.buft))
+    backends = layout.backends
+
+    def alloc_size(t: Tensor, buffer: int) -> Dim:
+        owner = next(b for b, p in zip(backends, part_of, strict=True) if p == buffer)
+        return owner.alloc_size(t)
+
+    parts = alloc.record_buffers(split, [part_of[b] for b in split.node_backend],
+                                 [part_of[b] for b in split.leaf_backend], len(bufts),
+                                 alloc_size)
+    return _Split(decisions, parts, tuple(part_of), split.n_splits, n_nodes)
+
+
+def _no_kqv_params(key: GraphKey) -> GraphParams:
+    params = params_for(key)
+    return GraphParams(params.flash_attn, params.type_k, params.type_v, params.n_seq_max,
+                       params.kv_unified, False, params.ones)
+
+
+def peaks(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
+          layout: Layout) -> list[int]:
+    """The compute buffer of each backend of ``layout`` (in its order): ggml-alloc per
+    backend over the scheduler's split graph."""
+    values = shape_values(shape)
+    env = values.env
+    ones = frozenset(v for v in ("U", "O") if env[v] == 1)
+    key = GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, ones)
+    recordings = _recordings(model)
+    found = recordings.splits.setdefault((key, layout), [])
+    rec = next((r for r in found if r.decisions.hold_for(env)), None)
+    if rec is None:
+        rec = _split_recording(model, key, layout, env)
+        found.append(rec)
+    out = []
+    for b, backend in enumerate(layout.backends):
+        part = rec.parts[rec.part_of[b]]
+        out.append(alloc.replay(part, part.scale(env), backend.alignment))
+    return out

@@ -109,6 +109,16 @@ class SplitGraph:
         return len(self.splits)
 
 
+@dataclass
+class _Split:
+    """ggml_backend_sched_split: a backend's run of nodes and the inputs copied for it."""
+
+    backend: int
+    start: int
+    end: int = 0
+    inputs: list[Tensor] = field(default_factory=list)
+
+
 def _batch_size(t: Tensor) -> Dim:
     """ggml-cuda.cu get_op_batch_size."""
     if t.op == "GET_ROWS":
@@ -258,13 +268,13 @@ def split_graph(graph: Graph, backends: Sequence[Backend],
             raise ValueError(f"no backend runs {t}")
 
     # pass 5: split where the backend changes; copy the inputs a split cannot read
-    splits: list[dict[str, object]] = []
+    splits: list[_Split] = []
     copies: dict[tuple[int, int], list[Tensor]] = {}  # (id(src), backend) -> its n_copies
     i = 0
     while i < len(nodes) and nodes[i].op in VIEW_OPS:
         i += 1
     first_backend = tid(nodes[i]) if i < len(nodes) else cpu
-    split: dict[str, object] = {"backend": first_backend, "start": 0, "inputs": []}
+    split = _Split(first_backend, 0)
     splits.append(split)
     cur_backend = first_backend
     for j in range(i, len(nodes)):
@@ -272,20 +282,19 @@ def split_graph(graph: Graph, backends: Sequence[Backend],
         if t.op in VIEW_OPS:
             continue
         b = tid(t)
-        inputs: list[Tensor] = split["inputs"]  # type: ignore[assignment]
         need_new = False
-        if b == cur_backend and inputs:
+        if b == cur_backend and split.inputs:
             for s in t.src:
-                if s is not None and s.loc is not None and s.view_src is None and s.loc.weight:
-                    if tid(s) != cur_backend and not buffer_supported(s, cur_backend):
-                        need_new = True  # (a weight on another backend: start afresh)
-                        break
+                if s is not None and s.loc is not None and s.view_src is None \
+                        and s.loc.weight and tid(s) != cur_backend \
+                        and not buffer_supported(s, cur_backend):
+                    need_new = True  # (a weight on another backend: start afresh)
+                    break
         if b != cur_backend or need_new:
-            split["end"] = j
-            split = {"backend": b, "start": j, "inputs": []}
+            split.end = j
+            split = _Split(b, j)
             splits.append(split)
             cur_backend = b
-        inputs = split["inputs"]  # type: ignore[assignment]
         for k, s in enumerate(t.src):
             if s is None:
                 continue
@@ -305,9 +314,9 @@ def split_graph(graph: Graph, backends: Sequence[Backend],
                         bid[id(dup)] = cur_backend
                         made.append(dup)
                     copies[key] = made
-                    inputs.append(s)
+                    split.inputs.append(s)
                 t.src[k] = copies[key][0]  # (the current copy)
-    split["end"] = len(nodes)
+    split.end = len(nodes)
 
     # pass 6: with pipeline parallelism, every graph input gets its copies too
     graph_inputs: list[Tensor] = []
@@ -335,9 +344,8 @@ def split_graph(graph: Graph, backends: Sequence[Backend],
     out_nodes: list[Tensor] = []
     node_backend: list[int] = []
     for sp in splits:
-        sb = sp["backend"]
-        assert isinstance(sb, int)
-        for inp in sp["inputs"]:  # type: ignore[attr-defined]
+        sb = sp.backend
+        for inp in sp.inputs:
             dep = ggml.view_tensor(ggml.Context(), inp)  # (op NONE: counts as a child only)
             dep.src = [inp]
             dep.il = inp.il
@@ -345,7 +353,7 @@ def split_graph(graph: Graph, backends: Sequence[Backend],
             node_backend.append(tid(inp))
             out_nodes.append(copies[(id(inp), sb)][0])
             node_backend.append(sb)
-        for j in range(sp["start"], sp["end"]):  # type: ignore[call-overload]
+        for j in range(sp.start, sp.end):
             out_nodes.append(nodes[j])
             node_backend.append(tid(nodes[j]))
     leafs: list[Tensor] = []
@@ -357,14 +365,12 @@ def split_graph(graph: Graph, backends: Sequence[Backend],
                 leafs.append(dup)
                 leaf_backend.append(lb)
         for sp in splits:
-            sb = sp["backend"]
-            for inp in sp["inputs"]:  # type: ignore[attr-defined]
-                for dup in copies[(id(inp), sb)]:  # type: ignore[index]
+            for inp in sp.inputs:
+                for dup in copies[(id(inp), sp.backend)]:
                     leafs.append(dup)
-                    leaf_backend.append(sb)  # type: ignore[arg-type]
+                    leaf_backend.append(sp.backend)
     for leaf in graph.leafs:
         leafs.append(leaf)
         leaf_backend.append(tid(leaf))
     return SplitGraph(out_nodes, leafs, node_backend, leaf_backend,
-                      [(int(sp["backend"]), len(sp["inputs"]))  # type: ignore[call-overload, arg-type]
-                       for sp in splits], bid)
+                      [(sp.backend, len(sp.inputs)) for sp in splits], bid)
