@@ -124,19 +124,31 @@ def test_logits_land_after_what_the_last_layer_leaves() -> None:
                 assert simulated_peak(m, shape, fa, kinds) >= floor
 
 
-def test_one_gpu_with_everything_is_never_below_either_model() -> None:
+def test_one_gpu_with_everything_splits_off_the_token_embedding() -> None:
+    """The token embeddings stay in host memory: the CPU runs the lookup and the GPU the rest
+    (two splits); the GPU's buffer is its own ggml-alloc over its share, with CUDA's rules."""
     m = model("Llama-3.1-8B-Instruct Q4_K_M")
     shape = context_shape(m, Settings(n_ctx=10000))
     everything = SlotLayers(True, True, True, False)
     nothing = SlotLayers(False, False, False, False)
     kinds = CacheKinds("quantized", "quantized")
-    gpu, host = compute_buffer(m, shape, True, [everything, nothing], kinds)
-    assert gpu >= simulated_peak(m, shape, True, kinds, compute.CUDA_ALIGN)
-    attn, ffn, out = compute._stage_peaks(m, shape, True, shape.n_ctx_seq, shape.n_ubatch)
-    assert gpu >= max(attn, ffn, out)
-    assert 0 < host < gpu
-    cpu_only = compute_buffer(m, shape, True, [everything], kinds)
-    assert cpu_only == [simulated_peak(m, shape, True, kinds)]
+    offload = compute.Offload(tuple([0] * len(m.layers)), 0, 1)
+    gpu, host = compute_buffer(m, shape, True, [everything, nothing], kinds, offload)
+    assert compute_buffer(m, shape, True, [everything, nothing], kinds, offload) == [gpu, host]
+    assert gpu, host == reserve.peaks(m, shape, True, kinds, offload.layout)
+    split = next(iter(reserve._recordings(m).splits.values()))[0]
+    assert split.n_splits == 2
+    t, n_kv = shape.n_ubatch, shape.n_ctx_seq
+    # the host makes every graph input (to be copied to the GPU) and looks the rows up:
+    # tokens, the unused embedding input, positions, K and V store indices, the f16 mask,
+    # the Hadamard matrices of the quantized caches (128 for K, 64 for V), the output ids
+    inputs = 4 * t + 4 * m.n_embd * t + 4 * t + 8 * t + 8 * t + 2 * n_kv * t \
+        + 4 * 128 * 128 + 4 * 64 * 64 + 4 * t
+    assert host == inputs + 4 * m.n_embd * t
+    # the GPU peaks at the logits over the final norm (an output: never freed)
+    assert gpu == 4 * t * (m.n_vocab + m.n_embd)
+    assert compute_buffer(m, shape, True, [everything], kinds) == \
+        [simulated_peak(m, shape, True, kinds)]
 
 
 def test_unknown_cache_types_take_the_largest_case() -> None:

@@ -16,6 +16,8 @@ against llama.cpp's own reserve (no_alloc dry run) in tests/core/test_against_ll
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from kvgui.core.memory import reserve
 from kvgui.core.memory.graph.alloc import CPU_ALIGN, CUDA_ALIGN
+from kvgui.core.memory.graph.sched import GGML_SCHED_MAX_COPIES
 from kvgui.core.memory.reserve import CacheKinds, cache_kinds
 
 if TYPE_CHECKING:
@@ -120,29 +123,75 @@ class SlotLayers:
     swa: bool
 
 
+@dataclass(frozen=True)
+class Offload:
+    """Where llama.cpp puts the layers (llama_model::load_tensors): the GPU of each layer (-1:
+    the CPU), the output layer's, how many GPUs, and the KV cache on the GPUs or not (-nkvo).
+    ``overrides``: tensor buffer overrides (-ot, --n-cpu-moe) as (regex, GPU or -1)."""
+
+    layer_device: tuple[int, ...]
+    output_device: int
+    n_gpus: int
+    kv_offload: bool = True
+    overrides: tuple[tuple[str, int], ...] = ()
+
+    def with_kv_offload(self, kv_offload: bool) -> Offload:
+        return dataclasses.replace(self, kv_offload=kv_offload)
+
+    @functools.cached_property
+    def layout(self) -> reserve.Layout:
+        """The scheduler's view: CUDA devices (their rules; other GPU kinds are taken alike),
+        the CPU last with its compute buffer in CUDA's pinned host memory. Pipeline
+        parallelism (4 input copies) when several GPUs hold every layer and the output, as
+        llama_context enables it; llama.cpp's backend hints applied (an allocating reserve)."""
+        cpu = self.n_gpus
+        backends = tuple(reserve.cuda_backend(i) for i in range(self.n_gpus))
+        host = reserve.Buft("CUDA_Host", host=True) if self.n_gpus else reserve.CPU_BUFT
+        backends += (reserve.cpu_backend(host),)
+        layers = tuple(cpu if d < 0 else d for d in self.layer_device)
+        output = cpu if self.output_device < 0 else self.output_device
+        full = output != cpu and all(b != cpu for b in layers)
+        overrides = tuple((p, cpu if d < 0 else d) for p, d in self.overrides)
+        parallel = self.n_gpus > 1 and full and self.kv_offload and not overrides
+        return reserve.Layout(backends, layers, output, self.kv_offload,
+                              GGML_SCHED_MAX_COPIES if parallel else 1, full, True,
+                              overrides)
+
+
 def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
                    slots: Sequence[SlotLayers],
-                   cache: CacheKinds | None = None) -> list[int]:
+                   cache: CacheKinds | None = None,
+                   offload: Offload | None = None) -> list[int]:
     """Compute buffer bytes per device: the GPUs in order, then the CPU (last).
 
     ``cache``: cache_graph() of the cache types; None when unknown: the largest of the
-    quantized / not quantized cases (f16 and quantized caches).
+    quantized / not quantized cases (f16 and quantized caches). With ``offload`` (where the
+    layers are) and a model whose graph kvgui rebuilds, the scheduler's split graph is
+    replayed per device; otherwise the stage model gives each device's peak.
     """
-    result = [0] * len(slots)
-    n_outputs = min(shape.n_ubatch, shape.n_batch)
-    computing = [i for i, s in enumerate(slots) if s.holds_layers or s.holds_output]
-    alone = len(computing) == 1 and slots[computing[0]].holds_layers \
-        and slots[computing[0]].holds_output and simulates(model)
     cases = [cache] if cache is not None else [
         CacheKinds(k, v) for k in ("f16", "quantized") for v in ("f16", "quantized")]
-
-    def replayed(alignment: int) -> int | None:
+    if simulates(model):
         try:
-            return max(simulated_peak(model, shape, fa, c, alignment) for c in cases)
+            if offload is None or offload.n_gpus == 0:
+                cpu_only = all(not (s.holds_layers or s.holds_output) for s in slots[:-1])
+                if cpu_only:
+                    peak = max(simulated_peak(model, shape, fa, c) for c in cases)
+                    return [0] * (len(slots) - 1) + [peak]
+            else:
+                layout = offload.layout
+                per_case = [reserve.peaks(model, shape, fa, c, layout) for c in cases]
+                return [max(col) for col in zip(*per_case, strict=True)]
         except reserve.UnsupportedGraph as exc:  # (settings llama.cpp refuses, mostly)
             log.info("compute buffer from the stage model: %s", exc)
-            return None
+    return _stage_buffer(model, shape, fa, slots)
 
+
+def _stage_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
+                  slots: Sequence[SlotLayers]) -> list[int]:
+    """The stage model per device, for architectures without a builder."""
+    result = [0] * len(slots)
+    n_outputs = min(shape.n_ubatch, shape.n_batch)
     for i, slot in enumerate(slots):
         is_cpu = i == len(slots) - 1
         if not slot.holds_layers and not slot.holds_output:
@@ -151,10 +200,6 @@ def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
                 result[i] = _al(F32 * model.n_embd * shape.n_ubatch) + _al(
                     F32 * shape.n_ctx_seq * shape.n_ubatch)
             continue
-        exact = replayed(CPU_ALIGN) if alone and is_cpu else None
-        if exact is not None:
-            result[i] = exact
-            continue
         n_kv = shape.n_ctx_seq if slot.full_attention or not slot.swa else shape.swa_cells
         attn, ffn, output = _stage_peaks(model, shape, fa, n_kv, n_outputs)
         peaks = [ffn]  # (and the recurrent scan, for Mamba layers)
@@ -162,10 +207,5 @@ def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
             peaks.append(attn)
         if slot.holds_output:
             peaks.append(output)
-        on_gpu = replayed(CUDA_ALIGN) if alone and not is_cpu else None
-        if on_gpu is not None:
-            # one GPU computes everything: the same allocator runs over (nearly) the same
-            # graph with CUDA's alignment; never below the stage model (not verified on CUDA)
-            peaks.append(on_gpu)
         result[i] = max(peaks)
     return result

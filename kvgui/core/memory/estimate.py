@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from kvgui.core.config.settings import N_CTX_PAD, FlashAttn, Settings
 from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget
 from kvgui.core.gguf import ggml_types
-from kvgui.core.memory.compute import SlotLayers, cache_graph, compute_buffer
+from kvgui.core.memory.compute import Offload, SlotLayers, cache_graph, compute_buffer
 from kvgui.core.model.info import ModelInfo
 
 _QUANTIZED = frozenset({"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"})
@@ -228,6 +228,7 @@ class _Placement:
     recurrent: tuple[int, ...]  # recurrent layers per slot
     recurrent_host: tuple[int, ...]
     compute_slots: tuple[SlotLayers, ...]
+    offload: Offload  # where the layers are, for the compute graph's scheduler
     # compute buffers already worked out for this placement, by context shape and graph
     compute_memo: dict[Any, list[int]] = field(default_factory=dict, compare=False,
                                                hash=False, repr=False)
@@ -311,7 +312,8 @@ def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> _
     placed = _Placement(n_gpu_layers, tuple(weights),
                         tuple((*k, n) for k, n in groups.items()),
                         tuple((*k, n) for k, n in groups_host.items()),
-                        tuple(recurrent), tuple(recurrent_host), tuple(slots))
+                        tuple(recurrent), tuple(recurrent_host), tuple(slots),
+                        Offload(tuple(layer_dev), out_dev, len(gpus)))
     if len(cache) > 256:
         cache.clear()
     cache[key] = placed
@@ -356,13 +358,14 @@ def estimate(model: ModelInfo, settings: Settings,
 
     graph = cache_graph(model, s.type_k, s.type_v)
     memo = placed.compute_memo
-    compute_key = (shape, fa, graph)
+    compute_key = (shape, fa, graph, s.kv_offload)
     compute = memo.get(compute_key)
     if compute is None:
         if len(memo) > 4096:
             memo.clear()
+        offload = placed.offload if s.kv_offload else placed.offload.with_kv_offload(False)
         compute = memo[compute_key] = compute_buffer(model, shape, fa, placed.compute_slots,
-                                                     graph)
+                                                     graph, offload)
     output = model.n_vocab * s.n_parallel * 4  # logits for one token per sequence, host memory
 
     out: list[DeviceMemory] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -117,6 +118,7 @@ class _Recordings:
         self.distinct: dict[Program, Program] = {}
         self.peaks: dict[tuple[int, ...], int] = {}  # by program, variables, alignment
         self.by_shape: dict[tuple[object, ...], int] = {}  # by what peak() is asked
+        self.split_by_shape: dict[tuple[object, ...], tuple[int, ...]] = {}  # peaks()
         self.splits: dict[tuple[GraphKey, Layout], list[_Split]] = {}
 
 
@@ -191,6 +193,7 @@ def peak(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
         if len(peaks) > 4096:
             peaks.clear()
             recordings.by_shape.clear()
+            recordings.split_by_shape.clear()
         found = peaks[memo] = alloc.replay(prog, prog.scale(env), alignment)
     recordings.by_shape[asked] = found
     return found
@@ -212,6 +215,13 @@ def rpc_backend(index: int, name: str = "") -> Backend:
     no offload_op, the CPU's alignment."""
     return Backend(name or f"RPC{index}", "rpc", Buft(name or f"RPC{index}", False, index),
                    alloc.CPU_ALIGN)
+
+
+def n_cpu_moe(n_layers: int, cpu: int) -> tuple[tuple[str, int], ...]:
+    """--n-cpu-moe N: the experts of layers 0..N-1 in host memory (common.h's
+    llm_add_n_cpu_ffn_overrides with LLM_FFN_EXPS_REGEX, to the CPU buffer type)."""
+    return tuple((rf"blk\.{il}\.ffn_(up|down|gate|gate_up)_(ch|)exps", cpu)
+                 for il in range(n_layers))
 
 
 def cuda_backend(index: int) -> Backend:
@@ -241,6 +251,9 @@ class Layout:
     n_copies: int = 1
     full_offload: bool = False
     pins: bool = True
+    # tensor buffer type overrides (-ot PATTERN=BUFT, --n-cpu-moe): (regex searched in the
+    # weight's name, the backend whose buffer type it gets), the first match wins
+    overrides: tuple[tuple[str, int], ...] = ()
 
     @property
     def cpu(self) -> int:
@@ -249,6 +262,10 @@ class Layout:
     def buft_of(self, t: Tensor) -> Buft:
         loc = t.loc
         assert loc is not None
+        if loc.weight:
+            for pattern, backend in self.overrides:
+                if re.search(pattern, t.name):
+                    return CPU_BUFT if backend == self.cpu else self.backends[backend].buft
         if loc.kind == "input":
             b = self.cpu
         elif loc.kind == "layer":
@@ -316,18 +333,33 @@ def peaks(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
           layout: Layout) -> list[int]:
     """The compute buffer of each backend of ``layout`` (in its order): ggml-alloc per
     backend over the scheduler's split graph."""
+    recordings = _recordings(model)
+    asked = (fa, kinds, shape, layout)
+    done = recordings.split_by_shape.get(asked)
+    if done is not None:
+        return list(done)
     values = shape_values(shape)
     env = values.env
     ones = frozenset(v for v in ("U", "O") if env[v] == 1)
     key = GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, ones)
-    recordings = _recordings(model)
     found = recordings.splits.setdefault((key, layout), [])
     rec = next((r for r in found if r.decisions.hold_for(env)), None)
     if rec is None:
         rec = _split_recording(model, key, layout, env)
+        rec.parts = tuple(recordings.distinct.setdefault(p, p) for p in rec.parts)
         found.append(rec)
     out = []
     for b, backend in enumerate(layout.backends):
         part = rec.parts[rec.part_of[b]]
-        out.append(alloc.replay(part, part.scale(env), backend.alignment))
+        memo = (id(part), env["U"], env["O"], env["K"], env["W"], backend.alignment)
+        peak = recordings.peaks.get(memo)
+        if peak is None:
+            if len(recordings.peaks) > 4096:
+                recordings.peaks.clear()
+                recordings.by_shape.clear()
+                recordings.split_by_shape.clear()
+            peak = recordings.peaks[memo] = alloc.replay(part, part.scale(env),
+                                                         backend.alignment)
+        out.append(peak)
+    recordings.split_by_shape[asked] = tuple(out)
     return out

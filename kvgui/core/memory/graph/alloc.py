@@ -185,7 +185,11 @@ def record_buffers(graph: _Walk, node_buffers: Sequence[int], leaf_buffers: Sequ
                 at += 1
             b_starts.append(at)
         b_live = [tuple(s for s in alive if buffer_of[s] == b) for alive in live]
-        parts.append(_program(sizes, size_of, [ops[i] for i in mine], b_starts, b_live))
+        used = sorted({ops[i][1] for i in mine})  # (this buffer's sizes only)
+        renumber = {k: n for n, k in enumerate(used)}
+        parts.append(_program([sizes[k] for k in used], [renumber.get(k, 0) for k in size_of],
+                              [(ops[i][0], renumber[ops[i][1]]) for i in mine], b_starts,
+                              b_live))
     return tuple(parts)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from kvgui.core.memory.graph import ops as ggml
 from kvgui.core.memory.graph.ir import INPUT, OUTPUT, VIEW_OPS, Graph, Tensor
-from kvgui.core.memory.graph.sym import Dim, evaluate
+from kvgui.core.memory.graph.sym import Dim, evaluate, pad
 
 GGML_SCHED_MAX_COPIES = 4  # ggml/CMakeLists.txt (llama-cpp-python's build keeps it)
 
@@ -70,8 +70,28 @@ class Backend:
         return True  # (every op of the builders' graphs runs on the CPU, CUDA and RPC)
 
     def alloc_size(self, t: Tensor) -> Dim:
-        """ggml_backend_buft_get_alloc_size (CPU, RPC-to-CPU: ggml_nbytes)."""
-        return ggml.nbytes(t)
+        """ggml_backend_buft_get_alloc_size: ggml_nbytes (CPU, RPC to a CPU server); CUDA
+        adds its flash-attention scratch (ggml_cuda_flash_attn_ext_get_alloc_size)."""
+        size = ggml.nbytes(t)
+        if self.kind == "cuda" and t.op == "FLASH_ATTN_EXT":
+            size = _cuda_fattn_alloc_size(t, size)
+        return size
+
+
+def _cuda_fattn_alloc_size(dst: Tensor, nbytes: Dim) -> Dim:
+    """fattn.cu / fattn-common.cuh: the MMA and tile kernels (those a ubatch of more than two
+    tokens per sequence gets on Volta and later) read K and V as f16, converted into space
+    after the result, 128-byte aligned; V that is a view of K (MLA) shares K's."""
+    k, v = dst.src[1], dst.src[2]
+    assert k is not None and v is not None
+    end = nbytes
+    if k.type.id != ggml.F16.id:
+        end = pad(end, 128) + ggml.nelements(k) * ggml.F16.type_size
+    v_is_k = v.view_src is not None and (v.view_src is k or (
+        v.view_src is k.view_src and v.view_offs == k.view_offs))
+    if v.type.id != ggml.F16.id and not v_is_k:
+        end = pad(end, 128) + ggml.nelements(v) * ggml.F16.type_size
+    return end
 
 
 @dataclass
@@ -307,7 +327,6 @@ def split_graph(graph: Graph, backends: Sequence[Backend],
                     for _ in range(n_copies):
                         dup = ggml.dup_tensor(ggml.Context(), s)
                         dup.nb = s.nb
-                        dup.il = t.il
                         dup.name = f"{backends[cur_backend].name}#{s.name}"
                         if n_copies > 1:
                             dup.flags |= INPUT | OUTPUT  # (never overwritten)
@@ -345,13 +364,16 @@ def split_graph(graph: Graph, backends: Sequence[Backend],
     node_backend: list[int] = []
     for sp in splits:
         sb = sp.backend
+        il = nodes[sp.start].il if sp.start < len(nodes) else -1  # (where the copies are)
         for inp in sp.inputs:
             dep = ggml.view_tensor(ggml.Context(), inp)  # (op NONE: counts as a child only)
             dep.src = [inp]
-            dep.il = inp.il
+            dep.il = il
             out_nodes.append(dep)
             node_backend.append(tid(inp))
-            out_nodes.append(copies[(id(inp), sb)][0])
+            cpy = copies[(id(inp), sb)][0]
+            cpy.il = il
+            out_nodes.append(cpy)
             node_backend.append(sb)
         for j in range(sp.start, sp.end):
             out_nodes.append(nodes[j])

@@ -167,6 +167,8 @@ def pad(d: Dim, n: int) -> Dim:
     """GGML_PAD(d, n): a multiple of n at least d; a derived variable when d is symbolic."""
     if isinstance(d, int):
         return -(-d // n) * n
+    if all(c % n == 0 for _, c in d.terms):
+        return d  # (a multiple of n whatever the values)
     name = f"pad({d!r},{n})"
     if name not in _DERIVED:
         inner = d
