@@ -141,20 +141,25 @@ class Offload:
     @functools.cached_property
     def layout(self) -> reserve.Layout:
         """The scheduler's view: CUDA devices (their rules; other GPU kinds are taken alike),
-        the CPU last with its compute buffer in CUDA's pinned host memory. Pipeline
-        parallelism (4 input copies) when several GPUs hold every layer and the output, as
-        llama_context enables it; llama.cpp's backend hints applied (an allocating reserve)."""
-        cpu = self.n_gpus
-        backends = tuple(reserve.cuda_backend(i) for i in range(self.n_gpus))
+        the CPU last with its compute buffer in CUDA's pinned host memory; llama.cpp's backend
+        hints applied (an allocating reserve)."""
         host = reserve.Buft("CUDA_Host", host=True) if self.n_gpus else reserve.CPU_BUFT
-        backends += (reserve.cpu_backend(host),)
+        backends = tuple(reserve.cuda_backend(i) for i in range(self.n_gpus))
+        return self.layout_with((*backends, reserve.cpu_backend(host)), pins=True)
+
+    def layout_with(self, backends: tuple[reserve.Backend, ...], pins: bool) -> reserve.Layout:
+        """The scheduler's view with these backends (the GPUs in order, the CPU last).
+        Pipeline parallelism (4 input copies) when several GPUs hold every layer and the
+        output, the KV cache is offloaded and no tensor is overridden, as llama_context
+        enables it (every device kvgui models has async compute and events)."""
+        cpu = self.n_gpus
         layers = tuple(cpu if d < 0 else d for d in self.layer_device)
         output = cpu if self.output_device < 0 else self.output_device
         full = output != cpu and all(b != cpu for b in layers)
         overrides = tuple((p, cpu if d < 0 else d) for p, d in self.overrides)
         parallel = self.n_gpus > 1 and full and self.kv_offload and not overrides
         return reserve.Layout(backends, layers, output, self.kv_offload,
-                              GGML_SCHED_MAX_COPIES if parallel else 1, full, True,
+                              GGML_SCHED_MAX_COPIES if parallel else 1, full, pins,
                               overrides)
 
 
