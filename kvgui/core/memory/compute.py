@@ -6,12 +6,14 @@ place every intermediate tensor; the buffer is the allocator's high-water mark, 
 on where each tensor lands, not only on what is alive at once (the logits are placed after
 whatever the last layer left behind, so a hole too small for them costs its size again).
 
-For the architectures compute_graph rebuilds (llama/mistral, qwen2, qwen3, qwen3moe, gemma2,
-gemma3, gpt-oss, deepseek2-lite with MLA, lfm2) the graph is replayed through a copy of
-ggml-alloc (ggml_alloc): llama.cpp's figure to the byte, on one backend. Other architectures,
-and layers split across devices, use a model of the three points where a layer peaks: the
-attention scores, the feed-forward activations, or the output logits. Both are checked
-against llama.cpp's own reserve (no_alloc dry run) in tests/core/test_against_llama_cpp.py.
+For the architectures with a builder (kvgui/core/memory/builders: llama/mistral, qwen2, qwen3,
+qwen3moe, gemma2, gemma3, gpt-oss, deepseek2, lfm2) the graph is rebuilt as llama.cpp builds it
+and ggml-alloc replayed over it (reserve.py, graph/): on the CPU alone, llama.cpp's figure to
+the byte (tests/core/test_against_llama_cpp.py, test_reserve_graphs.py); with GPUs, over the
+scheduler's split graph, one buffer per device (checked against llama-fit-params on RPC
+devices to its 0.01 MiB in test_multi_device_rpc.py; CUDA's own rules are from its source,
+not measured). Other architectures use a model of the three points where a layer peaks: the
+attention scores, the feed-forward activations, or the output logits (the stage model).
 """
 
 from __future__ import annotations

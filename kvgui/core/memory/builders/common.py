@@ -164,10 +164,13 @@ class LayerWeights:
         key = self._prefix + field_name
         suffix = self._weights.names.get(key)
         if suffix is None:
-            if any(k.startswith(key + ".") for k in self._weights.names):
-                return LayerWeights(self._weights, self._il, key + ".")  # type: ignore[return-value]
             raise AttributeError(f"no llama_layer field {key!r}")
         return self._weights.tensor(f"blk.{self._il}.{suffix}", Loc("layer", self._il))
+
+    @property
+    def shortconv(self) -> LayerWeights:
+        """``layer.shortconv.in_proj`` and the like (LFM2's llama_layer_shortconv)."""
+        return LayerWeights(self._weights, self._il, "shortconv.")
 
     @property
     def rope_freqs(self) -> Tensor | None:
@@ -680,7 +683,7 @@ class GraphContext:
         return cur
 
     def build_moe_ffn(self, cur: Tensor, gate_inp: Tensor, gate_inp_b: Tensor | None,
-                      up_exps: Tensor, up_exps_b: Tensor | None, gate_exps: Tensor | None,
+                      up_exps: Tensor | None, up_exps_b: Tensor | None, gate_exps: Tensor | None,
                       gate_exps_b: Tensor | None, down_exps: Tensor,
                       down_exps_b: Tensor | None, exp_probs_b: Tensor | None, n_expert: int,
                       n_expert_used: int, type_op: int, norm_w: bool, w_scale: float,
@@ -739,7 +742,9 @@ class GraphContext:
             selection_probs = ggml.reshape_2d(ctx0, selection_probs, n_expert, n_tokens)
             cb(selection_probs, "ffn_moe_probs_masked", il)
         selected_experts = ggml.argsort_top_k(ctx0, selection_probs, n_expert_used)
-        cb(selected_experts.src[0], "ffn_moe_argsort", il)  # type: ignore[arg-type]
+        argsort = selected_experts.src[0]
+        assert argsort is not None
+        cb(argsort, "ffn_moe_argsort", il)
         cb(selected_experts, "ffn_moe_topk", il)
         probs = ggml.reshape_3d(ctx0, probs, 1, n_expert, n_tokens)
         weights = ggml.get_rows(ctx0, probs, selected_experts)
@@ -778,6 +783,7 @@ class GraphContext:
                               gate_up.nb[2], n_ff * gate_up.nb[0])
             cb(up, "ffn_moe_up", il)
         else:
+            assert up_exps is not None
             up = self.build_lora_mm_id(up_exps, cur, selected_experts, up_exps_s)
             cb(up, "ffn_moe_up", il)
             if up_exps_b is not None:

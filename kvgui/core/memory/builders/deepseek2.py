@@ -19,23 +19,20 @@ EMBEDDINGS_NEXTN_MASKED = False
 
 def hparams(hp: Hparams, model: ModelInfo) -> None:
     """load_arch_hparams."""
-    def num(key: str, default: float = 0) -> float:
-        return float(hp.key(key, default))  # type: ignore[arg-type]
-
-    hp.n_layer_dense_lead = int(num("leading_dense_block_count"))
-    hp.n_lora_q = int(num("attention.q_lora_rank"))
-    hp.n_lora_kv = int(num("attention.kv_lora_rank"))
-    hp.n_embd_head_k_mla_impl = int(num("attention.key_length_mla"))
-    hp.n_embd_head_v_mla_impl = int(num("attention.value_length_mla"))
-    hp.n_expert_shared = int(num("expert_shared_count"))
-    hp.expert_weights_scale = num("expert_weights_scale")
+    hp.n_layer_dense_lead = hp.key_int("leading_dense_block_count")
+    hp.n_lora_q = hp.key_int("attention.q_lora_rank")
+    hp.n_lora_kv = hp.key_int("attention.kv_lora_rank")
+    hp.n_embd_head_k_mla_impl = hp.key_int("attention.key_length_mla")
+    hp.n_embd_head_v_mla_impl = hp.key_int("attention.value_length_mla")
+    hp.n_expert_shared = hp.key_int("expert_shared_count")
+    hp.expert_weights_scale = hp.key_float("expert_weights_scale")
     hp.expert_weights_norm = bool(hp.key("expert_weights_norm", False))
-    hp.expert_gating_func = int(num("expert_gating_func", GATING_NONE))
+    hp.expert_gating_func = hp.key_int("expert_gating_func", GATING_NONE)
     if hp.expert_gating_func == GATING_NONE:
         # existing DeepSeek V2 / V2.5 files have no gating function key
         glm47_lite = hp.n_layer in (47, 48) and hp.n_vocab == 154880
         hp.expert_gating_func = GATING_SIGMOID if glm47_lite else GATING_SOFTMAX
-    hp.f_attn_temp_scale = num("attention.temperature_scale")
+    hp.f_attn_temp_scale = hp.key_float("attention.temperature_scale")
 
 
 class Deepseek2Graph(GraphContext):
@@ -234,7 +231,7 @@ class Deepseek2Graph(GraphContext):
                 # MoE branch
                 assert layer.ffn_gate_inp is not None and layer.ffn_down_exps is not None
                 moe_out = self.build_moe_ffn(cur, layer.ffn_gate_inp, None,
-                                             layer.ffn_up_exps, None,  # type: ignore[arg-type]
+                                             layer.ffn_up_exps, None,
                                              layer.ffn_gate_exps, None,
                                              layer.ffn_down_exps, None,
                                              layer.ffn_exp_probs_b,

@@ -14,10 +14,10 @@ from kvgui.core.model.info import ModelInfo
 def hparams(hp: Hparams, model: ModelInfo) -> None:
     """load_arch_hparams: soft-capping on, its two caps from the file when it has them."""
     hp.attn_soft_cap = True
-    hp.f_attn_logit_softcapping = float(hp.key("attn_logit_softcapping",  # type: ignore[arg-type]
-                                               hp.f_attn_logit_softcapping))
-    hp.f_final_logit_softcapping = float(hp.key("final_logit_softcapping",  # type: ignore[arg-type]
-                                                hp.f_final_logit_softcapping))
+    hp.f_attn_logit_softcapping = hp.key_float("attn_logit_softcapping",
+                                               hp.f_attn_logit_softcapping)
+    hp.f_final_logit_softcapping = hp.key_float("final_logit_softcapping",
+                                                hp.f_final_logit_softcapping)
 
 
 class Gemma2Graph(GraphContext):

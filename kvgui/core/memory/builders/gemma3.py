@@ -13,7 +13,7 @@ from kvgui.core.model.info import ModelInfo
 
 def hparams(hp: Hparams, model: ModelInfo) -> None:
     """load_arch_hparams: no final soft-capping unless the file sets one."""
-    hp.f_final_logit_softcapping = float(hp.key("final_logit_softcapping", 0.0))  # type: ignore[arg-type]
+    hp.f_final_logit_softcapping = hp.key_float("final_logit_softcapping", 0.0)
 
 
 class Gemma3Graph(GraphContext):

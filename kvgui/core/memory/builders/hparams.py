@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from kvgui.core.model.info import ModelInfo
+
+T = TypeVar("T", int, float)
 
 # llama_expert_gating_func_type
 GATING_NONE, GATING_SOFTMAX, GATING_SIGMOID, GATING_SOFTMAX_WEIGHT = 0, 1, 2, 3
@@ -146,6 +148,20 @@ class Hparams:
     def key(self, name: str, default: object = None) -> object:
         return self.keys.get(name, default)
 
+    def key_int(self, name: str, default: int = 0) -> int:
+        return _num(self.keys, name, default, int)
+
+    def key_float(self, name: str, default: float = 0.0) -> float:
+        return _num(self.keys, name, default, float)
+
+
+def _num(keys: dict[str, object], name: str, default: T, kind: type[T]) -> T:
+    """A numeric header key (llama_model_loader::get_key with a default)."""
+    value = keys.get(name, default)
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"header key {name} = {value!r} is not a number")
+    return kind(value)
+
 
 def _per_layer(value: object, n: int, default: int) -> list[int]:
     """get_key_or_arr: one value for all layers, or one per layer."""
@@ -153,7 +169,9 @@ def _per_layer(value: object, n: int, default: int) -> list[int]:
         return [default] * n
     if isinstance(value, (list, tuple)):
         return [int(v) for v in value[:n]] + [0] * max(0, n - len(value))
-    return [int(value)] * n  # type: ignore[call-overload]
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"per-layer key {value!r} is not a number")
+    return [int(value)] * n
 
 
 def from_model(model: ModelInfo) -> Hparams:
@@ -167,25 +185,25 @@ def from_model(model: ModelInfo) -> Hparams:
         n_head_kv_arr = _per_layer(keys["attention.head_count_kv"], n_all, 0)
     n_head0 = n_head_arr[0] if n_head_arr else 0
     if n_head0 > 0:
-        head_k = int(keys.get("attention.key_length", model.n_embd // n_head0))  # type: ignore[call-overload]
-        head_v = int(keys.get("attention.value_length", model.n_embd // n_head0))  # type: ignore[call-overload]
-        n_rot = int(keys.get("rope.dimension_count", head_k))  # type: ignore[call-overload]
+        head_k = _num(keys, "attention.key_length", model.n_embd // n_head0, int)
+        head_v = _num(keys, "attention.value_length", model.n_embd // n_head0, int)
+        n_rot = _num(keys, "rope.dimension_count", head_k, int)
     else:
         head_k = head_v = n_rot = 0
-    n_expert = int(keys.get("expert_count", 0))  # type: ignore[call-overload]
+    n_expert = _num(keys, "expert_count", 0, int)
     hp = Hparams(
         arch=model.arch, n_layer_all=n_all, n_layer=model.n_layer, n_embd=model.n_embd,
         n_head_arr=n_head_arr, n_head_kv_arr=n_head_kv_arr,
         n_ff_arr=_per_layer(keys.get("feed_forward_length"), n_all, 0),
         n_embd_head_k_full=head_k, n_embd_head_v_full=head_v,
-        n_embd_head_k_swa=int(keys.get("attention.key_length_swa", head_k)),  # type: ignore[call-overload]
-        n_embd_head_v_swa=int(keys.get("attention.value_length_swa", head_v)),  # type: ignore[call-overload]
+        n_embd_head_k_swa=_num(keys, "attention.key_length_swa", head_k, int),
+        n_embd_head_v_swa=_num(keys, "attention.value_length_swa", head_v, int),
         n_rot_full=n_rot,
-        n_rot_swa=int(keys.get("rope.dimension_count_swa", n_rot)),  # type: ignore[call-overload]
+        n_rot_swa=_num(keys, "rope.dimension_count_swa", n_rot, int),
         n_vocab=model.n_vocab, n_expert=n_expert,
         n_expert_used_arr=_per_layer(keys.get("expert_used_count"), n_all, 0),
-        n_expert_groups=int(keys.get("expert_group_count", 0)),  # type: ignore[call-overload]
-        n_group_used=int(keys.get("expert_group_used_count", 0)),  # type: ignore[call-overload]
+        n_expert_groups=_num(keys, "expert_group_count", 0, int),
+        n_group_used=_num(keys, "expert_group_used_count", 0, int),
         causal_attn=bool(keys.get("attention.causal", True)),
         n_embd_r_=model.n_embd_r, n_embd_s_=model.n_embd_s,
         swiglu_clamp_exp=[0.0] * n_all, swiglu_clamp_shexp=[0.0] * n_all,
@@ -194,10 +212,10 @@ def from_model(model: ModelInfo) -> Hparams:
         has_kv_impl=[layer.has_kv for layer in model.layers],
         n_swa=model.n_swa, keys=keys,
     )
-    hp.f_attention_scale = float(keys.get("attention.scale", 0.0))  # type: ignore[arg-type]
-    hp.f_embedding_scale = float(keys.get("embedding_scale", 0.0))  # type: ignore[arg-type]
-    hp.f_clamp_kqv = float(keys.get("attention.clamp_kqv", 0.0))  # type: ignore[arg-type]
-    hp.f_max_alibi_bias = float(keys.get("attention.max_alibi_bias", 0.0))  # type: ignore[arg-type]
+    hp.f_attention_scale = _num(keys, "attention.scale", 0.0, float)
+    hp.f_embedding_scale = _num(keys, "embedding_scale", 0.0, float)
+    hp.f_clamp_kqv = _num(keys, "attention.clamp_kqv", 0.0, float)
+    hp.f_max_alibi_bias = _num(keys, "attention.max_alibi_bias", 0.0, float)
     return hp
 
 

@@ -27,7 +27,7 @@ N_RS_SEQ = 0  # cparams.n_rs_seq: no partial rollback states (llama-cli's defaul
 
 def hparams(hp: Hparams, model: ModelInfo) -> None:
     """load_arch_hparams: the short-conv cache length; every layer dense (no MoE here)."""
-    hp.n_shortconv_l_cache = int(hp.key("shortconv.l_cache", 0))  # type: ignore[call-overload]
+    hp.n_shortconv_l_cache = hp.key_int("shortconv.l_cache")
     hp.n_layer_dense_lead = hp.n_layer
 
 
@@ -86,7 +86,9 @@ class Lfm2Graph(GraphContext):
         cur = ggml.reshape_3d(ctx0, cur, cur.ne[0], n_seq_tokens, n_seqs)
 
         shortconv = layer.shortconv
-        bcx = self.build_lora_mm(shortconv.in_proj, cur)  # type: ignore[union-attr]
+        in_proj, conv_kernel, out_proj = shortconv.in_proj, shortconv.conv, shortconv.out_proj
+        assert in_proj is not None and conv_kernel is not None and out_proj is not None
+        bcx = self.build_lora_mm(in_proj, cur)
         cb(bcx, "model.layers.{}.conv.in_proj", il)
 
         n_chunks = 3
@@ -128,12 +130,11 @@ class Lfm2Graph(GraphContext):
                 ctx0, conv_state, d_conv * self.n_embd, n_seqs, conv_state.nb[1],
                 (slot * mem_size + kv_head) * row_size)))
 
-        conv_kernel = shortconv.conv  # type: ignore[union-attr]
         conv_out = ggml.ssm_conv(ctx0, bx, conv_kernel)
         cb(conv_out, "model.layers.{}.conv.conv", il)
 
         y = ggml.mul(ctx0, c, conv_out)
-        y = self.build_lora_mm(shortconv.out_proj, y)  # type: ignore[union-attr]
+        y = self.build_lora_mm(out_proj, y)
         cb(y, "model.layers.{}.conv.out_proj", il)
         # {n_embd, n_seq_tokens, n_seqs} => {n_embd, n_tokens}
         y = ggml.reshape_2d(ctx0, y, y.ne[0], n_seq_tokens * n_seqs)

@@ -31,6 +31,17 @@ Architecture
             replay costs a few layers' work at any depth (tests hold it equal to the full
             walk).
 
+``sched``   ggml_backend_sched_split_graph: a backend for each node from where its data and
+            weights live (``Buft``: each weight / cache tensor's buffer type by its ``loc``),
+            the CPU for inputs, CUDA's offload_op (batch >= 32) for host-weight ops, the
+            expansion passes, splits where the backend changes, one copy per (source,
+            backend) and the dependency that keeps its source alive, ``n_copies`` (pipeline
+            parallelism: 4, never freed), llama.cpp's backend hints; then the graph copy that
+            ``alloc.record_buffers`` walks with each node in its backend's buffer (one
+            Program per buffer: each allocator sees only its own operations). Shape-dependent
+            choices (offload_op's batch, n_tokens < 32) are recorded in ``Decisions`` and a
+            recording is reused only for shapes that decide alike.
+
 ``builders/`` (kvgui/core/memory/builders) mirror llama.cpp on top of this:
 ``common.GraphContext`` is llm_graph_context (build_inp_embd, build_norm, build_ffn,
 build_moe_ffn, build_qkv, build_attn / build_attn_mha with the KV cache stores, flash
@@ -38,8 +49,9 @@ attention or not, the Hadamard rotations of quantized caches, the two caches of 
 build_inp_out_ids, build_rs / the recurrent inputs), with the caches of
 llama-kv-cache.cpp (``KVCache``: get_k / get_v / cpy_k / cpy_v / the input builders) and
 llama-memory-recurrent.cpp; one module per architecture mirrors src/models/<arch>.cpp.
-``kvgui/core/memory/reserve.py`` keys, builds, records and replays; ``compute.py`` gives the
-figure per device.
+``kvgui/core/memory/reserve.py`` keys, builds, records and replays (``peak``: one backend;
+``peaks``: a ``Layout`` of several, the CPU last); ``compute.py`` gives the figure per device
+(``Offload``: where the estimate put the layers, as CUDA devices).
 
 Record once, replay per shape: a graph is built per (model, flash attention, cache kinds,
 n_seqs, unified cache, variables equal to 1); the slider only changes K, W (and U, O when the
@@ -89,4 +101,9 @@ HOWTO: add an architecture
    counts and different bytes are usually an op's result shape or a view vs. a copy, or a
    ``gf.expand`` missing or misplaced. Then add the model to the catalog and a row to
    tests/core/test_against_llama_cpp.py.
+7. Several devices come for free (the scheduler reads ``loc`` and the ops); check them with
+   ggml-rpc-server devices and llama-fit-params (kvgui.testing.rpc; tests/core/
+   test_multi_device_rpc.py shows how, ``kvgui.testing.reserve_check.rpc_layout`` builds the
+   matching Layout). An architecture that calls ggml_backend_sched_set_tensor_backend or
+   llama.cpp's callback on a tensor adds it to ``self.pins`` (see GraphContext.cb).
 """
