@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
     import kvgui.ui  # noqa: F401  (PySide6 fix first)
-    from kvgui.core.config.appconfig import HW_CUSTOM, AppConfig, HardwareChoice
+    from kvgui.core.config.appconfig import AppConfig
+    from kvgui.core.devices.budget import HW_CUSTOM, HardwareChoice
     from kvgui.core.sizes import GiB
     from kvgui.ui.app import make_app
     from kvgui.ui.context_slider import pos_of

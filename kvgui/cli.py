@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
 from kvgui import __version__
-from kvgui.core.errors import UsageError
+from kvgui.core.errors import SettingsRefused, UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -40,6 +41,8 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kvgui {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = next((a for a in argv if a in SUBCOMMANDS), None)
+    from kvgui.commands.exit_status import EPILOG
+
     for name, help_text in SUBCOMMANDS.items():
         if wanted is None or name == wanted:
             try:
@@ -48,6 +51,12 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
                 if exc.name != f"kvgui.commands.{name}":
                     raise
                 sub.add_parser(name, help=help_text + " (not available in this build)")
+            p = sub.choices[name]
+            p.epilog = EPILOG
+            p.add_argument("-v", "--verbose", action="count", default=0,
+                           help="show what kvgui does on stderr (-vv: more); the log file "
+                           "always has it")
+    parser.epilog = EPILOG
     return parser
 
 
@@ -61,13 +70,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return gui.main(args_list)
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)
+    from kvgui.commands import exit_status
+    from kvgui.logs import setup_logging
+
+    setup_logging(getattr(args, "verbose", 0))
+    log = logging.getLogger("kvgui.cli")
+    log.debug("kvgui %s %s", __version__, " ".join(args_list))
     try:
         return int(_module(args.command).run(args))
     except UsageError as exc:
+        log.info("%s: bad input: %s", args.command, exc)
         print(f"kvgui {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return exit_status.USAGE
+    except SettingsRefused as exc:
+        log.info("%s: refused: %s", args.command, exc)
+        print(f"kvgui {args.command}: llama.cpp would refuse these settings: {exc}",
+              file=sys.stderr)
+        return exit_status.REFUSED
     except KeyboardInterrupt:
-        return 130
+        return exit_status.INTERRUPTED
     except BrokenPipeError:  # `kvgui estimate … | head`: the reader left, nothing to report
         import os
 

@@ -27,6 +27,7 @@ from kvgui.core.model.catalog import CatalogEntry, find, load_catalog
 def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     home = tmp_path_factory.mktemp("config")
     monkeypatch.setenv("KVGUI_CONFIG_DIR", str(home))
+    monkeypatch.setenv("KVGUI_LOG_DIR", str(home / "log"))
     yield
 
 

@@ -47,9 +47,9 @@ def test_json_has_the_documented_shape(tiny: str, capsys: pytest.CaptureFixture[
     assert data["tokens"] >= 5 and data["ttft_s"] > 0
 
 
-def test_invalid_combination_exits_2_without_launching(
+def test_refused_settings_exit_3_without_launching(
         tiny: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["chat", tiny, "-ctv", "q4_0", "-fa", "off", "-p", "hi"]) == 2
+    assert main(["chat", tiny, "-ctv", "q4_0", "-fa", "off", "-p", "hi"]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs flash attention" in err
 

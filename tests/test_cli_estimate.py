@@ -23,7 +23,7 @@ def llama3(sparse_model: Callable[[str], Path]) -> Path:
 
 def test_estimate_table(llama3: Path) -> None:
     r = kvgui("estimate", str(llama3), "-c", "32768", "--vram", "8GiB", "--reserve", "0")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # exit status 1: does not fit
     assert "Llama-3.1-8B-Instruct" in r.stdout and "K cache" in r.stdout
     assert "2.00 GiB" in r.stdout  # the f16 K cache at 32K
     assert "fits: NO" in r.stdout and "over by" in r.stdout
@@ -48,6 +48,10 @@ def test_refused_combination_is_reported(llama3: Path) -> None:
     r = kvgui("estimate", str(llama3), "-ctv", "q4_0", "-fa", "off", "--json")
     data = json.loads(r.stdout)
     assert data["fits"] is False and "flash attention" in data["errors"][0]
+    assert data["verdict"] == "refused" and r.returncode == 3
+    text = kvgui("estimate", str(llama3), "-ctv", "q4_0", "-fa", "off")
+    assert text.returncode == 3 and "refused:" in text.stdout and "fix: -fa auto" in text.stdout
+    assert "K cache" not in text.stdout  # no 0.00 MiB cache figures for a refused context
 
 
 def test_from_command(llama3: Path) -> None:
@@ -66,8 +70,8 @@ def test_fit(llama3: Path) -> None:
     ctx = {(t["type_k"], t["type_v"]): t["max_ctx"] for t in data["types"]}
     assert ctx[("f16", "f16")] < ctx[("q8_0", "q8_0")] < ctx[("q4_0", "q4_0")]
     assert data["max_gpu_layers"]["all"] is True
-    text = kvgui("fit", str(llama3), "--vram", "4GiB")
-    assert text.returncode == 0 and "q8_0" in text.stdout and "-ngl" in text.stdout
+    text = kvgui("fit", str(llama3), "--vram", "4GiB")  # the weights alone do not fit
+    assert text.returncode == 1 and "q8_0" in text.stdout and "-ngl" in text.stdout
 
 
 @pytest.mark.parametrize(
@@ -113,7 +117,7 @@ def test_estimate_never_imports_qt(llama3: Path) -> None:
 def test_plan_from_the_catalog_before_downloading() -> None:
     r = kvgui("estimate", "Llama-3.1-8B-Instruct Q4_K_M", "-c", "32768", "--vram", "8GiB",
               "--reserve", "0", "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # over budget
     data = json.loads(r.stdout)
     assert data["memory"]["kv"] == 4 * 2**30 and data["fits"] is False
     assert data["model"]["path"] is None and data["model"]["file_bytes"] == 4_915_755_968

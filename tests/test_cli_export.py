@@ -44,7 +44,8 @@ def test_llama_server_powershell(capsys: pytest.CaptureFixture[str]) -> None:
                    "-c 8192 -ngl 20 -np 1 --host 0.0.0.0 --port 9000\n")
     parsed = parse_command(out, "powershell")
     assert parsed.model_path == "C:\\Models\\it's.gguf"
-    assert parsed.settings == Settings(n_ctx=8192, n_gpu_layers=20)
+    assert parsed.settings == Settings(n_ctx=8192, n_gpu_layers=20,
+                                       extra_args=("--host", "0.0.0.0", "--port", "9000"))
 
 
 def test_cmd_and_multiline(capsys: pytest.CaptureFixture[str]) -> None:

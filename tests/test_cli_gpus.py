@@ -9,8 +9,9 @@ import pynvml
 import pytest
 
 from kvgui.cli import main
-from kvgui.core.devices.hardware import llama_backend, nvidia
+from kvgui.core.devices.hardware import nvidia
 from kvgui.core.devices.hardware.types import LlamaBackend
+from kvgui.runtime import llama_backend
 
 GiB = 1024**3
 MiB = 1024**2

@@ -59,7 +59,7 @@ def test_text_output(tiny: Path, capsys) -> None:
 
 def test_llama_cpp_refusal_is_reported(tiny: Path, capsys) -> None:
     rc, data = run_json(capsys, str(tiny), "-ctv", "q8_0", "-fa", "off")
-    assert rc == 1
+    assert rc == 4  # exit status 4: llama.cpp failed
     assert data["llama_cpp"] is None
     assert "flash" in data["error"]
     assert data["estimate_errors"]  # kvgui saw it coming

@@ -247,7 +247,7 @@ def test_llama_cpp_problems_say_what_to_install(command: str, case: str, sparse_
     args = [command, str(model), "-c", "512"] + (["-p", "hi"] if command == "chat" else [])
     proc = _kvgui(*args, env=_llama_env(case, tmp_path / "site"))
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 1, out
+    assert proc.returncode == 4, out  # exit status 4: llama.cpp failed
     assert "Traceback" not in out and 'File "' not in out, out
     lines = [line for line in out.splitlines() if "llama-cpp-python" in line]
     assert len(lines) == 1, out  # said once, on one line
@@ -290,7 +290,8 @@ def test_fresh_clone_installs_and_runs(tmp_path: Path, sparse_model) -> None:
     pip = subprocess.run([str(bindir / "python"), "-m", "pip", "install", "--quiet", str(clone)],
                          capture_output=True, text=True, timeout=1200)
     assert pip.returncode == 0, pip.stderr[-3000:]
-    env = _env(QT_QPA_PLATFORM="offscreen", KVGUI_CONFIG_DIR=str(tmp_path / "config"))
+    env = _env(QT_QPA_PLATFORM="offscreen", KVGUI_CONFIG_DIR=str(tmp_path / "config"),
+               KVGUI_LOG_DIR=str(tmp_path / "config" / "log"))
     env.pop("PYTHONPATH", None)
     kvgui = str(bindir / "kvgui")
 
@@ -329,4 +330,5 @@ def test_fresh_clone_installs_and_runs(tmp_path: Path, sparse_model) -> None:
         gui.terminate()
         _, err = gui.communicate(timeout=20)
     assert "Traceback" not in err
-    assert not (tmp_path / "config" / "crash.log").exists()
+    log = tmp_path / "config" / "log" / "kvgui.log"  # KVGUI_LOG_DIR
+    assert log.exists() and "CRITICAL" not in log.read_text(encoding="utf-8")

@@ -108,7 +108,8 @@ def bundle() -> Path:
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env.update(KVGUI_CONFIG_DIR=str(tmp_path / "config"), QT_QPA_PLATFORM="offscreen")
+    env.update(KVGUI_CONFIG_DIR=str(tmp_path / "config"),
+               KVGUI_LOG_DIR=str(tmp_path / "config" / "log"), QT_QPA_PLATFORM="offscreen")
     env.update(extra)
     return env
 
@@ -185,7 +186,8 @@ def test_bundle_window_starts_offscreen_on_a_model(bundle: Path, tmp_path: Path,
         _, err = proc.communicate(timeout=20)
     assert alive, err
     assert "Traceback" not in err and "Error" not in err, err
-    assert not (tmp_path / "config" / "crash.log").exists()
+    log = tmp_path / "config" / "log" / "kvgui.log"  # KVGUI_LOG_DIR
+    assert log.exists() and "CRITICAL" not in log.read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

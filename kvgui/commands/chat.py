@@ -13,16 +13,21 @@ import sys
 from typing import Any
 
 from kvgui.cli import UsageError
+from kvgui.commands import exit_status
 from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
+from kvgui.core.errors import SettingsRefused
 from kvgui.runtime.protocol import Message, Sampling
 
 _S = Sampling()
 
 
 def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
+    from kvgui.core.devices.budget import add_budget_args
+
     p = sub.add_parser("chat", help=help_text, description=help_text)
     add_model_arg(p)
     add_settings_args(p)
+    add_budget_args(p)
     g = p.add_argument_group("chat")
     g.add_argument("-p", "--prompt", metavar="TEXT",
                    help="one message; the reply is streamed and kvgui exits "
@@ -90,9 +95,17 @@ def run(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
     if args.json and args.prompt is None:
         raise UsageError("--json needs -p TEXT (one turn)")
-    refused = estimate(model, settings).errors
-    if refused:
-        raise UsageError("; ".join(refused))
+    from kvgui.core.devices.budget import plan_from_args
+    from kvgui.core.memory.estimate import Verdict
+
+    planned = estimate(model, settings, plan_from_args(args).devices())
+    if planned.refused:
+        raise SettingsRefused("; ".join(planned.errors))
+    if planned.verdict is Verdict.OVER:
+        over = "; ".join(f"{d.name} over by {-(d.headroom or 0) / 2**30:.2f} GiB"
+                         for d in planned.devices if d.fits is False)
+        print(f"kvgui chat: warning: does not fit the budget ({over}); trying anyway",
+              file=sys.stderr)
 
     client = WorkerClient()
     try:
@@ -121,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except WorkerError as exc:
         print(f"kvgui chat: {exc}", file=sys.stderr)
-        return 1
+        return exit_status.LLAMA_FAILED
     finally:
         client.close()
 

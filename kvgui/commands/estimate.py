@@ -7,13 +7,15 @@ import json
 import sys
 
 from kvgui.cli import UsageError
+from kvgui.commands import exit_status
 from kvgui.commands.common import (
     add_model_arg,
     add_settings_args,
     open_model,
     settings_from_args,
 )
-from kvgui.core.memory.estimate import Estimate, estimate
+from kvgui.core.commandline.export import change_flags
+from kvgui.core.memory.estimate import PARTS, Estimate, Verdict, estimate
 from kvgui.core.sizes import format_bytes
 
 
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(render(est))
         if unknown:
             print(f"kept but not estimated: {' '.join(unknown)}")
-    return 0
+    return exit_status.for_verdict(est.verdict)
 
 
 def render(est: Estimate) -> str:
@@ -106,26 +108,34 @@ def render(est: Estimate) -> str:
             cells += f"{format_bytes(total) if total is not None else '':>{width}}"
         return f"{label:<12}{cells}"
 
-    lines.append(row("weights", [d.weights for d in cols], est.weights))
-    lines.append(row("K cache", [d.kv_k for d in cols], est.kv_k))
-    lines.append(row("V cache", [d.kv_v for d in cols], est.kv_v))
-    lines.append(row("compute", [d.compute for d in cols], est.compute))
-    lines.append(row("output", [d.output for d in cols], est.output))
-    lines.append(row("total", [d.total for d in cols], est.total))
-    if any(d.budget is not None for d in cols):
-        lines.append(row("budget", [d.budget for d in cols]))
-        lines.append(row("headroom", [d.headroom for d in cols]))
+    if est.refused:
+        # llama.cpp would not create this context: no memory figures to show for it
+        lines.append(row("weights", [d.weights for d in cols], est.weights))
+    else:
+        for key, label in PARTS:
+            values = [getattr(d, key) for d in cols]
+            if key == "state" and not any(values):
+                continue  # no recurrent layers
+            lines.append(row(label, values, sum(values)))
+        lines.append(row("total", [d.total for d in cols], est.total))
+        if any(d.budget is not None for d in cols):
+            lines.append(row("budget", [d.budget for d in cols]))
+            lines.append(row("headroom", [d.headroom for d in cols]))
     lines.append("")
-    for e in est.errors:
-        lines.append(f"error: {e}")
+    for f in est.refusals:
+        fix = change_flags(f.fix)
+        lines.append(f"refused: {f.message}" + (f" (fix: {' '.join(fix)})" if fix else ""))
     for w in est.warnings:
         lines.append(f"warning: {w}")
-    if est.fits is True:
+    verdict = est.verdict
+    if verdict is Verdict.FITS:
         lines.append("fits: yes")
-    elif est.fits is False and not est.errors:
+    elif verdict is Verdict.OVER:
         over = [d for d in cols if d.fits is False]
         lines.append("fits: NO — " + "; ".join(
             f"{d.name} over by {format_bytes(-(d.headroom or 0))}" for d in over))
-    elif est.fits is None:
+    elif verdict is Verdict.REFUSED:
+        lines.append("fits: NO — llama.cpp would refuse these settings")
+    else:
         lines.append("fits: unknown (no memory budget; pass --vram SIZE or --gpu INDEX)")
     return "\n".join(lines)

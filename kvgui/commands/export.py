@@ -15,6 +15,7 @@ from kvgui.cli import UsageError
 from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
 from kvgui.core.commandline.shellquote import SHELLS
 from kvgui.core.config.settings import FlashAttn, Settings
+from kvgui.core.errors import SettingsRefused
 
 FORMATS = ("llama-cli", "llama-server", "python", "json")
 
@@ -54,11 +55,34 @@ def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
     g.add_argument("--multiline", action="store_true", help="one flag per line")
     g.add_argument("-o", "--output", metavar="FILE", default=None,
                    help="write a script (or the preset) to FILE instead of printing")
+    g.add_argument("--force", action="store_true",
+                   help="export even settings llama.cpp would refuse (they fail at launch)")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     model = open_model(args.model) if args.n_ctx == 0 else None
-    return settings_from_args(args, model)
+    settings = settings_from_args(args, model)
+    if not args.force:
+        _refuse_refused(args, settings)
+    return settings
+
+
+def _refuse_refused(args: argparse.Namespace, settings: Settings) -> None:
+    """Settings llama.cpp would refuse fail here with the reason and the fix, not at
+    launch; a model kvgui cannot read is checked by llama.cpp itself at launch."""
+    from kvgui.core.commandline.export import change_flags
+    from kvgui.core.memory.estimate import check
+    from kvgui.core.memory.findings import refusals
+
+    try:
+        model = open_model(args.model, catalog=True)
+    except UsageError:
+        return
+    found = refusals(check(model, settings))
+    if found:
+        fix = change_flags(found[0].fix)
+        raise SettingsRefused(found[0].message + (f" (fix: {' '.join(fix)}; or --force)"
+                                                  if fix else " (or --force)"))
 
 
 def _flash_attn_resolved(args: argparse.Namespace, settings: Settings) -> bool | None:

@@ -8,9 +8,11 @@ import sys
 from typing import Any
 
 from kvgui.cli import UsageError
+from kvgui.commands import exit_status
 from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
+from kvgui.core.commandline.export import change_flags
 from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, MAX_CONTEXT, max_context, max_gpu_layers
-from kvgui.core.sizes import format_bytes
+from kvgui.core.sizes import format_bytes, format_tokens
 
 
 def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
@@ -24,62 +26,85 @@ def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvgui.core.devices.budget import devices_from_args
+    from kvgui.core.devices.budget import plan_from_args
     from kvgui.core.memory.estimate import estimate
+    from kvgui.core.memory.memo import ModelMemo
 
     model = open_model(args.model, catalog=True)
     settings = settings_from_args(args, model)
-    devices = devices_from_args(args)
+    plan = plan_from_args(args)
+    devices = plan.devices()
     if not any(d.budget is not None for d in devices):
         raise UsageError("no memory budget: pass --vram SIZE, --gpu INDEX or --gpu-model NAME")
+    memo = ModelMemo(model)
+    trained = model.n_ctx_train
     rows: list[dict[str, Any]] = []
     for tk, tv in COMMON_CACHE_PAIRS:
         s = settings.replace(type_k=tk, type_v=tv)
-        est = estimate(model, s, devices)
-        if est.errors:
-            rows.append({"type_k": tk, "type_v": tv, "max_ctx": None, "error": est.errors[0]})
+        est = estimate(model, s, devices, memo)
+        if est.refused:
+            f = est.refusals[0]
+            rows.append({"type_k": tk, "type_v": tv, "max_ctx": None, "refused": True,
+                         "error": f.message, "code": f.code.value,
+                         "fix": change_flags(f.fix)})
             continue
-        n = max_context(model, s, devices)
-        limited = n >= MAX_CONTEXT
-        at = estimate(model, s.replace(n_ctx=max(n, 256)), devices)
-        rows.append({"type_k": tk, "type_v": tv, "max_ctx": n, "kv_at_max": at.kv,
-                     "beyond_trained": bool(model.n_ctx_train and n > model.n_ctx_train),
-                     "unbounded": limited})
-    ngl = max_gpu_layers(model, settings, devices)
+        n = max_context(model, s, devices, memo=memo)
+        beyond = bool(trained and n >= trained)
+        shown = trained if beyond else n
+        at = estimate(model, s.replace(n_ctx=max(shown, 256)), devices, memo)
+        rows.append({"type_k": tk, "type_v": tv, "max_ctx": n, "max_ctx_shown": shown,
+                     "kv_at_shown": at.kv, "beyond_trained": beyond,
+                     "unbounded": n >= MAX_CONTEXT})
+    ngl = max_gpu_layers(model, settings, devices, memo) if plan.gpus else 0
     result = {
-        "model": model.name, "n_ctx_train": model.n_ctx_train,
-        "budget": [{"name": d.name, "budget": d.budget} for d in devices],
+        "model": model.name, "n_ctx_train": trained,
+        "budget": [{"name": d.name, "total": d.total, "reserved": d.reserved,
+                    "budget": d.budget, "is_gpu": d.is_gpu} for d in plan.views],
         "types": rows,
         "max_gpu_layers": {"n_ctx": settings.n_ctx, "type_k": settings.type_k,
-                           "type_v": settings.type_v,
+                           "type_v": settings.type_v, "gpus": len(plan.gpus),
                            "n_gpu_layers": ngl, "all": ngl == -1,
                            "of": len(model.layers) + 1},
     }
+    fitting = [r for r in rows if r.get("max_ctx")]
+    status = exit_status.FITS if fitting else (
+        exit_status.REFUSED if all(r.get("refused") for r in rows) else exit_status.OVER)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
-        return 0
-    budgets = ", ".join(f"{d.name} {format_bytes(d.budget)}" for d in devices
-                        if d.budget is not None)
-    print(f"{model.name}: largest context per KV cache type within {budgets}")
-    print(f"(trained context {model.n_ctx_train})")
+        return status
+    print(f"{model.name}: the longest context per KV cache type that fits")
+    for d in plan.views:
+        if d.budget is None:
+            continue
+        reserve = f" ({format_bytes(d.total or 0)} less {format_bytes(d.reserved)} reserve)" \
+            if d.reserved else ""
+        print(f"  {d.name}: {format_bytes(d.budget)} budget{reserve}")
+    print(f"  trained context: {format_tokens(trained) if trained else 'unknown'}"
+          + (f" ({trained:,} tokens)" if trained else ""))
     print()
-    print(f"{'K/V':<16}{'max context':>14}{'KV cache there':>18}")
+    print(f"{'K/V':<16}{'fits up to':>20}{'KV cache there':>18}")
     for r in rows:
         label = r["type_k"] if r["type_k"] == r["type_v"] else f"{r['type_k']}/{r['type_v']}"
         if r["max_ctx"] is None:
-            print(f"{label:<16}{'refused':>14}  {r['error']}")
-            continue
-        note = "  (beyond trained context)" if r["beyond_trained"] else ""
-        if r["max_ctx"] == 0:
-            print(f"{label:<16}{'does not fit':>14}")
+            fix = f" (fix: {' '.join(r['fix'])})" if r["fix"] else ""
+            print(f"{label:<16}{'refused':>20}  {r['error']}{fix}")
+        elif r["max_ctx"] == 0:
+            print(f"{label:<16}{'does not fit':>20}")
         else:
-            print(f"{label:<16}{r['max_ctx']:>14}{format_bytes(r['kv_at_max']):>18}{note}")
+            text = f"≥ {format_tokens(trained)} (trained)" if r["beyond_trained"] \
+                else f"{format_tokens(r['max_ctx'])} ({r['max_ctx']:,})"
+            print(f"{label:<16}{text:>20}{format_bytes(r['kv_at_shown']):>18}")
+    if any(r.get("beyond_trained") for r in rows):
+        print("(≥ trained: more would fit, but the model was not trained past it; --json has "
+              "the raw figure)")
     print()
-    if ngl == -1:
+    if not plan.gpus:
+        print(f"CPU only: every layer runs from RAM at -c {settings.n_ctx}")
+    elif ngl == -1:
         print(f"at -c {settings.n_ctx}: all {len(model.layers) + 1} layers fit on the GPU "
               "(-ngl all)")
     else:
         print(f"at -c {settings.n_ctx} ({settings.type_k}/{settings.type_v}): "
               f"-ngl {ngl} of {len(model.layers) + 1} layers fit")
-    return 0
+    return status

@@ -80,7 +80,9 @@ def render(report: HardwareReport) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = detect()
+    from kvgui.runtime.llama_backend import probe
+
+    report = detect(llama_probe=probe)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

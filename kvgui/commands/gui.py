@@ -8,11 +8,11 @@ if it dies, its stderr names the missing library, and the user gets the package 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import subprocess
 import sys
-import traceback
 from collections.abc import Sequence
 
 EXIT_USAGE = 2
@@ -121,11 +121,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         description="Open the kvgui window, optionally on MODEL (a .gguf file, any part of "
                     "a split model). Subcommands: kvgui --help.")
     parser.add_argument("model", metavar="MODEL", nargs="?", help="a .gguf file to open")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="also log to stderr (-vv: more); Help ▸ Show log has the file")
     return parser.parse_args(list(argv))
 
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
+    from kvgui.logs import setup_logging
+
+    setup_logging(args.verbose)
     if args.model and not os.path.isfile(args.model):
         print(f"kvgui: no such file: {args.model}", file=sys.stderr)
         return EXIT_USAGE
@@ -141,19 +146,9 @@ def main(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # never a traceback on the terminal: one line and a log file
-        where = _write_crash_log()
-        print(f"kvgui: the window failed: {exc}" + (f" (details in {where})" if where else ""),
-              file=sys.stderr)
+        from kvgui.logs import log_path
+
+        logging.getLogger("kvgui.gui").critical("the window failed", exc_info=True)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"kvgui: the window failed: {reason} (details in {log_path()})", file=sys.stderr)
         return EXIT_NO_GUI
-
-
-def _write_crash_log() -> str | None:
-    try:
-        from kvgui.core.config.appconfig import config_dir
-
-        path = config_dir() / "crash.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(traceback.format_exc(), encoding="utf-8")
-        return str(path)
-    except OSError:
-        return None

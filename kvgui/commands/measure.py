@@ -11,8 +11,10 @@ import argparse
 import json
 import math
 import sys
+from typing import Any
 
 from kvgui.cli import UsageError
+from kvgui.commands import exit_status
 from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
 from kvgui.core.quality.results import (
     DEFAULT_PAIRS,
@@ -34,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
                        "is the reference every other type is compared with.")
     add_model_arg(p)
     add_settings_args(p)
+    from kvgui.core.devices.budget import add_budget_args
+
+    add_budget_args(p)
     g = p.add_argument_group("measurement")
     g.add_argument("--text", metavar="FILE",
                    help="text to evaluate (default: a public-domain sample shipped with kvgui)")
@@ -67,6 +72,16 @@ def _pairs(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     return DEFAULT_PAIRS
 
 
+def kv_budget_of_plan(model: Any, settings: Any, args: argparse.Namespace) -> int | None:
+    """What the KV cache may take on the planned main device once everything else is
+    placed (the window's measure budget, by the same plan)."""
+    from kvgui.core.devices.budget import plan_from_args
+    from kvgui.core.memory.estimate import estimate
+    from kvgui.core.memory.fit import kv_room
+
+    return kv_room(estimate(model, settings, plan_from_args(args).devices()))
+
+
 def run(args: argparse.Namespace) -> int:
     from kvgui.runtime.measure import (
         MeasureCancelled,
@@ -86,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             budget = parse_size(args.kv_budget)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    elif any(getattr(args, f, None) for f in ("gpu", "gpu_model", "vram")):
+        budget = kv_budget_of_plan(model, settings, args)
     if args.text:
         try:
             text, name = read_text_file(args.text), args.text
@@ -122,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             if exc.partial is not None and exc.partial.results:
                 save_cached(exc.partial)
             print(f"kvgui measure: {exc}", file=sys.stderr)
-            return 1
+            return exit_status.LLAMA_FAILED
         finally:
             progress.clear()
         save_cached(run_)

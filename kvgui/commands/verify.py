@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any
 
+from kvgui.commands import exit_status
 from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
 from kvgui.core.sizes import MiB as MIB
 from kvgui.core.sizes import format_bytes
@@ -29,21 +30,27 @@ ROWS = (
 
 
 def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
+    from kvgui.core.devices.budget import add_budget_args
+
     p = sub.add_parser("verify", help=help_text, description=help_text)
     add_model_arg(p)
     add_settings_args(p)
+    add_budget_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (sizes in bytes)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="give up on llama.cpp after S seconds (default 60)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from kvgui.core.devices.budget import plan_from_args
     from kvgui.core.devices.device_budget import DeviceBudget, cpu
     from kvgui.core.memory.estimate import estimate
     from kvgui.runtime.dryrun import DryRunError, dry_run
+    from kvgui.runtime.verification import layout_note
 
     model = open_model(args.model)
     settings = settings_from_args(args, model)
+    planned = _planned_gpus(args, plan_from_args)
     try:
         llama = dry_run(args.model, settings, timeout=args.timeout)
         error = None
@@ -67,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         "buffers": [b.__dict__ for b in llama.exact or []] if llama else [],
         "estimate_errors": list(est.errors),
         "error": str(error) if error else None,
+        "layout": {"verified": [d.name for d in est.devices],
+                   "planned": planned,
+                   "note": layout_note(planned, [d.name for d in gpus])},
     }
     if llama:
         data["difference"] = {k: est_mem.get(k, 0) - v for k, v in llama.memory().items()}
@@ -77,7 +87,14 @@ def run(args: argparse.Namespace) -> int:
         print()
     else:
         print(render(data, error.log_tail if error else ""))
-    return 0 if llama else 1
+    return exit_status.FITS if llama else exit_status.LLAMA_FAILED
+
+
+def _planned_gpus(args: argparse.Namespace, plan_from_args: Any) -> list[str]:
+    """The GPUs the hardware flags plan for (none given: none, the dry run's own)."""
+    if not any(getattr(args, f, None) for f in ("gpu", "gpu_model", "vram")):
+        return []
+    return [g.name for g in plan_from_args(args).gpus]
 
 
 def _cell(n: int | None) -> str:
@@ -98,7 +115,7 @@ def _diff(d: int, exact: bool) -> str:
 def render(data: dict[str, Any], log_tail: str = "") -> str:
     est, llama = data["estimate"], data["llama_cpp"]
     s = data["settings"]
-    lines = [f"{data['model']}",
+    lines = [f"{data['model']}", data["layout"]["note"],
              f"settings: -c {s['n_ctx']} -ctk {s['type_k']} -ctv {s['type_v']} "
              f"-fa {s['flash_attn']} -ngl {'all' if s['n_gpu_layers'] < 0 else s['n_gpu_layers']}"
              f" -b {s['n_batch']} -ub {s['n_ubatch']} -np {s['n_parallel']}"]

@@ -32,3 +32,16 @@ def format_bytes(n: int | float, digits: int = 2) -> str:
     if n >= GiB:
         return f"{sign}{n / GiB:.{digits}f} GiB"
     return f"{sign}{n / MiB:.{digits}f} MiB"
+
+
+def format_tokens(n: int) -> str:
+    """A context size the way llama.cpp users name them, one format everywhere: 512, 4K,
+    27.5K, 128K, 1M (K = 1024 tokens; one decimal when it is not whole)."""
+    if n < 1024:
+        return str(n)
+    if n >= 1 << 20:
+        value, unit = n / (1 << 20), "M"
+    else:
+        value, unit = n / 1024, "K"
+    text = f"{value:.1f}".rstrip("0").rstrip(".")
+    return f"{text}{unit}"

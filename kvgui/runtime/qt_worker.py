@@ -21,7 +21,7 @@ from PySide6.QtCore import (
     Signal,
 )
 
-import kvgui.ui  # noqa: F401  (PySide6 6.12 on Python 3.11: see kvgui.ui.qtfix)
+from kvgui import qtfix
 from kvgui.core.config.settings import Settings
 from kvgui.runtime.client import (
     LaunchRefused,
@@ -33,10 +33,12 @@ from kvgui.runtime.client import (
 )
 from kvgui.runtime.protocol import Message, ProtocolError, Sampling, decode, encode, message
 
+qtfix.apply()  # PySide6 6.12 on Python 3.11: see kvgui.qtfix
+
 
 def emit(signal: Any, *args: Any) -> None:
     """``signal.emit(*args)``. Kept for callers written when this module worked around
-    PySide6 6.12's reference leak itself; ``kvgui.ui.qtfix`` (imported above) now does."""
+    PySide6 6.12's reference leak itself; ``kvgui.qtfix`` (applied below) now does."""
     signal.emit(*args)
 
 

@@ -15,16 +15,18 @@ from PySide6.QtGui import QBrush, QColor, QFontMetricsF, QPainter, QPainterPath,
 from PySide6.QtWidgets import QToolTip, QWidget
 
 from kvgui.core.sizes import format_bytes
-from kvgui.ui.barmodel import BarRow
-from kvgui.ui.theme import SEGMENTS, Theme
+from kvgui.ui.theme import Theme
+from kvgui.ui.viewmodel import BarRow, segments
 
-LABELS = {key: (label, what) for key, label, what in SEGMENTS}
+LABELS = {key: (label, what) for key, label, what in segments()}
 
 
 @dataclass(frozen=True)
 class HitArea:
     rect: QRectF
     tip: str
+    key: str = ""  # the segment drawn here (a part key, "reserve", "over", "headroom")
+    nbytes: int = 0
 
 
 def show_hit_tooltip(widget: QWidget, pos: QPointF, global_pos: QPoint,
@@ -72,7 +74,8 @@ def paint_row(p: QPainter, rect: QRectF, row: BarRow, t: Theme, scale: int | Non
         p.setBrush(t.segment(key))
         p.drawRect(seg.intersected(clip))
         label, what = LABELS[key]
-        hits.append(HitArea(seg, f"<b>{label}: {format_bytes(nbytes)}</b><br>{what}"))
+        hits.append(HitArea(seg, f"<b>{label}: {format_bytes(nbytes)}</b><br>{what}", key,
+                            nbytes))
         if show_text:
             text = f"{label} {format_bytes(nbytes, 1)}"
             if fm.horizontalAdvance(text) + 8 > w:

@@ -7,8 +7,6 @@ with the reason, and choosing one shows the refusal in the window: nothing is si
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
@@ -26,8 +24,9 @@ from PySide6.QtWidgets import (
 from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
 from kvgui.core.gguf import ggml_types
 from kvgui.ui import theme
+from kvgui.ui.viewmodel import NGL_ALL, NGL_AUTO, NGL_N, ControlsState
 
-NGL_ALL, NGL_AUTO, NGL_N = "all", "auto", "n"
+__all__ = ["NGL_ALL", "NGL_AUTO", "NGL_N", "CacheControls"]
 
 TYPE_TIPS = {
     "f32": "32-bit float: twice f16's memory, no quality gain in practice",
@@ -159,7 +158,8 @@ class CacheControls(QWidget):
         self.swa_full.toggled.connect(lambda v: self._edit(swa_full=v))
         self.kv_offload.toggled.connect(lambda v: self._edit(kv_offload=v))
         self.kv_unified.toggled.connect(lambda v: self._edit(kv_unified=v))
-        self.set_settings(settings or Settings(), NGL_ALL)
+        self._state: ControlsState | None = None
+        self.set_state(ControlsState(settings or Settings(), NGL_ALL, 0, 1))
 
     def _type_combo(self, tip: str) -> QComboBox:
         c = QComboBox()
@@ -175,30 +175,38 @@ class CacheControls(QWidget):
         if self.adv_toggle.isChecked() != open_:
             self.adv_toggle.setChecked(open_)
 
-    def set_settings(self, s: Settings, ngl_mode: str) -> None:
+    def set_state(self, state: ControlsState) -> None:
+        """Show ``state`` (from the controller); nothing is emitted back."""
+        if state == self._state:
+            return
+        self._state = state
+        s = state.settings
         self._updating = True
         self.type_k.setCurrentIndex(self.type_k.findData(s.type_k))
         self.type_v.setCurrentIndex(self.type_v.findData(s.type_v))
         self.fa.setCurrentIndex(self.fa.findData(s.flash_attn))
-        self.ngl_mode.setCurrentIndex(self.ngl_mode.findData(ngl_mode))
-        if s.n_gpu_layers != ALL_LAYERS:
-            self.ngl.setValue(s.n_gpu_layers)
-        self.ngl.setEnabled(ngl_mode == NGL_N)
+        self.ngl_mode.setCurrentIndex(self.ngl_mode.findData(state.ngl_mode))
+        self.ngl.setMaximum(max(state.n_layers, 1))
+        self.ngl.setValue(state.ngl_value if s.n_gpu_layers == ALL_LAYERS or
+                          state.ngl_mode != NGL_N else s.n_gpu_layers)
+        self.ngl.setEnabled(state.ngl_mode == NGL_N)
         self.n_batch.setValue(s.n_batch)
         self.n_ubatch.setValue(s.n_ubatch)
         self.n_parallel.setValue(s.n_parallel)
         self.swa_full.setChecked(s.swa_full)
         self.kv_offload.setChecked(s.kv_offload)
         self.kv_unified.setChecked(s.kv_unified)
+        self._mark_refused(state)
+        if state.refusal:
+            self.banner.setText("llama.cpp would refuse this: " + state.refusal)
+        self.banner.setVisible(bool(state.refusal))
+        self.fix.setVisible(bool(state.refusal) and state.fixable)
         self._updating = False
 
-    def set_n_layers(self, n: int) -> None:
-        self.ngl.setMaximum(max(n, 1))
-
-    def set_refusals(self, k: Mapping[str, str], v: Mapping[str, str]) -> None:
+    def _mark_refused(self, state: ControlsState) -> None:
         """Mark the types llama.cpp would refuse, with the reason in the item's tooltip."""
         bad = QBrush(theme.current().over)
-        for combo, refusals in ((self.type_k, k), (self.type_v, v)):
+        for combo, refusals in ((self.type_k, state.refused_k), (self.type_v, state.refused_v)):
             for i in range(combo.count()):
                 name = combo.itemData(i)
                 why = refusals.get(name, "")
@@ -209,11 +217,10 @@ class CacheControls(QWidget):
                 combo.setItemData(i, bad if why else QBrush(QColor()),
                                   Qt.ItemDataRole.ForegroundRole)
 
-    def set_errors(self, errors: tuple[str, ...], fixable: bool) -> None:
-        if errors:
-            self.banner.setText("llama.cpp would refuse this: " + "; ".join(errors))
-        self.banner.setVisible(bool(errors))
-        self.fix.setVisible(bool(errors) and fixable)
+    def restyle(self) -> None:
+        """Re-mark refusals in the current theme's colours."""
+        if self._state is not None:
+            self._mark_refused(self._state)
 
     def _ngl_mode_changed(self, _i: int) -> None:
         mode = self.ngl_mode.currentData()

@@ -9,7 +9,6 @@ millisecond; click a row to use that pair.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from PySide6.QtCore import QEvent, QPointF, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import (
@@ -23,38 +22,16 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
-from kvgui.core.quality.notes import QualityNote
 from kvgui.core.sizes import format_bytes
 from kvgui.ui import theme
-from kvgui.ui.barmodel import BarRow
 from kvgui.ui.barpaint import HitArea, paint_row, scale_of, show_hit_tooltip
-from kvgui.ui.context_slider import short_tokens
+from kvgui.ui.viewmodel import CompareRow
 
 ROW_H = 46
 HEAD_H = 24
 NAME_W = 118
 TOTAL_W = 92
-FIT_W = 104
-
-
-@dataclass(frozen=True)
-class CompareRow:
-    type_k: str
-    type_v: str
-    bar: BarRow | None  # None when llama.cpp refuses the pair (error says why)
-    total: int
-    max_ctx: int | None  # largest context that fits; None = no budget to fit against
-    note: QualityNote
-    current: bool = False
-    error: str = ""
-
-    @property
-    def label(self) -> str:
-        return self.type_k if self.type_k == self.type_v else f"{self.type_k} / {self.type_v}"
-
-    @property
-    def over(self) -> bool:
-        return self.bar is not None and self.bar.over > 0
+FIT_W = 136
 
 
 class CacheTypeTable(QWidget):
@@ -104,7 +81,7 @@ class CacheTypeTable(QWidget):
         a pixmap; a slider step only repaints the bars and the totals over it."""
         t = theme.current()
         dpr = self.devicePixelRatioF()
-        static = tuple((r.label, r.note.text, r.max_ctx, r.current, r.error, r.over,
+        static = tuple((r.label, r.note.text, r.limit, r.current, r.error, r.over,
                         r.bar is None) for r in self._rows)
         key = (self.size(), dpr, t.dark, self._hover, static)
         if key != self._static_key:
@@ -134,6 +111,10 @@ class CacheTypeTable(QWidget):
             p.setFont(bold)
             p.setPen(t.over if r.over else t.text)
             p.drawText(QRectF(total_x, y + 4, TOTAL_W - 6, 20), right, format_bytes(r.total, 2))
+            hits.append(HitArea(QRectF(total_x, y, TOTAL_W, 26),
+                                f"What llama.cpp allocates on {r.bar.label} with this cache "
+                                f"type (the big bar's figure); on every device: "
+                                f"{format_bytes(r.all_devices)}"))
         p.end()
         self._hits = hits
 
@@ -153,7 +134,7 @@ class CacheTypeTable(QWidget):
         p.setPen(t.muted)
         p.drawText(QRectF(4, 0, NAME_W, HEAD_H), left, "K / V cache")
         p.drawText(QRectF(bar_x, 0, bar_w, HEAD_H), left, "memory at this context")
-        p.drawText(QRectF(total_x, 0, TOTAL_W - 6, HEAD_H), right, "total")
+        p.drawText(QRectF(total_x, 0, TOTAL_W - 6, HEAD_H), right, "needs")
         p.drawText(QRectF(fit_x, 0, FIT_W - 4, HEAD_H), right, "fits up to")
         hits.append(HitArea(QRectF(fit_x, 0, FIT_W, HEAD_H),
                             "The largest context (a multiple of 256) at which everything "
@@ -183,22 +164,24 @@ class CacheTypeTable(QWidget):
                 p.drawText(bar_rect, left, fm_small.elidedText(
                     f"refused: {r.error}", Qt.TextElideMode.ElideRight, bar_w))
                 hits.append(HitArea(bar_rect, f"<b>llama.cpp refuses {r.label}</b><br>{r.error}"))
-            else:
-                hits.append(HitArea(QRectF(total_x, y, TOTAL_W, 26),
-                                    "Everything llama.cpp allocates with this cache type, on "
-                                    "all devices"))
+
             p.setFont(bold)
-            if r.max_ctx is None:
-                fit_text, color = "—", t.muted
-            elif r.max_ctx <= 0:
-                fit_text, color = "none", t.over
+            limit = r.limit
+            if r.refused:
+                fit_text, color = "refused", t.over
+            elif limit.raw is None:
+                fit_text, color = limit.text, t.muted
+            elif limit.raw <= 0:
+                fit_text, color = limit.text, t.over
             else:
-                fit_text, color = short_tokens(r.max_ctx), (t.over if r.over else t.ok)
+                fit_text, color = limit.text, (t.over if r.over else t.ok)
             p.setPen(color)
-            p.drawText(QRectF(fit_x, y + 4, FIT_W - 4, 20), right, fit_text)
-            if r.max_ctx:
-                hits.append(HitArea(QRectF(fit_x, y, FIT_W, 26),
-                                    f"{r.max_ctx:,} tokens fit with {r.label}"))
+            p.drawText(QRectF(fit_x, y + 4, FIT_W - 4, 20), right,
+                       QFontMetricsF(bold).elidedText(fit_text, Qt.TextElideMode.ElideLeft,
+                                                      FIT_W - 4))
+            hits.append(HitArea(QRectF(fit_x, y, FIT_W, 26),
+                                f"with {r.label}: {r.error}" if r.refused
+                                else f"with {r.label}: {limit.tooltip}"))
             p.setFont(small)
             p.setPen(t.muted)
             note_rect = QRectF(bar_x, y + 24, w - bar_x - 8, 18)

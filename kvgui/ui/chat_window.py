@@ -9,6 +9,7 @@ out-of-memory kill shows up here as a message with llama.cpp's last log lines, a
 from __future__ import annotations
 
 import html
+import logging
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
@@ -36,24 +37,18 @@ from PySide6.QtWidgets import (
 )
 
 from kvgui.core.config.settings import ALL_LAYERS, Settings
+from kvgui.core.memory.estimate import PART_KEYS, PARTS
 from kvgui.core.sizes import format_bytes
 from kvgui.runtime.protocol import Sampling
 from kvgui.runtime.qt_worker import FAILED, GENERATING, READY, QtWorker
 from kvgui.ui import theme
-from kvgui.ui.barmodel import PART_KEYS, BarRow
 from kvgui.ui.memory_bar import MemoryBar
+from kvgui.ui.viewmodel import BarRow
+
+log = logging.getLogger(__name__)
 
 # rows of the measured-vs-estimated table: (key, label)
-MEMORY_ROWS = (
-    ("weights", "Weights"),
-    ("kv_k", "K cache"),
-    ("kv_v", "V cache"),
-    ("kv", "KV cache"),
-    ("compute", "Compute"),
-    ("output", "Output"),
-    ("total", "Total"),
-    ("n_ctx", "Context (tokens)"),
-)
+MEMORY_ROWS = (*PARTS, ("kv", "KV cache"), ("total", "Total"), ("n_ctx", "Context (tokens)"))
 # llama.cpp logs sizes as "%.2f MiB": closer than this is the same figure
 LOGGED_TOLERANCE = int(0.0051 * 1024 * 1024)
 
@@ -336,6 +331,7 @@ class ChatPanel(QWidget):
                 load_model(self.model_path)
             return estimate(model, self.settings, estimate_devices(gpu_offload))
         except Exception as exc:  # the header was read before launch; keep the chat usable
+            log.warning("no estimate for the chat's model", exc_info=True)
             self._set_status(f"no estimate: {exc}", error=True)
             return None
 

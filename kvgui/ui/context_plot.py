@@ -14,11 +14,10 @@ from PySide6.QtCore import QPointF, Qt
 from PySide6.QtGui import QColor, QPainter, QPen
 from PySide6.QtWidgets import QGraphicsItem, QWidget
 
-from kvgui.core.sizes import GiB
+from kvgui.core.sizes import GiB, format_tokens
 from kvgui.ui import theme
-from kvgui.ui.context_slider import short_tokens
-from kvgui.ui.controller import Curves
 from kvgui.ui.plotstyle import quiet_plot
+from kvgui.ui.viewmodel import Curves
 
 # one colour per pair, f16 (most memory) to q4_0 (least), mixed last
 PAIR_COLORS = ("#e8544e", "#f39c34", "#d8c038", "#8bc34a", "#26a69a", "#29b6f6",
@@ -121,12 +120,13 @@ class ContextPlot(pg.PlotWidget):
                 item.setZValue(10)
             self._items.append(item)
             top = max(top, max(p[1] for p in pts))
-            m = curves.max_ctx.get(pair)
+            limit = curves.limits.get(pair)
+            m = limit.raw if limit is not None else None
             if m and curves.xs[0] <= m <= curves.xs[-1]:
                 y_at = _interp(curves.xs, ys, m) / GiB
                 dot = pg.ScatterPlotItem([float(m)], [y_at], size=9, brush=color,
                                          pen=pg.mkPen(theme.current().card, width=1.5))
-                dot.setToolTip(f"{pair_label(pair)}: fits up to {m:,} tokens")
+                dot.setToolTip(f"{pair_label(pair)}: {limit.tooltip}" if limit else "")
                 pi.addItem(dot)
                 self._items.append(dot)
         budget = curves.budget
@@ -141,11 +141,19 @@ class ContextPlot(pg.PlotWidget):
         else:
             self.budget_line.hide()
             self.budget_text.hide()
+        if curves.trained and curves.trained <= curves.xs[-1]:
+            trained = pg.InfiniteLine(pos=float(curves.trained), angle=90, movable=False,
+                                      pen=pg.mkPen(theme.current().muted, width=1,
+                                                   style=Qt.PenStyle.DotLine),
+                                      label="trained", labelOpts={
+                                          "position": 0.04, "color": theme.current().muted})
+            pi.addItem(trained, ignoreBounds=True)
+            self._items.append(trained)
         ax = pi.getAxis("bottom")
         step = 1024
         while curves.xs[-1] / step > 8:
             step *= 2
-        ticks = [(float(n), short_tokens(n)) for n in range(0, curves.xs[-1] + 1, step)]
+        ticks = [(float(n), format_tokens(n)) for n in range(0, curves.xs[-1] + 1, step)]
         ticks[0] = (0.0, "0")
         ax.setTicks([ticks, []])
         pi.setXRange(0, xs[-1], padding=0.01)

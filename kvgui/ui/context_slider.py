@@ -24,16 +24,12 @@ from PySide6.QtWidgets import (
 )
 
 from kvgui.core.config.settings import N_CTX_PAD
+from kvgui.core.sizes import format_tokens
 from kvgui.ui import theme
+from kvgui.ui.viewmodel import MIN_CTX, snap
 
-MIN_CTX = 512
 TOKENS_PER_PAGE = 667  # ≈ 500 words per page at ≈ 0.75 words per token
 _RES = 1000  # slider positions per octave
-
-
-def snap(n_ctx: int) -> int:
-    """Nearest multiple of 256 (at least 256)."""
-    return max(N_CTX_PAD, round(n_ctx / N_CTX_PAD) * N_CTX_PAD)
 
 
 def pos_of(n_ctx: int) -> int:
@@ -42,15 +38,6 @@ def pos_of(n_ctx: int) -> int:
 
 def ctx_of(pos: int) -> int:
     return snap(round(MIN_CTX * 2 ** (pos / _RES)))
-
-
-def short_tokens(n: int) -> str:
-    """512, 4K, 32K, 1M: how people name context sizes."""
-    if n >= 1 << 20 and n % (1 << 20) == 0:
-        return f"{n >> 20}M"
-    if n >= 1024 and n % 1024 == 0:
-        return f"{n >> 10}K"
-    return f"{n / 1024:.1f}K" if n >= 1024 else str(n)
 
 
 def pages(n: int) -> str:
@@ -120,7 +107,7 @@ class _LogSlider(QSlider):
         while n <= hi:
             x = self.x_of(n)
             p.drawLine(int(x), int(g.bottom()) + 2, int(x), int(g.bottom()) + 6)
-            label = short_tokens(n)
+            label = format_tokens(n)
             w = p.fontMetrics().horizontalAdvance(label)
             left = min(max(x - w / 2 - 2, 0.0), self.width() - w - 4)  # keep ends readable
             if left > last_x + 6:
@@ -260,7 +247,7 @@ class ContextControl(QWidget):
                 w.setValue(v)
                 w.blockSignals(False)
         self.value_label.setText(f"{n:,} tokens")
-        self.pages_label.setText(f"({short_tokens(n)}, {pages(n)} of text)")
+        self.pages_label.setText(f"({format_tokens(n)}, {pages(n)} of text)")
         beyond = self._trained and n > self._trained
         if beyond:
             self.warn_label.setText(

@@ -1,66 +1,68 @@
-"""The window's state and its calls into the Qt-free core; widgets only draw what it emits.
+"""The window's state and every rule it applies; widgets only draw what it emits.
 
-Per slider step it computes the current estimate and one estimate per common K/V pair (nine
-in all) and emits a Snapshot. What does not change with the context is cached: the
-memory-vs-context curves (keyed by model and every setting but n_ctx) and the largest fitting
-context per pair (the same, plus the budgets). Bursts of steps are coalesced: a step only
-records the wanted context and the work runs once when the event loop is next idle.
+It owns the model, the one Settings object, the GPU-layers mode, the hardware choice and its
+plan, and asks the Qt-free core for everything else: the estimate and llama.cpp's findings
+(kvgui.core.memory), the budgets (kvgui.core.devices.budget.plan_hardware, the same planner
+the CLI uses), the longest contexts (kvgui.core.memory.fit). It never reads the wording of a
+message: refusals are matched by code and fixed by the change they carry.
+
+A slider step is cheap and coalesced: ``set_n_ctx`` records the context and the work runs
+once when the event loop is next idle (``_flush``), which emits one Snapshot. What does not
+change with the context is cached: the memory-vs-context curves and the longest fitting
+context per pair. Settings changed from elsewhere (a preset, an import, a fix) are announced
+with ``settingsChanged``; a slider step is not echoed back to the slider.
 Model files are read in a worker thread, so a slow disk never freezes the window.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from kvgui.core.config.appconfig import HW_CATALOG, AppConfig, HardwareChoice
-from kvgui.core.config.settings import N_CTX_PAD, FlashAttn, Settings
-from kvgui.core.memory.estimate import Estimate, estimate
-from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, max_context, max_gpu_layers
+from kvgui.core.commandline.parse import ParsedCommand
+from kvgui.core.config.appconfig import AppConfig
+from kvgui.core.config.settings import ALL_LAYERS, N_CTX_PAD, Settings
+from kvgui.core.devices.budget import (
+    HW_DETECTED,
+    BudgetPlan,
+    HardwareChoice,
+    plan_hardware,
+)
+from kvgui.core.devices.hardware.types import GpuInfo
+from kvgui.core.errors import UsageError
+from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
+from kvgui.core.memory.estimate import Estimate, Verdict, check, estimate
+from kvgui.core.memory.findings import first_fix, refusals
+from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, kv_room, max_context, max_gpu_layers
+from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.model.info import ModelInfo
 from kvgui.core.quality.notes import quality_note
 from kvgui.core.sizes import format_bytes
-from kvgui.ui.barmodel import BarRow, rows_from_estimate
-from kvgui.ui.cache_table import CompareRow
-from kvgui.ui.context_slider import MIN_CTX, snap
-from kvgui.ui.hardware_plan import GpuSource, Plan, make_plan
+from kvgui.ui.viewmodel import (
+    MIN_CTX,
+    NGL_ALL,
+    NGL_AUTO,
+    NGL_N,
+    CompareRow,
+    ContextLimit,
+    ControlsState,
+    Curves,
+    Headline,
+    Snapshot,
+    rows_from_estimate,
+    snap,
+)
+
+log = logging.getLogger(__name__)
 
 CURVE_POINTS = 64
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything the window shows for one context value."""
-
-    n_ctx: int
-    estimate: Estimate | None
-    rows: tuple[BarRow, ...]
-    compare: tuple[CompareRow, ...]
-    plan: Plan
-
-    @property
-    def over(self) -> int:
-        return sum(r.over for r in self.rows)
-
-    @property
-    def errors(self) -> tuple[str, ...]:
-        return self.estimate.errors if self.estimate else ()
-
-
-@dataclass(frozen=True)
-class Curves:
-    """Primary-device memory against context for each pair; the same for every slider step."""
-
-    xs: tuple[int, ...]
-    ys: dict[tuple[str, str], tuple[int, ...]]
-    budget: int | None
-    max_ctx: dict[tuple[str, str], int | None]
-    device: str
-    current: tuple[str, str]
+CATALOG_PREFIX = "catalog:"  # a model_source that is a catalog entry, not a file
 
 
 @dataclass(frozen=True)
@@ -85,19 +87,29 @@ PRESETS: tuple[Preset, ...] = (
 
 @dataclass
 class HardwareState:
-    """Detected GPUs (with live in-use memory), the catalog GPU, and the host RAM."""
+    """Detected GPUs (with live free memory), the host RAM available, and why not more."""
 
-    detected: list[GpuSource] = field(default_factory=list)
-    catalog_gpu: GpuSource | None = None
+    detected: tuple[GpuInfo, ...] = ()
     ram_available: int | None = None
     reasons: tuple[str, ...] = ()
     advice: tuple[str, ...] = ()
 
 
+@dataclass
+class _Caches:
+    """What the controller keeps per model: the estimate's memo, the curves and fits."""
+
+    memo: ModelMemo
+    curves: dict[Any, tuple[tuple[int, ...], dict[tuple[str, str], tuple[int, ...]]]] = field(
+        default_factory=dict)
+    fits: dict[Any, dict[tuple[str, str], int | None]] = field(default_factory=dict)
+
+
 class Controller(QObject):
     modelChanged = Signal(object)  # ModelInfo | None
-    settingsChanged = Signal(object)  # Settings
-    planChanged = Signal(object)  # Plan
+    settingsChanged = Signal(object)  # Settings, changed by anything but the slider
+    controlsChanged = Signal(object)  # ControlsState
+    planChanged = Signal(object)  # BudgetPlan
     snapshotReady = Signal(object)  # Snapshot
     curvesReady = Signal(object)  # Curves
     loadingChanged = Signal(bool)
@@ -111,16 +123,17 @@ class Controller(QObject):
         self.model: ModelInfo | None = None
         self.model_source = ""
         self.settings: Settings = self.config.settings
+        self.ngl_mode = self.config.ngl_mode
+        if self.ngl_mode == NGL_ALL and self.settings.n_gpu_layers != ALL_LAYERS:
+            self.ngl_mode = NGL_N
         self.hardware = HardwareState()
-        if self.config.hardware.catalog_name:
-            self.hardware.catalog_gpu = catalog_gpu(self.config.hardware.catalog_name)
-        self.plan: Plan = self._make_plan()
+        self.plan: BudgetPlan = self._make_plan(self.config.hardware) or plan_hardware(
+            HardwareChoice(cpu_only=True))
         self.snapshot: Snapshot | None = None
         self.curves: Curves | None = None
-        self._curve_cache: dict[Any, tuple[tuple[int, ...], dict]] = {}
-        self._fit_cache: dict[Any, dict[tuple[str, str], int | None]] = {}
-        self.ngl_auto = False  # GPU layers: the most that fit, recomputed as settings change
+        self._caches = _Caches(ModelMemo(None))
         self._full_pending = False
+        self._controls_pending = True
         self._load_token = 0
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -132,8 +145,13 @@ class Controller(QObject):
     def set_model(self, model: ModelInfo | None, source: str = "") -> None:
         self.model = model
         self.model_source = source
-        self._curve_cache.clear()
-        self._fit_cache.clear()
+        self._caches = _Caches(ModelMemo(model))
+        if model is not None and self.ngl_mode == NGL_N and \
+                self.settings.n_gpu_layers >= len(model.layers) + 1:
+            # "40 layers" of a 19-layer model is every layer: say so, and export it so
+            self.ngl_mode = NGL_ALL
+            self.settings = self.settings.replace(n_gpu_layers=ALL_LAYERS)
+            self.settingsChanged.emit(self.settings)
         self.modelChanged.emit(model)
         self.recompute(full=True)
 
@@ -157,6 +175,7 @@ class Controller(QObject):
             try:
                 self._loaded.emit(token, load(), None, source)
             except Exception as exc:  # every failure becomes one line in the window
+                log.info("could not open %s: %s", source, exc, exc_info=True)
                 self._loaded.emit(token, None, exc, source)
 
         threading.Thread(target=work, name="kvgui-open", daemon=True).start()
@@ -170,95 +189,201 @@ class Controller(QObject):
             return
         # a split model opened from any part is the model of its first part (what llama.cpp
         # is given, and what the recent list keeps)
-        path = getattr(model, "path", None)
+        path = model.path
         self.set_model(model, path if path and not source.startswith("catalog:") else source)
 
     # --- settings ----------------------------------------------------------------------
-    def update_settings(self, **changes: Any) -> None:
+    def update_settings(self, **changes: Any) -> bool:
+        """Apply ``changes``; False (and a message) when Settings rejects them."""
         if "n_ctx" in changes:
             changes["n_ctx"] = snap(int(changes["n_ctx"]))
         try:
             new = self.settings.replace(**changes)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             self.message.emit(one_line(exc))
-            return
+            return False
         if new == self.settings:
-            return
-        only_ctx = set(changes) <= {"n_ctx"}
+            return True
         self.settings = new
         self.settingsChanged.emit(new)
-        self.recompute(full=not only_ctx)
+        self.recompute(full=True)
+        return True
 
     def set_n_ctx(self, n_ctx: int) -> None:
-        """One slider step: cheap, coalesced with any other step before the next repaint."""
-        self.update_settings(n_ctx=n_ctx)
+        """One slider step: cheap, coalesced with any other step before the next repaint,
+        and not announced back to the slider."""
+        n = snap(int(n_ctx))
+        if n == self.settings.n_ctx:
+            return
+        self.settings = self.settings.replace(n_ctx=n)
+        self.recompute()
+
+    def set_ngl_mode(self, mode: str) -> None:
+        """GPU layers: every one, the most that fit (recomputed as settings change), or a
+        number (starting from what the current mode resolves to)."""
+        if mode not in (NGL_ALL, NGL_AUTO, NGL_N):
+            raise ValueError(f"unknown GPU-layers mode {mode!r}")
+        self.ngl_mode = mode
+        if mode == NGL_ALL:
+            self.update_settings(n_gpu_layers=ALL_LAYERS)
+        elif mode == NGL_N:
+            est = self.snapshot.estimate if self.snapshot else None
+            self.update_settings(n_gpu_layers=est.n_gpu_layers if est else ALL_LAYERS)
+        self.recompute(full=True)
+
+    def set_gpu_layers(self, n: int) -> None:
+        self.ngl_mode = NGL_N
+        self.update_settings(n_gpu_layers=n)
+        self.recompute(full=True)
+
+    def choose_pair(self, type_k: str, type_v: str) -> None:
+        """Use a K/V pair (a click in the table), with the change llama.cpp needs to accept
+        it (e.g. flash attention back on for a quantized V)."""
+        changes: dict[str, Any] = {"type_k": type_k, "type_v": type_v}
+        if self.model is not None:
+            trial = self.settings.replace(**changes)
+            fix = first_fix(check(self.model, trial))
+            if fix and set(fix) - {"type_k", "type_v"}:  # never undo the choice itself
+                changes.update({k: v for k, v in fix.items() if k not in changes})
+        self.update_settings(**changes)
+
+    def fix(self) -> None:
+        """Make the one change that lets llama.cpp accept the settings."""
+        if self.model is None:
+            return
+        fix = first_fix(check(self.model, self.settings))
+        if fix:
+            self.update_settings(**fix)
+
+    def type_refusals(self) -> tuple[dict[str, str], dict[str, str]]:
+        """For each K (then V) type: why llama.cpp would refuse it with the other settings as
+        they are — only what that choice adds, not the other half's own refusal."""
+        out: tuple[dict[str, str], dict[str, str]] = ({}, {})
+        m = self.model
+        if m is None:
+            return out
+        s = self.settings
+        for i, name in enumerate(("type_k", "type_v")):
+            for t in CACHE_TYPE_NAMES:
+                trial = s.replace(**{name: t})
+                base = {f.code for f in refusals(check(m, trial.replace(**{name: "f16"})))}
+                own = [f for f in refusals(check(m, trial)) if f.code not in base]
+                if own:
+                    out[i][t] = own[0].message
+        return out
+
+    def apply_import(self, parsed: ParsedCommand) -> str | None:
+        """Every setting an imported command (or a preset) sets; returns the model path it
+        names when that is another file that exists (for the window to open)."""
+        changes = {name: getattr(parsed.settings, name) for name in parsed.given}
+        if parsed.ctx_from_model and self.model is not None and self.model.n_ctx_train:
+            changes["n_ctx"] = self.model.n_ctx_train
+        if "n_gpu_layers" in changes:
+            self.ngl_mode = NGL_ALL if changes["n_gpu_layers"] == ALL_LAYERS else NGL_N
+        if not self.update_settings(**changes):
+            return None
+        kept = self.settings.extra_args
+        self.message.emit("Imported; kept and passed on to llama.cpp: " + " ".join(kept)
+                          if kept else "Imported the command's settings")
+        path = parsed.model_path
+        if path and os.path.isfile(path) and (
+                not self.model_source or os.path.abspath(path) != os.path.abspath(
+                    self.model_source)):
+            return path
+        return None
+
+    def measure_budget(self) -> tuple[int, Callable[[str, str], int]] | None:
+        """The KV cache's room on the main device, and each pair's KV size (measure's
+        "fits" column); None without a model or a budget."""
+        est = self.snapshot.estimate if self.snapshot else None
+        room = kv_room(est) if est is not None else None
+        model, settings = self.model, self.settings
+        if room is None or model is None:
+            return None
+        memo = self._caches.memo
+        return room, lambda k, v: estimate(model, settings.replace(type_k=k, type_v=v),
+                                           None, memo).kv
+
+    def export_model_path(self) -> str:
+        """The -m of an export: the file, or a catalog model's usual file name."""
+        src = self.model_source
+        if src.startswith(CATALOG_PREFIX):
+            return src[len(CATALOG_PREFIX):].replace(" ", "-") + ".gguf"
+        return src or "model.gguf"
 
     def apply_preset(self, key: str) -> None:
         preset = next(p for p in PRESETS if p.key == key)
         changes: dict[str, Any] = {"type_k": preset.type_k, "type_v": preset.type_v}
-        if preset.type_v not in ("f16", "f32", "bf16") and \
-                self.settings.flash_attn is FlashAttn.OFF:
-            changes["flash_attn"] = FlashAttn.AUTO
+        trial = self.settings.replace(**changes)
+        if self.model is not None:
+            fix = first_fix(check(self.model, trial))
+            if fix:
+                changes.update(fix)
+                trial = trial.replace(**fix)
         if preset.n_ctx is not None:
             changes["n_ctx"] = preset.n_ctx
         else:
-            trial = self.settings.replace(**changes)
-            best = self.max_context_for(trial)
-            if best is None:
+            limit = self.limit_for(trial)
+            if limit.raw is None:
                 changes["n_ctx"] = self.model.n_ctx_train if self.model else 32768
-            elif best <= 0:
+            elif limit.raw <= 0:
                 self.message.emit(f"{preset.title}: nothing fits, even at 256 tokens")
                 changes["n_ctx"] = MIN_CTX
             else:
-                cap = self.model.n_ctx_train if self.model and self.model.n_ctx_train else best
-                changes["n_ctx"] = max(MIN_CTX, min(best, cap))
+                changes["n_ctx"] = max(MIN_CTX, limit.shown or MIN_CTX)
         self.update_settings(**changes)
         self.message.emit(f"Preset: {preset.title} — {preset.blurb}")
 
     # --- hardware ----------------------------------------------------------------------
     def set_hardware_choice(self, choice: HardwareChoice) -> None:
+        plan = self._make_plan(choice)
+        if plan is None:
+            return  # the message says why; the plan stays as it was
         self.config.hardware = choice
-        gpu = self.hardware.catalog_gpu
-        if choice.catalog_name and (gpu is None or gpu.name != choice.catalog_name):
-            self.hardware.catalog_gpu = catalog_gpu(choice.catalog_name)
-            if self.hardware.catalog_gpu is None and choice.mode == HW_CATALOG:
-                self.message.emit(f"No catalog GPU matches {choice.catalog_name!r} (try "
-                                  "RTX 4060, RX 7900 XTX or M2 Max 64 GB)")
-        self._replan()
+        self._set_plan(plan)
 
     def set_hardware_state(self, state: HardwareState) -> None:
         self.hardware = state
-        self._replan()
+        plan = self._make_plan(self.config.hardware)
+        if plan is not None:
+            self._set_plan(plan)
 
-    def update_in_use(self, in_use: Sequence[int | None]) -> None:
-        """Live poll: what other processes hold on each detected GPU now."""
-        changed = False
+    def update_free(self, free: Sequence[int | None]) -> None:
+        """Live poll: free memory on each detected GPU now (sub-MiB jitter ignored)."""
         gpus = list(self.hardware.detected)
-        for i, used in enumerate(in_use):
-            if used is None or i >= len(gpus):
+        changed = False
+        for i, now in enumerate(free):
+            before = gpus[i].free if i < len(gpus) else None
+            if now is None or before is None:
                 continue
-            if abs(gpus[i].in_use - used) >= 1024 * 1024:  # ignore sub-MiB jitter
-                gpus[i] = GpuSource(gpus[i].name, gpus[i].total, used, True)
+            if abs(before - now) >= 1024 * 1024:
+                gpus[i] = replace(gpus[i], free=now)
                 changed = True
         if changed:
-            self.hardware.detected = gpus
-            self._replan()
+            self.set_hardware_state(replace(self.hardware, detected=tuple(gpus)))
 
-    def _make_plan(self) -> Plan:
+    def _make_plan(self, choice: HardwareChoice) -> BudgetPlan | None:
         hw = self.hardware
-        return make_plan(self.config.hardware, hw.detected, hw.catalog_gpu, hw.ram_available)
+        try:
+            return plan_hardware(choice, hw.detected, hw.ram_available, self.settings.tensor_split)
+        except (UsageError, ValueError) as exc:
+            self.message.emit(one_line(exc))
+            return None
 
-    def _replan(self) -> None:
-        plan = self._make_plan()
+    def _set_plan(self, plan: BudgetPlan) -> None:
         if plan == self.plan:
             return
         self.plan = plan
         self.planChanged.emit(plan)
         self.recompute(full=True)
 
+    @property
+    def detected_mode(self) -> bool:
+        return self.config.hardware.mode == HW_DETECTED
+
     # --- computing ---------------------------------------------------------------------
     def recompute(self, full: bool = False) -> None:
-        """Schedule an update; ``full`` also refreshes curves and fits (not per step)."""
+        """Schedule an update; ``full`` also refreshes curves, fits and the controls."""
         self._full_pending = self._full_pending or full
         if not self._timer.isActive():
             self._timer.start()
@@ -271,59 +396,74 @@ class Controller(QObject):
 
     def _flush(self) -> None:
         full, self._full_pending = self._full_pending, False
-        if self.ngl_auto and self.model is not None:
-            ngl = max_gpu_layers(self.model, self.settings, self.plan.budgets)
+        controls = full
+        if self.ngl_mode == NGL_AUTO and self.model is not None:
+            ngl = max_gpu_layers(self.model, self.settings, self.plan.devices(),
+                                 self._caches.memo)
             if ngl != self.settings.n_gpu_layers:
                 self.settings = self.settings.replace(n_gpu_layers=ngl)
-                self.settingsChanged.emit(self.settings)
-                full = True
+                controls = True
         if full:
             self.curves = self._compute_curves()
             self.curvesReady.emit(self.curves)
         self.snapshot = self._compute_snapshot()
+        self.config.settings = self.settings
+        self.config.ngl_mode = self.ngl_mode
         self.snapshotReady.emit(self.snapshot)
+        if controls:
+            self.controlsChanged.emit(self.controls_state())
 
-    def _key(self) -> tuple:
-        s = self.settings.replace(n_ctx=N_CTX_PAD, type_k="f16", type_v="f16")
-        gpus = [v.name for v in self.plan.views if v.is_gpu]
-        # a single GPU's usage does not depend on its budget; a split across GPUs does
-        budgets = tuple(v.budget for v in self.plan.views) if len(gpus) > 1 else ()
-        return (id(self.model), s, tuple(gpus), budgets, self.ctx_max())
+    def controls_state(self) -> ControlsState:
+        est = self.snapshot.estimate if self.snapshot else None
+        refused_k, refused_v = self.type_refusals()
+        refused = est.refusals if est else ()
+        return ControlsState(
+            settings=self.settings, ngl_mode=self.ngl_mode,
+            ngl_value=est.n_gpu_layers if est else 0,
+            n_layers=len(self.model.layers) + 1 if self.model else 1,
+            refused_k=refused_k, refused_v=refused_v,
+            refusal="; ".join(f.message for f in refused),
+            fixable=any(f.fix for f in refused))
+
+    def _fit_settings(self, s: Settings) -> Settings:
+        """The settings "fits up to" searches with: under auto-fit, every layer on the GPU
+        (else the answer would change with which pair is selected)."""
+        return s.replace(n_gpu_layers=ALL_LAYERS) if self.ngl_mode == NGL_AUTO else s
+
+    def _key(self) -> tuple[Any, ...]:
+        s = self._fit_settings(self.settings).replace(n_ctx=N_CTX_PAD, type_k="f16",
+                                                      type_v="f16")
+        return (s, self.plan, self.ctx_max())
+
+    def trained(self) -> int:
+        return self.model.n_ctx_train if self.model else 0
 
     def ctx_max(self) -> int:
-        trained = self.model.n_ctx_train if self.model else 0
-        return max(2 * trained, 8192, self.settings.n_ctx)
+        """The context range the slider and the plot show: around the trained and the
+        current context (a 1M sweep would squeeze 512–64K into a sliver)."""
+        trained = self.trained()
+        top = max(trained, 8192, self.settings.n_ctx)
+        return min(1 << 24, 1 << (int(top * 1.25) - 1).bit_length())
 
-    def curve_max(self, fits: dict[tuple[str, str], int | None]) -> int:
-        """The plot's context range: the slider's, stretched (to a power of two, so budget
-        jitter rarely changes it) until every cache type's stopping point is on it."""
-        want = max([self.ctx_max()] + [int(m * 1.15) for m in fits.values() if m])
-        return min(1 << (want - 1).bit_length(), 1 << 20) if want > self.ctx_max() else want
-
-    def pair_settings(self, type_k: str, type_v: str, base: Settings | None = None) -> Settings:
-        s = base or self.settings
-        changes: dict[str, Any] = {"type_k": type_k, "type_v": type_v}
-        # a quantized V needs flash attention: compare the pairs as llama.cpp would run them
-        if s.flash_attn is FlashAttn.OFF and type_v not in ("f16", "f32", "bf16"):
-            changes["flash_attn"] = FlashAttn.AUTO
-        return s.replace(**changes)
-
-    def max_context_for(self, settings: Settings) -> int | None:
+    def limit_for(self, settings: Settings) -> ContextLimit:
         if self.model is None:
-            return None
-        budgets = self.plan.budgets
-        if not any(b.budget is not None for b in budgets):
-            return None
-        return max_context(self.model, settings, budgets)
+            return ContextLimit(None)
+        devices = self.plan.devices()
+        if not any(b.budget is not None for b in devices):
+            return ContextLimit(None, self.trained())
+        raw = max_context(self.model, self._fit_settings(settings), devices,
+                          memo=self._caches.memo)
+        return ContextLimit(raw, self.trained())
 
-    def _fits_by_pair(self) -> dict[tuple[str, str], int | None]:
-        key = (self._key(), tuple(v.budget for v in self.plan.views))
-        hit = self._fit_cache.get(key)
+    def _fits_by_pair(self) -> dict[tuple[str, str], ContextLimit]:
+        key = self._key()
+        hit = self._caches.fits.get(key)
         if hit is None:
-            hit = {pair: self.max_context_for(self.pair_settings(*pair))
+            hit = {pair: self.limit_for(self.settings.replace(type_k=pair[0], type_v=pair[1])
+                                        ).raw
                    for pair in self.pairs()}
-            self._fit_cache = {key: hit}
-        return hit
+            self._caches.fits = {key: hit}
+        return {pair: ContextLimit(raw, self.trained()) for pair, raw in hit.items()}
 
     def pairs(self) -> tuple[tuple[str, str], ...]:
         cur = (self.settings.type_k, self.settings.type_v)
@@ -336,79 +476,83 @@ class Controller(QObject):
         cur = (self.settings.type_k, self.settings.type_v)
         if self.model is None:
             return Curves((), {}, primary.budget, fits, primary.name, cur)
-        hi = self.curve_max(fits)
+        hi = self.ctx_max()
         key = (self._key(), hi)
-        cached = self._curve_cache.get(key)
+        cached = self._caches.curves.get(key)
+        refused = tuple(p for p in self.pairs()
+                        if refusals(check(self.model, self.settings.replace(
+                            type_k=p[0], type_v=p[1]))))
         if cached is None:
             n = CURVE_POINTS
             xs = sorted({snap(MIN_CTX + (hi - MIN_CTX) * i // (n - 1)) for i in range(n)})
             ys: dict[tuple[str, str], tuple[int, ...]] = {}
-            budgets = plan.budgets
+            devices = plan.devices()
             for pair in self.pairs():
-                base = self.pair_settings(*pair)
-                row: list[int] = []
-                for x in xs:
-                    est = estimate(self.model, base.replace(n_ctx=x), budgets)
-                    row.append(est.devices[0].total if not est.errors else -1)
-                ys[pair] = tuple(row)
+                if pair in refused:
+                    continue
+                base = self.settings.replace(type_k=pair[0], type_v=pair[1])
+                ys[pair] = tuple(estimate(self.model, base.replace(n_ctx=x), devices,
+                                          self._caches.memo).devices[0].total for x in xs)
             cached = (tuple(xs), ys)
-            self._curve_cache = {key: cached}
+            self._caches.curves = {key: cached}
         xs_t, ys_d = cached
-        return Curves(xs_t, ys_d, primary.budget, fits, primary.name, cur)
+        return Curves(xs_t, ys_d, primary.budget, fits, primary.name, cur, self.trained(),
+                      refused)
 
     def _compute_snapshot(self) -> Snapshot:
         plan = self.plan
         s = self.settings
         if self.model is None:
-            return Snapshot(s.n_ctx, None, (), (), plan)
-        budgets = plan.budgets
-        est = estimate(self.model, s, budgets)
-        rows = tuple(rows_from_estimate(est, plan.views))
+            return Snapshot(s.n_ctx, None, (), (), plan,
+                            Headline("Open a model to begin", "or pick one from the catalog",
+                                     "none"))
+        devices = plan.devices()
+        memo = self._caches.memo
+        est = estimate(self.model, s, devices, memo)
+        rows = rows_from_estimate(est, plan.views)
         fits = self._fits_by_pair()
         compare: list[CompareRow] = []
         cur = (s.type_k, s.type_v)
         for pair in self.pairs():
-            pe = est if pair == cur else estimate(self.model, self.pair_settings(*pair), budgets)
+            pe = est if pair == cur else estimate(
+                self.model, s.replace(type_k=pair[0], type_v=pair[1]), devices, memo)
             prow = rows_from_estimate(pe, plan.views)
+            main = prow[0] if prow else None
             compare.append(CompareRow(
-                pair[0], pair[1], None if pe.errors else (prow[0] if prow else None),
-                pe.total, fits.get(pair), quality_note(*pair), pair == cur,
-                pe.errors[0] if pe.errors else ""))
-        return Snapshot(s.n_ctx, est, rows, tuple(compare), plan)
+                pair[0], pair[1], None if pe.refused else main,
+                main.used if main else pe.total, fits.get(pair, ContextLimit(None)),
+                quality_note(*pair), pair == cur, pe.errors[0] if pe.errors else "",
+                pe.total))
+        return Snapshot(s.n_ctx, est, rows, tuple(compare), plan, _headline(est, rows, plan))
 
-    # --- words -------------------------------------------------------------------------
     def headline(self) -> tuple[str, str, str]:
         """(verdict, detail, state) for the big label; state is ok / over / error / none."""
-        snap_ = self.snapshot
-        if snap_ is None or snap_.estimate is None:
-            return ("Open a model to begin", "or pick one from the catalog", "none")
-        est = snap_.estimate
-        if est.errors:
-            return ("llama.cpp would refuse these settings", est.errors[0], "error")
-        over = [r for r in snap_.rows if r.over]
-        main = snap_.rows[0] if snap_.rows else None
-        if over:
-            r = over[0]
-            return (f"Over budget by {format_bytes(r.over)}",
-                    f"{r.label}: needs {format_bytes(r.used)}, budget {format_bytes(r.budget or 0)}"
-                    " — lower the context, quantize the cache, or offload fewer layers", "over")
-        if main is None or main.budget is None:
-            return (f"Needs {format_bytes(est.total)}", "no budget to check against", "none")
-        return (f"Fits — {format_bytes(main.headroom)} to spare",
-                f"{main.label}: {format_bytes(main.used)} of {format_bytes(main.budget)} budget "
-                f"({format_bytes(main.capacity or 0)} less {format_bytes(main.reserve)} "
-                "reserve)", "ok")
+        h = self.snapshot.headline if self.snapshot else Headline(
+            "Open a model to begin", "or pick one from the catalog", "none")
+        return h.verdict, h.detail, h.state
 
 
-def catalog_gpu(name: str) -> GpuSource | None:
-    """The catalog GPU ``name`` names (kvgui.core.devices.gpu_catalog), or None."""
-    try:
-        from kvgui.core.devices.gpu_catalog import find_gpu
-
-        g = find_gpu(name)
-    except Exception:  # a missing or broken catalog only disables this choice
-        return None
-    return None if g is None else GpuSource(g.name, g.memory)
+def _headline(est: Estimate, rows: Sequence[Any], plan: BudgetPlan) -> Headline:
+    if est.verdict is Verdict.REFUSED:
+        return Headline("llama.cpp would refuse these settings", est.errors[0], "error")
+    over = [r for r in rows if r.over]
+    if over:
+        r = over[0]
+        return Headline(
+            f"Over budget by {format_bytes(r.over)}",
+            f"{r.label}: needs {format_bytes(r.used)}, budget {format_bytes(r.budget or 0)}"
+            " — lower the context, quantize the cache, or offload fewer layers", "over")
+    main = rows[0] if rows else None
+    if main is None or main.budget is None:
+        return Headline(f"Needs {format_bytes(est.total)}", "no budget to check against",
+                        "none")
+    where = "in RAM (CPU only)" if not plan.gpus else ""
+    detail = (f"{main.label}: {format_bytes(main.used)} of {format_bytes(main.budget)} budget "
+              f"({format_bytes(main.capacity or 0)} less {format_bytes(main.reserve)} reserve)")
+    if plan.gpus and est.n_gpu_layers < len(est.model.layers) + 1:
+        detail += f" · {est.n_gpu_layers} of {len(est.model.layers) + 1} layers on the GPU"
+    return Headline(f"Fits — {format_bytes(main.headroom)} to spare {where}".strip(), detail,
+                    "ok")
 
 
 def one_line(error: object) -> str:

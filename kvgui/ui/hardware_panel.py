@@ -24,15 +24,24 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kvgui.core.config.appconfig import HW_CATALOG, HW_CUSTOM, HW_DETECTED, HardwareChoice
+from kvgui.core.devices.budget import (
+    ALL_GPUS,
+    HW_CATALOG,
+    HW_CUSTOM,
+    HW_DETECTED,
+    HardwareChoice,
+)
+from kvgui.core.devices.budget import (
+    EMBEDDING_PRESETS as CORE_EMBEDDINGS,
+)
+from kvgui.core.devices.hardware.types import GpuInfo
 from kvgui.core.sizes import GiB, format_bytes
-from kvgui.ui.hardware_plan import ALL_GPUS, GpuSource
 
-EMBEDDING_PRESETS = (
-    ("none", 0),
-    # BAAI/bge-m3: 568M parameters; f16 GGUF ≈ 1.16 GB, plus its own buffers
-    ("BGE-M3 (f16) ≈ 1.3 GiB", int(1.3 * GiB)),
-    ("BGE-M3 (q8_0) ≈ 0.7 GiB", int(0.7 * GiB)),
+# the same embedding models, with the same sizes, as the CLI's --reserve-embedding
+EMBEDDING_PRESETS: tuple[tuple[str, int, str], ...] = (
+    ("none", 0, "embedding model"),
+    *((f"{e.name} ≈ {format_bytes(e.f16_bytes(), 1)}", e.f16_bytes(), e.name)
+      for e in CORE_EMBEDDINGS.values()),
 )
 
 
@@ -54,7 +63,7 @@ class HardwarePanel(QWidget):
                  catalog_names: Sequence[str] = (), parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._choice = choice or HardwareChoice()
-        self._detected: list[GpuSource] = []
+        self._detected: list[GpuInfo] = []
         self._updating = False
         self.target = QComboBox()
         self.target.setToolTip("Plan for a GPU in this machine (live free memory), a GPU from "
@@ -85,7 +94,7 @@ class HardwarePanel(QWidget):
         self.embedding = QComboBox()
         self.embedding.setToolTip("An embedding model loaded beside the chat model (RAG); "
                                   "BGE-M3 is 568M parameters")
-        for label, nbytes in EMBEDDING_PRESETS:
+        for label, nbytes, _name in EMBEDDING_PRESETS:
             self.embedding.addItem(label, nbytes)
         self.embedding.activated.connect(self._emit)
         self.mmproj = _gib_spin("A vision projector (mmproj) file loaded with the model: its "
@@ -128,7 +137,7 @@ class HardwarePanel(QWidget):
         self.set_choice(self._choice)
 
     # --- state in -----------------------------------------------------------------------
-    def set_detected(self, gpus: Sequence[GpuSource], reasons: Sequence[str]) -> None:
+    def set_detected(self, gpus: Sequence[GpuInfo], reasons: Sequence[str]) -> None:
         self._detected = list(gpus)
         self._updating = True
         self.target.clear()
@@ -185,6 +194,9 @@ class HardwarePanel(QWidget):
             catalog_name=self.catalog.currentText().strip(),
             custom_bytes=int(self.custom.value() * GiB), desktop=desktop,
             embedding=int(self.embedding.currentData() or 0),
+            embedding_name=next((name for _l, n, name in EMBEDDING_PRESETS
+                                 if n == int(self.embedding.currentData() or 0)),
+                                "embedding model"),
             mmproj=int(self.mmproj.value() * GiB), margin=int(self.margin.value() * GiB))
 
     def _sync_visibility(self) -> None:

@@ -6,6 +6,9 @@ dropped, so the user sees what the estimate leaves out.
 
 from __future__ import annotations
 
+import dataclasses
+
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
     QDialog,
@@ -16,11 +19,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from kvgui.core.commandline.arg_table import split_for_tool
 from kvgui.core.commandline.parse import CommandParseError, ParsedCommand, parse_command
 from kvgui.core.config.settings import Settings
 
-FIELDS = ("n_ctx", "type_k", "type_v", "flash_attn", "n_gpu_layers", "n_batch", "n_ubatch",
-          "n_parallel", "swa_full", "kv_offload", "kv_unified", "mmap", "tensor_split")
+FIELDS = tuple(f.name for f in dataclasses.fields(Settings))  # every one: none is dropped
 
 
 def describe(parsed: ParsedCommand) -> str:
@@ -30,13 +33,19 @@ def describe(parsed: ParsedCommand) -> str:
     if parsed.model_path:
         lines.append(f"model: {parsed.model_path}")
     for name in FIELDS:
-        if name in parsed.given:
+        if name in parsed.given and name != "extra_args":
             value = getattr(s, name)
             lines.append(f"{name}: {getattr(value, 'value', value)}")
     if parsed.ctx_from_model:
         lines.append("n_ctx: the model's trained context (no -c)")
-    if parsed.unknown:
-        lines.append("kept, not modelled: " + " ".join(parsed.unknown))
+    if s.extra_args:
+        _, not_cli = split_for_tool("llama-cli", s.extra_args)
+        _, not_server = split_for_tool("llama-server", s.extra_args)
+        lines.append("kept and passed on (not modelled): " + " ".join(s.extra_args))
+        if not_cli:
+            lines.append("  llama-cli does not take: " + " ".join(not_cli))
+        if not_server:
+            lines.append("  llama-server does not take: " + " ".join(not_server))
     lines += [f"⚠ {w}" for w in parsed.warnings]
     return "\n".join(lines) or "nothing kvgui models is set by this command"
 
@@ -53,6 +62,7 @@ class ImportDialog(QDialog):
                                      "-fa on -ngl 99")
         self.edit.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.preview = QLabel()
+        self.preview.setTextFormat(Qt.TextFormat.PlainText)  # the pasted text is data
         self.preview.setWordWrap(True)
         self.box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
                                     | QDialogButtonBox.StandardButton.Cancel)
@@ -86,12 +96,3 @@ class ImportDialog(QDialog):
         self.preview.setText(describe(self.parsed))
         ok.setEnabled(True)
 
-
-def changes_from(parsed: ParsedCommand, n_ctx_train: int | None) -> dict[str, object]:
-    """Settings.replace changes for the fields the command set."""
-    s = parsed.settings
-    changes: dict[str, object] = {name: getattr(s, name) for name in FIELDS
-                                  if name in parsed.given}
-    if parsed.ctx_from_model and n_ctx_train:
-        changes["n_ctx"] = n_ctx_train
-    return changes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -44,24 +45,23 @@ from PySide6.QtWidgets import (
 
 from kvgui import __version__
 from kvgui.core.config.appconfig import AppConfig, save_config
-from kvgui.core.config.settings import ALL_LAYERS, FlashAttn
-from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
-from kvgui.core.memory.estimate import check, estimate, resolve_flash_attn
+from kvgui.core.memory.findings import Code
 from kvgui.core.model.info import ModelInfo
 from kvgui.core.sizes import format_bytes
 from kvgui.ui import theme
-from kvgui.ui.cache_controls import NGL_ALL, NGL_AUTO, NGL_N, CacheControls
+from kvgui.ui.cache_controls import CacheControls
 from kvgui.ui.cache_table import CacheTypeTable
 from kvgui.ui.context_plot import ContextPlot
 from kvgui.ui.context_slider import ContextControl
-from kvgui.ui.controller import PRESETS, Controller, Curves, HardwareState, Snapshot
+from kvgui.ui.controller import CATALOG_PREFIX, PRESETS, Controller, HardwareState
 from kvgui.ui.hardware_panel import HardwarePanel
-from kvgui.ui.hardware_plan import GpuSource
 from kvgui.ui.memory_bar import MemoryBar
 from kvgui.ui.model_panel import ModelPanel
 from kvgui.ui.verify_panel import VerifyPanel, VerifyRunner
+from kvgui.ui.viewmodel import ControlsState, Curves, Snapshot
 
-CATALOG_PREFIX = "catalog:"
+log = logging.getLogger(__name__)
+
 REPO_URL = "https://github.com/ggml-org/llama.cpp"
 
 
@@ -108,10 +108,6 @@ class MainWindow(QMainWindow):
         self.config = config or AppConfig()
         self.persist = persist
         self.ctl = Controller(self.config, self)
-        self.ngl_mode = self.config.ngl_mode
-        if self.ngl_mode == NGL_ALL and self.config.settings.n_gpu_layers != ALL_LAYERS:
-            self.ngl_mode = NGL_N
-        self.ctl.ngl_auto = self.ngl_mode == NGL_AUTO
         self._catalog: dict[str, Any] = {}
         self._hw_report: Any = None
         self._verify = VerifyRunner(self)
@@ -139,7 +135,7 @@ class MainWindow(QMainWindow):
         self.model_panel = ModelPanel()
         self.hw_panel = HardwarePanel(self.config.hardware, self._gpu_catalog_names())
         self.cache_controls = CacheControls(s)
-        self.cache_controls.set_settings(s, self.ngl_mode)
+        self.cache_controls.set_state(self.ctl.controls_state())
         self.cache_controls.set_advanced_open(self.config.advanced_open)
         self.ctx = ContextControl(s.n_ctx, 131072)
         self.bar = MemoryBar()
@@ -276,6 +272,8 @@ class MainWindow(QMainWindow):
             a.setIcon(icon(name))
         self.act_quit = act("&Quit", self.close, QKeySequence.StandardKey.Quit)
         self.act_about = act("&About kvgui", self.about)
+        self.act_log = act("Show &log", self.show_log, None,
+                           "What kvgui logged: failures with their details, for a bug report")
         self.act_adv = act("Show &advanced settings", self.cache_controls.set_advanced_open)
         self.act_adv.setCheckable(True)
         self.act_adv.setChecked(self.config.advanced_open)
@@ -310,6 +308,7 @@ class MainWindow(QMainWindow):
         m.addAction(self.act_chat)
         m.addAction(self.act_measure)
         m = mb.addMenu("&Help")
+        m.addAction(self.act_log)
         m.addAction(self.act_about)
 
         tb = QToolBar("Main")
@@ -344,15 +343,16 @@ class MainWindow(QMainWindow):
         c.curvesReady.connect(self._on_curves)
         c.modelChanged.connect(self._on_model)
         c.settingsChanged.connect(self._on_settings)
+        c.controlsChanged.connect(self._on_controls)
         c.planChanged.connect(self._on_plan)
         c.loadingChanged.connect(self._on_loading)
         c.loadFailed.connect(self._on_load_failed)
         c.message.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.ctx.ctxChanged.connect(c.set_n_ctx)
-        self.table.pairChosen.connect(self._choose_pair)
-        self.cache_controls.settingsEdited.connect(self._settings_edited)
-        self.cache_controls.nglModeChanged.connect(self.set_ngl_mode)
-        self.cache_controls.fixRequested.connect(self.fix_settings)
+        self.table.pairChosen.connect(c.choose_pair)
+        self.cache_controls.settingsEdited.connect(lambda changes: c.update_settings(**changes))
+        self.cache_controls.nglModeChanged.connect(c.set_ngl_mode)
+        self.cache_controls.fixRequested.connect(c.fix)
         self.hw_panel.choiceChanged.connect(c.set_hardware_choice)
         self.model_panel.openRequested.connect(self.open_dialog)
         self.model_panel.catalogChosen.connect(self.open_catalog)
@@ -363,7 +363,7 @@ class MainWindow(QMainWindow):
         t = theme.refresh()
         self.setStyleSheet(theme.stylesheet(t))
         self.plot.apply_theme()
-        self.cache_controls.set_refusals(*self._refusals())
+        self.cache_controls.restyle()
         for w in (self.bar, self.table, self.ctx.slider):
             w.update()
         self._show_headline()
@@ -375,6 +375,7 @@ class MainWindow(QMainWindow):
 
             entries = load_catalog()
         except Exception as exc:  # the catalog is a convenience; the window works without it
+            log.warning("model catalog unavailable", exc_info=True)
             self.statusBar().showMessage(f"model catalog unavailable: {exc}", 8000)
             entries = []
         self._catalog = {e.label: e for e in entries}
@@ -385,7 +386,8 @@ class MainWindow(QMainWindow):
             from kvgui.core.devices.gpu_catalog import catalog
 
             return [g.name for g in catalog()]
-        except Exception:
+        except Exception:  # the GPU catalog is a convenience too
+            log.warning("GPU catalog unavailable", exc_info=True)
             return []
 
     def _start_detection(self) -> None:
@@ -394,10 +396,11 @@ class MainWindow(QMainWindow):
         def work() -> None:
             report: object
             try:
-                from kvgui.core.devices.hardware.detect import detect
+                from kvgui.runtime.llama_backend import detect_all
 
-                report = detect()
+                report = detect_all()
             except Exception as exc:  # shown in the status bar; the window plans without it
+                log.warning("hardware detection failed", exc_info=True)
                 report = exc
             self._det.ready.emit(report)
 
@@ -406,12 +409,10 @@ class MainWindow(QMainWindow):
     def set_hardware_report(self, report: Any) -> None:
         """Use a HardwareReport (kvgui.core.devices.hardware.detect) for the detected devices."""
         self._hw_report = report
-        gpus = [GpuSource(g.name, g.total, g.in_use, True) for g in report.gpus]
+        gpus = tuple(report.gpus)
         ram = report.system.available if report.system else None
         reasons = tuple(report.reasons)
-        self.ctl.set_hardware_state(HardwareState(
-            gpus, self.ctl.hardware.catalog_gpu, ram, reasons,
-            tuple(report.advice)))
+        self.ctl.set_hardware_state(HardwareState(gpus, ram, reasons, tuple(report.advice)))
         self.hw_panel.set_detected(gpus, reasons)
         if report.advice:
             self.statusBar().showMessage(report.advice[0], 15000)
@@ -430,11 +431,7 @@ class MainWindow(QMainWindow):
             return
         from kvgui.core.devices.hardware.detect import free_memory
 
-        in_use: list[int | None] = []
-        for g in report.gpus:
-            free = free_memory(g)
-            in_use.append(None if free is None else max(0, g.total - free))
-        self.ctl.update_in_use(in_use)
+        self.ctl.update_free([free_memory(g) for g in report.gpus])
 
     # --- model --------------------------------------------------------------------------
     def open_path(self, path: str) -> None:
@@ -532,7 +529,6 @@ class MainWindow(QMainWindow):
         self.model_panel.set_model(model, src)
         if model is not None:
             self.ctx.set_trained(model.n_ctx_train or 0)
-            self.cache_controls.set_n_layers(len(model.layers) + 1)
             self.config.last_model = src
             if not src.startswith(CATALOG_PREFIX):
                 self.config.add_recent(src)
@@ -541,85 +537,24 @@ class MainWindow(QMainWindow):
             self._save()
         self.act_verify.setEnabled(model is not None and not src.startswith(CATALOG_PREFIX))
         self.act_chat.setEnabled(model is not None and not src.startswith(CATALOG_PREFIX))
-        self.cache_controls.set_refusals(*self._refusals())
 
     # --- settings -----------------------------------------------------------------------
-    def _settings_edited(self, changes: dict) -> None:
-        self.ctl.update_settings(**changes)
-
-    def _choose_pair(self, type_k: str, type_v: str) -> None:
-        changes: dict[str, Any] = {"type_k": type_k, "type_v": type_v}
-        if type_v not in ("f16", "f32", "bf16") and self.ctl.settings.flash_attn is FlashAttn.OFF:
-            changes["flash_attn"] = FlashAttn.AUTO
-        self.ctl.update_settings(**changes)
-
-    def set_ngl_mode(self, mode: str) -> None:
-        self.ngl_mode = mode
-        self.ctl.ngl_auto = mode == NGL_AUTO
-        if mode == NGL_ALL:
-            self.ctl.update_settings(n_gpu_layers=ALL_LAYERS)
-        elif mode == NGL_N:
-            est = self.ctl.snapshot.estimate if self.ctl.snapshot else None
-            n = est.n_gpu_layers if est else self.cache_controls.ngl.value()
-            self.ctl.update_settings(n_gpu_layers=n)
-        else:
-            self.ctl.recompute(full=True)
-
     def _on_settings(self, s: Any) -> None:
+        """Settings changed by something other than the slider (a preset, an import, a fix,
+        a control): show the context, and drop dry-run figures made for other settings."""
         self.ctx.set_ctx(s.n_ctx)
         if self.verify_panel.isVisible() and not self._verify.running:
-            self.verify_panel.hide()  # its figures were for other settings
-        rest = s.replace(n_ctx=256)
-        if rest != self._shown_rest:  # a slider step changes only n_ctx: skip the rest
-            self._shown_rest = rest
-            self.cache_controls.set_settings(s, self.ngl_mode)
-            self.cache_controls.set_refusals(*self._refusals())
-        self.config.settings = s
+            self.verify_panel.hide()
 
-    def _refusals(self) -> tuple[dict[str, str], dict[str, str]]:
-        m = self.ctl.model
-        if m is None:
-            return {}, {}
-        s = self.ctl.settings
-        out: tuple[dict[str, str], dict[str, str]] = ({}, {})
-        def errors(trial: Any) -> list[str]:
-            return check(m, trial, resolve_flash_attn(m, trial))[0]
-
-        for i, field in enumerate(("type_k", "type_v")):
-            for t in CACHE_TYPE_NAMES:
-                trial = s.replace(**{field: t})
-                # only what this choice adds: not the other half's own refusal
-                own = [e for e in errors(trial) if e not in errors(trial.replace(**{field: "f16"}))]
-                if own:
-                    out[i][t] = own[0]
-        return out
-
-    def fix_settings(self) -> None:
-        """Make the one change that lets llama.cpp accept the settings."""
-        m, s = self.ctl.model, self.ctl.settings
-        if m is None:
-            return
-        errors, _ = check(m, s, resolve_flash_attn(m, s))
-        for e in errors:
-            if "needs flash attention" in e:
-                self.ctl.update_settings(flash_attn=FlashAttn.AUTO)
-                return
-            if "same K and V" in e:
-                self.ctl.update_settings(type_v=s.type_k)
-                return
-            if e.startswith("K cache type"):
-                self.ctl.update_settings(type_k="f16")
-                return
-            if e.startswith("V cache type"):
-                self.ctl.update_settings(type_v="f16")
-                return
+    def _on_controls(self, state: ControlsState) -> None:
+        self.cache_controls.set_state(state)
 
     def _on_plan(self, plan: Any) -> None:
-        gpus = [v for v in plan.views if v.is_gpu]
-        self.hw_panel.set_reserve_total(sum(v.reserve for v in plan.views))
+        gpus = list(plan.gpus)
+        self.hw_panel.set_reserve_total(sum(v.reserved for v in plan.views))
         live = ""
         if self._hw_report is not None and not plan.planned and gpus:
-            parts = [f"{format_bytes((v.capacity or 0) - 0)} total" for v in gpus[:1]]
+            parts = [f"{format_bytes(gpus[0].total or 0)} total"]
             in_use = [g.in_use for g in self.ctl.hardware.detected]
             if in_use:
                 parts.append(f"{format_bytes(in_use[0])} in use by other programs now")
@@ -636,17 +571,13 @@ class MainWindow(QMainWindow):
         self.plot.set_cursor(snap.n_ctx)
         self._show_headline()
         est = snap.estimate
-        errors = est.errors if est else ()
-        self.cache_controls.set_errors(errors, bool(errors))
-        warns = [w for w in (est.warnings if est else ()) if "trained on" not in w]
+        # the slider marks the trained context itself; the rest of the warnings go here
+        warns = [f.message for f in (est.findings if est else ())
+                 if f.severity.value == "warning" and f.code is not Code.BEYOND_TRAINED]
         text = "\n".join(f"⚠ {w}" for w in warns)
         if text != self.warnings.text():
             self.warnings.setText(text)
             self.warnings.setVisible(bool(text))
-        if est is not None and self.ngl_mode != NGL_N:  # show what all / auto-fit resolve to
-            self.cache_controls.ngl.blockSignals(True)
-            self.cache_controls.ngl.setValue(est.n_gpu_layers)
-            self.cache_controls.ngl.blockSignals(False)
 
     def _on_curves(self, curves: Curves) -> None:
         self.plot.set_curves(curves)
@@ -668,17 +599,11 @@ class MainWindow(QMainWindow):
             self.plan_label.setText(plan)
 
     # --- actions ------------------------------------------------------------------------
-    def _model_path_for_export(self) -> str:
-        src = self.ctl.model_source
-        if src.startswith(CATALOG_PREFIX):
-            return src[len(CATALOG_PREFIX):].replace(" ", "-") + ".gguf"
-        return src or "model.gguf"
-
     def export_dialog(self) -> None:
         from kvgui.ui.export_dialog import ExportDialog
 
         est = self.ctl.snapshot.estimate if self.ctl.snapshot else None
-        dlg = ExportDialog(self.ctl.settings, self._model_path_for_export(),
+        dlg = ExportDialog(self.ctl.settings, self.ctl.export_model_path(),
                            est.flash_attn if est else None, self)
         dlg.exec()
 
@@ -729,26 +654,13 @@ class MainWindow(QMainWindow):
         self.apply_import(ParsedCommand(program=None, model_path=preset.model_path,
                                         settings=preset.settings, given=fields,
                                         extras=dict(preset.extras),
-                                        unknown=list(preset.extra_args)))
+                                        unknown=[]))
         return True
 
     def apply_import(self, parsed: Any) -> None:
-        from kvgui.ui.import_dialog import changes_from
-
-        m = self.ctl.model
-        changes = changes_from(parsed, m.n_ctx_train if m else None)
-        if "n_gpu_layers" in changes:
-            self.ngl_mode = NGL_ALL if changes["n_gpu_layers"] == ALL_LAYERS else NGL_N
-            self.ctl.ngl_auto = False
-        self.ctl.update_settings(**changes)
-        if parsed.model_path and os.path.exists(parsed.model_path) and \
-                os.path.abspath(parsed.model_path) != os.path.abspath(self.ctl.model_source):
-            self.open_path(parsed.model_path)
-        if parsed.unknown:
-            self.statusBar().showMessage("Imported; not modelled by kvgui: "
-                                         + " ".join(parsed.unknown), 15000)
-        else:
-            self.statusBar().showMessage("Imported the command's settings", 8000)
+        path = self.ctl.apply_import(parsed)
+        if path:
+            self.open_path(path)
 
     def verify(self) -> None:
         src = self.ctl.model_source
@@ -767,8 +679,11 @@ class MainWindow(QMainWindow):
 
         if self.ctl.model is None:
             return
-        est = estimate(self.ctl.model, settings, None)
-        self.verify_panel.show_result(est, result)
+        from kvgui.runtime.verification import dry_run_gpus, estimate_as_verified, layout_note
+
+        est = estimate_as_verified(self.ctl.model, settings, result)
+        planned = [g.name for g in self.ctl.plan.gpus]
+        self.verify_panel.show_result(est, result, layout_note(planned, dry_run_gpus(result)))
         self.statusBar().showMessage("llama.cpp's own figures are beside the estimate", 8000)
 
     def launch_chat(self) -> None:
@@ -787,6 +702,7 @@ class MainWindow(QMainWindow):
             win.launch(src, self.ctl.settings, est)
             win.show()
         except Exception as exc:  # the chat window is another module: never take this one down
+            log.error("could not start the chat", exc_info=True)
             QMessageBox.warning(self, "Chat", f"Could not start the chat: {exc}")
             return
         self._chats = [w for w in getattr(self, "_chats", []) if w.isVisible()] + [win]
@@ -810,16 +726,12 @@ class MainWindow(QMainWindow):
             self._measure_window = win
         panel = win.centralWidget()
         assert isinstance(panel, MeasurePanel)
-        settings, model = self.ctl.settings, self.ctl.model
         panel.set_model(src)
-        panel.set_settings(settings)
-        est = self.ctl.snapshot.estimate if self.ctl.snapshot else None
-        gpu = est.devices[0] if est is not None else None
-        if gpu is not None and gpu.budget is not None and model is not None:
-            # what the KV cache may take on this device once everything else is placed
-            panel.set_budget(gpu.budget - (gpu.total - gpu.kv),
-                             lambda r: estimate(model, settings.replace(
-                                 type_k=r.type_k, type_v=r.type_v), None).kv)
+        panel.set_settings(self.ctl.settings)
+        budget = self.ctl.measure_budget()
+        if budget is not None:
+            room, kv_of = budget
+            panel.set_budget(room, lambda r: kv_of(r.type_k, r.type_v))
         win.show()
 
     def about(self) -> None:
@@ -832,6 +744,36 @@ class MainWindow(QMainWindow):
             "itself with <i>Verify</i>.</p><p>Quality notes quote llama.cpp's published "
             "perplexity measurements (PRs #6183, #7412, #7527).</p>"
             f"<p>Qt {self._qt_version()} · MIT licence</p>")
+
+    def show_log(self) -> None:
+        """The log's last lines, plain text, with the file's place to attach to a report."""
+        from PySide6.QtWidgets import QDialog, QDialogButtonBox, QPlainTextEdit
+
+        from kvgui.logs import log_path, tail
+
+        dlg = QDialog(self)
+        dlg.setObjectName("logDialog")
+        dlg.setWindowTitle("kvgui log")
+        lay = QVBoxLayout(dlg)
+        where = QLabel(f"{log_path()}")
+        where.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        where.setTextFormat(Qt.TextFormat.PlainText)
+        text = QPlainTextEdit()
+        text.setReadOnly(True)
+        text.setPlainText(tail() or "(nothing logged yet)")
+        text.moveCursor(text.textCursor().MoveOperation.End)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        folder = buttons.addButton("Open folder", QDialogButtonBox.ButtonRole.ActionRole)
+        folder.clicked.connect(lambda: self.open_url(QUrl.fromLocalFile(
+            str(log_path().parent)).toString()))
+        buttons.rejected.connect(dlg.reject)
+        lay.addWidget(where)
+        lay.addWidget(text, 1)
+        lay.addWidget(buttons)
+        dlg.resize(900, 520)
+        dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dlg.open()
+        self._log_dialog = dlg
 
     @staticmethod
     def _qt_version() -> str:
@@ -869,7 +811,7 @@ class MainWindow(QMainWindow):
             return
         c = self.config
         c.settings = self.ctl.settings
-        c.ngl_mode = self.ngl_mode
+        c.ngl_mode = self.ctl.ngl_mode
         c.hardware = self.hw_panel.choice()
         c.advanced_open = self.cache_controls.advanced.isVisible() or \
             self.cache_controls.adv_toggle.isChecked()

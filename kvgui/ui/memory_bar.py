@@ -13,9 +13,8 @@ from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
 from kvgui.core.sizes import format_bytes
 from kvgui.ui import theme
-from kvgui.ui.barmodel import BarRow
 from kvgui.ui.barpaint import HitArea, paint_row, scale_of, show_hit_tooltip
-from kvgui.ui.theme import SEGMENTS
+from kvgui.ui.viewmodel import PART_HELP, BarRow, segments
 
 ROW_H = 34
 ROW_GAP = 22
@@ -120,7 +119,10 @@ class MemoryBar(QWidget):
         x = float(LABEL_W)
         p.setFont(small)
         fm = QFontMetricsF(small)
-        for key, label, what in SEGMENTS:
+        present = {key for r in self._rows for key, nbytes in r.parts if nbytes}
+        for key, label, what in segments():
+            if key in PART_HELP and key not in present and key != "weights":
+                continue  # a part no device has (e.g. recurrent state of a dense model)
             sw = QRectF(x, y + 4, 12, 12)
             p.setPen(Qt.PenStyle.NoPen)
             p.setBrush(t.segment(key))

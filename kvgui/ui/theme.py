@@ -19,6 +19,7 @@ class Theme:
     weights: QColor
     kv_k: QColor
     kv_v: QColor
+    state: QColor
     compute: QColor
     output: QColor
     reserve: QColor
@@ -46,6 +47,7 @@ LIGHT = Theme(
     weights=QColor("#5b6b82"),
     kv_k=QColor("#2f7fd8"),
     kv_v=QColor("#16a3a0"),
+    state=QColor("#c2417a"),
     compute=QColor("#e3a21a"),
     output=QColor("#a066d3"),
     reserve=QColor("#b9bec7"),
@@ -66,6 +68,7 @@ DARK = Theme(
     weights=QColor("#7d8ca3"),
     kv_k=QColor("#4c9bf0"),
     kv_v=QColor("#2cc4bf"),
+    state=QColor("#e0609a"),
     compute=QColor("#f0b43c"),
     output=QColor("#b98ae6"),
     reserve=QColor("#535a66"),
@@ -80,18 +83,6 @@ DARK = Theme(
     budget_line=QColor("#f2f3f5"),
     accent=QColor("#4c9bf0"),
 )
-
-# Stacked-bar segments in drawing order, with the legend's words and what each one is.
-SEGMENTS: tuple[tuple[str, str, str], ...] = (
-    ("weights", "Weights", "the model's tensors placed on this device (from the GGUF header)"),
-    ("kv_k", "K cache", "keys: layers × KV heads × head size × context, in the K cache type"),
-    ("kv_v", "V cache", "values: layers × KV heads × head size × context, in the V cache type"),
-    ("compute", "Compute", "llama.cpp's compute buffer for one micro-batch (grows with context)"),
-    ("output", "Output", "logits/embeddings output buffer (vocabulary × sequences, in host RAM)"),
-    ("reserve", "Reserve", "set aside: desktop and other apps, embedding model, mmproj, margin"),
-    ("headroom", "Headroom", "free after everything above"),
-)
-
 
 def is_dark() -> bool:
     app = QGuiApplication.instance()

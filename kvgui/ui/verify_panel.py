@@ -7,6 +7,7 @@ table: weights, KV cache, compute, output, total — kvgui, llama.cpp, differenc
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -14,11 +15,14 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
 
 from kvgui.core.config.settings import Settings
+from kvgui.core.memory.estimate import PARTS
 from kvgui.core.sizes import format_bytes
 from kvgui.ui import theme
 
-ROWS = (("weights", "Weights"), ("kv", "KV cache"), ("compute", "Compute"),
-        ("output", "Output"), ("total", "Total"))
+log = logging.getLogger(__name__)
+
+# every part of the estimate, then the KV sum and the total
+ROWS = (*PARTS, ("kv", "KV cache"), ("total", "Total"))
 
 
 class VerifyRunner(QObject):
@@ -42,6 +46,7 @@ class VerifyRunner(QObject):
                 result = dry_run(path, settings)
                 self.done.emit(settings, result, "")
             except Exception as exc:  # DryRunError and anything else: one line
+                log.info("dry run failed", exc_info=True)
                 text = str(exc).strip().splitlines()
                 self.done.emit(settings, None, text[0] if text else type(exc).__name__)
             finally:
@@ -62,7 +67,12 @@ class VerifyPanel(QWidget):
         self.grid.setColumnStretch(4, 1)  # keep the table compact, at the left
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
+        self.layout_label = QLabel()
+        self.layout_label.setObjectName("muted")
+        self.layout_label.setWordWrap(True)
+        self.layout_label.setTextFormat(Qt.TextFormat.PlainText)
         lay.addWidget(self.title)
+        lay.addWidget(self.layout_label)
         lay.addLayout(self.grid)
         self._cells: dict[tuple[int, int], QLabel] = {}
         for c, head in enumerate(("", "kvgui", "llama.cpp", "difference")):
@@ -95,13 +105,16 @@ class VerifyPanel(QWidget):
                 self._cell(r, c, "")
         self.show()
 
-    def show_result(self, estimate: Any, llama: Any) -> None:
-        """``estimate``: kvgui Estimate; ``llama``: runtime LlamaCppMemory."""
+    def show_result(self, estimate: Any, llama: Any, layout: str = "") -> None:
+        """``estimate``: kvgui Estimate for the dry run's devices; ``llama``: runtime
+        LlamaCppMemory; ``layout``: which layout this verifies (one line)."""
         t = theme.current()
         mine = estimate.memory_json()
         theirs = llama.memory()
         self.title.setText(f"LLAMA.CPP DRY RUN — n_ctx {llama.n_ctx or '?'}, flash attention "
                            f"{'on' if llama.flash_attn else 'off'}")
+        self.layout_label.setText(layout)
+        self.layout_label.setVisible(bool(layout))
         for r, (key, _label) in enumerate(ROWS, start=1):
             a, b = int(mine.get(key, 0)), int(theirs.get(key, 0))
             self._cell(r, 1, format_bytes(a))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-
 import re
 import subprocess
 import sys
@@ -162,7 +161,7 @@ def test_the_registry_reader_sees_per_tool_options(arg_cpp: Path) -> None:
 
 def test_every_flag_the_importer_knows_is_registered(arg_cpp: Path) -> None:
     registry = _arg_cpp_registry(arg_cpp)
-    older = {"--mmap", "--no-mmap"}  # replaced by --load-mode in this llama.cpp
+    older = {"--mmap", "--no-mmap", "--mlock"}  # replaced by --load-mode in this llama.cpp
     for names, _, _ in _OPTIONS.values():
         for name in names:
             if name not in older:

@@ -24,6 +24,7 @@ from kvgui.core.memory.compute import (
 )
 from kvgui.core.memory.estimate import context_shape
 from kvgui.core.memory.graph import alloc
+from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.model.catalog import find
 from kvgui.core.model.info import ModelInfo
 
@@ -43,8 +44,7 @@ def truncated(m: ModelInfo, n_layer: int) -> ModelInfo:
     keep = tuple(t for t in m.tensor_table
                  if not t[0].startswith("blk.") or int(t[0].split(".")[1]) < n_layer)
     return dataclasses.replace(m, n_layer=n_layer, layers=m.layers[:n_layer],
-                               layer_weights=m.layer_weights[:n_layer], tensor_table=keep,
-                               cache={})
+                               layer_weights=m.layer_weights[:n_layer], tensor_table=keep)
 
 
 def test_allocator_best_fit_then_last_block_and_merging() -> None:
@@ -69,7 +69,7 @@ def test_which_models_are_replayed() -> None:
         assert simulates(model(label)), label
     assert not simulates(model("Mamba-Codestral-7B-v0.1 Q4_K_M"))  # (no builder: stage model)
     llama = model("Llama-3.1-8B-Instruct Q4_K_M")
-    odd = dataclasses.replace(llama, cache={}, tensor_table=(
+    odd = dataclasses.replace(llama, tensor_table=(
         *llama.tensor_table, ("blk.0.attn_gate.weight", 0, (4096, 4096))))
     assert not simulates(odd)  # a tensor the rebuilt graph never reads: a variant
     assert simulates(llama)
@@ -133,10 +133,10 @@ def test_one_gpu_with_everything_splits_off_the_token_embedding() -> None:
     nothing = SlotLayers(False, False, False, False)
     kinds = CacheKinds("quantized", "quantized")
     offload = compute.Offload(tuple([0] * len(m.layers)), 0, 1)
-    gpu, host = compute_buffer(m, shape, True, [everything, nothing], kinds, offload)
-    assert compute_buffer(m, shape, True, [everything, nothing], kinds, offload) == [gpu, host]
-    assert gpu, host == reserve.peaks(m, shape, True, kinds, offload.layout)
-    split = next(iter(reserve._recordings(m).splits.values()))[0]
+    memo = ModelMemo(m)
+    gpu, host = compute_buffer(m, shape, True, [everything, nothing], kinds, offload, memo)
+    assert [gpu, host] == reserve.peaks(m, shape, True, kinds, offload.layout)
+    split = next(iter(reserve.recordings(memo).splits.values()))[0]
     assert split.n_splits == 2
     t, n_kv = shape.n_ubatch, shape.n_ctx_seq
     # the host makes every graph input (to be copied to the GPU) and looks the rows up:

@@ -12,16 +12,15 @@ import pytest
 from kvgui.core.config.settings import FlashAttn, Settings
 from kvgui.core.devices.device_budget import DeviceBudget, cpu
 from kvgui.core.gguf.reader import TensorInfo
-from kvgui.core.memory.estimate import estimate
+from kvgui.core.memory.estimate import PART_KEYS, estimate
 from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, max_context, max_gpu_layers
-from kvgui.core.model.catalog import find
+from kvgui.core.model.catalog import catalog_model, find
 from kvgui.core.model.info import ModelInfo
 from kvgui.core.sizes import GiB, MiB
 
 
 def model(label: str) -> ModelInfo:
-    metadata, tensors, file_bytes = find(label).header()
-    return ModelInfo.from_header(metadata, tensors, file_bytes=file_bytes)
+    return catalog_model(label)
 
 
 @pytest.fixture(scope="module")
@@ -178,12 +177,16 @@ def test_tied_output_is_copied_only_to_a_gpu() -> None:
 def test_json_shape(llama3: ModelInfo) -> None:
     data = estimate(llama3, Settings(n_ctx=8000), [DeviceBudget("GPU", 8 * GiB), cpu(None)]
                     ).to_json()
-    assert set(data) == {"model", "settings", "memory", "devices", "fits", "warnings", "errors"}
+    assert set(data) == {"model", "settings", "memory", "devices", "verdict", "fits", "findings",
+                         "warnings", "errors"}
+    assert data["verdict"] == "fits" and data["fits"] is True
     assert set(data["model"]) == {"path", "name", "arch", "file_type", "file_bytes", "n_layer",
                                   "n_ctx_train"}
     assert data["settings"]["n_ctx"] == 8192 and data["settings"]["flash_attn"] is True
     assert {"weights", "kv_k", "kv_v", "kv", "compute", "output", "total"} <= set(data["memory"])
     assert [d["name"] for d in data["devices"]] == ["GPU", "CPU"]
+    for d in data["devices"]:  # every part of the memory, by the same keys as the window's
+        assert sum(d[key] for key in PART_KEYS) == d["total"]
 
 
 @pytest.mark.parametrize(("k", "v"), COMMON_CACHE_PAIRS)

@@ -16,6 +16,7 @@ import pytest
 from kvgui.core.config.settings import FlashAttn, Settings
 from kvgui.core.memory import reserve
 from kvgui.core.memory.estimate import context_shape
+from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.model.info import load_model
 from kvgui.testing.reserve_check import rpc_layout
 
@@ -56,11 +57,12 @@ def test_compute_per_device_equals_llama_fit_params(
             layout = rpc_layout(model, s, 2)
             shape = context_shape(model, s)
             kinds = reserve.cache_kinds(model, ctype, ctype)
-            ours = reserve.peaks(model, shape, fa == "on", kinds, layout)
+            memo = ModelMemo(model)
+            ours = reserve.peaks(model, shape, fa == "on", kinds, layout, memo)
             what = f"{label} -ngl {ngl} -ts {ts} -fa {fa} {ctype} nkvo={nkvo}"
             assert [round(b / 2**20, 2) for b in ours] == pytest.approx(theirs, abs=0.0051), what
-            n_splits = next(r.n_splits for v in reserve._recordings(model).splits.items()
-                            if v[0][1] == layout for r in v[1])
+            n_splits = next(r.n_splits for v in reserve.recordings(memo).splits.values()
+                            for r in v)
             assert str(n_splits) == splits[-1], what
 
 

@@ -26,10 +26,10 @@ from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 
 SAMPLE = Preset(
     settings=Settings(n_ctx=32768, type_k="q8_0", type_v="q8_0", flash_attn=FlashAttn.ON,
-                      n_gpu_layers=30, tensor_split=(3.0, 1.0), mmap=False),
+                      n_gpu_layers=30, tensor_split=(3.0, 1.0), mmap=False,
+                      extra_args=("--temp", "0.7")),
     model_path="/m/Qwen é 'x'.gguf",
     extras={"system_prompt": "Be brief.", "port": 8081},
-    extra_args=("--temp", "0.7"),
 )
 
 
@@ -81,6 +81,8 @@ def _doc(**changes: Any) -> str:
         (_doc(extras={"port": "80"}), "extras.port has the wrong type"),
         (_doc(extras={"later": {"a": 1}}), "extras.later must be a string"),
         (_doc(extra_args="--temp 1"), "'extra_args' must be a list of strings"),
+        (_doc(settings={"extra_args": "--temp 1"}),
+         "settings.extra_args must be a list of strings"),
     ],
 )
 def test_bad_presets_fail_with_one_line(text: str, message: str) -> None:
@@ -110,7 +112,8 @@ def test_from_an_imported_command() -> None:
     parsed = parse_command("llama-cli -m a.gguf -c 8192 -ctk q8_0 -sys hi --temp 0.5 -lm none")
     p = preset_from_command(parsed)
     assert p == Preset(settings=parsed.settings, model_path="a.gguf",
-                       extras={"system_prompt": "hi"}, extra_args=("--temp", "0.5"))
+                       extras={"system_prompt": "hi"})
+    assert p.extra_args == ("--temp", "0.5") == parsed.settings.extra_args
     assert preset_from_json(p.to_json()) == p
 
 
@@ -138,5 +141,6 @@ TEXT = st.text(st.characters(blacklist_categories=["Cs"]))
        args=st.lists(TEXT, max_size=3).map(tuple))
 def test_any_preset_round_trips(s: Settings, path: str | None, prompt: str,
                                 args: tuple[str, ...]) -> None:
-    p = Preset(settings=s, model_path=path, extras={"system_prompt": prompt}, extra_args=args)
+    p = Preset(settings=s.replace(extra_args=args), model_path=path,
+               extras={"system_prompt": prompt})
     assert preset_from_json(p.to_json()) == p

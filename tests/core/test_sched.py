@@ -9,6 +9,7 @@ from kvgui.core.memory import builders, compute, reserve
 from kvgui.core.memory.compute import CacheKinds
 from kvgui.core.memory.estimate import context_shape
 from kvgui.core.memory.graph.sched import Decisions, split_graph
+from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.model.catalog import find
 from kvgui.core.model.info import ModelInfo
 from kvgui.testing.reserve_check import rpc_layout
@@ -90,9 +91,10 @@ def test_offload_op_moves_host_weight_ops_to_the_gpu_from_a_batch_of_32() -> Non
             not decisions.hold_for({"U": 528 - u})
     assert on_cpu == {512: 0, 16: 14 * 7}  # (q, k, v, o, gate, up, down per CPU layer)
     shape = context_shape(m, Settings(n_ctx=4096, n_ubatch=16, n_batch=16))
-    reserve.peaks(m, context_shape(m, Settings(n_ctx=4096)), True, F16, layout)
-    reserve.peaks(m, shape, True, F16, layout)
-    assert sum(len(v) for v in reserve._recordings(m).splits.values()) == 2
+    memo = ModelMemo(m)
+    reserve.peaks(m, context_shape(m, Settings(n_ctx=4096)), True, F16, layout, memo)
+    reserve.peaks(m, shape, True, F16, layout, memo)
+    assert sum(len(v) for v in reserve.recordings(memo).splits.values()) == 2
 
 
 def test_estimate_uses_the_split_graph_with_gpus() -> None:

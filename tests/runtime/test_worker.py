@@ -81,7 +81,8 @@ def test_every_settings_field_reaches_llama_cpp() -> None:
     assert kw["use_mmap"] is False and kw["tensor_split"] == [3.0, 1.0]
     assert kw["n_gpu_layers"] == 7 and kw["offload_kqv"] is False
     covered = {"n_ctx", "type_k", "type_v", "flash_attn", "n_gpu_layers", "n_batch", "n_ubatch",
-               "n_parallel", "kv_offload", "swa_full", "kv_unified", "mmap", "tensor_split"}
+               "n_parallel", "kv_offload", "swa_full", "kv_unified", "mmap", "tensor_split",
+               "extra_args"}  # extra_args: llama.cpp flags, applied by the launch (not here)
     assert {f.name for f in dataclasses.fields(Settings)} == covered
     assert worker.model_fields(Settings())["n_gpu_layers"] == 0x7FFFFFFF
 

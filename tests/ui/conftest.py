@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import kvgui.ui  # noqa: F401  (makes PySide6 6.12 safe on Python 3.11 before any Qt call)
-from kvgui.core.config.appconfig import HW_CUSTOM, AppConfig, HardwareChoice
+from kvgui.core.config.appconfig import AppConfig
+from kvgui.core.devices.budget import HW_CUSTOM, HardwareChoice
 from kvgui.core.model.catalog import find
 from kvgui.core.sizes import GiB
 from kvgui.testing.sparse_gguf import write_sparse_gguf

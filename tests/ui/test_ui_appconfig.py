@@ -8,15 +8,14 @@ from pathlib import Path
 
 from kvgui.core.config.appconfig import (
     CONFIG_VERSION,
-    HW_CATALOG,
     MAX_RECENT,
     AppConfig,
-    HardwareChoice,
     config_path,
     load_config,
     save_config,
 )
 from kvgui.core.config.settings import FlashAttn, Settings
+from kvgui.core.devices.budget import HW_CATALOG, HardwareChoice
 
 
 def test_config_dir_follows_the_environment(tmp_path, monkeypatch) -> None:

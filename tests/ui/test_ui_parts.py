@@ -5,12 +5,19 @@ from __future__ import annotations
 import pytest
 
 from kvgui.commands import gui
-from kvgui.core.config.appconfig import HW_CUSTOM, HW_DETECTED, HardwareChoice
+from kvgui.core.devices.budget import (
+    ALL_GPUS,
+    HW_CUSTOM,
+    HW_DETECTED,
+    HardwareChoice,
+    plan_hardware,
+)
+from kvgui.core.devices.hardware.types import GpuInfo
 from kvgui.core.memory.fit import COMMON_CACHE_PAIRS
 from kvgui.core.quality.notes import K_CACHE_PPL_6183, quality_note
-from kvgui.core.sizes import GiB
-from kvgui.ui.context_slider import ctx_of, pages, pos_of, short_tokens, snap
-from kvgui.ui.hardware_plan import ALL_GPUS, GpuSource, make_plan
+from kvgui.core.sizes import GiB, format_tokens
+from kvgui.ui.context_slider import ctx_of, pages, pos_of
+from kvgui.ui.viewmodel import snap
 
 
 def test_slider_positions_snap_to_llama_cpp_padding() -> None:
@@ -20,7 +27,8 @@ def test_slider_positions_snap_to_llama_cpp_padding() -> None:
     for n in (512, 4096, 32768, 131072):
         assert ctx_of(pos_of(n)) == n
     assert snap(1000) == 1024 and snap(100) == 256
-    assert short_tokens(32768) == "32K" and short_tokens(1 << 20) == "1M"
+    assert format_tokens(32768) == "32K" and format_tokens(1 << 20) == "1M"
+    assert format_tokens(28160) == "27.5K" and format_tokens(1766144) == "1.7M"
     assert pages(6670) == "≈ 10 pages"
 
 
@@ -42,24 +50,29 @@ def test_quality_notes_cite_their_source() -> None:
 def test_plan_reserve_comes_off_the_budget() -> None:
     choice = HardwareChoice(mode=HW_CUSTOM, custom_bytes=8 * GiB, embedding=GiB,
                             mmproj=GiB // 2, margin=GiB)
-    plan = make_plan(choice, [], None, None)
+    plan = plan_hardware(choice, [], None)
     gpu = plan.primary
-    assert gpu.capacity == 8 * GiB and gpu.reserve == int(2.5 * GiB)
-    assert plan.budgets[0].budget == int(5.5 * GiB)
-    assert plan.budgets[-1].is_gpu is False and plan.budgets[-1].budget is None
+    assert gpu.total == 8 * GiB and gpu.reserved == int(2.5 * GiB)
+    assert plan.devices()[0].budget == int(5.5 * GiB)
+    assert plan.devices()[-1].is_gpu is False and plan.devices()[-1].budget is None
+
+
+def _gpu(name: str, total: int, used: int) -> GpuInfo:
+    return GpuInfo("nvidia", 0, name, total, total - used)
 
 
 def test_detected_gpus_reserve_what_is_in_use_now() -> None:
-    gpus = [GpuSource("RTX A", 24 * GiB, 2 * GiB, True), GpuSource("RTX A", 24 * GiB, 0, True)]
-    one = make_plan(HardwareChoice(mode=HW_DETECTED, margin=0), gpus, None, 64 * GiB)
-    assert one.primary.reserve == 2 * GiB and len(one.views) == 2
-    both = make_plan(HardwareChoice(mode=HW_DETECTED, detected_index=ALL_GPUS, margin=0),
-                     gpus, None, 64 * GiB)
-    assert [v.name for v in both.views] == ["RTX A", "RTX A #1", "CPU"]
-    assert both.views[-1].capacity == 64 * GiB
-    cpu_only = make_plan(HardwareChoice(mode=HW_DETECTED), [], None, 32 * GiB)
+    gpus = [_gpu("RTX A", 24 * GiB, 2 * GiB), _gpu("RTX A", 24 * GiB, 0)]
+    one = plan_hardware(HardwareChoice(mode=HW_DETECTED, detected_index=0, margin=0), gpus,
+                        64 * GiB)
+    assert one.primary.reserved == 2 * GiB and len(one.views) == 2
+    both = plan_hardware(HardwareChoice(mode=HW_DETECTED, detected_index=ALL_GPUS, margin=0),
+                         gpus, 64 * GiB)
+    assert [v.name for v in both.views] == ["RTX A #0", "RTX A #1", "CPU"]
+    assert both.views[-1].total == 64 * GiB
+    cpu_only = plan_hardware(HardwareChoice(mode=HW_DETECTED), [], 32 * GiB)
     assert [v.is_gpu for v in cpu_only.views] == [False]
-    assert cpu_only.primary.budget == 31 * GiB
+    assert cpu_only.primary.budget == 31 * GiB  # llama.cpp's --fit margin, on the host
 
 
 @pytest.mark.parametrize(("soname", "package"), [

@@ -9,19 +9,18 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QMessageBox
 
-from kvgui.core.config.appconfig import HW_CUSTOM, HardwareChoice
 from kvgui.core.config.settings import FlashAttn
+from kvgui.core.devices.budget import HW_CUSTOM, HardwareChoice
 from kvgui.core.memory.estimate import estimate
 from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, max_context
 from kvgui.core.sizes import GiB
-from kvgui.ui.barmodel import PART_KEYS
 from kvgui.ui.context_slider import pos_of
 
 
 def bar_matches_estimate(win) -> None:
     """Every segment of every device row equals the core estimate for the same inputs."""
     ctl = win.ctl
-    est = estimate(ctl.model, ctl.settings, ctl.plan.budgets)
+    est = estimate(ctl.model, ctl.settings, ctl.plan.devices())
     rows = {r.label: r for r in win.bar.rows}
     assert rows, "the bar shows no device"
     for dm in est.devices:
@@ -29,7 +28,10 @@ def bar_matches_estimate(win) -> None:
             assert dm.total == 0
             continue
         row = rows[dm.name]
-        assert dict(row.parts) == {k: getattr(dm, k) for k in PART_KEYS}
+        named = {"weights": dm.weights, "kv_k": dm.kv_k, "kv_v": dm.kv_v, "state": dm.state,
+                 "compute": dm.compute, "output": dm.output}
+        assert {k: v for k, v in row.parts if v} == {k: v for k, v in named.items() if v}
+        assert row.used == dm.total  # no part of the estimate is left out of the bar
 
 
 def test_open_model_shows_summary(qtbot, open_model, window, model_file: Path) -> None:
@@ -63,8 +65,10 @@ def test_dragging_the_slider_updates_every_bar(qtbot, open_model, window, model_
         bar_matches_estimate(window)
         # every cache type's row is the estimate for that pair at the same context
         for row in window.table.rows:
-            s = window.ctl.pair_settings(row.type_k, row.type_v)
-            assert row.total == estimate(window.ctl.model, s, window.ctl.plan.budgets).total
+            s = window.ctl.settings.replace(type_k=row.type_k, type_v=row.type_v)
+            est = estimate(window.ctl.model, s, window.ctl.plan.devices())
+            assert row.total == est.devices[0].total  # the main device, as the big bar
+            assert row.all_devices == est.total
         assert window.plot.cursor_value == pytest.approx(n)
         assert window.plot.cursor.isVisible()
     # keyboard: one step is one llama.cpp padding unit, Page Up the next power of two
@@ -84,9 +88,9 @@ def test_cache_table_lists_every_common_pair_with_its_fit(qtbot, open_model,
     open_model(window, model_file)
     rows = window.table.rows
     assert [(r.type_k, r.type_v) for r in rows] == list(COMMON_CACHE_PAIRS)
-    budgets = window.ctl.plan.budgets
+    budgets = window.ctl.plan.devices()
     for r in rows:
-        s = window.ctl.pair_settings(r.type_k, r.type_v)
+        s = window.ctl.settings.replace(type_k=r.type_k, type_v=r.type_v)
         assert r.max_ctx == max_context(window.ctl.model, s, budgets)
         assert r.note.text and r.note.source
     fits = [r.max_ctx for r in rows]
@@ -156,7 +160,7 @@ def test_presets_set_the_controls(qtbot, open_model,
     s = window.ctl.settings
     assert (s.type_k, s.type_v) == (type_k, type_k)
     if n_ctx is None:  # as long as fits (at most the trained context)
-        n_ctx = min(max_context(window.ctl.model, s, window.ctl.plan.budgets), 131072)
+        n_ctx = min(max_context(window.ctl.model, s, window.ctl.plan.devices()), 131072)
     assert s.n_ctx == n_ctx
     assert window.ctx.spin.value() == n_ctx
     assert window.cache_controls.type_k.currentData() == type_k
@@ -226,16 +230,16 @@ def test_catalog_model_opens_by_default(qtbot, make_config) -> None:
 
 def test_auto_fit_layers_fits_the_budget(qtbot, open_model, window, model_file) -> None:
     from kvgui.core.memory.fit import max_gpu_layers
-    from kvgui.ui.cache_controls import NGL_AUTO
+    from kvgui.ui.viewmodel import NGL_AUTO
 
     open_model(window, model_file)
     window.ctl.set_hardware_choice(HardwareChoice(mode=HW_CUSTOM, custom_bytes=5 * GiB))
     window.ctl.update_settings(n_ctx=32768)
-    window.set_ngl_mode(NGL_AUTO)
+    window.ctl.set_ngl_mode(NGL_AUTO)
     window.ctl.flush()
     s = window.ctl.settings
     expected = max_gpu_layers(window.ctl.model, s.replace(n_gpu_layers=-1),
-                              window.ctl.plan.budgets)
+                              window.ctl.plan.devices())
     assert s.n_gpu_layers == expected and 0 < expected < 33
     assert window.bar.rows[0].over == 0
     bar_matches_estimate(window)
@@ -266,13 +270,13 @@ def test_export_and_import_round_trip(qtbot, open_model, window, model_file) -> 
 
 
 def test_detected_gpu_with_live_free_memory(qtbot, open_model, window, model_file) -> None:
-    from kvgui.core.config.appconfig import HW_DETECTED
+    from kvgui.core.devices.budget import HW_DETECTED
     from kvgui.core.devices.hardware.types import GpuInfo, HardwareReport, SystemMemory
 
     # a report as kvgui.core.devices.hardware.detect gives it (the NVML boundary is not crossed)
     gpu = GpuInfo("nvidia", 0, "NVIDIA GeForce RTX 4060", total=8 * GiB, free=7 * GiB)
     report = HardwareReport(gpus=(gpu,), system=SystemMemory(32 * GiB, 20 * GiB))
-    window.ctl.set_hardware_choice(HardwareChoice(mode=HW_DETECTED))
+    window.ctl.set_hardware_choice(HardwareChoice(mode=HW_DETECTED, detected_index=0))
     window.set_hardware_report(report)
     open_model(window, model_file)
     gpu_row = window.bar.rows[0]
@@ -282,7 +286,7 @@ def test_detected_gpu_with_live_free_memory(qtbot, open_model, window, model_fil
     assert "in use by other programs now" in window.hw_panel.live.text()
     window._poll.stop()
     # the once-a-second poll: another program takes 2 GiB more
-    window.ctl.update_in_use([3 * GiB])
+    window.ctl.update_free([5 * GiB])
     window.ctl.flush()
     assert window.bar.rows[0].reserve == 3 * GiB + 1 * GiB
     bar_matches_estimate(window)

@@ -11,8 +11,10 @@ exactly these numbers. llama-server always gets ``-np``: its default is "auto", 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from kvgui.core.commandline.arg_table import arg_table, split_for_tool
 from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
 from kvgui.core.gguf.ggml_types import by_name
 
@@ -37,6 +39,22 @@ def tensor_split_arg(split: Sequence[float]) -> str:
 def ngl_arg(n_gpu_layers: int) -> str:
     """``-ngl`` value: kvgui's -1 is llama.cpp's ``all`` (arg.cpp maps it to -2, every layer)."""
     return "all" if n_gpu_layers == ALL_LAYERS else str(n_gpu_layers)
+
+
+_CHANGE_FLAGS = {"type_k": "-ctk", "type_v": "-ctv", "flash_attn": "-fa", "n_ctx": "-c",
+                 "n_gpu_layers": "-ngl", "n_batch": "-b", "n_ubatch": "-ub", "n_parallel": "-np"}
+
+
+def change_flags(changes: Mapping[str, Any]) -> list[str]:
+    """A Settings change (a refusal's fix) as the llama.cpp flags that make it: -fa auto."""
+    out: list[str] = []
+    for name, value in changes.items():
+        flag = _CHANGE_FLAGS.get(name)
+        if flag is None:
+            continue
+        text = ngl_arg(value) if name == "n_gpu_layers" else str(getattr(value, "value", value))
+        out += [flag, text]
+    return out
 
 
 def _settings_args(s: Settings, *, server: bool, full: bool) -> list[str]:
@@ -83,12 +101,13 @@ def llama_cli_args(
 ) -> list[str]:
     """argv for llama-cli: program, -m, -c, -ngl, then non-default settings (all if ``full``).
 
-    ``extra_args`` (e.g. flags kvgui did not understand on import) go last, unchanged.
+    The settings' kept flags (``Settings.extra_args``) that llama-cli accepts, then
+    ``extra_args``, go last, unchanged.
     """
     args = [program, "-m", str(model_path), *_settings_args(settings, server=False, full=full)]
     if system_prompt:
         args += ["-sys", system_prompt]
-    return args + list(extra_args)
+    return args + kept_args(settings, LLAMA_CLI) + list(extra_args)
 
 
 def llama_server_args(
@@ -101,13 +120,32 @@ def llama_server_args(
     program: str = LLAMA_SERVER,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
-    """argv for llama-server; ``-np`` always, ``--host``/``--port`` when given (or ``full``)."""
+    """argv for llama-server; ``-np`` always, ``--host``/``--port`` when given (or ``full``;
+    then they replace a kept --host/--port), the kept flags llama-server accepts last."""
     args = [program, "-m", str(model_path), *_settings_args(settings, server=True, full=full)]
+    kept = kept_args(settings, LLAMA_SERVER)
+    if host is not None or full:
+        kept = _without(kept, "--host")
+    if port is not None or full:
+        kept = _without(kept, "--port")
     if host is not None or full:
         args += ["--host", host if host is not None else DEFAULT_HOST]
     if port is not None or full:
         args += ["--port", str(port if port is not None else DEFAULT_PORT)]
-    return args + list(extra_args)
+    return args + kept + list(extra_args)
+
+
+def kept_args(settings: Settings, tool: str) -> list[str]:
+    """The settings' kept flags that ``tool`` accepts (in their order, values attached)."""
+    return split_for_tool(tool, settings.extra_args)[0]
+
+
+def _without(args: list[str], flag: str) -> list[str]:
+    out: list[str] = []
+    for group in arg_table().groups(args):
+        if group[0].split("=", 1)[0] != flag:
+            out.extend(group)
+    return out
 
 
 def export_notes(
@@ -115,6 +153,19 @@ def export_notes(
 ) -> list[str]:
     """What ``target`` (llama-cli, llama-server, python) cannot take from these settings."""
     notes = []
+    if settings.extra_args and target in (LLAMA_CLI, LLAMA_SERVER):
+        dropped = split_for_tool(target, settings.extra_args)[1]
+        if dropped:
+            notes.append(f"not options of {target}, left out: {' '.join(dropped)}")
+        table = arg_table()
+        unknown = [g[0] for g in table.groups(settings.extra_args)
+                   if table.spec(g[0]) is None and g[0].startswith("-")]
+        if unknown:
+            notes.append("not options of the bundled llama.cpp (kept as given; a newer or "
+                         f"older build may differ): {' '.join(unknown)}")
+    elif settings.extra_args and target == "python":
+        notes.append("llama.cpp flags kept from the import are not part of the Python code: "
+                     + " ".join(settings.extra_args))
     if target == LLAMA_CLI and settings.kv_unified and settings.n_parallel > 1:
         notes.append("llama-cli has no -kvu (--kv-unified); it was left out")
     if target == LLAMA_SERVER and system_prompt:

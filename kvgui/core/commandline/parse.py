@@ -76,7 +76,10 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], bool, str | None]] = {
     "no_kv_offload": (("-nkvo", "--no-kv-offload"), False, None),
     "mmap": (("--mmap",), False, "LLAMA_ARG_MMAP"),  # older llama.cpp
     "no_mmap": (("--no-mmap",), False, "LLAMA_ARG_NO_MMAP"),  # older llama.cpp
+    "mlock": (("--mlock",), False, "LLAMA_ARG_MLOCK"),  # older llama.cpp: -lm mmap+mlock
 }
+# recognised, but passed on as given rather than modelled (Settings.extra_args)
+_PASSED_ON = frozenset({"host", "port"})
 _BY_NAME = {name: key for key, (names, _, _) in _OPTIONS.items() for name in names}
 _BY_ENV = {env: key for key, (_, _, env) in _OPTIONS.items() if env}
 
@@ -191,6 +194,9 @@ class _Reader:
         elif key in ("mmap", "no_mmap"):
             self.values["mmap"] = key == "mmap"
             self.extras.pop("load_mode", None)
+        elif key == "mlock":
+            self.extras["load_mode"] = "mmap+mlock" if self.values.get("mmap", True) else "mlock"
+            self.warnings.append("--mlock is the older spelling of -lm mlock")
 
     def _gpu_layers(self, flag: str, v: str) -> None:
         if v == "auto":
@@ -253,6 +259,7 @@ def parse_args(argv: Sequence[str], *, base: Settings | None = None) -> ParsedCo
         _apply_env(reader, name, value)
 
     unknown: list[str] = []
+    kept: list[str] = []  # what goes on to llama.cpp as given: the unknown flags, --host …
     i = 0
     while i < len(tokens):
         token = tokens[i]
@@ -263,6 +270,7 @@ def parse_args(argv: Sequence[str], *, base: Settings | None = None) -> ParsedCo
         key = _BY_NAME.get(_canonical(name)) if _looks_like_flag(name) else None
         if key is None:
             unknown.append(token)
+            kept.append(token)
             if _canonical(name) in _MEMORY_FLAGS:
                 reader.warnings.append(
                     f"{name} changes where llama.cpp puts memory; kvgui's estimate ignores it"
@@ -275,6 +283,7 @@ def parse_args(argv: Sequence[str], *, base: Settings | None = None) -> ParsedCo
                 and not _looks_like_flag(tokens[i])
             ):
                 unknown.append(tokens[i])
+                kept.append(tokens[i])
                 i += 1
             continue
         takes_value = _OPTIONS[key][1]
@@ -294,8 +303,12 @@ def parse_args(argv: Sequence[str], *, base: Settings | None = None) -> ParsedCo
         elif not takes_value and inline is not None and inline.strip().lower() in _FALSEY:
             continue  # --swa-full=false: leave it off
         reader.apply(key, name, inline)
+        if key in _PASSED_ON:
+            kept += [name, inline or ""]
 
     values = dict(reader.values)
+    if kept:
+        values["extra_args"] = tuple(kept)
     given = set(values)
     warnings = reader.warnings
     fit_on = reader.extras.get("fit", "on") == "on"

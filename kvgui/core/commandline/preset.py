@@ -39,8 +39,11 @@ class Preset:
     model_path: str | None = None
     # system_prompt, prompt, host, port, and anything else scalar a later kvgui adds
     extras: dict[str, Any] = field(default_factory=dict)
-    # flags for llama.cpp that kvgui does not model (kept from an imported command)
-    extra_args: tuple[str, ...] = ()
+
+    @property
+    def extra_args(self) -> tuple[str, ...]:
+        """Flags for llama.cpp that kvgui does not model (Settings.extra_args)."""
+        return self.settings.extra_args
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,7 +52,6 @@ class Preset:
             "model_path": self.model_path,
             "settings": self.settings.to_dict(),
             "extras": dict(self.extras),
-            "extra_args": list(self.extra_args),
         }
 
     def to_json(self) -> str:
@@ -89,6 +91,10 @@ def _settings_from(data: Any) -> Settings:
             ):
                 raise PresetError(f"{where} must be a list of non-negative numbers")
             value = tuple(float(x) for x in value)
+        elif name == "extra_args":
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise PresetError(f"{where} must be a list of strings")
+            value = tuple(value)
         kwargs[name] = value
     try:
         return Settings(**kwargs)
@@ -111,6 +117,12 @@ def preset_from_dict(data: Any) -> Preset:
     if model_path is not None and not isinstance(model_path, str):
         raise PresetError("'model_path' must be a string or null")
     settings = _settings_from(data.get("settings", {}))
+    # presets written before Settings kept them had the flags at the top level
+    extra_args = data.get("extra_args", [])
+    if not isinstance(extra_args, list) or not all(isinstance(a, str) for a in extra_args):
+        raise PresetError("'extra_args' must be a list of strings")
+    if extra_args and not settings.extra_args:
+        settings = settings.replace(extra_args=tuple(extra_args))
     extras = data.get("extras", {})
     if not isinstance(extras, dict):
         raise PresetError("'extras' must be an object")
@@ -121,15 +133,7 @@ def preset_from_dict(data: Any) -> Preset:
                 raise PresetError(f"extras.{key} has the wrong type ({type(value).__name__})")
         elif value is not None and not isinstance(value, (str, int, float, bool)):
             raise PresetError(f"extras.{key} must be a string, number, true/false or null")
-    extra_args = data.get("extra_args", [])
-    if not isinstance(extra_args, list) or not all(isinstance(a, str) for a in extra_args):
-        raise PresetError("'extra_args' must be a list of strings")
-    return Preset(
-        settings=settings,
-        model_path=model_path,
-        extras=dict(extras),
-        extra_args=tuple(extra_args),
-    )
+    return Preset(settings=settings, model_path=model_path, extras=dict(extras))
 
 
 def preset_from_json(text: str) -> Preset:
@@ -158,11 +162,7 @@ def save_preset(path: str | Path, preset: Preset) -> None:
 
 
 def preset_from_command(parsed: ParsedCommand) -> Preset:
-    """An imported command line as a preset; flags kvgui does not model go to extra_args."""
+    """An imported command line as a preset; flags kvgui does not model are in the settings'
+    extra_args."""
     extras = {k: v for k, v in parsed.extras.items() if k in _EXTRA_TYPES}
-    return Preset(
-        settings=parsed.settings,
-        model_path=parsed.model_path,
-        extras=extras,
-        extra_args=tuple(parsed.unknown),
-    )
+    return Preset(settings=parsed.settings, model_path=parsed.model_path, extras=extras)

@@ -18,52 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from kvgui.core.config.settings import Settings
+from kvgui.core.devices.budget import HardwareChoice
 
 CONFIG_VERSION = 1
 CONFIG_FILE = "settings.json"
 MAX_RECENT = 10
-
-# Hardware modes the window offers (see kvgui.ui.hardware_panel).
-HW_DETECTED = "detected"
-HW_CATALOG = "catalog"
-HW_CUSTOM = "custom"
-
-
-@dataclass
-class HardwareChoice:
-    """Which memory the plan is for: a detected GPU, a GPU from the catalog, or a custom size.
-
-    Reserve sizes are bytes; ``desktop`` None means "what other processes use now" on a
-    detected GPU (0 elsewhere).
-    """
-
-    mode: str = HW_DETECTED
-    detected_index: int = 0
-    catalog_name: str = ""
-    custom_bytes: int = 8 * 1024**3
-    desktop: int | None = None
-    embedding: int = 0
-    mmproj: int = 0
-    margin: int = 1024**3  # llama.cpp's --fit keeps 1 GiB free
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HardwareChoice:
-        known = set(cls.__dataclass_fields__)
-        out = cls(**{k: v for k, v in data.items() if k in known})
-        if out.mode not in (HW_DETECTED, HW_CATALOG, HW_CUSTOM):
-            raise ValueError(f"unknown hardware mode {out.mode!r}")
-        for name in ("detected_index", "custom_bytes", "embedding", "mmproj", "margin"):
-            if type(getattr(out, name)) is not int:
-                raise ValueError(f"hardware.{name} is not a whole number")
-        if out.desktop is not None and type(out.desktop) is not int:
-            raise ValueError("hardware.desktop is not a whole number")
-        if not isinstance(out.catalog_name, str):
-            raise ValueError("hardware.catalog_name is not text")
-        return out
-
 
 @dataclass
 class AppConfig:
@@ -122,14 +81,19 @@ def _ngl_mode(value: Any) -> str:
     return str(value)
 
 
-def config_dir() -> Path:
-    """$KVGUI_CONFIG_DIR if set (tests, portable installs), else the platform's config dir."""
-    env = os.environ.get("KVGUI_CONFIG_DIR")
-    if env:
-        return Path(env)
+def user_dir(env: str, kind: str) -> Path:
+    """$``env`` if set (tests, portable installs), else platformdirs' user ``kind`` dir
+    ("config", "log", "cache") for kvgui."""
+    value = os.environ.get(env)
+    if value:
+        return Path(value)
     import platformdirs
 
-    return Path(platformdirs.user_config_dir("kvgui", appauthor=False))
+    return Path(getattr(platformdirs, f"user_{kind}_dir")("kvgui", appauthor=False))
+
+
+def config_dir() -> Path:
+    return user_dir("KVGUI_CONFIG_DIR", "config")
 
 
 def config_path() -> Path:

@@ -46,6 +46,9 @@ class Settings:
     kv_unified: bool = False
     mmap: bool = True
     tensor_split: tuple[float, ...] = field(default=())
+    # flags kvgui does not model, as the user gave them (an imported command's -t 8, --jinja,
+    # --host …): kept in order and passed on to each tool that accepts them
+    extra_args: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         for name in ("type_k", "type_v"):
@@ -72,6 +75,7 @@ class Settings:
         d = dataclasses.asdict(self)
         d["flash_attn"] = self.flash_attn.value
         d["tensor_split"] = list(self.tensor_split)
+        d["extra_args"] = list(self.extra_args)
         return d
 
     @classmethod
@@ -80,6 +84,11 @@ class Settings:
         kwargs = {k: v for k, v in data.items() if k in known}
         if "tensor_split" in kwargs:
             kwargs["tensor_split"] = tuple(float(x) for x in kwargs["tensor_split"])
+        if "extra_args" in kwargs:
+            value = kwargs["extra_args"]
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise ValueError("extra_args is not a list of strings")
+            kwargs["extra_args"] = tuple(value)
         return cls(**kwargs)
 
 

@@ -12,17 +12,20 @@ where llama.cpp puts them; the margin and the apps' share are per GPU.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from kvgui.core.devices.device_budget import DeviceBudget, cpu
+from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget
 from kvgui.core.devices.gpu_catalog import CatalogGpu, find_gpu, search_gpus, tokens
 from kvgui.core.devices.hardware import apple
 from kvgui.core.devices.hardware.types import GpuInfo, HardwareReport, SystemMemory
 from kvgui.core.errors import UsageError
 from kvgui.core.sizes import GiB, format_bytes, parse_size
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MARGIN = GiB
 
@@ -64,7 +67,8 @@ def gguf_weight_bytes(path: str) -> int:
         from kvgui.core.gguf.reader import read_gguf
 
         return int(sum(t.nbytes for t in read_gguf(path).tensors))
-    except Exception:
+    except Exception:  # any reader failure: the file's size is a safe overestimate
+        log.info("cannot read %s's header; using its file size", path, exc_info=True)
         return os.path.getsize(path)
 
 
@@ -103,50 +107,52 @@ class Reserve:
 
 
 @dataclass(frozen=True)
-class GpuPlan:
-    """One GPU's memory and what is set aside on it; ``budget`` is what llama.cpp may use."""
+class DevicePlan:
+    """One device's memory and what is set aside on it; ``budget`` is what llama.cpp may use.
+
+    ``total`` is the GPU's memory, or for the host the RAM available now (None: unknown, no
+    verdict for it)."""
 
     name: str
-    total: int
+    total: int | None
     reserve: tuple[ReserveItem, ...] = ()
     split: float = 0.0
     detected: bool = False
     unified: bool = False
+    is_gpu: bool = True
 
     @property
     def reserved(self) -> int:
         return sum(item.bytes for item in self.reserve)
 
     @property
-    def budget(self) -> int:
-        return max(0, self.total - self.reserved)
+    def budget(self) -> int | None:
+        return None if self.total is None else max(0, self.total - self.reserved)
 
     def device(self) -> DeviceBudget:
-        return DeviceBudget(self.name, self.budget, is_gpu=True, split=self.split)
+        return DeviceBudget(self.name, self.budget, is_gpu=self.is_gpu, split=self.split)
 
 
-def plan_detected(gpu: GpuInfo, reserve: Reserve, *, first: bool = True) -> GpuPlan:
+GpuPlan = DevicePlan  # a GPU's plan (is_gpu=True)
+
+
+def plan_detected(gpu: GpuInfo, reserve: Reserve, *, first: bool = True) -> DevicePlan:
     """A real GPU: its total minus what is in use now (unless overridden) and the reserve."""
-    return GpuPlan(
-        gpu.name,
-        gpu.total,
-        reserve.items(in_use=gpu.in_use, first=first),
-        detected=True,
-        unified=gpu.unified,
-    )
+    return DevicePlan(gpu.name, gpu.total, reserve.items(in_use=gpu.in_use, first=first),
+                      detected=True, unified=gpu.unified)
 
 
-def plan_catalog(entry: CatalogGpu, reserve: Reserve, *, first: bool = True) -> GpuPlan:
+def plan_catalog(entry: CatalogGpu, reserve: Reserve, *, first: bool = True) -> DevicePlan:
     """A GPU from the catalog; an Apple one gets Metal's default share of its unified memory."""
     total = apple.default_working_set(entry.memory) if entry.vendor == "apple" else entry.memory
-    return GpuPlan(entry.name, total, reserve.items(first=first), unified=entry.unified)
+    return DevicePlan(entry.name, total, reserve.items(first=first), unified=entry.unified)
 
 
-def plan_vram(size: int, reserve: Reserve, *, first: bool = True) -> GpuPlan:
-    return GpuPlan(f"GPU {format_bytes(size)}", size, reserve.items(first=first))
+def plan_vram(size: int, reserve: Reserve, *, first: bool = True) -> DevicePlan:
+    return DevicePlan(f"GPU {format_bytes(size)}", size, reserve.items(first=first))
 
 
-def apply_split(plans: Sequence[GpuPlan], ratios: Sequence[float]) -> list[GpuPlan]:
+def apply_split(plans: Sequence[DevicePlan], ratios: Sequence[float]) -> list[DevicePlan]:
     """llama.cpp's --tensor-split, read as llama_model_load does: the first value per GPU
     (missing ones are 0, extra ones ignored), normalised; all zero = split by free memory."""
     if any(r < 0 for r in ratios):
@@ -159,21 +165,35 @@ def apply_split(plans: Sequence[GpuPlan], ratios: Sequence[float]) -> list[GpuPl
     return [replace(p, split=r / total) for p, r in zip(plans, used, strict=True)]
 
 
-def cpu_budget(
-    ram: SystemMemory | int | None, reserve: Reserve, gpus: Sequence[GpuPlan] = ()
-) -> DeviceBudget:
-    """Host RAM available. With no GPU the embedding model and mmproj come out of it; a
-    unified-memory GPU's budget does too (the CPU and GPU share the same RAM)."""
+def plan_host(ram: SystemMemory | int | None, reserve: Reserve,
+              gpus: Sequence[DevicePlan] = ()) -> DevicePlan:
+    """Host RAM available now. With no GPU the embedding model, mmproj and the safety margin
+    come out of it (llama.cpp's --fit keeps the margin free on the host when it has no GPU:
+    common/fit.cpp, the nd == 0 case); a unified-memory GPU's budget does too (the CPU and
+    GPU share the same RAM)."""
     avail = ram.available if isinstance(ram, SystemMemory) else ram
     if avail is None:
-        return cpu(None)
+        return DevicePlan(CPU_NAME, None, is_gpu=False)
+    items: list[ReserveItem] = []
     if not gpus:
-        avail -= reserve.embedding + reserve.mmproj
-    avail -= sum(g.budget for g in gpus if g.unified)
-    return cpu(max(0, avail))
+        if reserve.embedding:
+            items.append(ReserveItem(reserve.embedding_name, reserve.embedding))
+        if reserve.mmproj:
+            items.append(ReserveItem("vision projector (mmproj)", reserve.mmproj))
+        if reserve.margin:
+            items.append(ReserveItem("safety margin", reserve.margin))
+    shared = sum(g.budget or 0 for g in gpus if g.unified)
+    if shared:
+        items.append(ReserveItem("the GPU's share of unified memory", shared))
+    return DevicePlan(CPU_NAME, avail, tuple(items), is_gpu=False)
 
 
-def _unique_names(plans: list[GpuPlan]) -> list[GpuPlan]:
+def cpu_budget(ram: SystemMemory | int | None, reserve: Reserve,
+               gpus: Sequence[DevicePlan] = ()) -> DeviceBudget:
+    return plan_host(ram, reserve, gpus).device()
+
+
+def _unique_names(plans: list[DevicePlan]) -> list[DevicePlan]:
     names = [p.name for p in plans]
     return [
         replace(p, name=f"{p.name} #{i}") if names.count(p.name) > 1 else p
@@ -183,13 +203,38 @@ def _unique_names(plans: list[GpuPlan]) -> list[GpuPlan]:
 
 @dataclass(frozen=True)
 class BudgetPlan:
-    """The GPUs (in llama.cpp's order) and the host, with the reserve broken down."""
+    """The GPUs (in llama.cpp's order) and the host, with the reserve broken down: what the
+    window draws and every command estimates against."""
 
-    gpus: tuple[GpuPlan, ...]
-    cpu: DeviceBudget
+    gpus: tuple[DevicePlan, ...]
+    host: DevicePlan
+    planned: bool = False  # hardware the user may not own (catalog / a size)
+
+    @property
+    def cpu(self) -> DeviceBudget:
+        return self.host.device()
+
+    @property
+    def views(self) -> tuple[DevicePlan, ...]:
+        return (*self.gpus, self.host)
 
     def devices(self) -> list[DeviceBudget]:
-        return [g.device() for g in self.gpus] + [self.cpu]
+        return [g.device() for g in self.gpus] + [self.host.device()]
+
+    @property
+    def primary(self) -> DevicePlan:
+        return self.gpus[0] if self.gpus else self.host
+
+    @property
+    def title(self) -> str:
+        """"RTX 4060 (8 GiB)", "2 GPUs (48 GiB)", "CPU only": the plan in a few words."""
+        if not self.gpus:
+            return "CPU only"
+        total = sum(g.total or 0 for g in self.gpus)
+        what = self.gpus[0].name if len(self.gpus) == 1 else f"{len(self.gpus)} GPUs"
+        gib = total / GiB
+        size = f"{gib:.0f} GiB" if abs(gib - round(gib)) < 0.05 else f"{gib:.1f} GiB"
+        return f"{what} ({size})"
 
 
 def default_gpus(report: HardwareReport) -> list[GpuInfo]:
@@ -205,7 +250,7 @@ def plan_devices(
     reserve: Reserve,
     *,
     gpus: Sequence[GpuInfo] | None = None,
-    planned: Sequence[GpuPlan] | None = None,
+    planned: Sequence[DevicePlan] | None = None,
     ram: int | None = None,
     split: Sequence[float] | None = None,
 ) -> BudgetPlan:
@@ -219,7 +264,118 @@ def plan_devices(
     if split:
         plans = apply_split(plans, split)
     host = ram if ram is not None else (report.system if report else None)
-    return BudgetPlan(tuple(plans), cpu_budget(host, reserve, plans))
+    return BudgetPlan(tuple(plans), plan_host(host, reserve, plans),
+                      planned=planned is not None)
+
+
+# --- the hardware choice: the window's and every command's -------------------------------
+
+HW_DETECTED = "detected"
+HW_CATALOG = "catalog"
+HW_CUSTOM = "custom"
+ALL_GPUS = -1  # detected_index: every detected GPU
+
+
+@dataclass(frozen=True)
+class HardwareChoice:
+    """Which memory the plan is for: detected GPUs, GPUs from the catalog, or sizes.
+
+    The window edits one of these; the CLI's flags are read into one (``choice_from_args``);
+    ``plan_hardware`` turns either into a BudgetPlan, so the two never disagree.
+    Reserve sizes are bytes; ``desktop`` None means "what other processes use now" on a
+    detected GPU (0 elsewhere). ``catalog_name`` may name several GPUs ("2x RTX 3090");
+    ``custom_bytes`` is one size, ``custom_more`` further GPUs of given sizes.
+    """
+
+    mode: str = HW_DETECTED
+    detected_index: int = ALL_GPUS  # one GPU by index, or ALL_GPUS: every discrete one
+    catalog_name: str = ""
+    custom_bytes: int = 8 * GiB
+    desktop: int | None = None
+    embedding: int = 0
+    embedding_name: str = "embedding model"
+    mmproj: int = 0
+    margin: int = DEFAULT_MARGIN  # llama.cpp's --fit keeps 1 GiB free
+    custom_more: tuple[int, ...] = ()
+    detected_list: tuple[int, ...] = ()  # several detected GPUs by index (the CLI's --gpu 0,2)
+    cpu_only: bool = False  # --gpu none
+    ram: int | None = None  # host RAM to plan for; None = this machine's, available now
+
+    @property
+    def reserve(self) -> Reserve:
+        return Reserve(other_apps=self.desktop, embedding=self.embedding,
+                       embedding_name=self.embedding_name, mmproj=self.mmproj,
+                       margin=self.margin)
+
+    def to_dict(self) -> dict[str, object]:
+        d = dict(self.__dict__)
+        d["custom_more"] = list(self.custom_more)
+        d["detected_list"] = list(self.detected_list)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> HardwareChoice:
+        known = set(cls.__dataclass_fields__)
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for name in ("custom_more", "detected_list"):
+            if name in kwargs:
+                value = kwargs[name]
+                if not isinstance(value, list) or not all(type(x) is int for x in value):
+                    raise ValueError(f"hardware.{name} is not a list of whole numbers")
+                kwargs[name] = tuple(value)
+        out = cls(**kwargs)  # type: ignore[arg-type]
+        if out.mode not in (HW_DETECTED, HW_CATALOG, HW_CUSTOM):
+            raise ValueError(f"unknown hardware mode {out.mode!r}")
+        for name in ("detected_index", "custom_bytes", "embedding", "mmproj", "margin"):
+            if type(getattr(out, name)) is not int:
+                raise ValueError(f"hardware.{name} is not a whole number")
+        for name in ("desktop", "ram"):
+            if getattr(out, name) is not None and type(getattr(out, name)) is not int:
+                raise ValueError(f"hardware.{name} is not a whole number")
+        if not isinstance(out.catalog_name, str) or not isinstance(out.embedding_name, str):
+            raise ValueError("hardware.catalog_name is not text")
+        if type(out.cpu_only) is not bool:
+            raise ValueError("hardware.cpu_only is not true or false")
+        return out
+
+
+def plan_hardware(choice: HardwareChoice, detected: Sequence[GpuInfo] = (),
+                  ram: SystemMemory | int | None = None,
+                  split: Sequence[float] | None = None) -> BudgetPlan:
+    """The devices and budgets for ``choice``: the one planner of the window and the CLI.
+
+    ``detected``: the GPUs found on this machine (with what is in use on them now); ``ram``:
+    this machine's RAM (used unless the choice names its own). Raises UsageError for a
+    catalog name that matches no GPU."""
+    reserve = choice.reserve
+    host_ram: SystemMemory | int | None = choice.ram if choice.ram is not None else ram
+    if choice.mode == HW_CATALOG:
+        entries = [catalog_gpu(name) for name in _multiples([choice.catalog_name])]
+        if not entries:
+            raise UsageError("no GPU named: give a catalog name such as RTX 4060")
+        if choice.ram is None and all(e.unified for e in entries):
+            host_ram = entries[0].memory  # planning a Mac: its RAM is the unified memory
+        planned = [plan_catalog(e, reserve, first=i == 0) for i, e in enumerate(entries)]
+        return plan_devices(None, reserve, planned=planned,
+                            ram=_available(host_ram), split=split)
+    if choice.mode == HW_CUSTOM:
+        sizes = [choice.custom_bytes, *choice.custom_more]
+        planned = [plan_vram(n, reserve, first=i == 0) for i, n in enumerate(sizes)]
+        return plan_devices(None, reserve, planned=planned, ram=_available(host_ram),
+                            split=split)
+    if choice.cpu_only or not detected:
+        chosen: list[GpuInfo] = []
+    elif choice.detected_list:
+        chosen = [detected[i] for i in choice.detected_list if 0 <= i < len(detected)]
+    elif choice.detected_index == ALL_GPUS:  # as llama.cpp would: every discrete GPU
+        chosen = [g for g in detected if not g.unified] or list(detected)
+    else:
+        chosen = [detected[min(max(choice.detected_index, 0), len(detected) - 1)]]
+    return plan_devices(None, reserve, gpus=chosen, ram=_available(host_ram), split=split)
+
+
+def _available(ram: SystemMemory | int | None) -> int | None:
+    return ram.available if isinstance(ram, SystemMemory) else ram
 
 
 # --- the CLI flags (estimate, fit) --------------------------------------------------------
@@ -359,9 +515,9 @@ def _split_from_args(args: argparse.Namespace) -> list[float] | None:
         raise UsageError(f"--tensor-split: not a list of numbers: {value!r}") from None
 
 
-def _pick_detected(spec: list[str], report: HardwareReport) -> list[GpuInfo]:
+def _pick_detected(spec: list[str], report: HardwareReport) -> HardwareChoice:
     if any(s.lower() in ("none", "cpu") for s in spec):
-        return []
+        return HardwareChoice(cpu_only=True)
     if not report.gpus:
         why = "; ".join(r for r in report.reasons if not r.startswith(("Apple: not", "AMD: no")))
         raise UsageError(
@@ -369,51 +525,54 @@ def _pick_detected(spec: list[str], report: HardwareReport) -> list[GpuInfo]:
             "plan for one with --gpu-model NAME or --vram SIZE"
         )
     if any(s.lower() == "all" for s in spec):
-        return list(report.gpus)
+        return HardwareChoice(detected_list=tuple(range(len(report.gpus))))
     chosen = []
     for s in spec:
         if not s.isdigit() or int(s) >= len(report.gpus):
             found = ", ".join(f"{i} {g.name}" for i, g in enumerate(report.gpus))
             raise UsageError(f"--gpu {s}: no such GPU (found: {found})")
-        chosen.append(report.gpus[int(s)])
-    return chosen
+        chosen.append(int(s))
+    return HardwareChoice(detected_list=tuple(chosen))
 
 
-def plan_from_args(args: argparse.Namespace, report: HardwareReport | None = None) -> BudgetPlan:
-    """The budget plan the flags describe; ``report`` is detect()'s, run here when needed."""
+def choice_from_args(args: argparse.Namespace,
+                     report: HardwareReport | None = None) -> HardwareChoice:
+    """The HardwareChoice the flags describe (the window's own kind of choice)."""
     gpu_spec = _multiples(getattr(args, "gpu", None))
     models = _multiples(getattr(args, "gpu_model", None))
     vrams = _multiples(getattr(args, "vram", None))
     if sum(bool(x) for x in (gpu_spec, models, vrams)) > 1:
         raise UsageError("--gpu, --gpu-model and --vram are alternatives: give one of them")
-    reserve = reserve_from_args(args)
-    ram = _size("--ram", getattr(args, "ram", None))
-    split = _split_from_args(args)
-    try:
-        if models or vrams:
-            entries = [catalog_gpu(m) for m in models]
-            if ram is None and entries and all(e.unified for e in entries):
-                ram = entries[0].memory  # planning a Mac: its RAM is the unified memory
-            if report is None and ram is None:
-                from kvgui.core.devices.hardware import system
-
-                host, _ = system.probe()
-                report = HardwareReport(system=host)
-            planned = (
-                [plan_catalog(e, reserve, first=i == 0) for i, e in enumerate(entries)]
-                if entries
-                else [
-                    plan_vram(_size("--vram", v) or 0, reserve, first=i == 0)
-                    for i, v in enumerate(vrams)
-                ]
-            )
-            return plan_devices(report, reserve, planned=planned, ram=ram, split=split)
+    r = reserve_from_args(args)
+    base = HardwareChoice(desktop=r.other_apps, embedding=r.embedding,
+                          embedding_name=r.embedding_name, mmproj=r.mmproj, margin=r.margin,
+                          ram=_size("--ram", getattr(args, "ram", None)),
+                          detected_index=ALL_GPUS)
+    if models:
+        for m in models:
+            catalog_gpu(m)  # one line naming the candidates, before anything else
+        return replace(base, mode=HW_CATALOG, catalog_name=", ".join(models))
+    if vrams:
+        sizes = [_size("--vram", v) or 0 for v in vrams]
+        return replace(base, mode=HW_CUSTOM, custom_bytes=sizes[0], custom_more=tuple(sizes[1:]))
+    if gpu_spec:
         if report is None:
-            from kvgui.core.devices.hardware import detect
+            raise UsageError("--gpu needs the detected GPUs")
+        picked = _pick_detected(gpu_spec, report)
+        return replace(base, cpu_only=picked.cpu_only, detected_list=picked.detected_list)
+    return base
 
-            report = detect(llama=False)
-        chosen = _pick_detected(gpu_spec, report) if gpu_spec else None
-        return plan_devices(report, reserve, gpus=chosen, ram=ram, split=split)
+
+def plan_from_args(args: argparse.Namespace, report: HardwareReport | None = None) -> BudgetPlan:
+    """The budget plan the flags describe; ``report`` is detect()'s, run here when needed."""
+    planning = bool(getattr(args, "gpu_model", None) or getattr(args, "vram", None))
+    if report is None:
+        from kvgui.core.devices.hardware import detect, system
+
+        report = HardwareReport(system=system.probe()[0]) if planning else detect()
+    choice = choice_from_args(args, report)
+    try:
+        return plan_hardware(choice, report.gpus, report.system, _split_from_args(args))
     except ValueError as exc:  # a negative tensor split
         raise UsageError(str(exc)) from None
 

@@ -16,6 +16,11 @@ class GGMLType:
     block_size: int  # elements per block
     type_size: int  # bytes per block
 
+    @property
+    def is_quantized(self) -> bool:
+        """Stored in blocks with a scale (ggml_is_quantized): q8_0, q4_0, iq4_nl, k-quants…"""
+        return self.block_size > 1
+
     def row_bytes(self, n_elements: int) -> int:
         """Bytes of a row of ``n_elements`` (ggml_row_size); n must be a multiple of the block."""
         return self.type_size * (n_elements // self.block_size)
@@ -66,6 +71,11 @@ BY_NAME: dict[str, GGMLType] = {t.name: t for t in _TYPES}
 CACHE_TYPE_NAMES: tuple[str, ...] = (
     "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1",
 )
+
+
+def is_quantized(name: str) -> bool:
+    """Whether the type called ``name`` is a block-quantized one (the one place kvgui asks)."""
+    return by_name(name).is_quantized
 
 
 def by_name(name: str) -> GGMLType:

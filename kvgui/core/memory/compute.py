@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from kvgui.core.memory import reserve
 from kvgui.core.memory.graph.alloc import CPU_ALIGN, CUDA_ALIGN
 from kvgui.core.memory.graph.sched import GGML_SCHED_MAX_COPIES
+from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.memory.reserve import CacheKinds, cache_kinds
 
 if TYPE_CHECKING:
@@ -97,10 +98,10 @@ def _stage_peaks(model: ModelInfo, shape: ContextShape, fa: bool, n_kv: int,
     return attn + resid + mask, max(ffn + resid + mask, ssm), output
 
 
-def simulates(model: ModelInfo) -> bool:
+def simulates(model: ModelInfo, memo: ModelMemo | None = None) -> bool:
     """Whether the compute buffer of ``model`` is replayed through ggml-alloc over its real
     graph (builders/: an architecture with a builder, every tensor of the file read)."""
-    return reserve.supports(model)
+    return reserve.supports(model, memo)
 
 
 def cache_graph(model: ModelInfo, type_k: str, type_v: str) -> CacheKinds:
@@ -110,9 +111,9 @@ def cache_graph(model: ModelInfo, type_k: str, type_v: str) -> CacheKinds:
 
 def simulated_peak(model: ModelInfo, shape: ContextShape, fa: bool,
                    cache: CacheKinds = F16_CACHE,
-                   alignment: int = CPU_ALIGN) -> int:
+                   alignment: int = CPU_ALIGN, memo: ModelMemo | None = None) -> int:
     """The compute buffer of the whole model on one backend, from a replay of ggml-alloc."""
-    return reserve.peak(model, shape, fa, cache, alignment)
+    return reserve.peak(model, shape, fa, cache, alignment, memo)
 
 
 @dataclass(frozen=True)
@@ -168,26 +169,30 @@ class Offload:
 def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
                    slots: Sequence[SlotLayers],
                    cache: CacheKinds | None = None,
-                   offload: Offload | None = None) -> list[int]:
+                   offload: Offload | None = None,
+                   memo: ModelMemo | None = None) -> list[int]:
     """Compute buffer bytes per device: the GPUs in order, then the CPU (last).
 
     ``cache``: cache_graph() of the cache types; None when unknown: the largest of the
     quantized / not quantized cases (f16 and quantized caches). With ``offload`` (where the
     layers are) and a model whose graph kvgui rebuilds, the scheduler's split graph is
-    replayed per device; otherwise the stage model gives each device's peak.
+    replayed per device; otherwise the stage model gives each device's peak. ``memo``: the
+    caller's memo for this model (memo.py): the graph is built and recorded once in it.
     """
+    memo = ModelMemo(model) if memo is None else memo.for_model(model)
     cases = [cache] if cache is not None else [
         CacheKinds(k, v) for k in ("f16", "quantized") for v in ("f16", "quantized")]
-    if simulates(model):
+    if simulates(model, memo):
         try:
             if offload is None or offload.n_gpus == 0:
                 cpu_only = all(not (s.holds_layers or s.holds_output) for s in slots[:-1])
                 if cpu_only:
-                    peak = max(simulated_peak(model, shape, fa, c) for c in cases)
+                    peak = max(simulated_peak(model, shape, fa, c, CPU_ALIGN, memo)
+                               for c in cases)
                     return [0] * (len(slots) - 1) + [peak]
             else:
                 layout = offload.layout
-                per_case = [reserve.peaks(model, shape, fa, c, layout) for c in cases]
+                per_case = [reserve.peaks(model, shape, fa, c, layout, memo) for c in cases]
                 return [max(col) for col in zip(*per_case, strict=True)]
         except reserve.UnsupportedGraph as exc:  # (settings llama.cpp refuses, mostly)
             log.info("compute buffer from the stage model: %s", exc)

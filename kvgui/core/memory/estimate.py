@@ -9,20 +9,42 @@ creates a context surface here as errors, so they are seen before a launch fails
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any, NamedTuple
 
 from kvgui.core.config.settings import N_CTX_PAD, FlashAttn, Settings
 from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget
 from kvgui.core.gguf import ggml_types
+from kvgui.core.memory import findings as fnd
 from kvgui.core.memory.compute import Offload, SlotLayers, cache_graph, compute_buffer
+from kvgui.core.memory.findings import Code, Finding
+from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.model.info import ModelInfo
-
-_QUANTIZED = frozenset({"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"})
 
 
 def _pad(n: int, to: int) -> int:
     return -(-n // to) * to
+
+
+# The parts of a device's memory, in the order every surface draws and lists them: the bar's
+# segments, the legend, the table's columns, the CLI's rows and the JSON keys come from here.
+PARTS: tuple[tuple[str, str], ...] = (
+    ("weights", "Weights"),
+    ("kv_k", "K cache"),
+    ("kv_v", "V cache"),
+    ("state", "Recurrent state"),
+    ("compute", "Compute buffer"),
+    ("output", "Output buffer"),
+)
+PART_KEYS: tuple[str, ...] = tuple(key for key, _ in PARTS)
+
+
+class Verdict(str, Enum):
+    FITS = "fits"
+    OVER = "over"  # some device's budget is exceeded
+    REFUSED = "refused"  # llama.cpp would not create the context with these settings
+    UNKNOWN = "unknown"  # no budget to judge against
 
 
 class DeviceMemory(NamedTuple):
@@ -46,6 +68,10 @@ class DeviceMemory(NamedTuple):
     @property
     def total(self) -> int:
         return self.weights + self.kv + self.state + self.compute + self.output
+
+    def parts(self) -> tuple[tuple[str, int], ...]:
+        """(part key, bytes) in PARTS order; sums to ``total``."""
+        return tuple((key, getattr(self, key)) for key in PART_KEYS)
 
     @property
     def headroom(self) -> int | None:
@@ -76,8 +102,27 @@ class Estimate:
     flash_attn: bool
     n_gpu_layers: int
     devices: tuple[DeviceMemory, ...]
-    warnings: tuple[str, ...]
-    errors: tuple[str, ...]
+    findings: tuple[Finding, ...]
+
+    @property
+    def refusals(self) -> tuple[Finding, ...]:
+        return fnd.refusals(self.findings)
+
+    @property
+    def refused(self) -> bool:
+        return any(f.is_refusal for f in self.findings)
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        """The refusals' messages (for showing; decide by ``refusals`` / codes)."""
+        return tuple(f.message for f in self.findings if f.is_refusal)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(f.message for f in fnd.warnings(self.findings))
+
+    def has(self, code: Code) -> bool:
+        return any(f.code is code for f in self.findings)
 
     @property
     def n_ctx(self) -> int:
@@ -119,16 +164,25 @@ class Estimate:
         return self._sum("total")
 
     @property
+    def verdict(self) -> Verdict:
+        if self.refused:
+            return Verdict.REFUSED
+        judged = [d.fits for d in self.devices if d.budget is not None]
+        if not judged:
+            return Verdict.UNKNOWN
+        return Verdict.FITS if all(judged) else Verdict.OVER
+
+    @property
     def fits(self) -> bool | None:
-        if self.errors:
-            return False
-        verdicts = [d.fits for d in self.devices if d.budget is not None]
-        return all(verdicts) if verdicts else None
+        """True / False, or None when there is no budget; refused settings never fit."""
+        v = self.verdict
+        return None if v is Verdict.UNKNOWN else v is Verdict.FITS
 
     def memory_json(self) -> dict[str, int]:
-        return {"weights": self.weights, "kv_k": self.kv_k, "kv_v": self.kv_v, "kv": self.kv,
-                "state": self.state, "compute": self.compute, "output": self.output,
-                "total": self.total}
+        out = {key: getattr(self, key) for key in PART_KEYS}
+        out["kv"] = self.kv
+        out["total"] = self.total
+        return out
 
     def to_json(self) -> dict[str, Any]:
         m, s = self.model, self.settings
@@ -141,11 +195,13 @@ class Estimate:
                          "n_batch": self.shape.n_batch, "n_ubatch": self.shape.n_ubatch,
                          "n_parallel": s.n_parallel, "swa_full": s.swa_full},
             "memory": self.memory_json(),
-            "devices": [{"name": d.name, "weights": d.weights, "kv": d.kv, "state": d.state,
-                         "compute": d.compute, "output": d.output, "total": d.total,
-                         "budget": d.budget}
+            "devices": [{"name": d.name, "is_gpu": d.is_gpu, "budget": d.budget,
+                         **{key: getattr(d, key) for key in PART_KEYS},
+                         "kv": d.kv, "total": d.total, "headroom": d.headroom}
                         for d in self.devices],
+            "verdict": self.verdict.value,
             "fits": self.fits,
+            "findings": [f.to_json() for f in self.findings],
             "warnings": list(self.warnings),
             "errors": list(self.errors),
         }
@@ -180,37 +236,64 @@ def resolve_flash_attn(model: ModelInfo, s: Settings) -> bool:
     return s.flash_attn is not FlashAttn.OFF
 
 
-def check(model: ModelInfo, s: Settings, flash_attn: bool) -> tuple[list[str], list[str]]:
-    """The refusals and warnings llama.cpp gives for these settings (llama_init_from_model)."""
-    errors: list[str] = []
-    warnings: list[str] = list(model.warnings)
-    if s.type_v in _QUANTIZED and s.flash_attn is FlashAttn.OFF:
-        errors.append(f"a quantized V cache ({s.type_v}) needs flash attention: "
-                      "set -fa on or auto, or use an f16 V cache")
-    if model.arch == "grok" and s.flash_attn is FlashAttn.ON:
-        warnings.append("llama.cpp turns flash attention off for Grok models")
+def beyond_trained(model: ModelInfo, s: Settings) -> bool:
+    """Whether each sequence's context exceeds what the model was trained on."""
+    per_seq = _pad(s.n_ctx, N_CTX_PAD) // (1 if s.kv_unified else s.n_parallel)
+    return bool(model.n_ctx_train) and per_seq > model.n_ctx_train
+
+
+def check(model: ModelInfo, s: Settings) -> tuple[Finding, ...]:
+    """What llama.cpp says of these settings for this model, before it allocates anything
+    (llama_init_from_model, llama_context's and llama_kv_cache's constructors)."""
+    out: list[Finding] = []
+    quant_v = ggml_types.is_quantized(s.type_v)
+    if quant_v and s.flash_attn is FlashAttn.OFF:
+        out.append(fnd.refusal(
+            Code.V_QUANT_NEEDS_FA,
+            f"a quantized V cache ({s.type_v}) needs flash attention: "
+            "set -fa on or auto, or use an f16 V cache",
+            field="flash_attn", fix={"flash_attn": FlashAttn.AUTO}))
     if model.is_mla and s.type_k != s.type_v:
-        errors.append(f"{model.arch} (MLA) needs the same K and V cache type, "
-                      f"not {s.type_k}/{s.type_v}")
-    for name, t in (("K", s.type_k), ("V", s.type_v)):
-        block = ggml_types.by_name(t).block_size
-        if name == "K":
-            heads = {model.n_embd_head_k} | ({model.n_embd_head_k_swa} if model.n_swa else set())
-        else:
-            heads = {model.n_embd_head_v} | ({model.n_embd_head_v_swa} if model.n_swa else set())
-        bad = sorted(h for h in heads if h and h % block)
-        if model.has_kv_cache and bad:
-            errors.append(f"{name} cache type {t} has a block size of {block}, which does not "
-                          f"divide the head size {bad[0]}: use f16, bf16 or f32")
-    if model.n_ctx_train and _pad(s.n_ctx, N_CTX_PAD) // (1 if s.kv_unified else s.n_parallel) \
-            > model.n_ctx_train:
-        warnings.append(f"context {s.n_ctx} is beyond the {model.n_ctx_train} tokens the model "
-                        "was trained on: expect degraded output unless it uses RoPE scaling")
+        out.append(fnd.refusal(
+            Code.MLA_SAME_TYPES,
+            f"{model.arch} (MLA) needs the same K and V cache type, not {s.type_k}/{s.type_v}",
+            field="type_v", fix={"type_v": s.type_k}))
+    if model.has_kv_cache:
+        for name, t, code in (("K", s.type_k, Code.K_BLOCK_SIZE),
+                              ("V", s.type_v, Code.V_BLOCK_SIZE)):
+            block = ggml_types.by_name(t).block_size
+            if name == "K":
+                heads = {model.n_embd_head_k} | (
+                    {model.n_embd_head_k_swa} if model.n_swa else set())
+            else:
+                heads = {model.n_embd_head_v} | (
+                    {model.n_embd_head_v_swa} if model.n_swa else set())
+            bad = sorted(h for h in heads if h and h % block)
+            if bad:
+                field_name = "type_k" if name == "K" else "type_v"
+                out.append(fnd.refusal(
+                    code,
+                    f"{name} cache type {t} has a block size of {block}, which does not divide "
+                    f"the head size {bad[0]}: use f16, bf16 or f32",
+                    field=field_name, fix={field_name: "f16"}))
+    out += [fnd.warning(Code.MODEL, w) for w in model.warnings]
+    if model.arch == "grok" and s.flash_attn is FlashAttn.ON:
+        out.append(fnd.warning(Code.FA_FORCED_OFF,
+                               "llama.cpp turns flash attention off for Grok models",
+                               field="flash_attn"))
+    if beyond_trained(model, s):
+        out.append(fnd.warning(
+            Code.BEYOND_TRAINED,
+            f"context {s.n_ctx} is beyond the {model.n_ctx_train} tokens the model was trained "
+            "on: expect degraded output unless it uses RoPE scaling", field="n_ctx"))
     if s.swa_full and model.n_swa:
-        warnings.append("--swa-full keeps a full-size cache for the sliding-window layers")
+        out.append(fnd.warning(Code.SWA_FULL,
+                               "--swa-full keeps a full-size cache for the sliding-window layers",
+                               field="swa_full"))
     if not model.has_kv_cache and not model.is_recurrent:
-        warnings.append("this model keeps no KV cache: the cache type changes nothing")
-    return errors, warnings
+        out.append(fnd.warning(Code.NO_KV_CACHE,
+                               "this model keeps no KV cache: the cache type changes nothing"))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -229,9 +312,6 @@ class _Placement:
     recurrent_host: tuple[int, ...]
     compute_slots: tuple[SlotLayers, ...]
     offload: Offload  # where the layers are, for the compute graph's scheduler
-    # compute buffers already worked out for this placement, by context shape and graph
-    compute_memo: dict[Any, list[int]] = field(default_factory=dict, compare=False,
-                                               hash=False, repr=False)
 
 
 def _layer_devices(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> tuple[
@@ -269,11 +349,6 @@ def _layer_devices(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) 
 
 
 def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> _Placement:
-    key = (s.n_gpu_layers, s.tensor_split, tuple((g.split, g.budget) for g in gpus))
-    cache = model.cache
-    found = cache.get(key)
-    if found is not None:
-        return found
     layer_dev, out_dev, n_gpu_layers = _layer_devices(model, s, gpus)
     n_slots = len(gpus) + 1
     cpu = n_slots - 1
@@ -309,42 +384,43 @@ def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> _
             holds_layers=bool(here), holds_output=out_dev == d,
             full_attention=any(layer.has_kv and not layer.swa for layer in here),
             swa=any(layer.has_kv and layer.swa for layer in here)))
-    placed = _Placement(n_gpu_layers, tuple(weights),
-                        tuple((*k, n) for k, n in groups.items()),
-                        tuple((*k, n) for k, n in groups_host.items()),
-                        tuple(recurrent), tuple(recurrent_host), tuple(slots),
-                        Offload(tuple(layer_dev), out_dev, len(gpus)))
-    if len(cache) > 256:
-        cache.clear()
-    cache[key] = placed
-    return placed
+    return _Placement(n_gpu_layers, tuple(weights),
+                      tuple((*k, n) for k, n in groups.items()),
+                      tuple((*k, n) for k, n in groups_host.items()),
+                      tuple(recurrent), tuple(recurrent_host), tuple(slots),
+                      Offload(tuple(layer_dev), out_dev, len(gpus)))
 
 
 def estimate(model: ModelInfo, settings: Settings,
-             devices: Sequence[DeviceBudget] | None = None) -> Estimate:
+             devices: Sequence[DeviceBudget] | None = None,
+             memo: ModelMemo | None = None) -> Estimate:
+    """Everything llama.cpp allocates for ``model`` with ``settings``, per device (GPUs in
+    llama.cpp's order, then the host), and what llama.cpp would say of the settings.
+
+    ``memo``: the caller's memo for this model (see memo.py); repeated estimates of the
+    same model (a slider sweep, a fit search) pass one and cost a few microseconds each."""
+    memo = ModelMemo(model) if memo is None else memo.for_model(model)
     devices = devices or ()
     gpus = [d for d in devices if d.is_gpu]
     cpu_budget = next((d.budget for d in devices if not d.is_gpu), None)
     s = settings
     fa = resolve_flash_attn(model, s)
-    if s.type_v in _QUANTIZED and s.flash_attn is FlashAttn.AUTO:
+    if ggml_types.is_quantized(s.type_v) and s.flash_attn is FlashAttn.AUTO:
         fa = True
-    over_trained = bool(model.n_ctx_train) and _pad(s.n_ctx, N_CTX_PAD) // (
-        1 if s.kv_unified else s.n_parallel) > model.n_ctx_train
-    check_key = ("check", s.type_k, s.type_v, s.flash_attn, s.swa_full, over_trained)
-    checked = model.cache.get(check_key) if not over_trained else None
-    if checked is None:
-        checked = check(model, s, fa)
-        model.cache[check_key] = checked
-    errors, warnings = checked[0], list(checked[1])
+    found = list(memo.get("check", (s.type_k, s.type_v, s.flash_attn, s.swa_full,
+                                    beyond_trained(model, s) and s.n_ctx),
+                          lambda: check(model, s)))
+    refused = any(f.is_refusal for f in found)
     shape = context_shape(model, s)
-    placed = _placement(model, s, gpus)
+    placed = memo.get("placement",
+                      (s.n_gpu_layers, s.tensor_split, tuple((g.split, g.budget) for g in gpus)),
+                      lambda: _placement(model, s, gpus))
     n_slots = len(gpus) + 1
     cpu = n_slots - 1
 
     kv_k = [0] * n_slots
     kv_v = [0] * n_slots
-    if not errors:
+    if not refused:
         tk, tv = ggml_types.by_name(s.type_k), ggml_types.by_name(s.type_v)
         v_max = model.n_embd_v_max if not fa else 0  # -fa off: V is transposed, padded to max
         for where, n_k, n_v, swa, count in (placed.kv_groups if s.kv_offload
@@ -357,15 +433,11 @@ def estimate(model: ModelInfo, settings: Settings,
                                       else placed.recurrent_host)]
 
     graph = cache_graph(model, s.type_k, s.type_v)
-    memo = placed.compute_memo
-    compute_key = (shape, fa, graph, s.kv_offload)
-    compute = memo.get(compute_key)
-    if compute is None:
-        if len(memo) > 4096:
-            memo.clear()
-        offload = placed.offload if s.kv_offload else placed.offload.with_kv_offload(False)
-        compute = memo[compute_key] = compute_buffer(model, shape, fa, placed.compute_slots,
-                                                     graph, offload)
+    placement_key = (s.n_gpu_layers, s.tensor_split, tuple((g.split, g.budget) for g in gpus))
+    offload = placed.offload if s.kv_offload else placed.offload.with_kv_offload(False)
+    compute = memo.get("compute", (placement_key, shape, fa, graph, s.kv_offload),
+                       lambda: compute_buffer(model, shape, fa, placed.compute_slots, graph,
+                                              offload, memo=memo))
     output = model.n_vocab * s.n_parallel * 4  # logits for one token per sequence, host memory
 
     out: list[DeviceMemory] = []
@@ -376,7 +448,8 @@ def estimate(model: ModelInfo, settings: Settings,
                             kv_v[cpu], compute[cpu], output, state[cpu]))
     n_gpu_layers = placed.n_gpu_layers
     if gpus and n_gpu_layers < len(model.layers) + 1:
-        warnings.append(f"{n_gpu_layers} of {len(model.layers) + 1} layers on the GPU: "
-                        "the rest run on the CPU, much slower")
-    return Estimate(model, s, shape, fa, n_gpu_layers, tuple(out), tuple(warnings),
-                    tuple(errors))
+        found.append(fnd.warning(
+            Code.PARTIAL_OFFLOAD,
+            f"{n_gpu_layers} of {len(model.layers) + 1} layers on the GPU: "
+            "the rest run on the CPU, much slower", field="n_gpu_layers"))
+    return Estimate(model, s, shape, fa, n_gpu_layers, tuple(out), tuple(found))

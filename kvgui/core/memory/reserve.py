@@ -5,7 +5,8 @@ ggml-alloc place it; that buffer is what llama.cpp reports as "compute". Here th
 built symbolically (builders/, graph/) for what changes its structure: the architecture, flash
 attention, the cache types' kind, the number of sequences, a unified cache, and which shape
 variables are 1; ggml-alloc's walk is recorded once for it (graph/alloc.py) and replayed for
-the sizes of each context. A model keeps its programs in ``ModelInfo.cache``.
+the sizes of each context. The recordings live in the caller's ``ModelMemo`` (memo.py):
+without one, each call builds and records afresh.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kvgui.core.memory.graph.alloc import Program
 from kvgui.core.memory.graph.ir import Tensor
 from kvgui.core.memory.graph.sched import Backend, Buft, Decisions, split_graph
 from kvgui.core.memory.graph.sym import Dim, SymbolicError
+from kvgui.core.memory.memo import ModelMemo
 
 if TYPE_CHECKING:
     from kvgui.core.memory.estimate import ContextShape
@@ -122,20 +124,15 @@ class _Recordings:
         self.splits: dict[tuple[GraphKey, Layout], list[_Split]] = {}
 
 
-def _recordings(model: ModelInfo) -> _Recordings:
-    """Kept with the model object (dataclasses.replace shares the memo dict between a model
-    and its altered copies)."""
-    found = model.cache.get("reserve-recordings")
-    if found is None or found[0] is not model:
-        found = model.cache["reserve-recordings"] = (model, _Recordings())
-    recordings: _Recordings = found[1]
-    return recordings
+def recordings(memo: ModelMemo) -> _Recordings:
+    """The recordings of the memo's model."""
+    return memo.get("reserve", None, _Recordings)
 
 
-def program(model: ModelInfo, key: GraphKey) -> Program:
+def program(model: ModelInfo, key: GraphKey, memo: ModelMemo | None = None) -> Program:
     """The recorded allocator program of the model's graph for ``key`` (memoized)."""
-    recordings = _recordings(model)
-    found = recordings.programs.get(key)
+    recs = recordings(_memo(model, memo))
+    found = recs.programs.get(key)
     if found is None:
         try:
             result, graph = builders.build(model, params_for(key))
@@ -152,50 +149,58 @@ def program(model: ModelInfo, key: GraphKey) -> Program:
                 raise UnsupportedGraph(f"{model.arch}: {node} copies a quantized cache: its "
                                        "size depends on the exact type")
         recorded = alloc.record(result.gf)
-        found = recordings.programs[key] = recordings.distinct.setdefault(recorded, recorded)
+        found = recs.programs[key] = recs.distinct.setdefault(recorded, recorded)
     return found
 
 
-def supports(model: ModelInfo) -> bool:
-    """Whether kvgui rebuilds this model's graph exactly (memoized per model object)."""
-    found = model.cache.get("reserve-supports")
-    if found is None or found[0] is not model:
-        ok = model.arch in builders.BUILDERS and bool(model.tensor_table)
-        if ok:
-            try:
-                program(model, GraphKey(True, CacheKinds("f16", "f16"), 1, False, frozenset()))
-            except UnsupportedGraph as exc:
-                log.info("compute buffer from the stage model: %s", exc)
-                ok = False
-        found = model.cache["reserve-supports"] = (model, ok)
-    return bool(found[1])
+def _memo(model: ModelInfo, memo: ModelMemo | None) -> ModelMemo:
+    return ModelMemo(model) if memo is None else memo.for_model(model)
+
+
+def supports(model: ModelInfo, memo: ModelMemo | None = None) -> bool:
+    """Whether kvgui rebuilds this model's graph exactly (its architecture has a builder and
+    the graph reads every tensor of the file)."""
+    memo = _memo(model, memo)
+
+    def check() -> bool:
+        if model.arch not in builders.BUILDERS or not model.tensor_table:
+            return False
+        try:
+            program(model, GraphKey(True, CacheKinds("f16", "f16"), 1, False, frozenset()),
+                    memo)
+        except UnsupportedGraph as exc:
+            log.info("compute buffer from the stage model: %s", exc)
+            return False
+        return True
+
+    return memo.get("reserve-supports", None, check)
 
 
 def peak(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
-         alignment: int) -> int:
+         alignment: int, memo: ModelMemo | None = None) -> int:
     """The compute buffer on one backend: ggml-alloc's high-water mark for this context
     (memoized: a slider step asks for each cache type)."""
-    recordings = _recordings(model)
+    memo = _memo(model, memo)
+    recs = recordings(memo)
     asked = (fa, kinds, shape, alignment)
-    done = recordings.by_shape.get(asked)
+    done = recs.by_shape.get(asked)
     if done is not None:
         return done
     values = shape_values(shape)
     env = values.env
     ones = frozenset(v for v in ("U", "O") if env[v] == 1) if 1 in (env["U"], env["O"]) \
         else _NO_ONES
-    prog = program(model, GraphKey(fa, kinds, values.n_seq_max,
-                                   values.kv_unified, ones))
-    peaks = recordings.peaks
-    memo = (id(prog), env["U"], env["O"], env["K"], env["W"], alignment)
-    found = peaks.get(memo)
+    prog = program(model, GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, ones), memo)
+    peaks = recs.peaks
+    sized = (id(prog), env["U"], env["O"], env["K"], env["W"], alignment)
+    found = peaks.get(sized)
     if found is None:
         if len(peaks) > 4096:
             peaks.clear()
-            recordings.by_shape.clear()
-            recordings.split_by_shape.clear()
-        found = peaks[memo] = alloc.replay(prog, prog.scale(env), alignment)
-    recordings.by_shape[asked] = found
+            recs.by_shape.clear()
+            recs.split_by_shape.clear()
+        found = peaks[sized] = alloc.replay(prog, prog.scale(env), alignment)
+    recs.by_shape[asked] = found
     return found
 
 
@@ -330,36 +335,36 @@ def _no_kqv_params(key: GraphKey) -> GraphParams:
 
 
 def peaks(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
-          layout: Layout) -> list[int]:
+          layout: Layout, memo: ModelMemo | None = None) -> list[int]:
     """The compute buffer of each backend of ``layout`` (in its order): ggml-alloc per
     backend over the scheduler's split graph."""
-    recordings = _recordings(model)
+    recs = recordings(_memo(model, memo))
     asked = (fa, kinds, shape, layout)
-    done = recordings.split_by_shape.get(asked)
+    done = recs.split_by_shape.get(asked)
     if done is not None:
         return list(done)
     values = shape_values(shape)
     env = values.env
     ones = frozenset(v for v in ("U", "O") if env[v] == 1)
     key = GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, ones)
-    found = recordings.splits.setdefault((key, layout), [])
+    found = recs.splits.setdefault((key, layout), [])
     rec = next((r for r in found if r.decisions.hold_for(env)), None)
     if rec is None:
         rec = _split_recording(model, key, layout, env)
-        rec.parts = tuple(recordings.distinct.setdefault(p, p) for p in rec.parts)
+        rec.parts = tuple(recs.distinct.setdefault(p, p) for p in rec.parts)
         found.append(rec)
     out = []
     for b, backend in enumerate(layout.backends):
         part = rec.parts[rec.part_of[b]]
-        memo = (id(part), env["U"], env["O"], env["K"], env["W"], backend.alignment)
-        peak = recordings.peaks.get(memo)
+        sized = (id(part), env["U"], env["O"], env["K"], env["W"], backend.alignment)
+        peak = recs.peaks.get(sized)
         if peak is None:
-            if len(recordings.peaks) > 4096:
-                recordings.peaks.clear()
-                recordings.by_shape.clear()
-                recordings.split_by_shape.clear()
-            peak = recordings.peaks[memo] = alloc.replay(part, part.scale(env),
+            if len(recs.peaks) > 4096:
+                recs.peaks.clear()
+                recs.by_shape.clear()
+                recs.split_by_shape.clear()
+            peak = recs.peaks[sized] = alloc.replay(part, part.scale(env),
                                                          backend.alignment)
         out.append(peak)
-    recordings.split_by_shape[asked] = tuple(out)
+    recs.split_by_shape[asked] = tuple(out)
     return out

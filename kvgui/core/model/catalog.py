@@ -16,6 +16,7 @@ from typing import Any
 
 from kvgui.core.gguf.reader import TensorInfo
 from kvgui.core.model.archspec import Header, ModelSpec, build_header, spec_from_dict
+from kvgui.core.model.info import ModelInfo
 
 _RESOURCE = "models.json"
 
@@ -91,3 +92,9 @@ def find(label_or_name: str, quant: str | None = None) -> CatalogEntry:
         if e.label == label_or_name or (e.name == label_or_name and quant in (None, e.quant)):
             return e
     raise KeyError(f"no catalog model {label_or_name!r}" + (f" in {quant}" if quant else ""))
+
+
+def catalog_model(label_or_name: str, quant: str | None = None) -> ModelInfo:
+    """The ModelInfo of a catalog entry (its header, built from the published config)."""
+    metadata, tensors, file_bytes = find(label_or_name, quant).header()
+    return ModelInfo.from_header(metadata, tensors, file_bytes=file_bytes)

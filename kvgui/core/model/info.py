@@ -8,6 +8,7 @@ generic keys, with a warning.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -149,8 +150,6 @@ class ModelInfo:
         default=(), compare=False, repr=False)
     arch_arrays: tuple[tuple[str, tuple[int | float, ...]], ...] = field(
         default=(), compare=False, repr=False)
-    # memo for the estimate (placements per -ngl); not part of the model's identity
-    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     @property
     def n_embd_v_max(self) -> int:
@@ -161,13 +160,10 @@ class ModelInfo:
         return sum(self.layer_weights) + self.input_weights + self.output_weights + \
             self.other_weights
 
-    @property
+    @functools.cached_property
     def has_kv_cache(self) -> bool:
-        found = self.cache.get("has_kv_cache")
-        if found is None:
-            found = self.cache["has_kv_cache"] = any(
-                layer.has_kv and not layer.recurrent for layer in self.layers)
-        return bool(found)
+        """Some layer keeps a KV cache (the cache type matters)."""
+        return any(layer.has_kv and not layer.recurrent for layer in self.layers)
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile) -> ModelInfo:

@@ -9,7 +9,8 @@ import sys
 import pynvml
 import pytest
 
-from kvgui.core.devices.hardware import GpuInfo, LlamaBackend, detect, free_memory, llama_backend
+from kvgui.core.devices.hardware import GpuInfo, LlamaBackend, detect, free_memory, llama_advice
+from kvgui.runtime import llama_backend
 
 # the package re-exports the function detect(), which shadows the module's name
 detect_mod = importlib.import_module("kvgui.core.devices.hardware.detect")
@@ -26,27 +27,27 @@ def _nvidia_gpu() -> GpuInfo:
 
 def test_cpu_only_build_with_an_nvidia_gpu_gives_the_reinstall_command():
     backend = LlamaBackend(installed=True, version="0.3.36", gpu_offload=False)
-    (advice,) = llama_backend.offload_advice([_nvidia_gpu()], backend)
+    (advice,) = llama_advice.offload_advice([_nvidia_gpu()], backend)
     assert "CPU-only build" in advice and "NVIDIA" in advice
     assert advice.endswith(CUDA_CMD)
-    assert llama_backend.CUDA_REINSTALL == CUDA_CMD
+    assert llama_advice.CUDA_REINSTALL == CUDA_CMD
 
 
 def test_no_advice_when_the_build_offloads_or_there_is_no_gpu():
     gpu_build = LlamaBackend(installed=True, gpu_offload=True)
     cpu_build = LlamaBackend(installed=True, gpu_offload=False)
-    assert llama_backend.offload_advice([_nvidia_gpu()], gpu_build) == []
-    assert llama_backend.offload_advice([], cpu_build) == []
-    assert llama_backend.offload_advice([_nvidia_gpu()], None) == []
+    assert llama_advice.offload_advice([_nvidia_gpu()], gpu_build) == []
+    assert llama_advice.offload_advice([], cpu_build) == []
+    assert llama_advice.offload_advice([_nvidia_gpu()], None) == []
 
 
 def test_advice_names_the_right_backend_per_vendor():
     cpu_build = LlamaBackend(installed=True, gpu_offload=False)
     amd_gpu = GpuInfo("amd", 0, "AMD Radeon RX 7900 XTX", 24 * GiB, 23 * GiB)
-    (advice,) = llama_backend.offload_advice([amd_gpu], cpu_build)
+    (advice,) = llama_advice.offload_advice([amd_gpu], cpu_build)
     assert "-DGGML_HIP=on" in advice
     missing = LlamaBackend(installed=False, reason="x")
-    (advice,) = llama_backend.offload_advice([_nvidia_gpu()], missing)
+    (advice,) = llama_advice.offload_advice([_nvidia_gpu()], missing)
     assert "not installed" in advice and CUDA_CMD in advice
 
 
@@ -73,7 +74,7 @@ def test_real_llama_cpp_backend():
 
 
 def test_detect_on_this_machine_never_raises():
-    report = detect(llama=False)
+    report = detect()
     assert report.system is not None and report.system.total > 0
     if report.cpu_only:
         assert any(r.startswith("NVIDIA: ") for r in report.reasons)
@@ -85,7 +86,7 @@ def test_a_probe_that_crashes_becomes_a_reason(monkeypatch, tmp_path):
         raise RuntimeError("driver exploded")
 
     monkeypatch.setitem(detect_mod.PROBES, "NVIDIA", boom)
-    report = detect(llama=False, drm_root=tmp_path)
+    report = detect(drm_root=tmp_path)
     assert "NVIDIA: detection failed (RuntimeError: driver exploded)" in report.reasons
 
 
@@ -94,7 +95,7 @@ def test_nvidia_card_on_the_bus_without_nvml_is_explained(fake_nvml, sysfs, monk
     sysfs.card(1, vendor="0x10de", device="0x2882")
     sysfs.card(0, vendor="0x8086", device="0x46a6")
     monkeypatch.setitem(detect_mod.PROBES, "AMD", lambda: ([], []))
-    report = detect(llama=False, drm_root=sysfs.root)
+    report = detect(drm_root=sysfs.root)
     assert report.cpu_only
     text = "\n".join(report.reasons)
     assert "NVIDIA: the NVIDIA driver is not loaded" in text
@@ -105,8 +106,7 @@ def test_nvidia_card_on_the_bus_without_nvml_is_explained(fake_nvml, sysfs, monk
 def test_report_carries_advice_and_serialises(fake_nvml, monkeypatch, tmp_path):
     fake_nvml.add(name="NVIDIA GeForce RTX 4060", compute=[(7, 100)])
     cpu_build = LlamaBackend(installed=True, version="0.3.36", gpu_offload=False)
-    monkeypatch.setattr(llama_backend, "probe", lambda: cpu_build)
-    report = detect(drm_root=tmp_path)
+    report = detect(llama_probe=lambda: cpu_build, drm_root=tmp_path)
     assert [g.name for g in report.gpus] == ["NVIDIA GeForce RTX 4060"]
     assert report.advice and report.advice[0].endswith(CUDA_CMD)
     d = report.to_dict()
@@ -138,6 +138,9 @@ def test_core_imports_without_qt_or_llama_cpp():
         "import kvgui.core.devices.hardware, kvgui.core.devices.budget\n"
         "import kvgui.core.devices.gpu_catalog\n"
         "r = kvgui.core.devices.hardware.detect()\n"
+        "assert r.llama is None, r.llama\n"
+        "from kvgui.runtime.llama_backend import probe\n"
+        "r = kvgui.core.devices.hardware.detect(llama_probe=probe)\n"
         "assert r.llama is not None and not r.llama.installed, r.llama\n"
         "print('ok')\n"
     )

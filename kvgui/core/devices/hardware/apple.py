@@ -7,6 +7,7 @@ two thirds of RAM up to 36 GiB and three quarters above (what Metal reports on M
 
 from __future__ import annotations
 
+import logging
 import platform
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from kvgui.core.devices.hardware import system
 from kvgui.core.devices.hardware.types import GpuInfo
 from kvgui.core.sizes import GiB, MiB, format_bytes
+
+log = logging.getLogger(__name__)
 
 VENDOR = "apple"
 Sysctl = Callable[[str], str | None]
@@ -92,5 +95,6 @@ def probe(
 def free_memory(gpu: GpuInfo) -> int | None:
     try:
         return min(gpu.total, system.read().available)
-    except Exception:
+    except Exception:  # the poll must never fail: no figure this second
+        log.debug("Apple free-memory poll failed", exc_info=True)
         return None

@@ -6,12 +6,15 @@ libraries and odd containers, and must still open with a CPU-only plan.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from kvgui.core.devices.hardware import amd, apple, drm, llama_backend, nvidia, system
+from kvgui.core.devices.hardware import amd, apple, drm, nvidia, system
+from kvgui.core.devices.hardware.llama_advice import offload_advice
 from kvgui.core.devices.hardware.types import GpuInfo, HardwareReport, LlamaBackend
+
+log = logging.getLogger(__name__)
 
 Probe = Callable[[], tuple[list[GpuInfo], list[str]]]
 
@@ -40,33 +43,40 @@ def _pci_hints(gpus: list[GpuInfo], root: Path) -> list[str]:
     return hints
 
 
-def detect(*, llama: bool = True, drm_root: Path = drm.DRM_ROOT) -> HardwareReport:
-    """Probe everything. ``llama=False`` skips importing llama_cpp (the CLI's budget path)."""
+def detect(*, llama_probe: Callable[[], LlamaBackend] | None = None,
+           drm_root: Path = drm.DRM_ROOT) -> HardwareReport:
+    """Probe every GPU and the RAM; ``llama_probe`` (kvgui.runtime.llama_backend.probe, which
+    imports llama_cpp) adds what the installed llama.cpp can use. Without it, no llama view:
+    the CLI's budget path and the core never load llama.cpp."""
     gpus: list[GpuInfo] = []
     reasons: list[str] = []
     for label, probe in PROBES.items():
         try:
             found, why = probe()
         except Exception as exc:  # a probe bug must not take the app down
+            log.warning("%s detection failed", label, exc_info=True)
             found, why = [], [f"{label}: detection failed ({type(exc).__name__}: {exc})"]
         gpus += found
         reasons += why
-    with contextlib.suppress(Exception):
+    try:
         reasons += _pci_hints(gpus, drm_root)
+    except Exception:  # hints are extras: a sysfs oddity must not stop detection
+        log.info("PCI scan for unreadable GPUs failed", exc_info=True)
     ram, why = system.probe()
     reasons += why
     backend: LlamaBackend | None = None
-    if llama:
+    if llama_probe is not None:
         try:
-            backend = llama_backend.probe()
-        except Exception as exc:
+            backend = llama_probe()
+        except Exception as exc:  # the probe never raises; a bug in it must not either
+            log.warning("llama.cpp backend probe failed", exc_info=True)
             backend = LlamaBackend(installed=False, reason=f"{type(exc).__name__}: {exc}")
     return HardwareReport(
         gpus=tuple(gpus),
         system=ram,
         llama=backend,
         reasons=tuple(reasons),
-        advice=tuple(llama_backend.offload_advice(gpus, backend)),
+        advice=tuple(offload_advice(gpus, backend)),
     )
 
 
@@ -84,5 +94,6 @@ def free_memory(gpu: GpuInfo) -> int | None:
         return gpu.free
     try:
         return reader(gpu)
-    except Exception:
+    except Exception:  # the poll must never fail: no figure this second
+        log.debug("free-memory poll of %s failed", gpu.name, exc_info=True)
         return None

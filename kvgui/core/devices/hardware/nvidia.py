@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 from collections.abc import Callable
 from types import ModuleType
@@ -16,6 +17,8 @@ from typing import Any
 
 from kvgui.core.devices.hardware import system
 from kvgui.core.devices.hardware.types import GpuInfo, GpuProcess
+
+log = logging.getLogger(__name__)
 
 VENDOR = "nvidia"
 _ready = False
@@ -216,5 +219,6 @@ def free_memory(gpu: GpuInfo) -> int | None:
         if gpu.unified:
             return system.read().available
         return memory(nv, handle)[1]
-    except Exception:
+    except Exception:  # the poll must never fail: no figure this second
+        log.debug("NVML free-memory poll failed", exc_info=True)
         return None

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import psutil
 
 from kvgui.core.devices.hardware.types import SystemMemory
+
+log = logging.getLogger(__name__)
 
 
 def read() -> SystemMemory:
@@ -17,4 +21,5 @@ def probe() -> tuple[SystemMemory | None, list[str]]:
     try:
         return read(), []
     except Exception as exc:  # psutil raises OSError subclasses on odd kernels/containers
+        log.warning("cannot read the system RAM", exc_info=True)
         return None, [f"System RAM: cannot read it ({type(exc).__name__}: {exc})"]
