@@ -25,3 +25,11 @@ def test_readme_has_no_placeholders_left() -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert not re.search(r"\b[A-Z]+_TABLE\b", text)
     assert (ROOT / "docs" / "screenshot.png").is_file()
+
+
+def test_ci_prepares_the_real_llama_cpp_before_the_tests() -> None:
+    # the llama_tools / real_model fixtures skip when absent: CI must provide both first
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    first_pytest = next(i for i, line in enumerate(ci) if "-m pytest" in line)
+    before = "\n".join(ci[:first_pytest])
+    assert "realmodel]" in before and "-m kvgui.testing.llama_tools build" in before

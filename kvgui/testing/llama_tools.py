@@ -220,7 +220,7 @@ def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on ``path`` (created), held for the with-block, across processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as f:
-        if os.name == "nt":
+        if sys.platform == "win32":
             import msvcrt
 
             while True:
@@ -314,7 +314,7 @@ def _unpack(sdist: Path, root: Path) -> None:
                     m.name = rel
                     members.append(m)
             kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(tmp, members=members, **kw)  # type: ignore[arg-type]  # noqa: S202
+            tar.extractall(tmp, members=members, **kw)  # type: ignore[arg-type]
         if root.exists():
             shutil.rmtree(root)
         tmp.replace(root)
@@ -327,7 +327,7 @@ def _unpack(sdist: Path, root: Path) -> None:
 
 def _check_toolchain() -> None:
     if not shutil.which("cmake"):
-        raise ToolsError("cmake not found: install it (apt-get install cmake, or pip install cmake)")
+        raise ToolsError("cmake not found: install it (apt-get install cmake / pip install cmake)")
     cxx = os.environ.get("CXX")
     if not (cxx and shutil.which(cxx)) and not any(
             shutil.which(c) for c in ("c++", "g++", "clang++", "cl")):
@@ -378,7 +378,7 @@ def build(*, jobs: int | None = None, force: bool = False) -> LlamaTools:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         bin_tmp.replace(folder / "bin")
-        shutil.copy2(logfile, folder / "build.log")
+        shutil.move(str(logfile), folder / "build.log")
         (folder / "build.json").write_text(json.dumps({
             "llama_cpp_python": version, "commit": bundled_commit(bundled),
             "source": str(source), "cmake_options": options, "jobs": jobs,
@@ -428,10 +428,10 @@ def memory_shim(tools: LlamaTools) -> Path:
     with file_lock(tools.bin.parent / "shim.lock"):
         if shim.is_file():
             return shim
-        cc = next((c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)),
-                  None)
+        compilers = (os.environ.get("CC"), "cc", "gcc", "clang")
+        cc = next((c for c in compilers if c and shutil.which(c)), None)
         if cc is None:
-            raise ToolsError("no C compiler found for the memory shim: apt-get install build-essential")
+            raise ToolsError("no C compiler for the memory shim: apt-get install build-essential")
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "physmem.c"
             src.write_text(_SHIM_SOURCE)

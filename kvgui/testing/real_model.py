@@ -38,7 +38,7 @@ def chunk_paths() -> list[Path]:
     paths = []
     for module, name in PARTS:
         try:
-            p = Path(str(resources.files(module).joinpath("data", name)))
+            p = Path(str(resources.files(module).joinpath("data").joinpath(name)))
         except ModuleNotFoundError as e:
             raise RealModelUnavailable(f"{module} is not installed: {INSTALL_HINT}") from e
         if not p.is_file():

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -154,7 +154,7 @@ class RpcDevices:
                     [str(self.tools.rpc_server), "-H", self.host, "-p", str(port),
                      "-t", str(self.threads)],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                    start_new_session=True, preexec_fn=_die_with_parent())  # noqa: PLW1509
+                    start_new_session=True, preexec_fn=_die_with_parent())
             server = RpcServer(self.host, port, size, proc, log_path)
             try:
                 if self._wait_ready(server):
@@ -163,8 +163,8 @@ class RpcDevices:
                 _stop(proc)
                 raise
             _stop(proc)
-            last = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-            last = last[0]
+            lines = log_path.read_text(errors="replace").strip().splitlines()
+            last = lines[-1] if lines else f"exited with {proc.returncode}"
         raise RpcError(f"ggml-rpc-server did not start on {self.host}: {last}")
 
     def _wait_ready(self, server: RpcServer) -> bool:
@@ -177,25 +177,50 @@ class RpcDevices:
                     (server.host, server.port), timeout=1.0):
                 return True
             time.sleep(0.05)
+        tail = server.log_path.read_text(errors="replace")[-300:]
         raise RpcError(f"ggml-rpc-server on {server.endpoint} not ready after "
-                       f"{self.start_timeout:.0f} s: {server.log_path.read_text(errors='replace')[-300:]}")
+                       f"{self.start_timeout:.0f} s: {tail}")
 
 
 # --- llama-fit-params ------------------------------------------------------------------------
+#
+# llama-fit-params loads the model with no_alloc, so the "model/KV buffer size" log lines read
+# 0.00 MiB; the figures are the memory breakdown table (whole MiB, rounded down), the
+# sched_reserve compute lines (two decimals) and the KV cache's "size = …" line (two decimals).
+# With -fit on it loads the model once per trial: everything is read from the last trial.
+
 
 @dataclass(frozen=True)
 class DeviceBreakdown:
     """One row of ``common_memory_breakdown_print`` (MiB, rounded down as llama.cpp prints)."""
 
-    name: str  # "RPC0", "Host", or a further buffer type such as "CPU_REPACK"
+    name: str  # "RPC0", "Host", or a further buffer type such as "AMX" or "CPU_REPACK"
     description: str  # the RPC endpoint, "" for the host rows
-    total_mib: int | None
+    total_mib: int | None  # devices only
     free_mib: int | None
     self_mib: int
     model_mib: int
     context_mib: int
     compute_mib: int
     unaccounted_mib: int | None
+
+
+@dataclass(frozen=True)
+class KvCacheSize:
+    """``llama_kv_cache: size = … MiB (N cells, L layers, …), K (type): … MiB, V (type): … MiB``
+    (an iSWA model prints one per cache)."""
+
+    size_mib: float
+    cells: int
+    layers: int
+    type_k: str
+    k_mib: float
+    type_v: str
+    v_mib: float
+
+
+#: fit.cpp's pattern for "this layer's experts go to host memory" (LAYER_FRACTION_MOE)
+_MOE_PATTERN = re.compile(r"blk\\\.(\d+)\\\.ffn_\(up\|down\|gate_up\|gate\)_\(ch\|\)exps")
 
 
 @dataclass(frozen=True)
@@ -212,7 +237,7 @@ class FitChoice:
         """Layers whose MoE experts it put in host memory (what --n-cpu-moe K does for 0..K-1)."""
         layers = []
         for pattern, buft in self.overrides:
-            m = re.fullmatch(r"blk\\\.(\d+)\\\.ffn_\(up\|down\|gate_up\|gate\)_\(ch\|\)exps", pattern)
+            m = _MOE_PATTERN.fullmatch(pattern)
             if m and buft.startswith("CPU"):
                 layers.append(int(m.group(1)))
         return tuple(sorted(layers))
@@ -228,13 +253,14 @@ class FitChoice:
 class FitParamsResult:
     args: tuple[str, ...]
     log: str
-    breakdown: tuple[DeviceBreakdown, ...]  # the last memory breakdown table printed
-    fitp: dict[str, tuple[int, int, int]]  # -fitp on's stdout rows: name -> (model, ctx, compute) MiB
-    model_mib: dict[str, float]  # "model buffer size" lines: buffer name -> MiB (2 decimals)
-    kv_mib: dict[str, float]  # "KV buffer size" lines
-    compute_mib: dict[str, float]  # sched_reserve "compute buffer size" lines
+    breakdown: tuple[DeviceBreakdown, ...]
+    compute_mib: dict[str, float]  # sched_reserve: buffer type ("RPC0[127.0.0.1:…]", "CPU") -> MiB
+    kv_caches: tuple[KvCacheSize, ...]
+    kv_layer_devices: dict[int, str]  # layer -> device of its KV cache ("CPU", "RPC0", …)
+    offloaded_layers: tuple[int, int] | None  # "offloaded 20/33 layers to GPU"
+    output_mib: dict[str, float]  # the logits buffer: buffer type -> MiB
+    fitp: dict[str, tuple[int, int, int]]  # -fitp on's rows: name -> (model, ctx, compute) MiB
     choice: FitChoice | None = None
-    extra: dict[str, float] = field(default_factory=dict)  # output / RS buffer lines
 
     def device(self, name: str) -> DeviceBreakdown:
         for row in self.breakdown:
@@ -243,24 +269,46 @@ class FitParamsResult:
         raise KeyError(f"{name} not in the breakdown ({', '.join(r.name for r in self.breakdown)})")
 
     @property
-    def host(self) -> DeviceBreakdown:
-        return self.device("Host")
-
-    @property
     def devices(self) -> tuple[DeviceBreakdown, ...]:
         """The model's devices (rows with a total), in llama.cpp's order."""
         return tuple(r for r in self.breakdown if r.total_mib is not None)
 
+    @property
+    def host(self) -> DeviceBreakdown:
+        return self.device("Host")
+
+    @property
+    def host_side(self) -> tuple[DeviceBreakdown, ...]:
+        """Host and the further host-memory buffer types (AMX, CPU_REPACK…): RAM, not VRAM."""
+        return tuple(r for r in self.breakdown if r.total_mib is None)
+
+    def compute_of(self, name: str) -> float:
+        """The two-decimal compute buffer of a device ("RPC1") or of "Host", in MiB."""
+        if name == "Host":
+            return self.compute_mib.get("CPU", 0.0)
+        dev = self.device(name)
+        buffers = [b for b in self.compute_mib if b.endswith(f"[{dev.description}]")]
+        if len(buffers) > 1:
+            raise KeyError(f"{name}: several compute buffers {buffers}")
+        return self.compute_mib[buffers[0]] if buffers else 0.0
+
 
 _BREAKDOWN_ROW = re.compile(
     r"memory_breakdown_print: \|\s+- (?P<label>.+?)\s+\|\s*(?P<rest>.*)\|\s*$")
-_SIZE_LINE = re.compile(
-    r"(?P<func>\w+): +(?P<buf>\S+) +(?P<what>model|KV|compute|output|RS) buffer size = +"
-    r"(?P<mib>[\d.]+) MiB")
+_COMPUTE = re.compile(r"sched_reserve: +(?P<buf>\S+) compute buffer size = +(?P<mib>[\d.]+) MiB")
+_OUTPUT = re.compile(r"llama_context: +(?P<buf>\S+) +output buffer size = +(?P<mib>[\d.]+) MiB")
+_KV_SIZE = re.compile(
+    r"llama_kv_cache: size = +(?P<size>[\d.]+) MiB \( *(?P<cells>\d+) cells, +(?P<layers>\d+) "
+    r"layers,.*?\), K \((?P<tk>\w+)\): +(?P<k>[\d.]+) MiB, V \((?P<tv>\w+)\): +(?P<v>[\d.]+) MiB")
+_KV_LAYER = re.compile(r"llama_kv_cache: layer +(?P<il>\d+): dev = (?P<dev>\S+)")
+_OFFLOADED = re.compile(r"load_tensors: offloaded (\d+)/(\d+) layers to GPU")
+_TRIAL_START = "llama_model_loader: loaded meta data"
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in re.findall(r"-?\d+", text)]
+def last_trial(log_text: str) -> str:
+    """The log of the last model load (-fit on loads once per trial)."""
+    at = log_text.rfind(_TRIAL_START)
+    return log_text if at < 0 else log_text[log_text.rfind("\n", 0, at) + 1:]
 
 
 def parse_breakdown(log_text: str) -> tuple[DeviceBreakdown, ...]:
@@ -278,7 +326,7 @@ def parse_breakdown(log_text: str) -> tuple[DeviceBreakdown, ...]:
         dm = re.fullmatch(r"(\S+) \((.*)\)", label)
         if dm:
             name, desc = dm.group(1), dm.group(2)
-        nums = _ints(rest)
+        nums = [int(x) for x in re.findall(r"-?\d+", rest)]
         if "(" in rest:  # device: total = free + (self = model + context + compute) + unaccounted
             total, free, self_, model, ctx, comp, unacc = nums
             tables[-1].append(DeviceBreakdown(name, desc, total, free, self_, model, ctx, comp,
@@ -288,15 +336,6 @@ def parse_breakdown(log_text: str) -> tuple[DeviceBreakdown, ...]:
             tables[-1].append(DeviceBreakdown(name, desc, None, None, self_, model, ctx, comp,
                                               None))
     return tuple(tables[-1]) if tables else ()
-
-
-def parse_sizes(log_text: str) -> dict[str, dict[str, float]]:
-    """The two-decimal ``<buffer> <what> buffer size = X MiB`` lines: what -> buffer -> MiB.
-    A buffer that appears several times (each fit trial prints its own) keeps its last value."""
-    out: dict[str, dict[str, float]] = {}
-    for m in _SIZE_LINE.finditer(log_text):
-        out.setdefault(m.group("what"), {})[m.group("buf")] = float(m.group("mib"))
-    return out
 
 
 def parse_fitp(stdout: str) -> dict[str, tuple[int, int, int]]:
@@ -326,16 +365,40 @@ def parse_fit_choice(stdout: str) -> FitChoice:
     return FitChoice(int(m.group(1)), int(m.group(2)), ts, tuple(overrides))
 
 
+def parse_result(args: Sequence[str], stdout: str, stderr: str, *, fit: bool
+                 ) -> FitParamsResult:
+    """Everything :func:`fit_params` reads from llama-fit-params' stdout and (-v) log."""
+    trial = last_trial(stderr)
+    offloaded = _OFFLOADED.search(trial)
+    return FitParamsResult(
+        args=tuple(args), log=stderr, breakdown=parse_breakdown(trial),
+        compute_mib={m["buf"]: float(m["mib"]) for m in _COMPUTE.finditer(trial)},
+        kv_caches=tuple(KvCacheSize(float(m["size"]), int(m["cells"]), int(m["layers"]),
+                                    m["tk"], float(m["k"]), m["tv"], float(m["v"]))
+                        for m in _KV_SIZE.finditer(trial)),
+        kv_layer_devices={int(m["il"]): m["dev"] for m in _KV_LAYER.finditer(trial)},
+        offloaded_layers=(int(offloaded[1]), int(offloaded[2])) if offloaded else None,
+        output_mib={m["buf"]: float(m["mib"]) for m in _OUTPUT.finditer(trial)},
+        fitp={} if fit else parse_fitp(stdout),
+        choice=parse_fit_choice(stdout) if fit else None)
+
+
 def fit_params(tools: LlamaTools, model: str | Path, devices: RpcDevices | None, *,
-               ctx: int, ngl: int | str | None = None, ts: Sequence[float] = (),
-               n_cpu_moe: int | None = None, fa: str | None = None, ctk: str | None = None,
-               ctv: str | None = None, fit: bool = False, fit_target_mib: Sequence[int] = (),
+               ctx: int | None, ngl: int | str | None = None, ts: Sequence[float] = (),
+               n_cpu_moe: int | None = None, overrides: Sequence[tuple[str, str]] = (),
+               fa: str | None = None, ctk: str | None = None, ctv: str | None = None,
+               fit: bool = False, fit_target_mib: Sequence[int] = (),
                host_memory_bytes: int | None = None, extra: Sequence[str] = (),
                timeout: float = 300.0) -> FitParamsResult:
     """Run ``llama-fit-params`` on the RPC devices. ``fit=False``: ``-fit off -fitp on``, the
-    memory of exactly these settings; ``fit=True``: ``-fit on``, what it chose (``.choice``)
-    and the breakdown of its last trial. ``host_memory_bytes`` fakes the host's RAM too."""
-    args = ["-m", str(model), "-c", str(ctx)]
+    memory of exactly these settings; ``fit=True``: ``-fit on``, what it chose (``.choice``;
+    ``ctx=0`` starts from the training context and lets it shrink that too, ``None`` leaves
+    llama.cpp's default of 4096 which it keeps) and the breakdown of its last trial, which need
+    not be the choice: run again with the choice for its memory. ``host_memory_bytes`` fakes the
+    host's RAM as well."""
+    args = ["-m", str(model)]
+    if ctx is not None:
+        args += ["-c", str(ctx)]
     if devices is not None and devices.servers:
         args += ["--rpc", devices.rpc_arg]
     if ngl is not None:
@@ -344,6 +407,8 @@ def fit_params(tools: LlamaTools, model: str | Path, devices: RpcDevices | None,
         args += ["-ts", ",".join(f"{t:g}" for t in ts)]
     if n_cpu_moe is not None:
         args += ["--n-cpu-moe", str(n_cpu_moe)]
+    if overrides:
+        args += ["-ot", ",".join(f"{p}={b}" for p, b in overrides)]
     if fa is not None:
         args += ["-fa", fa]
     if ctk is not None:
@@ -361,28 +426,30 @@ def fit_params(tools: LlamaTools, model: str | Path, devices: RpcDevices | None,
     try:
         proc = subprocess.run([str(tools.fit_params), *args], capture_output=True, text=True,
                               errors="replace", timeout=timeout, env=env, check=False,
-                              start_new_session=True, preexec_fn=_die_with_parent())  # noqa: PLW1509
+                              start_new_session=True, preexec_fn=_die_with_parent())
     except subprocess.TimeoutExpired as e:
         raise RpcError(f"llama-fit-params timed out after {timeout:.0f} s") from e
     if proc.returncode != 0:
         tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-3:]
         raise RpcError(f"llama-fit-params exited with {proc.returncode}: " + " | ".join(tail))
-    return parse_result(tuple(args), proc.stdout, proc.stderr, fit=fit)
+    return parse_result(args, proc.stdout, proc.stderr, fit=fit)
 
 
-def parse_result(args: tuple[str, ...], stdout: str, stderr: str, *, fit: bool
-                 ) -> FitParamsResult:
-    sizes = parse_sizes(stderr)
-    extra = {f"{what} {buf}": mib for what in ("output", "RS")
-             for buf, mib in sizes.get(what, {}).items()}
-    return FitParamsResult(
-        args=args, log=stderr, breakdown=parse_breakdown(stderr),
-        fitp={} if fit else parse_fitp(stdout),
-        model_mib=sizes.get("model", {}), kv_mib=sizes.get("KV", {}),
-        compute_mib=sizes.get("compute", {}),
-        choice=parse_fit_choice(stdout) if fit else None, extra=extra)
-
-
-__all__ = ["GiB", "MiB", "DeviceBreakdown", "FitChoice", "FitParamsResult", "RpcDevices",
-           "RpcError", "RpcServer", "ToolsError", "fit_params", "parse_breakdown",
-           "parse_fit_choice", "parse_fitp", "parse_result", "parse_sizes"]
+__all__ = [
+    "DeviceBreakdown",
+    "FitChoice",
+    "FitParamsResult",
+    "GiB",
+    "KvCacheSize",
+    "MiB",
+    "RpcDevices",
+    "RpcError",
+    "RpcServer",
+    "ToolsError",
+    "fit_params",
+    "last_trial",
+    "parse_breakdown",
+    "parse_fit_choice",
+    "parse_fitp",
+    "parse_result",
+]

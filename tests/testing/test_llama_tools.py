@@ -112,11 +112,11 @@ def test_offline_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_missing_cmake_or_compiler_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lt.shutil, "which", lambda name: None)
-    with pytest.raises(lt.ToolsError, match="^cmake not found"):
+    with pytest.raises(lt.ToolsError, match=r"^cmake not found"):
         lt._check_toolchain()
     monkeypatch.setattr(lt.shutil, "which", lambda name: name if name == "cmake" else None)
     monkeypatch.delenv("CXX", raising=False)
-    with pytest.raises(lt.ToolsError, match="^no C\\+\\+ compiler"):
+    with pytest.raises(lt.ToolsError, match=r"^no C\+\+ compiler"):
         lt._check_toolchain()
 
 
