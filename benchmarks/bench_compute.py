@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     from kvgui.core.devices.device_budget import DeviceBudget
     from kvgui.core.memory.estimate import estimate
     from kvgui.core.memory.fit import COMMON_CACHE_PAIRS
+    from kvgui.core.memory.memo import ModelMemo
     from kvgui.core.model.catalog import find
     from kvgui.core.model.info import ModelInfo
     from kvgui.core.sizes import GiB
@@ -39,15 +40,16 @@ def main(argv: list[str] | None = None) -> int:
             firsts = []
             for _ in range(3):
                 model = fresh()
+                memo = ModelMemo(model)  # (as the window keeps one per model)
                 t0 = time.perf_counter()
-                estimate(model, base, devices)
+                estimate(model, base, devices, memo)
                 firsts.append(time.perf_counter() - t0)
             steps = []
             for i in range(args.rounds):
                 step = [base.replace(n_ctx=4096 + 256 * i, type_k=k, type_v=v) for k, v in pairs]
                 t0 = time.perf_counter()
                 for s in step:
-                    estimate(model, s, devices)
+                    estimate(model, s, devices, memo)
                 steps.append(time.perf_counter() - t0)
             steps.sort()
             print(f"{label:<30} {where}: first estimate {min(firsts) * 1e3:7.1f} ms; "

@@ -165,13 +165,17 @@ def supports(model: ModelInfo, memo: ModelMemo | None = None) -> bool:
     def check() -> bool:
         if model.arch not in builders.BUILDERS or not model.tensor_table:
             return False
+        key = GraphKey(True, CacheKinds("f16", "f16"), 1, False, frozenset())
         try:
-            program(model, GraphKey(True, CacheKinds("f16", "f16"), 1, False, frozenset()),
-                    memo)
-        except UnsupportedGraph as exc:
-            log.info("compute buffer from the stage model: %s", exc)
+            _, graph = builders.build(model, params_for(key))
+        except (AssertionError, AttributeError, IndexError, KeyError, SymbolicError) as exc:
+            log.info("compute buffer from the stage model: %s: %s", model.arch, exc)
             return False
-        return True
+        unread = builders.unread_tensors(model, graph)
+        if unread:
+            log.info("compute buffer from the stage model: %s reads no %s", model.arch,
+                     sorted(unread)[:4])
+        return not unread
 
     return memo.get("reserve-supports", None, check)
 
