@@ -140,9 +140,12 @@ def build_text(args: argparse.Namespace) -> tuple[str, list[str]]:
     notes = cmdline.export_notes(settings, args.format, system_prompt=args.system_prompt)
     if args.format == "llama-cli" and (args.host is not None or args.port is not None):
         notes.append("--host/--port are llama-server flags; left out of the llama-cli command")
-    if args.output:
-        return shellquote.script(argv, shell), notes
-    return shellquote.render(argv, shell, multiline=args.multiline) + "\n", notes
+    try:
+        if args.output:
+            return shellquote.script(argv, shell), notes
+        return shellquote.render(argv, shell, multiline=args.multiline) + "\n", notes
+    except shellquote.UnsafeForShell as exc:  # what this shell cannot be given safely
+        raise UsageError(f"cannot write this for {shell}: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:

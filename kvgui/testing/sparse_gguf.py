@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +45,26 @@ class _Writer(GGUFWriter):
         assert sub_type is not None
         out = [struct.pack("<I", vtype)] if add_vtype else []
         out.append(struct.pack("<IQ", sub_type, len(val)))
-        if sub_type == GGUFValueType.STRING:
-            for s in val:
-                b = s.encode("utf-8")
-                out.append(struct.pack("<Q", len(b)))
-                out.append(b)
-        else:
-            out.append(struct.pack(f"<{len(val)}{_BULK[sub_type]}", *val))
+        body = _pack_array(val, sub_type) if isinstance(val, tuple) else \
+            _pack_array.__wrapped__(val, sub_type)
+        out.append(body)
         return b"".join(out)
 
 
 _BULK = {GGUFValueType.STRING: "", GGUFValueType.FLOAT32: "f", GGUFValueType.INT32: "i"}
+
+
+@lru_cache(maxsize=24)
+def _pack_array(val: Sequence[Any], sub_type: GGUFValueType) -> bytes:
+    """An array's elements, packed; tuples (the shared synthetic vocab) once per process."""
+    if sub_type == GGUFValueType.STRING:
+        encoded = [s.encode("utf-8") for s in val]
+        lengths = struct.pack(f"<{len(encoded)}Q", *map(len, encoded))
+        parts: list[bytes] = [b""] * (2 * len(encoded))
+        parts[0::2] = [lengths[8 * i:8 * i + 8] for i in range(len(encoded))]
+        parts[1::2] = encoded
+        return b"".join(parts)
+    return struct.pack(f"<{len(val)}{_BULK[sub_type]}", *val)
 
 
 def _header_of(spec_or_entry: Any) -> Header:
@@ -86,7 +96,9 @@ def write_sparse_gguf(spec_or_entry: Any, path: str | os.PathLike[str]) -> Path:
             continue
         kind = value_kind(value)
         if kind.startswith("array:"):
-            writer.add_key_value(key, list(value), GGUFValueType.ARRAY,
+            # tuples stay tuples: _Writer packs a shared tuple once (see _pack_array)
+            bulk = isinstance(value, tuple) and _KINDS[kind[6:]] in _BULK
+            writer.add_key_value(key, value if bulk else list(value), GGUFValueType.ARRAY,
                                  sub_type=_KINDS[kind[6:]])
         else:
             writer.add_key_value(key, value, _KINDS[kind])

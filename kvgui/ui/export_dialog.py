@@ -47,7 +47,11 @@ def render_export(settings: Settings, model_path: str, fmt: str, shell: str, ful
         args = cmdline.llama_server_args(settings, model_path, full=full)
     else:
         args = cmdline.llama_cli_args(settings, model_path, full=full)
-    return shellquote.render(args, shell, multiline=True), cmdline.export_notes(settings, fmt)
+    notes = cmdline.export_notes(settings, fmt)
+    try:
+        return shellquote.render(args, shell, multiline=True), notes
+    except shellquote.UnsafeForShell as exc:  # shown instead of a command that would misfire
+        return f"# cannot be written for {shell}: {exc}", notes
 
 
 class ExportDialog(QDialog):
@@ -126,7 +130,11 @@ class ExportDialog(QDialog):
             args = (cmdline.llama_server_args if fmt == "llama-server" else
                     cmdline.llama_cli_args)(self._settings, self._model,
                                             full=self.full.isChecked())
-            content = shellquote.script(args, shell)
+            try:
+                content = shellquote.script(args, shell)
+            except shellquote.UnsafeForShell as exc:
+                QMessageBox.warning(self, "Save script", f"Cannot write this for {shell}: {exc}")
+                return
         try:
             # written verbatim: shellquote.script already uses CRLF for cmd
             Path(path).write_text(content, encoding="utf-8", newline="")

@@ -15,8 +15,10 @@ from kvgui.core.model.catalog import find, load_catalog
 from kvgui.core.model.info import ModelInfo
 
 # bits per parameter a file of each mix lands in (embeddings and norms pull it around)
-_BITS = {"F16": (15.9, 16.1), "Q8_0": (8.4, 8.6), "Q6_K": (6.5, 6.7), "Q4_K_M": (4.5, 5.6),
-         "MXFP4_MOE": (4.4, 5.0)}
+# (Q4_K_M up to 6: rows that hold no whole 256-blocks fall back to q5_0 / q8_0, e.g.
+# Nemotron-Nano-9B-v2's 4480-wide rows)
+_BITS = {"F16": (15.9, 16.1), "Q8_0": (8.4, 8.6), "Q6_K": (6.5, 6.7), "Q4_K_M": (4.5, 6.0),
+         "MXFP4_MOE": (4.2, 5.0)}  # gpt-oss-120b: 63.4 GB for 116.8 B parameters
 
 _EXPECTED = {
     "Llama-3.1-8B-Instruct Q4_K_M", "Llama-3.1-8B-Instruct Q8_0", "Llama-3.2-3B-Instruct Q4_K_M",

@@ -209,8 +209,9 @@ SETTINGS = st.builds(
     mmap=st.booleans(),
     tensor_split=st.lists(st.floats(0.01, 100, allow_nan=False), max_size=4).map(tuple),
 )
-TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
-               min_size=1, max_size=30)
+# (control characters other than tab and line breaks: refused for sh and cmd, see shellquote)
+TEXT = st.text(st.one_of(st.characters(blacklist_categories=["Cs", "Cc"]),
+                         st.sampled_from("\t\n\r")), min_size=1, max_size=30)
 MARKS = st.text(st.sampled_from(" '\"$`\\é模\u2019;&|#"), min_size=1, max_size=6)
 PATH = st.builds(lambda a, b, c: f"{a}{b}{c}.gguf", TEXT, MARKS, TEXT)
 

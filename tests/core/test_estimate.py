@@ -177,9 +177,11 @@ def test_tied_output_is_copied_only_to_a_gpu() -> None:
 def test_json_shape(llama3: ModelInfo) -> None:
     data = estimate(llama3, Settings(n_ctx=8000), [DeviceBudget("GPU", 8 * GiB), cpu(None)]
                     ).to_json()
-    assert set(data) == {"model", "settings", "memory", "devices", "verdict", "fits", "findings",
-                         "warnings", "errors"}
+    assert set(data) == {"model", "settings", "memory", "compute_check", "devices", "verdict",
+                         "fits", "findings", "warnings", "errors"}
     assert data["verdict"] == "fits" and data["fits"] is True
+    # llama is replayed, but a GPU computes here: the replay is not verified on a GPU
+    assert data["compute_check"]["status"] == "replayed"
     assert set(data["model"]) == {"path", "name", "arch", "file_type", "file_bytes", "n_layer",
                                   "n_ctx_train"}
     assert data["settings"]["n_ctx"] == 8192 and data["settings"]["flash_attn"] is True

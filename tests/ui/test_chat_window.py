@@ -150,17 +150,8 @@ def test_killed_mid_reply_is_reported_and_relaunch_works(qtbot, panel, tiny) -> 
 
 
 def test_llama_cpp_abort_leaves_the_window_alive(qtbot, panel, tmp_path: Path) -> None:
-    import gguf
-
-    original = gguf.GGUFWriter.add_feed_forward_length
-
-    def with_experts_used(self: gguf.GGUFWriter, length: int) -> None:
-        original(self, length)
-        self.add_expert_used_count(2)  # without experts: llama.cpp's GGML_ASSERT aborts
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gguf.GGUFWriter, "add_feed_forward_length", with_experts_used)
-        path = str(write_tiny_model(tmp_path / "abort.gguf"))
+    # V heads unlike K heads: kvgui's checks pass it, llama.cpp's llama graph GGML_ASSERTs
+    path = str(write_tiny_model(tmp_path / "abort.gguf", value_dim=64))
     with qtbot.waitSignal(panel.worker.failed, timeout=TIMEOUT) as failed:
         assert panel.launch(path, Settings(n_ctx=256))
     message, fatal = failed.args

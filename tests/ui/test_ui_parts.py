@@ -107,3 +107,11 @@ def test_gui_entry_without_display_says_so(monkeypatch, capsys) -> None:
     assert gui.main([]) == gui.EXIT_NO_GUI
     err = capsys.readouterr().err
     assert err.startswith("kvgui: no display") and err.count("\n") == 1
+
+
+def test_export_dialog_shows_why_a_shell_cannot_take_the_command() -> None:
+    from kvgui.core.config.settings import Settings
+    from kvgui.ui.export_dialog import render_export
+
+    text, _ = render_export(Settings(), "C:\\m\\a\nb.gguf", "llama-cli", "cmd", False)
+    assert text.startswith("# cannot be written for cmd:") and "line break" in text

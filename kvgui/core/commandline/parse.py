@@ -15,12 +15,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvgui.core.commandline.shellquote import ShellSyntaxError, guess_shell, split_command
+from kvgui.core.config import limits
 from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 
 
 class CommandParseError(ValueError):
     """A command kvgui cannot read (bad value, missing value, bad quoting): one line."""
+
+
+# Longer than any command a shell passes: Windows caps a command line at 32767 characters and
+# Linux one argument at 128 KiB (MAX_ARG_STRLEN); reading more would only freeze the caller.
+MAX_COMMAND_CHARS = 256 * 1024
 
 
 @dataclass
@@ -124,11 +130,13 @@ class _Reader:
         self.ngl_auto = False
         self.base = base
 
-    def _int(self, flag: str, value: str) -> int:
+    def _int(self, flag: str, value: str, limit: str | None = None) -> int:
+        """A whole number as llama.cpp reads it (ASCII digits), within ``limit``'s range."""
         try:
-            return int(value.strip())
-        except ValueError:
-            raise CommandParseError(f"{flag}: expected a whole number, got {value!r}") from None
+            n = limits.parse_int(value, flag)
+            return n if limit is None else limits.parse_checked(value, limit, flag)
+        except limits.LimitError as exc:
+            raise CommandParseError(str(exc)) from None
 
     def apply(self, key: str, flag: str, value: str | None) -> None:
         v = value if value is not None else ""
@@ -138,6 +146,8 @@ class _Reader:
             n = self._int(flag, v)
             if n < 0:
                 raise CommandParseError(f"{flag}: context size cannot be negative ({n})")
+            if n:
+                self._int(flag, v, "n_ctx")
             self.ctx_zero = n == 0
             if n:
                 self.values["n_ctx"] = n
@@ -159,9 +169,7 @@ class _Reader:
             if key == "n_parallel" and n == -1:  # llama-server: -1 = auto
                 self.values.pop("n_parallel", None)
                 return
-            if n < 1:
-                raise CommandParseError(f"{flag}: must be at least 1, got {n}")
-            self.values[key] = n
+            self.values[key] = self._int(flag, v, key)
         elif key == "tensor_split":
             try:
                 split = tuple(float(x) for x in re.split(r"[,/]+", v.strip()) if x)
@@ -169,6 +177,10 @@ class _Reader:
                 raise CommandParseError(
                     f"{flag}: expected proportions like 3,1, got {v!r}"
                 ) from None
+            try:
+                split = limits.check_tensor_split(split, flag)
+            except limits.LimitError as exc:
+                raise CommandParseError(str(exc)) from None
             self.values["tensor_split"] = () if not any(split) else split
         elif key == "load_mode":
             mode = v.strip().lower()
@@ -182,7 +194,7 @@ class _Reader:
                 raise CommandParseError(f"{flag}: expected on or off, got {v!r}")
             self.extras["fit"] = "on" if word in _TRUTHY else "off"
         elif key == "port":
-            self.extras["port"] = self._int(flag, v)
+            self.extras["port"] = self._int(flag, v, "port")
         elif key in ("system_prompt", "prompt", "host"):
             self.extras[key] = v
         elif key == "swa_full":
@@ -205,6 +217,8 @@ class _Reader:
             n = -2
         else:
             n = self._int(flag, v)
+            if not -limits.INT32_MAX - 1 <= n <= limits.INT32_MAX:  # std::stoi fails on it
+                raise CommandParseError(f"{flag}: {n} is outside llama.cpp's int32 range")
         # arg.cpp: "auto" is -1, "all" (and any value <= -2) is every layer.
         self.ngl_auto = n == -1
         self.values["n_gpu_layers"] = ALL_LAYERS if n < 0 else n
@@ -247,12 +261,16 @@ def parse_args(argv: Sequence[str], *, base: Settings | None = None) -> ParsedCo
     reader = _Reader(base)
     tokens = list(argv)
     env: dict[str, str] = {}
-    while tokens and (m := _ENV_ASSIGN.fullmatch(tokens[0])) and not tokens[0].startswith("-"):
+    first = 0
+    while first < len(tokens) and (m := _ENV_ASSIGN.fullmatch(tokens[first])) \
+            and not tokens[first].startswith("-"):
         env[m.group(1)] = m.group(2)
-        tokens.pop(0)
+        first += 1
     program = None
-    if tokens and not _looks_like_flag(tokens[0]):
-        program = _program_name(tokens.pop(0))
+    if first < len(tokens) and not _looks_like_flag(tokens[first]):
+        program = _program_name(tokens[first])
+        first += 1
+    tokens = tokens[first:]
     if env:
         reader.extras["env"] = dict(env)
     for name, value in env.items():
@@ -347,6 +365,9 @@ def parse_command(
     """Read a pasted command line; ``shell`` (posix, powershell, cmd) is guessed when None."""
     if not text.strip():
         raise CommandParseError("the command is empty")
+    if len(text) > MAX_COMMAND_CHARS:
+        raise CommandParseError(f"the text is {len(text)} characters long; kvgui reads a "
+                                f"command of up to {MAX_COMMAND_CHARS} (paste a single command)")
     try:
         argv = split_command(text, shell or guess_shell(text))
     except ShellSyntaxError as exc:

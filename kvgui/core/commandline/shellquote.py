@@ -9,6 +9,19 @@ can fix); cmd.exe typed interactively, with the program receiving its arguments 
 Microsoft C runtime (UCRT, which llama.cpp's binaries use) splits them. In cmd, ``%NAME%``
 still expands inside quotes when NAME is a set variable, and there is no escape for it on a
 typed line; ``script()`` writes ``%%`` for batch files, where that escape exists.
+
+What a shell cannot be given safely is refused (``UnsafeForShell``), never written half-right:
+a NUL anywhere; for cmd a line break or any other control character (cmd ends the command at a
+line break even inside quotes: the next line would run as a command), and two ``%`` on one
+typed line (``%NAME%`` expands, quotes or not, and a typed line has no escape for it); for
+POSIX sh a control character other than tab and line breaks (sh has no quoting that spells
+one, and pasted raw it acts on the terminal). PowerShell gets control characters as backtick
+escapes in a double-quoted string, never raw. cmd's delayed ``!NAME!`` expansion is off unless
+cmd was started with /V:ON (Microsoft's cmd documentation), so ``!`` is passed as it is.
+
+Pasted text is read as one simple command or refused: an unquoted line break that starts
+another command, command substitution (backticks, ``$(...)``, also inside double quotes), a
+``;``, ``&``, ``|`` or redirection.
 """
 
 from __future__ import annotations
@@ -22,6 +35,51 @@ SHELLS: tuple[str, ...] = ("posix", "powershell", "cmd")
 
 class ShellSyntaxError(ValueError):
     """Text that is not one simple command (unclosed quote, ``;``, a pipe ...)."""
+
+
+class UnsafeForShell(ValueError):
+    """Arguments a shell cannot be given safely; the message says which and why."""
+
+
+# C0 controls, DEL and C1 controls: invisible, and acted on by terminals and shells.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# what each shell takes inside quotes (PowerShell takes every one, as an escape)
+_ALLOWED_CONTROL = {"posix": "\t\n\r", "cmd": "\t"}
+
+
+def _describe_arg(args: Sequence[str], i: int) -> str:
+    if i == 0:
+        return "the program path"
+    if args[i - 1].startswith("-") and len(args[i - 1]) > 1:
+        return f"the value of {args[i - 1]}"
+    return f"argument {i}"
+
+
+def check_safe(args: Sequence[str], shell: str, *, typed: bool = True) -> None:
+    """Raise UnsafeForShell if ``args`` cannot be written for ``shell`` without changing
+    what it runs (``typed``: a line typed or pasted at the prompt, not a script file)."""
+    _check_shell(shell)
+    for i, arg in enumerate(args):
+        for m in _CONTROL.finditer(arg):
+            ch = m.group()
+            if ch == "\0":
+                raise UnsafeForShell(f"{_describe_arg(args, i)} holds a NUL character, which no "
+                                     "program can be given")
+            if shell == "powershell":
+                continue  # written as a backtick escape
+            if ch not in _ALLOWED_CONTROL[shell]:
+                what = "a line break" if ch in "\r\n" else f"control character U+{ord(ch):04X}"
+                why = ("cmd ends the command at a line break, even inside quotes" if ch in "\r\n"
+                       else f"{_SHELL_NAMES[shell]} has no way to write it in an argument")
+                raise UnsafeForShell(f"{_describe_arg(args, i)} holds {what}: {why}; "
+                                     "remove it, or export for another shell")
+    if shell == "cmd" and typed and sum(a.count("%") for a in args) >= 2:
+        raise UnsafeForShell("two % signs on one cmd line: cmd expands %NAME% even inside "
+                             "quotes, and a typed line has no escape for it; save a .cmd "
+                             "script (where %% is a literal %) or use PowerShell")
+
+
+_SHELL_NAMES = {"posix": "POSIX sh", "powershell": "PowerShell", "cmd": "cmd"}
 
 
 def _check_shell(shell: str) -> None:
@@ -41,11 +99,17 @@ _PS_INT = re.compile(r"0|[1-9][0-9]*|[0-9]+(?:\.[0-9]+){2,}")
 # A bareword PowerShell passes through unchanged: no sigils, no leading digit (1kb is 1024),
 # no leading ".5" (a number), no comma (the array operator).
 _PS_BARE = re.compile(r"(?![.][0-9])[A-Za-z_./\\][A-Za-z0-9_+./\\:-]*")
-_CMD_SAFE = re.compile(r"[A-Za-z0-9_+\-./\\:=@,]+")
+# Microsoft's cmd documentation lists space & ( ) [ ] { } ^ = ; ! ' + , ` ~ as needing quotes;
+# a leading @ would be cmd's "do not echo".
+_CMD_SAFE = re.compile(r"[A-Za-z0-9_\-./\\:]+")
 
 
 def quote_posix(arg: str) -> str:
     return shlex.quote(arg)
+
+
+_PS_ESCAPE_OUT = {"\n": "`n", "\r": "`r", "\t": "`t", "\x1b": "`e", "\x07": "`a",
+                  "\x08": "`b", "\x0b": "`v", "\x0c": "`f", "`": "``", "$": "`$"}
 
 
 def quote_powershell(arg: str) -> str:
@@ -53,6 +117,20 @@ def quote_powershell(arg: str) -> str:
         _PS_FLAG.fullmatch(arg) or _PS_INT.fullmatch(arg) or _PS_BARE.fullmatch(arg)
     ):
         return arg
+    if _CONTROL.search(arg):
+        # never a raw control character: a double-quoted string with backtick escapes
+        # (about_Special_Characters; `e and `u{} need PowerShell 6+)
+        body = []
+        for ch in arg:
+            if ch in _PS_ESCAPE_OUT:
+                body.append(_PS_ESCAPE_OUT[ch])
+            elif ch in _PS_DOUBLE_QUOTES:
+                body.append("`" + ch)
+            elif _CONTROL.fullmatch(ch):
+                body.append(f"`u{{{ord(ch):x}}}")
+            else:
+                body.append(ch)
+        return '"' + "".join(body) + '"'
     out = []
     for ch in arg:
         out.append(ch + ch if ch in _PS_SINGLE_QUOTES else ch)
@@ -99,9 +177,12 @@ def _groups(args: Sequence[str]) -> list[list[str]]:
 _CONTINUATION = {"posix": " \\\n  ", "powershell": " `\n  ", "cmd": " ^\n  "}
 
 
-def render(args: Sequence[str], shell: str = "posix", *, multiline: bool = False) -> str:
-    """One command line for ``shell``; with ``multiline``, one flag (and its value) a line."""
-    _check_shell(shell)
+def render(args: Sequence[str], shell: str = "posix", *, multiline: bool = False,
+           typed: bool = True) -> str:
+    """One command line for ``shell``; with ``multiline``, one flag (and its value) a line.
+
+    Raises UnsafeForShell for what ``shell`` cannot be given safely (see the module doc)."""
+    check_safe(args, shell, typed=typed)
     if not args:
         return ""
     if shell == "posix":
@@ -127,7 +208,7 @@ def render(args: Sequence[str], shell: str = "posix", *, multiline: bool = False
 def script(args: Sequence[str], shell: str = "posix") -> str:
     """A script file that runs the command, passing on any arguments given to the script."""
     _check_shell(shell)
-    line = render(args, shell, multiline=True)
+    line = render(args, shell, multiline=True, typed=False)
     if shell == "posix":
         return f'#!/bin/sh\nexec {line} \\\n  "$@"\n'
     if shell == "powershell":
@@ -157,10 +238,24 @@ def split_command(text: str, shell: str = "posix") -> list[str]:
 _POSIX_OPERATORS = set(";|&<>()")
 
 
+def _second_command(text: str, i: int) -> ShellSyntaxError:
+    line = text.count("\n", 0, i) + 1
+    rest = text[i:].split("\n", 1)[0].strip()
+    shown = rest if len(rest) <= 40 else rest[:37] + "..."
+    return ShellSyntaxError(f"a line break ends the command; line {line} ({shown!r}) would run "
+                            "as a second command: paste a single command")
+
+
+def _substitution(how: str) -> ShellSyntaxError:
+    return ShellSyntaxError(f"{how} runs a command inside the command: paste a single command "
+                            "without it")
+
+
 def _split_posix(text: str) -> list[str]:
     words: list[str] = []
     cur: list[str] = []
     in_word = False
+    ended = False  # an unquoted line break after the command: nothing may follow
     i, n = 0, len(text)
     while i < n:
         ch = text[i]
@@ -168,17 +263,23 @@ def _split_posix(text: str) -> list[str]:
             if in_word:
                 words.append("".join(cur))
                 cur, in_word = [], False
+            if ch == "\n" and words:
+                ended = True
             i += 1
-        elif ch == "#" and not in_word:
+            continue
+        if ch == "#" and not in_word:
             while i < n and text[i] != "\n":
                 i += 1
-        elif ch == "\\":
-            if i + 1 < n and text[i + 1] == "\n":
-                i += 2  # line continuation
-                continue
-            if i + 1 < n and text[i + 1] == "\r" and i + 2 < n and text[i + 2] == "\n":
-                i += 3
-                continue
+            continue
+        if ch == "\\" and text[i + 1 : i + 2] == "\n":
+            i += 2  # line continuation
+            continue
+        if ch == "\\" and text[i + 1 : i + 3] == "\r\n":
+            i += 3
+            continue
+        if ended:
+            raise _second_command(text, i)
+        if ch == "\\":
             if i + 1 < n:
                 cur.append(text[i + 1])
             in_word = True
@@ -204,9 +305,17 @@ def _split_posix(text: str) -> list[str]:
                         cur.append(text[i + 1])
                     i += 2
                     continue
+                if c == "`":
+                    raise _substitution("a backtick (`...`) inside double quotes")
+                if c == "$" and text[i + 1 : i + 2] == "(":
+                    raise _substitution("$(...) inside double quotes")
                 cur.append(c)
                 i += 1
             in_word = True
+        elif ch == "`":
+            raise _substitution("a backtick (`...`)")
+        elif ch == "$" and text[i + 1 : i + 2] == "(":
+            raise _substitution("$(...)")
         elif ch in _POSIX_OPERATORS:
             raise ShellSyntaxError(f"unquoted {ch!r}: paste a single command")
         else:
@@ -222,6 +331,7 @@ _PS_DOUBLE_QUOTES = '"\u201c\u201d\u201e'
 _PS_ESCAPES = {"0": "\0", "a": "\a", "b": "\b", "e": "\x1b", "f": "\f", "n": "\n", "r": "\r",
                "t": "\t", "v": "\v"}
 _PS_OPERATORS = set(";|&<>(){}")
+_PS_UNICODE_ESCAPE = re.compile(r"u\{([0-9A-Fa-f]{1,6})\}")
 
 
 def _split_powershell(text: str) -> list[str]:
@@ -231,6 +341,7 @@ def _split_powershell(text: str) -> list[str]:
     words: list[str] = []
     cur: list[str] = []
     in_word = False
+    ended = False  # an unquoted line break after the command: nothing may follow
     i, n = 0, len(text)
     while i < n:
         ch = text[i]
@@ -238,14 +349,20 @@ def _split_powershell(text: str) -> list[str]:
             if in_word:
                 words.append("".join(cur))
                 cur, in_word = [], False
+            if ch == "\n" and words:
+                ended = True
             i += 1
-        elif ch == "#" and not in_word:
+            continue
+        if ch == "#" and not in_word:
             while i < n and text[i] != "\n":
                 i += 1
-        elif ch == "`":
-            if i + 1 < n and text[i + 1] in "\r\n":
-                i += 3 if text[i + 1 : i + 3] == "\r\n" else 2  # line continuation
-                continue
+            continue
+        if ch == "`" and text[i + 1 : i + 2] in ("\r", "\n") and i + 1 < n:
+            i += 3 if text[i + 1 : i + 3] == "\r\n" else 2  # line continuation
+            continue
+        if ended:
+            raise _second_command(text, i)
+        if ch == "`":
             if i + 1 < n:
                 cur.append(text[i + 1])
             in_word = True
@@ -273,10 +390,17 @@ def _split_powershell(text: str) -> list[str]:
                     raise ShellSyntaxError("unclosed double quote")
                 c = text[i]
                 if c == "`" and i + 1 < n:
+                    m = _PS_UNICODE_ESCAPE.match(text, i + 1)
+                    if m:
+                        cur.append(chr(min(int(m.group(1), 16), 0x10FFFF)))
+                        i = m.end()
+                        continue
                     nxt = text[i + 1]
                     cur.append(_PS_ESCAPES.get(nxt, nxt))
                     i += 2
                     continue
+                if c == "$" and text[i + 1 : i + 2] == "(":
+                    raise _substitution("$(...) inside double quotes")
                 if c in _PS_DOUBLE_QUOTES:
                     if i + 1 < n and text[i + 1] in _PS_DOUBLE_QUOTES:
                         cur.append(c)
@@ -287,6 +411,8 @@ def _split_powershell(text: str) -> list[str]:
                 cur.append(c)
                 i += 1
             in_word = True
+        elif ch == "$" and text[i + 1 : i + 2] == "(":
+            raise _substitution("$(...)")
         elif ch in _PS_OPERATORS:
             raise ShellSyntaxError(f"unquoted {ch!r}: paste a single command")
         else:
@@ -299,7 +425,10 @@ def _split_powershell(text: str) -> list[str]:
 
 
 def _cmd_unescape(text: str) -> str:
-    """What cmd hands the program: carets removed outside quotes, ``^`` + newline joins lines."""
+    """What cmd hands the program: carets removed outside quotes, ``^`` + newline joins lines.
+
+    A line break ends cmd's command wherever it is (a quote does not carry over a line), so
+    any text after one that is not a ``^`` continuation would be a second command."""
     out = []
     inside = False
     i, n = 0, len(text)
@@ -317,7 +446,9 @@ def _cmd_unescape(text: str) -> str:
             continue
         elif not inside and ch in "&|<>":
             raise ShellSyntaxError(f"unquoted {ch!r}: paste a single command")
-        elif ch in "\r\n" and not inside:
+        elif ch in "\r\n":
+            if text[i:].strip() and "".join(out).strip():
+                raise _second_command(text, i + 1)
             ch = " "
         out.append(ch)
         i += 1

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from kvgui.core.config import limits
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 
 # kvgui's spelling of "every layer on the GPU" (llama-cli's `-ngl all`, llama-cpp-python's -1).
@@ -59,14 +60,13 @@ class Settings:
                 )
         if not isinstance(self.flash_attn, FlashAttn):
             object.__setattr__(self, "flash_attn", FlashAttn(self.flash_attn))
-        if self.n_ctx < 1:
-            raise ValueError(f"n_ctx must be at least 1, not {self.n_ctx}")
-        if self.n_batch < 1 or self.n_ubatch < 1:
-            raise ValueError("n_batch and n_ubatch must be at least 1")
-        if self.n_parallel < 1:
-            raise ValueError(f"n_parallel must be at least 1, not {self.n_parallel}")
-        if self.n_gpu_layers < ALL_LAYERS:
-            raise ValueError(f"n_gpu_layers must be -1 (all) or more, not {self.n_gpu_layers}")
+        # every number within what llama.cpp can hold (limits.py says why each bound)
+        for name in _CHECKED_INTS:
+            limits.check(name, getattr(self, name))
+        for name in _BOOLS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, not {getattr(self, name)!r}")
+        object.__setattr__(self, "tensor_split", limits.check_tensor_split(self.tensor_split))
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -90,6 +90,10 @@ class Settings:
                 raise ValueError("extra_args is not a list of strings")
             kwargs["extra_args"] = tuple(value)
         return cls(**kwargs)
+
+
+_CHECKED_INTS = ("n_ctx", "n_batch", "n_ubatch", "n_parallel", "n_gpu_layers")
+_BOOLS = ("kv_offload", "swa_full", "kv_unified", "mmap")
 
 
 def pad_ctx(n_ctx: int) -> int:

@@ -20,6 +20,7 @@ from kvgui.core.memory import findings as fnd
 from kvgui.core.memory.compute import Offload, SlotLayers, cache_graph, compute_buffer
 from kvgui.core.memory.findings import Code, Finding
 from kvgui.core.memory.memo import ModelMemo
+from kvgui.core.memory.verification import ComputeCheck, compute_check
 from kvgui.core.model.info import ModelInfo
 
 
@@ -178,6 +179,11 @@ class Estimate:
         v = self.verdict
         return None if v is Verdict.UNKNOWN else v is Verdict.FITS
 
+    @property
+    def compute_check(self) -> ComputeCheck:
+        """How far the compute figure is verified for this architecture (verification.py)."""
+        return compute_check(self.model, any(d.is_gpu and d.compute for d in self.devices))
+
     def memory_json(self) -> dict[str, int]:
         out = {key: getattr(self, key) for key in PART_KEYS}
         out["kv"] = self.kv
@@ -195,6 +201,7 @@ class Estimate:
                          "n_batch": self.shape.n_batch, "n_ubatch": self.shape.n_ubatch,
                          "n_parallel": s.n_parallel, "swa_full": s.swa_full},
             "memory": self.memory_json(),
+            "compute_check": self.compute_check.to_json(),
             "devices": [{"name": d.name, "is_gpu": d.is_gpu, "budget": d.budget,
                          **{key: getattr(d, key) for key in PART_KEYS},
                          "kv": d.kv, "total": d.total, "headroom": d.headroom}

@@ -13,11 +13,13 @@ Pure Python on purpose: no gguf, numpy or llama_cpp import, so the GUI can expan
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from kvgui.core.gguf import ggml_types
+from kvgui.core.model.layouts import LAYOUTS, Hp, Shapes, common_metadata
 
 GGUF_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT; kvgui never writes general.alignment
 
@@ -149,7 +151,8 @@ def header_bytes(metadata: Mapping[str, Any], tensors: Sequence[TensorDef]) -> i
             sub = kind[6:]
             n += 4 + 8
             if sub == "string":
-                n += sum(8 + len(s.encode()) for s in value)
+                n += _strings_bytes(value) if isinstance(value, tuple) else \
+                    sum(8 + len(s.encode()) for s in value)
             else:
                 n += _SCALAR_BYTES[sub] * len(value)
         else:
@@ -157,6 +160,12 @@ def header_bytes(metadata: Mapping[str, Any], tensors: Sequence[TensorDef]) -> i
     for t in tensors:
         n += 8 + len(t.name.encode()) + 4 + 8 * len(t.shape) + 4 + 8
     return n
+
+
+@lru_cache(maxsize=16)
+def _strings_bytes(value: tuple[str, ...]) -> int:
+    """A string array's packed size (each a uint64 length + UTF-8), once per shared tuple."""
+    return 8 * len(value) + len("".join(value).encode())
 
 
 # --- tokenizer -----------------------------------------------------------------------------
@@ -167,11 +176,7 @@ def synthetic_vocab(n_vocab: int) -> dict[str, Any]:
     memory, and generating it keeps the catalog free of 262144-entry token lists."""
     if n_vocab < 259 + 1:
         raise ValueError(f"vocab of {n_vocab} tokens is too small for the byte tokens")
-    tokens = ["<unk>", "<s>", "</s>"]
-    tokens += [f"<0x{i:02X}>" for i in range(256)]
-    tokens += [f"t{i}" for i in range(len(tokens), n_vocab)]
-    types = [2, 3, 3] + [6] * 256 + [1] * (n_vocab - 259)
-    scores = [0.0] * 259 + [float(-i) for i in range(n_vocab - 259)]
+    tokens, scores, types = _vocab_arrays(n_vocab)
     return {
         "tokenizer.ggml.model": "llama",
         "tokenizer.ggml.tokens": tokens,
@@ -183,342 +188,47 @@ def synthetic_vocab(n_vocab: int) -> dict[str, Any]:
     }
 
 
-# --- tensor tables per architecture --------------------------------------------------------
-
-class _Hp:
-    """HF-config accessors shared by the builders."""
-
-    def __init__(self, hp: Mapping[str, Any], arch: str) -> None:
-        self.hp = hp
-        self.arch = arch
-        self.n_embd = int(hp["hidden_size"])
-        self.n_layer = int(hp["num_hidden_layers"])
-        self.n_head = int(hp.get("num_attention_heads", 0))  # 0: attention-free (mamba2)
-        self.n_head_kv = int(hp.get("num_key_value_heads", self.n_head))
-        default_head_dim = self.n_embd // self.n_head if self.n_head else 0
-        self.head_dim = int(hp.get("head_dim") or default_head_dim)
-        self.n_ff = int(hp.get("intermediate_size", 0))
-        self.n_vocab = int(hp["vocab_size"])
-        self.tied = bool(hp.get("tie_word_embeddings", False))
-
-    def __getitem__(self, key: str) -> Any:
-        return self.hp[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.hp.get(key, default)
+@lru_cache(maxsize=8)
+def _vocab_arrays(n_vocab: int) -> tuple[tuple[str, ...], tuple[float, ...], tuple[int, ...]]:
+    """The token list, scores and types, as shared tuples: many models have the same vocab
+    size, and writing a header packs them once per size (sparse_gguf)."""
+    tokens = ["<unk>", "<s>", "</s>"]
+    tokens += [f"<0x{i:02X}>" for i in range(256)]
+    tokens += [f"t{i}" for i in range(len(tokens), n_vocab)]
+    types = [2, 3, 3] + [6] * 256 + [1] * (n_vocab - 259)
+    scores = [0.0] * 259 + [float(-i) for i in range(n_vocab - 259)]
+    return tuple(tokens), tuple(scores), tuple(types)
 
 
-Shapes = list[tuple[str, tuple[int, ...]]]
+# --- tensor tables per architecture: kvgui.core.model.layouts -----------------------------
 
-
-def _io(h: _Hp, out: Shapes, *, output: bool | None = None, norm: str = "output_norm") -> None:
-    out.append(("token_embd.weight", (h.n_embd, h.n_vocab)))
-    out.append((f"{norm}.weight", (h.n_embd,)))
-    has_output = (not h.tied) if output is None else output
-    if has_output:
-        out.append(("output.weight", (h.n_embd, h.n_vocab)))
-
-
-def _attn(out: Shapes, i: int, n_embd: int, n_q: int, n_kv: int, *, bias: bool = False,
-          out_bias: bool = False, qk_norm: int = 0) -> None:
-    b = f"blk.{i}."
-    out += [(b + "attn_q.weight", (n_embd, n_q)), (b + "attn_k.weight", (n_embd, n_kv)),
-            (b + "attn_v.weight", (n_embd, n_kv))]
-    if bias:
-        out += [(b + "attn_q.bias", (n_q,)), (b + "attn_k.bias", (n_kv,)),
-                (b + "attn_v.bias", (n_kv,))]
-    out.append((b + "attn_output.weight", (n_q, n_embd)))
-    if out_bias:
-        out.append((b + "attn_output.bias", (n_embd,)))
-    if qk_norm:
-        out += [(b + "attn_q_norm.weight", (qk_norm,)), (b + "attn_k_norm.weight", (qk_norm,))]
-
-
-def _ffn(out: Shapes, i: int, n_embd: int, n_ff: int) -> None:
-    b = f"blk.{i}."
-    out += [(b + "ffn_gate.weight", (n_embd, n_ff)), (b + "ffn_down.weight", (n_ff, n_embd)),
-            (b + "ffn_up.weight", (n_embd, n_ff))]
-
-
-def _moe(out: Shapes, i: int, n_embd: int, n_ff_exp: int, n_expert: int) -> None:
-    b = f"blk.{i}."
-    out += [(b + "ffn_gate_inp.weight", (n_embd, n_expert)),
-            (b + "ffn_gate_exps.weight", (n_embd, n_ff_exp, n_expert)),
-            (b + "ffn_down_exps.weight", (n_ff_exp, n_embd, n_expert)),
-            (b + "ffn_up_exps.weight", (n_embd, n_ff_exp, n_expert))]
-
-
-def _t_llama(h: _Hp) -> Shapes:
-    # src/models/llama.cpp; rope_freqs is the llama3 rope-scaling table convert adds
-    out: Shapes = []
-    _io(h, out)
-    if h.get("rope_freqs"):
-        out.append(("rope_freqs.weight", (h.head_dim // 2,)))
-    for i in range(h.n_layer):
-        out.append((f"blk.{i}.attn_norm.weight", (h.n_embd,)))
-        _attn(out, i, h.n_embd, h.head_dim * h.n_head, h.head_dim * h.n_head_kv)
-        out.append((f"blk.{i}.ffn_norm.weight", (h.n_embd,)))
-        _ffn(out, i, h.n_embd, h.n_ff)
-    return out
-
-
-def _t_qwen2(h: _Hp) -> Shapes:
-    # src/models/qwen2.cpp: q/o are n_embd wide; q/k/v biases
-    out: Shapes = []
-    _io(h, out)
-    for i in range(h.n_layer):
-        out.append((f"blk.{i}.attn_norm.weight", (h.n_embd,)))
-        _attn(out, i, h.n_embd, h.n_embd, h.head_dim * h.n_head_kv, bias=True)
-        out.append((f"blk.{i}.ffn_norm.weight", (h.n_embd,)))
-        _ffn(out, i, h.n_embd, h.n_ff)
-    return out
-
-
-def _t_qwen3(h: _Hp) -> Shapes:
-    out: Shapes = []
-    _io(h, out)
-    moe = h.arch == "qwen3moe"
-    for i in range(h.n_layer):
-        out.append((f"blk.{i}.attn_norm.weight", (h.n_embd,)))
-        _attn(out, i, h.n_embd, h.head_dim * h.n_head, h.head_dim * h.n_head_kv,
-              qk_norm=h.head_dim)
-        out.append((f"blk.{i}.ffn_norm.weight", (h.n_embd,)))
-        if moe:
-            _moe(out, i, h.n_embd, int(h["moe_intermediate_size"]), int(h["num_experts"]))
-        else:
-            _ffn(out, i, h.n_embd, h.n_ff)
-    return out
-
-
-def _t_gemma(h: _Hp) -> Shapes:
-    # src/models/gemma2.cpp / gemma3.cpp: output is always token_embd; post-norms; gemma3 q/k norms
-    out: Shapes = []
-    _io(h, out, output=False)
-    qk = h.head_dim if h.arch == "gemma3" else 0
-    for i in range(h.n_layer):
-        b = f"blk.{i}."
-        out.append((b + "attn_norm.weight", (h.n_embd,)))
-        _attn(out, i, h.n_embd, h.head_dim * h.n_head, h.head_dim * h.n_head_kv)
-        out.append((b + "post_attention_norm.weight", (h.n_embd,)))
-        if qk:
-            out += [(b + "attn_k_norm.weight", (qk,)), (b + "attn_q_norm.weight", (qk,))]
-        out.append((b + "ffn_norm.weight", (h.n_embd,)))
-        _ffn(out, i, h.n_embd, h.n_ff)
-        out.append((b + "post_ffw_norm.weight", (h.n_embd,)))
-    return out
-
-
-def _t_deepseek2(h: _Hp) -> Shapes:
-    # src/models/deepseek2.cpp, MLA layout (attn_k_b / attn_v_b split, as current convert writes)
-    out: Shapes = []
-    _io(h, out)
-    n_head, e = h.n_head, h.n_embd
-    q_lora = int(h.get("q_lora_rank") or 0)
-    kv_lora = int(h["kv_lora_rank"])
-    rope, nope, v_dim = int(h["qk_rope_head_dim"]), int(h["qk_nope_head_dim"]), int(h["v_head_dim"])
-    n_exp, n_ff_exp = int(h["n_routed_experts"]), int(h["moe_intermediate_size"])
-    n_shared = int(h["n_shared_experts"])
-    for i in range(h.n_layer):
-        b = f"blk.{i}."
-        out.append((b + "attn_norm.weight", (e,)))
-        if q_lora:
-            out += [(b + "attn_q_a_norm.weight", (q_lora,)),
-                    (b + "attn_q_a.weight", (e, q_lora)),
-                    (b + "attn_q_b.weight", (q_lora, n_head * (nope + rope)))]
-        else:
-            out.append((b + "attn_q.weight", (e, n_head * (nope + rope))))
-        out += [(b + "attn_kv_a_norm.weight", (kv_lora,)),
-                (b + "attn_kv_a_mqa.weight", (e, kv_lora + rope)),
-                (b + "attn_k_b.weight", (nope, kv_lora, n_head)),
-                (b + "attn_v_b.weight", (kv_lora, v_dim, n_head)),
-                (b + "attn_output.weight", (n_head * v_dim, e)),
-                (b + "ffn_norm.weight", (e,))]
-        if i < int(h["first_k_dense_replace"]):
-            _ffn(out, i, e, h.n_ff)
-        else:
-            _moe(out, i, e, n_ff_exp, n_exp)
-            out += [(b + "ffn_gate_shexp.weight", (e, n_ff_exp * n_shared)),
-                    (b + "ffn_down_shexp.weight", (n_ff_exp * n_shared, e)),
-                    (b + "ffn_up_shexp.weight", (e, n_ff_exp * n_shared))]
-    return out
-
-
-def _t_gpt_oss(h: _Hp) -> Shapes:
-    # src/models/openai-moe.cpp: biases everywhere, attention sinks, output required
-    out: Shapes = []
-    _io(h, out, output=True)
-    e, n_exp, n_ff = h.n_embd, int(h["num_local_experts"]), h.n_ff
-    for i in range(h.n_layer):
-        b = f"blk.{i}."
-        out += [(b + "attn_norm.weight", (e,)), (b + "post_attention_norm.weight", (e,))]
-        _attn(out, i, e, h.head_dim * h.n_head, h.head_dim * h.n_head_kv, bias=True,
-              out_bias=True)
-        out.append((b + "attn_sinks.weight", (h.n_head,)))
-        _moe(out, i, e, n_ff, n_exp)
-        out += [(b + "ffn_gate_inp.bias", (n_exp,)),
-                (b + "ffn_gate_exps.bias", (n_ff, n_exp)),
-                (b + "ffn_down_exps.bias", (e, n_exp)),
-                (b + "ffn_up_exps.bias", (n_ff, n_exp))]
-    return out
-
-
-def _t_lfm2(h: _Hp) -> Shapes:
-    # src/models/lfm2.cpp: short-conv layers + attention layers; output norm is token_embd_norm
-    out: Shapes = []
-    _io(h, out, norm="token_embd_norm")
-    e, attn = h.n_embd, set(h["full_attn_idxs"])
-    for i in range(h.n_layer):
-        b = f"blk.{i}."
-        out.append((b + "ffn_norm.weight", (e,)))
-        _ffn(out, i, e, h.n_ff)
-        out.append((b + "attn_norm.weight", (e,)))
-        if i in attn:
-            out += [(b + "attn_q_norm.weight", (h.head_dim,)),
-                    (b + "attn_k_norm.weight", (h.head_dim,))]
-            _attn(out, i, e, e, h.head_dim * h.n_head_kv)
-        else:
-            out += [(b + "shortconv.conv.weight", (int(h["conv_L_cache"]), e)),
-                    (b + "shortconv.in_proj.weight", (e, 3 * e)),
-                    (b + "shortconv.out_proj.weight", (e, e))]
-    return out
-
-
-def _t_mamba2(h: _Hp) -> Shapes:
-    # src/models/mamba2.cpp; ssm_a / ssm_d have no ".weight" suffix
-    out: Shapes = []
-    _io(h, out)
-    e, d_inner, d_state = h.n_embd, _mamba_d_inner(h), int(h["state_size"])
-    n_group, n_ssm_head, d_conv = int(h["n_groups"]), _mamba_heads(h), int(h["conv_kernel"])
-    conv_dim = d_inner + 2 * n_group * d_state
-    for i in range(h.n_layer):
-        b = f"blk.{i}."
-        out += [(b + "attn_norm.weight", (e,)),
-                (b + "ssm_in.weight", (e, d_inner + conv_dim + n_ssm_head)),
-                (b + "ssm_conv1d.weight", (d_conv, conv_dim)),
-                (b + "ssm_conv1d.bias", (conv_dim,)),
-                (b + "ssm_dt.bias", (n_ssm_head,)),
-                (b + "ssm_a", (1, n_ssm_head)),
-                (b + "ssm_d", (1, n_ssm_head)),
-                (b + "ssm_norm.weight", (d_inner // n_group, n_group)),
-                (b + "ssm_out.weight", (d_inner, e))]
-    return out
-
-
-def _mamba_d_inner(h: _Hp) -> int:
-    return int(h.get("expand", 2)) * h.n_embd
-
-
-def _mamba_heads(h: _Hp) -> int:
-    return _mamba_d_inner(h) // int(h["head_dim"])
-
-
-# --- metadata per architecture -------------------------------------------------------------
-
-def _m_common(h: _Hp, arch: str) -> dict[str, Any]:
-    if arch == "mamba2":  # conversion/mamba.py: no attention keys, placeholder n_ctx and n_ff
-        return {
-            f"{arch}.context_length": 2**20,
-            f"{arch}.embedding_length": h.n_embd,
-            f"{arch}.feed_forward_length": 0,
-            f"{arch}.attention.head_count": 0,
-            f"{arch}.block_count": h.n_layer,
-            f"{arch}.ssm.conv_kernel": int(h["conv_kernel"]),
-            f"{arch}.ssm.inner_size": _mamba_d_inner(h),
-            f"{arch}.ssm.state_size": int(h["state_size"]),
-            f"{arch}.ssm.time_step_rank": _mamba_heads(h),
-            f"{arch}.ssm.group_count": int(h["n_groups"]),
-            f"{arch}.attention.layer_norm_rms_epsilon": float(h.get("layer_norm_epsilon", 1e-5)),
-        }
-    m: dict[str, Any] = {
-        f"{arch}.vocab_size": h.n_vocab,
-        f"{arch}.context_length": int(h["max_position_embeddings"]),
-        f"{arch}.embedding_length": h.n_embd,
-        f"{arch}.block_count": h.n_layer,
-        f"{arch}.attention.head_count": h.n_head,
-        f"{arch}.attention.head_count_kv": h.n_head_kv,
-        f"{arch}.rope.freq_base": float(h.get("rope_theta", 10000.0)),
-        f"{arch}.attention.layer_norm_rms_epsilon": float(h.get("rms_norm_eps", 1e-6)),
-    }
-    if h.n_ff:
-        m[f"{arch}.feed_forward_length"] = h.n_ff
-    if h.get("head_dim"):
-        m[f"{arch}.attention.key_length"] = h.head_dim
-        m[f"{arch}.attention.value_length"] = h.head_dim
-    rs = h.get("rope_scaling") or {}
-    if rs.get("type") in ("linear", "yarn"):
-        m[f"{arch}.rope.scaling.type"] = rs["type"]
-        m[f"{arch}.rope.scaling.factor"] = float(rs["factor"])
-        if "original_max_position_embeddings" in rs:
-            m[f"{arch}.rope.scaling.original_context_length"] = \
-                int(rs["original_max_position_embeddings"])
-    return m
-
-
-def _m_arch(h: _Hp, arch: str, m: dict[str, Any]) -> None:
-    if arch == "llama":
-        m[f"{arch}.rope.dimension_count"] = h.head_dim
-    if arch in ("gemma2", "gemma3", "gpt-oss") and h.get("sliding_window"):
-        m[f"{arch}.attention.sliding_window"] = int(h["sliding_window"])
-    if arch == "gemma2":
-        m[f"{arch}.attn_logit_softcapping"] = float(h["attn_logit_softcapping"])
-        m[f"{arch}.final_logit_softcapping"] = float(h["final_logit_softcapping"])
-    if arch == "gemma3" and h.get("rope_local_base_freq"):
-        m[f"{arch}.rope.freq_base_swa"] = float(h["rope_local_base_freq"])
-    if arch == "qwen3moe":
-        m[f"{arch}.expert_count"] = int(h["num_experts"])
-        m[f"{arch}.expert_used_count"] = int(h["num_experts_per_tok"])
-        m[f"{arch}.expert_feed_forward_length"] = int(h["moe_intermediate_size"])
-    if arch == "gpt-oss":
-        m[f"{arch}.expert_count"] = int(h["num_local_experts"])
-        m[f"{arch}.expert_used_count"] = int(h["num_experts_per_tok"])
-        m[f"{arch}.expert_feed_forward_length"] = h.n_ff
-    if arch == "deepseek2":
-        kv_lora, rope = int(h["kv_lora_rank"]), int(h["qk_rope_head_dim"])
-        m.update({
-            f"{arch}.attention.head_count_kv": 1,  # MLA: one latent "head"
-            f"{arch}.attention.key_length": kv_lora + rope,
-            f"{arch}.attention.value_length": kv_lora,
-            f"{arch}.attention.key_length_mla": int(h["qk_nope_head_dim"]) + rope,
-            f"{arch}.attention.value_length_mla": int(h["v_head_dim"]),
-            f"{arch}.attention.kv_lora_rank": kv_lora,
-            f"{arch}.rope.dimension_count": rope,
-            f"{arch}.leading_dense_block_count": int(h["first_k_dense_replace"]),
-            f"{arch}.expert_count": int(h["n_routed_experts"]),
-            f"{arch}.expert_used_count": int(h["num_experts_per_tok"]),
-            f"{arch}.expert_shared_count": int(h["n_shared_experts"]),
-            f"{arch}.expert_feed_forward_length": int(h["moe_intermediate_size"]),
-            f"{arch}.expert_weights_scale": float(h.get("routed_scaling_factor", 1.0)),
-            f"{arch}.expert_weights_norm": bool(h.get("norm_topk_prob", False)),
-            f"{arch}.expert_gating_func": 1,  # softmax
-        })
-        if h.get("q_lora_rank"):
-            m[f"{arch}.attention.q_lora_rank"] = int(h["q_lora_rank"])
-        rs = h.get("rope_scaling") or {}
-        if rs.get("mscale_all_dim"):
-            m[f"{arch}.rope.scaling.yarn_log_multiplier"] = 0.1 * float(rs["mscale_all_dim"])
-    if arch == "lfm2":
-        attn = set(h["full_attn_idxs"])
-        m[f"{arch}.attention.head_count_kv"] = [
-            h.n_head_kv if i in attn else 0 for i in range(h.n_layer)]
-        m[f"{arch}.shortconv.l_cache"] = int(h["conv_L_cache"])
-
-
-_BUILDERS: dict[str, Callable[[_Hp], Shapes]] = {
-    "llama": _t_llama, "qwen2": _t_qwen2, "qwen3": _t_qwen3, "qwen3moe": _t_qwen3,
-    "gemma2": _t_gemma, "gemma3": _t_gemma, "deepseek2": _t_deepseek2,
-    "gpt-oss": _t_gpt_oss, "lfm2": _t_lfm2, "mamba2": _t_mamba2,
-}
-ARCHS: tuple[str, ...] = tuple(_BUILDERS)
+ARCHS: tuple[str, ...] = tuple(LAYOUTS)
 
 
 # --- tensor types: convert_hf_to_gguf (source) then llama-quantize's mix ------------------
 
 # conversion/base.py: always-F32 tensors besides 1-D ones, norms and non-".weight" tensors
 _F32_ALWAYS = ("ffn_gate_inp.weight", "ssm_conv1d", "shortconv.conv.weight")
+# llama-quant.cpp tensor_allows_quantization: names kept as they are
+_NOT_QUANTIZED = ("ffn_gate_inp.weight", "ssm_conv1d", "shortconv.conv.weight", "altup",
+                  "laurel", "per_layer_model_proj", "time_mix_first.weight",
+                  "time_mix_w0.weight", "time_mix_w1.weight", "time_mix_w2.weight",
+                  "time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight",
+                  "time_mix_a0.weight", "time_mix_a1.weight", "time_mix_a2.weight",
+                  "time_mix_g1.weight", "time_mix_g2.weight", "time_mix_decay_w1.weight",
+                  "time_mix_decay_w2.weight", "time_mix_lerp_fused.weight")
+
+
+def _n_dims(shape: tuple[int, ...]) -> int:
+    """ggml_n_dims: trailing dimensions of 1 do not count."""
+    n = len(shape)
+    while n > 1 and shape[n - 1] == 1:
+        n -= 1
+    return n
 
 
 def _source_type(name: str, shape: tuple[int, ...], float_type: str) -> int:
-    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") \
+    if _n_dims(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") \
             or any(p in name for p in _F32_ALWAYS):
         return _T["f32"]
     return _T[float_type]
@@ -526,9 +236,8 @@ def _source_type(name: str, shape: tuple[int, ...], float_type: str) -> int:
 
 def _allows_quantization(name: str, shape: tuple[int, ...]) -> bool:
     # llama-quant.cpp tensor_allows_quantization, for the names these archs have
-    return (len(shape) >= 2 and name.endswith("weight") and "_norm.weight" not in name
-            and "ffn_gate_inp.weight" not in name and "ssm_conv1d" not in name
-            and "shortconv.conv.weight" not in name)
+    return (_n_dims(shape) >= 2 and name.endswith("weight") and "_norm.weight" not in name
+            and not any(p in name for p in _NOT_QUANTIZED))
 
 
 def _category(name: str) -> str:
@@ -622,14 +331,15 @@ def _quant_types(shapes: Shapes, quant: str, arch: str, n_layer: int, n_expert: 
 def build_header(spec: ModelSpec, *, vocab: bool = True) -> Header:
     """The GGUF header a file of ``spec`` would have. ``vocab=False`` leaves the generated
     token list out of the metadata (for callers that only need shapes and sizes)."""
-    if spec.arch not in _BUILDERS:
+    layout = LAYOUTS.get(spec.arch)
+    if layout is None:
         raise ValueError(f"no tensor layout for architecture {spec.arch!r}")
     if spec.quant not in FILE_TYPES:
         raise ValueError(f"unknown quantization mix {spec.quant!r}; known: {QUANT_NAMES}")
-    h = _Hp(spec.hp, spec.arch)
-    shapes = _BUILDERS[spec.arch](h)
+    h = Hp(spec.hp, spec.arch)
+    shapes = layout.tensors(h)
     n_expert = int(spec.hp.get("num_experts") or spec.hp.get("num_local_experts")
-                   or spec.hp.get("n_routed_experts") or 0)
+                   or spec.hp.get("n_routed_experts") or spec.hp.get("moe_num_experts") or 0)
     is_70b = spec.arch == "llama" and h.n_layer == 80 and h.n_head != h.n_head_kv
     types = _quant_types(shapes, spec.quant, spec.arch, h.n_layer, n_expert, is_70b)
     tensors = [TensorDef(n, s, t) for (n, s), t in zip(shapes, types, strict=True)]
@@ -641,8 +351,9 @@ def build_header(spec: ModelSpec, *, vocab: bool = True) -> Header:
     }
     if spec.quant not in ("F32", "F16", "BF16"):
         metadata["general.quantization_version"] = 2
-    metadata.update(_m_common(h, spec.arch))
-    _m_arch(h, spec.arch, metadata)
+    arch_md = common_metadata(h, spec.arch)
+    layout.metadata(h, arch_md)
+    metadata.update(arch_md)
     if vocab:
         metadata.update(synthetic_vocab(h.n_vocab))
     return Header(metadata, tensors)

@@ -15,8 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvgui.core.gguf import ggml_types
+from kvgui.core import untrusted
+from kvgui.core.gguf import ggml_types, validate
 from kvgui.core.gguf.reader import GGUFError, GGUFFile, TensorInfo, read_gguf
+from kvgui.core.model import layer_rules
 
 # llama.h enum llama_ftype, for "general.file_type".
 FILE_TYPES = {
@@ -28,62 +30,31 @@ FILE_TYPES = {
     37: "TQ2_0", 38: "MXFP4_MOE",
 }
 
-RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
-HYBRID_ARCHS = frozenset({
-    "jamba", "falcon-h1", "plamo2", "granitehybrid", "lfm2", "lfm2moe", "nemotron_h",
-    "nemotron_h_moe", "qwen3next", "kimi-linear", "bailingmoe3", "qwen35", "qwen35moe",
-    "minimax-01",
-})
-# Encoders and diffusion models get no KV cache at all (llama_model::create_memory).
-NO_MEMORY_ARCHS = frozenset({
-    "bert", "jina-bert-v2", "jina-bert-v3", "nomic-bert", "nomic-bert-moe", "neo-bert",
-    "eurobert", "wavtokenizer-dec", "modern-bert", "gemma-embedding", "dream", "llada",
-    "llada-moe", "rnd1",
-})
-# Architectures whose KV layout kvgui models exactly (the rest: generic keys + a warning).
+# Architectures whose KV layout kvgui models exactly (the rest: generic keys + a warning);
+# those whose layers differ have their rule in layer_rules.RULES.
 KNOWN_ARCHS = frozenset({
     "llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "mistral3", "gemma", "gemma2", "gemma3",
-    "gemma3n", "cohere2", "command-r", "phi3", "phimoe", "deepseek2", "llama4", "gpt-oss",
-    "granite", "granitemoe", "olmo2", "olmoe", "exaone", "exaone4", "starcoder2", "stablelm",
-    "internlm2", "minicpm", "glm4", "glm4moe", "smollm3", "mamba", "mamba2", "jamba",
-    "granitehybrid", "lfm2", "qwen2vl", "qwen3vl", "ernie4_5", "ernie4_5-moe", "hunyuan-dense",
-    "gpt2", "bloom", "falcon", "mpt", "baichuan", "orion", "xverse", "deci", "arcee",
-    "seed_oss", "apertus", "mellum", "smallthinker", "plamo3", "afmoe", "exaone-moe",
-    "nemotron", "dots1", "bailingmoe", "bailingmoe2", "chatglm", "qwen", "phi2",
-    "gptneox", "starcoder", "refact", "codeshell", "grok", "dbrx", "arctic", "mimo2",
-})
-
-
-@dataclass(frozen=True)
-class SwaRule:
-    """How an architecture marks its sliding-window layers (from src/models/<arch>.cpp)."""
-
-    pattern: int  # every n-th layer is dense: il % n < n-1 slides (0 = all slide)
-    dense_first: bool = False  # il % n != 0 slides instead
-    default_window: int = 0  # window when the file has no sliding_window key
-    only_if_window: bool = False  # SWA only when the file has sliding_window > 0
-    chunked: bool = False
-
-
-SWA_RULES: dict[str, SwaRule] = {
-    "gemma2": SwaRule(2, default_window=4096),
-    "gemma3": SwaRule(6, only_if_window=True),
-    "gemma3n": SwaRule(5),
-    "cohere2": SwaRule(4),
-    "cohere2moe": SwaRule(4, dense_first=True),
-    "gpt-oss": SwaRule(2),
-    "llama4": SwaRule(4, default_window=8192, chunked=True),
-    "exaone-moe": SwaRule(4, default_window=128),
-    "afmoe": SwaRule(4, only_if_window=True),
-    "olmo2": SwaRule(4, only_if_window=True),
-    "plamo3": SwaRule(8, only_if_window=True),
-    "smallthinker": SwaRule(4, dense_first=True, only_if_window=True),
-    "mellum": SwaRule(4, only_if_window=True),
-    "laguna": SwaRule(4, dense_first=True, only_if_window=True),
-    "muse-glimmer": SwaRule(4),
-}
-# Architectures that read a per-layer pattern array only.
-SWA_ARRAY_ARCHS = frozenset({"gemma4", "granite_swa", "maple", "spark2_5", "mimo2", "step35"})
+    "gemma3n", "gemma4", "cohere2", "command-r", "phi3", "phimoe", "deepseek2", "llama4",
+    "gpt-oss", "granite", "granitemoe", "olmo2", "olmoe", "exaone", "exaone4", "starcoder2",
+    "stablelm", "internlm2", "minicpm", "glm4", "glm4moe", "smollm3", "qwen2vl", "qwen3vl",
+    "ernie4_5", "ernie4_5-moe", "hunyuan-dense", "hunyuan-moe", "gpt2", "bloom", "falcon", "mpt",
+    "baichuan", "orion", "xverse", "deci", "arcee", "seed_oss", "apertus", "mellum",
+    "smallthinker", "plamo3", "afmoe", "exaone-moe", "nemotron", "dots1", "bailingmoe",
+    "bailingmoe2", "chatglm", "qwen", "phi2", "gptneox", "starcoder", "refact", "codeshell",
+    "grok", "dbrx", "arctic", "mimo2",
+}) | frozenset(layer_rules.RULES)
+RECURRENT_ARCHS = layer_rules.RECURRENT_ARCHS
+HYBRID_ARCHS = layer_rules.HYBRID_ARCHS
+NO_MEMORY_ARCHS = layer_rules.NO_MEMORY_ARCHS
+_BLK = re.compile(r"^blk\.(\d+)\.")
+_ROUTER = re.compile(r"^blk\.(\d+)\.ffn_gate_inp\.weight$")  # a layer with routed experts
+# Tensors outside blk.N by llama.cpp's placement (llama-arch.cpp LLM_TENSOR_INFOS): the input
+# layer (always host memory), and the repeating-layer ones created with layer index 0.
+_INPUT_TENSORS = ("token_embd.", "per_layer_token_embd.", "token_types.", "position_embd.")
+_LAYER0_TENSORS = ("rope_freqs.", "rope_factors_long.", "rope_factors_short.",
+                   "token_embd_norm.", "per_layer_model_proj.", "per_layer_proj_norm.")
+# linear-attention state formulas kvgui has no fixture to check against llama.cpp
+_UNVERIFIED_STATE = frozenset({"kimi-linear", "minimax-01", "bailingmoe3", "plamo2", "lfm2moe"})
 
 
 @dataclass(frozen=True)
@@ -95,6 +66,12 @@ class LayerKV:
     swa: bool
     recurrent: bool
     has_kv: bool
+    experts: bool = False  # the feed-forward is a routed mixture of experts
+
+    @property
+    def stateless(self) -> bool:
+        """Neither a KV cache nor a recurrent state (nemotron_h's MLP-only blocks)."""
+        return not self.has_kv and not self.recurrent
 
 
 @dataclass(frozen=True)
@@ -162,8 +139,9 @@ class ModelInfo:
 
     @functools.cached_property
     def has_kv_cache(self) -> bool:
-        """Some layer keeps a KV cache (the cache type matters)."""
-        return any(layer.has_kv and not layer.recurrent for layer in self.layers)
+        """Some layer keeps a KV cache (the cache type matters); in falcon-h1 every layer
+        keeps one beside its recurrent state."""
+        return any(layer.has_kv for layer in self.layers)
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile) -> ModelInfo:
@@ -183,12 +161,26 @@ class ModelInfo:
 
 
 def load_model(path: str | os.PathLike[str]) -> ModelInfo:
-    """Read a GGUF header and describe the model; raises GGUFError for anything unreadable."""
+    """Read a GGUF header and describe the model; raises GGUFError for anything unreadable,
+    or that llama.cpp's loader would refuse (validate.py)."""
     gguf = read_gguf(path)
+    validate.check_header(gguf)
     try:
-        return ModelInfo.from_gguf(gguf)
-    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
+        model = ModelInfo.from_gguf(gguf)
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError,
+            OverflowError) as exc:
         raise GGUFError(gguf.path, f"not a usable model header: {exc}") from None
+    validate.check_model(model)
+    return model
+
+
+def _whole(key: str, value: Any) -> int:
+    """A header number as llama.cpp's uint32 hyperparameters hold it (no float, bool or text)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} must be a whole number, not {value!r:.40}")
+    if not 0 <= value < 2**32:
+        raise ValueError(f"{key} = {value} does not fit llama.cpp's uint32")
+    return value
 
 
 class _Meta:
@@ -205,93 +197,19 @@ class _Meta:
         value = self.get(key, default)
         if value is None:
             raise KeyError(f"missing {self.arch}.{key}")
-        if isinstance(value, list):
+        if isinstance(value, Sequence) and not isinstance(value, str):
             raise TypeError(f"{self.arch}.{key} is an array, expected a number")
-        return int(value)
+        return _whole(f"{self.arch}.{key}", value)
 
     def per_layer(self, key: str, n_layer: int, default: int | list[int]) -> list[int]:
         """llama.cpp's get_key_or_arr: a scalar for all layers, or one value per layer."""
         value = self.get(key, default)
-        if isinstance(value, list):
+        name = f"{self.arch}.{key}"
+        if isinstance(value, Sequence) and not isinstance(value, str):
             if len(value) < n_layer:
-                raise ValueError(f"{self.arch}.{key} has {len(value)} entries for {n_layer} layers")
-            return [int(v) for v in value[:n_layer]]
-        return [int(value)] * n_layer
-
-
-def _swa_layers(meta: _Meta, arch: str, n_layer_all: int, n_layer: int,
-                is_recr: list[bool], warnings: list[str]) -> tuple[list[bool], int, bool]:
-    """Which layers use a sliding window, the window, and whether it is chunked."""
-    window_key = meta.get("attention.sliding_window")
-    pattern_value = meta.get("attention.sliding_window_pattern")
-    no_swa = ([False] * n_layer_all, 0, False)
-
-    def from_pattern(n_pattern: int, dense_first: bool) -> list[bool]:
-        if isinstance(pattern_value, list):
-            flags = [bool(v) for v in pattern_value[:n_layer_all]]
-            return flags + [False] * (n_layer_all - len(flags))
-        if pattern_value is not None:
-            n_pattern = int(pattern_value)
-        out = []
-        for il in range(n_layer_all):
-            if il >= n_layer:
-                out.append(False)
-            elif dense_first:
-                out.append(n_pattern == 0 or il % n_pattern != 0)
-            else:
-                out.append(n_pattern == 0 or il % n_pattern < n_pattern - 1)
-        return out
-
-    if arch == "lfm2" or arch == "lfm2moe":
-        if window_key and int(window_key) > 0:
-            return [not r for r in is_recr], int(window_key), False
-        return no_swa
-    if arch == "exaone4":
-        window = int(window_key) if window_key is not None else 4096
-        if n_layer == 64:
-            return from_pattern(4, False), window, False
-        return no_swa
-    if arch == "llama4":
-        if window_key is not None and int(window_key) == 0:
-            return no_swa
-        return from_pattern(4, False), 8192, True  # llama4.cpp forces 8192
-    rule = SWA_RULES.get(arch)
-    if rule is not None:
-        if rule.only_if_window and not (window_key and int(window_key) > 0):
-            return no_swa
-        window = int(window_key) if window_key is not None else rule.default_window
-        if arch == "smallthinker":
-            window = 4096  # smallthinker.cpp overrides the file's value
-        if window <= 0:
-            raise KeyError(f"missing {arch}.attention.sliding_window")
-        return from_pattern(rule.pattern, rule.dense_first), window, rule.chunked
-    if arch in SWA_ARRAY_ARCHS or (isinstance(pattern_value, list) and window_key):
-        if not isinstance(pattern_value, list):
-            raise KeyError(f"missing {arch}.attention.sliding_window_pattern")
-        if arch not in SWA_ARRAY_ARCHS:
-            warnings.append(f"sliding-window layers of '{arch}' read from its pattern array "
-                            "(kvgui has no rule for this architecture)")
-        return from_pattern(0, False), int(window_key or 0), False
-    if window_key and int(window_key) > 0 and arch not in ("phi3", "qwen2", "mistral3",
-                                                           "llama", "qwen3", "starcoder2"):
-        warnings.append(f"{arch} declares a sliding window of {window_key}; kvgui does not "
-                        "know whether llama.cpp applies it and assumes full attention")
-    return no_swa
-
-
-def _recurrent_layers(meta: _Meta, arch: str, n_layer_all: int,
-                      n_head_kv: list[int]) -> list[bool]:
-    if arch in RECURRENT_ARCHS:
-        return [True] * n_layer_all
-    if arch not in HYBRID_ARCHS:
-        return [False] * n_layer_all
-    if arch == "falcon-h1":
-        return [True] * n_layer_all  # every layer has both attention and SSM state
-    if arch in ("qwen3next", "qwen35", "qwen35moe", "kimi-linear", "minimax-01"):
-        interval = meta.get("full_attention_interval", 4)
-        return [(il + 1) % int(interval) != 0 for il in range(n_layer_all)]
-    # jamba, granitehybrid, lfm2, nemotron_h, plamo2: layers without KV heads are recurrent
-    return [n == 0 for n in n_head_kv]
+                raise ValueError(f"{name} has {len(value)} entries for {n_layer} layers")
+            return [_whole(name, v) for v in value[:n_layer]]
+        return [_whole(name, value)] * n_layer
 
 
 def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | None,
@@ -302,8 +220,7 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
     meta = _Meta(md, arch)
     warnings: list[str] = []
     notes: list[str] = []
-    if arch not in KNOWN_ARCHS and arch not in SWA_RULES and arch not in HYBRID_ARCHS \
-            and arch not in RECURRENT_ARCHS and arch not in NO_MEMORY_ARCHS:
+    if arch not in KNOWN_ARCHS:
         warnings.append(f"architecture '{arch}' is not one kvgui has checked against llama.cpp;"
                         " the estimate uses its generic header keys")
 
@@ -333,82 +250,81 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
     is_mla = bool(meta.get("attention.key_length_mla")) and \
         bool(meta.get("attention.value_length_mla"))
 
-    is_recr = _recurrent_layers(meta, arch, n_layer_all, n_head_kv_arr)
-    swa_flags, n_swa, chunked = _swa_layers(meta, arch, n_layer_all, n_layer, is_recr, warnings)
-
-    kv_from_start = -1
-    if arch == "gemma3n":
-        kv_from_start = 20
-    elif arch == "gemma4":
-        kv_from_start = n_layer_all - meta.num("attention.shared_kv_layers", 0)
-
-    no_memory = arch in NO_MEMORY_ARCHS or md.get(f"{arch}.attention.causal") is False
+    # which layers are recurrent, keep KV, slide: the architecture's rule (layer_rules.py)
+    rule = layer_rules.rule_for(arch)
+    shape = layer_rules.layers(md, arch, n_layer_all, n_layer, n_head_kv_arr, n_ff_arr,
+                               warnings)
+    is_recr, swa_flags, n_swa, chunked = shape.recurrent, shape.swa, shape.n_swa, shape.chunked
+    kv_from_start = shape.kv_from_start
+    no_memory = rule.kv == layer_rules.KV_NONE or md.get(f"{arch}.attention.causal") is False
+    routed = {int(m.group(1)) for t in tensors if (m := _ROUTER.match(t.name))}
     layers = []
     for il in range(n_layer_all):
-        has_kv = (kv_from_start < 0 or il < kv_from_start) and not no_memory
-        if il >= n_layer:  # NextN/MTP layers are filtered out of the main context's cache
-            has_kv = False
+        attn = shape.kv[il]
         hk = head_k_swa if swa_flags[il] else head_k
         hv = head_v_swa if swa_flags[il] else head_v
         nkv = n_head_kv_arr[il]
-        attn = has_kv and (arch not in HYBRID_ARCHS or not is_recr[il] or arch == "falcon-h1")
         layers.append(LayerKV(
             n_embd_k=hk * nkv if attn else 0,
             n_embd_v=(0 if is_mla else hv * nkv) if attn else 0,
             swa=swa_flags[il],
-            recurrent=is_recr[il] and not no_memory,
+            recurrent=is_recr[il] and rule.recurrent != layer_rules.RECR_NONE,
             has_kv=attn,
+            experts=il in routed,
         ))
-    if arch in RECURRENT_ARCHS:
-        layers = [LayerKV(0, 0, False, True, False) for _ in range(n_layer_all)]
 
     # recurrent state sizes (llama_hparams::n_embd_r / n_embd_s)
     n_embd_r = n_embd_s = 0
-    if any(is_recr):
-        wkv = meta.num("wkv.head_size", 0)
-        shortconv = meta.num("shortconv.l_cache", 0)
-        d_conv = meta.num("ssm.conv_kernel", 0)
-        d_inner = meta.num("ssm.inner_size", 0)
-        d_state = meta.num("ssm.state_size", 0)
-        n_group = meta.num("ssm.group_count", 0)
-        if wkv:
-            n_embd_r = meta.num("token_shift_count", 2) * n_embd
-            n_embd_s = n_embd * wkv
-        elif shortconv:
-            n_embd_r = n_embd * (shortconv - 1)
-        else:
-            n_embd_r = (d_conv - 1 if d_conv > 0 else 0) * (d_inner + 2 * n_group * d_state)
-            n_embd_s = d_state * d_inner
-        if arch in ("qwen3next", "qwen35", "qwen35moe", "kimi-linear", "minimax-01"):
-            warnings.append(f"{arch}'s linear-attention state is estimated from its ssm keys")
+    if any(layer.recurrent for layer in layers):
+        n_embd_r, n_embd_s = layer_rules.state_sizes(rule, md, arch, n_embd, n_head)
+        if arch in _UNVERIFIED_STATE:
+            warnings.append(f"{arch}'s recurrent state is estimated from its header keys "
+                            "(not checked against llama.cpp)")
 
-    # weights: by layer, input (token embedding), output
+    # weights: by layer, input (token embedding), output. The NextN/MTP blocks are in the file
+    # but llama.cpp does not load them (TENSOR_SKIP unless MTP speculation asks for them).
     layer_weights = [0] * n_layer_all
     input_w = output_w = other_w = 0
     names = set()
-    blk = re.compile(r"^blk\.(\d+)\.")
+    skipped = 0
+    output_names = layer_rules.output_tensors(arch)
+    align = layer_rules.WEIGHT_ALIGNMENT
     for t in tensors:
         names.add(t.name)
-        m = blk.match(t.name)
+        nbytes = -(-t.nbytes // align) * align  # as placed in the model buffer
+        m = _BLK.match(t.name)
         if m and int(m.group(1)) < n_layer_all:
-            layer_weights[int(m.group(1))] += t.nbytes
-        elif t.name.startswith(("token_embd", "per_layer_token_embd", "token_types",
-                                "position_embd")):
-            input_w += t.nbytes
-        elif t.name.startswith(("output", "cls")):
-            output_w += t.nbytes
+            il = int(m.group(1))
+            if il >= n_layer:
+                skipped += t.n_elements
+                continue
+            layer_weights[il] += nbytes
+        elif t.name.split(".", 1)[0] in output_names:
+            output_w += nbytes
+        elif t.name.startswith(_INPUT_TENSORS):
+            input_w += nbytes
+        elif t.name.startswith(_LAYER0_TENSORS):
+            layer_weights[0] += nbytes  # a repeating-layer tensor made with layer index 0
         else:
-            other_w += t.nbytes
+            other_w += nbytes
+    if n_layer_nextn and skipped:
+        notes.append(f"{n_layer_nextn} NextN/MTP layer(s) in the file, not loaded "
+                     "(llama.cpp loads them only for MTP speculation)")
     tied_w = 0
     if "output.weight" not in names:
         tok = next((t for t in tensors if t.name == "token_embd.weight"), None)
-        if tok is not None:
+        if tok is not None and arch in layer_rules.OUTPUT_BEFORE_TOKEN_EMBD:
+            # the output's copy of token_embd is made before token_embd itself: two copies
+            output_w += -(-tok.nbytes // align) * align
+            notes.append("tied embeddings: llama.cpp loads token_embd twice for this "
+                         "architecture (input and output head)")
+        elif tok is not None:
             # tied embeddings: llama.cpp shares token_embd with the output layer, and copies it
             # only when the output layer sits on another device (a GPU)
             tied_w = tok.nbytes
             notes.append("tied embeddings: the output layer reuses token_embd")
 
-    n_params = sum(t.n_elements for t in tensors)
+    n_params = sum(t.n_elements for t in tensors)  # llama_model_n_params: the whole file
     vocab = md.get("tokenizer.ggml.tokens")
     n_vocab = meta.num("vocab_size", len(vocab) if vocab is not None else 0)
     if not n_vocab:
@@ -431,8 +347,16 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
         notes.append("recurrent: fixed-size state per sequence, no KV cache")
     elif arch in HYBRID_ARCHS:
         n_attn = sum(1 for layer in layers if layer.has_kv)
-        notes.append(f"hybrid: {n_attn} attention layers with KV cache, "
-                     f"{sum(is_recr)} recurrent layers with fixed state")
+        n_recr = sum(1 for layer in layers if layer.recurrent)
+        n_both = sum(1 for layer in layers if layer.has_kv and layer.recurrent)
+        n_mlp = sum(1 for layer in layers[:n_layer] if layer.stateless)
+        note = f"hybrid: {n_attn} attention layers with KV cache, {n_recr} recurrent layers " \
+            "with fixed state"
+        if n_both:
+            note += f" ({n_both} layers have both)"
+        if n_mlp:
+            note += f", {n_mlp} MLP-only layers with neither"
+        notes.append(note)
     if kv_from_start >= 0:
         notes.append(f"only the first {kv_from_start} layers keep a KV cache; the rest share it")
     if n_expert:
@@ -440,7 +364,9 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
     if no_memory:
         notes.append("no KV cache (encoder or non-causal model)")
 
-    name = str(md.get("general.name") or (os.path.basename(path) if path else arch))
+    # shown on terminals and in widgets: control characters escaped, length bounded
+    name = untrusted.one_line(str(md.get("general.name") or
+                                  (os.path.basename(path) if path else arch)), 200)
     total_bytes = file_bytes if file_bytes is not None else sum(t.nbytes for t in tensors)
     return ModelInfo(
         path=path, name=name, arch=arch, file_type=file_type, file_bytes=total_bytes,
@@ -459,7 +385,7 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
         ssm_d_inner=meta.num("ssm.inner_size", 0), ssm_d_state=meta.num("ssm.state_size", 0),
         ssm_n_group=meta.num("ssm.group_count", 0),
         ssm_dt_rank=meta.num("ssm.time_step_rank", 0),
-        block_tensors=frozenset(blk.sub("", n) for n in names if blk.match(n)),
+        block_tensors=frozenset(_BLK.sub("", n) for n in names if _BLK.match(n)),
         arch_keys=tuple(sorted((k[len(arch) + 1:], v) for k, v in md.items()
                                if k.startswith(arch + ".")
                                and isinstance(v, (int, float, bool, str)))),
