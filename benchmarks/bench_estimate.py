@@ -16,6 +16,7 @@ def main() -> int:
     from kvgui.core.devices.device_budget import DeviceBudget
     from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
     from kvgui.core.memory.estimate import estimate
+    from kvgui.core.memory.memo import ModelMemo
     from kvgui.core.model.catalog import find
     from kvgui.core.model.info import ModelInfo
     from kvgui.core.sizes import GiB
@@ -28,13 +29,14 @@ def main() -> int:
         base = Settings(n_ctx=32768, flash_attn=FlashAttn.ON)
         settings = [base.replace(type_k=k, type_v=v)
                     for k in CACHE_TYPE_NAMES for v in CACHE_TYPE_NAMES]
+        memo = ModelMemo(model)  # (the window keeps one per model: graphs recorded once)
         runs = []
         for i in range(300):
             # a new context each round, as a slider step brings (nothing cached per context)
             step = [s.replace(n_ctx=4096 + 256 * i) for s in settings]
             t0 = time.perf_counter()
             for s in step:
-                estimate(model, s, gpu)
+                estimate(model, s, gpu, memo)
             runs.append(time.perf_counter() - t0)
         runs.sort()
         p95 = runs[int(len(runs) * 0.95)]

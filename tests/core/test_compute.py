@@ -1,8 +1,8 @@
-"""The compute-buffer model: the ggml-alloc replica, the layer shortcut, which models it covers.
+"""The compute buffer: the rebuilt graphs, the replay's layer shortcut, which models are replayed.
 
-Its figures are checked against llama.cpp itself (to the byte, for the simulated
-architectures) in test_against_llama_cpp.py; here: the allocator's rules and the shortcut that
-keeps the replay fast, on real model headers from the catalog.
+Figures are checked against llama.cpp itself (to the byte) in test_against_llama_cpp.py and
+test_reserve_graphs.py; here: the allocator's rules and the shortcut that keeps the replay fast,
+on real model headers from the catalog.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import random
 import pytest
 
 from kvgui.core.config.settings import Settings
-from kvgui.core.memory import compute, ggml_alloc
+from kvgui.core.memory import compute, reserve
 from kvgui.core.memory.compute import (
+    CacheKinds,
     SlotLayers,
     cache_graph,
     compute_buffer,
@@ -22,9 +23,15 @@ from kvgui.core.memory.compute import (
     simulates,
 )
 from kvgui.core.memory.estimate import context_shape
+from kvgui.core.memory.graph import alloc
 from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.model.catalog import find
 from kvgui.core.model.info import ModelInfo
+
+REPLAYED = ["Llama-3.1-8B-Instruct Q4_K_M", "Qwen2.5-7B-Instruct Q4_K_M", "Qwen3-8B Q4_K_M",
+            "Mistral-Nemo-Instruct-2407 Q4_K_M", "Qwen3-30B-A3B Q4_K_M", "Gemma-2-9B-it Q4_K_M",
+            "Gemma-3-27B-it Q4_K_M", "gpt-oss-20b MXFP4_MOE", "DeepSeek-V2-Lite-Chat Q4_K_M",
+            "LFM2-1.2B Q8_0"]
 
 
 def model(label: str) -> ModelInfo:
@@ -32,8 +39,16 @@ def model(label: str) -> ModelInfo:
     return ModelInfo.from_header(metadata, tensors, file_bytes=file_bytes)
 
 
+def truncated(m: ModelInfo, n_layer: int) -> ModelInfo:
+    """The same architecture with only its first ``n_layer`` layers."""
+    keep = tuple(t for t in m.tensor_table
+                 if not t[0].startswith("blk.") or int(t[0].split(".")[1]) < n_layer)
+    return dataclasses.replace(m, n_layer=n_layer, layers=m.layers[:n_layer],
+                               layer_weights=m.layer_weights[:n_layer], tensor_table=keep)
+
+
 def test_allocator_best_fit_then_last_block_and_merging() -> None:
-    al = ggml_alloc.Allocator()  # (sizes come aligned)
+    al = alloc.Allocator()  # (sizes come aligned)
     a = al.alloc(128)
     b = al.alloc(64)
     c = al.alloc(256)
@@ -50,55 +65,49 @@ def test_allocator_best_fit_then_last_block_and_merging() -> None:
 
 
 def test_which_models_are_replayed() -> None:
-    for label in ("Llama-3.1-8B-Instruct Q4_K_M", "Qwen2.5-7B-Instruct Q4_K_M",
-                  "Qwen3-8B Q4_K_M", "Mistral-Nemo-Instruct-2407 Q4_K_M",
-                  "Qwen3-30B-A3B Q4_K_M", "Gemma-2-9B-it Q4_K_M", "Gemma-3-27B-it Q4_K_M",
-                  "gpt-oss-20b MXFP4_MOE", "DeepSeek-V2-Lite-Chat Q4_K_M", "LFM2-1.2B Q8_0"):
+    for label in REPLAYED:
         assert simulates(model(label)), label
-    assert not simulates(model("Mamba-Codestral-7B-v0.1 Q4_K_M"))  # (the stage model)
+    assert not simulates(model("Mamba-Codestral-7B-v0.1 Q4_K_M"))  # (no builder: stage model)
     llama = model("Llama-3.1-8B-Instruct Q4_K_M")
-    odd = dataclasses.replace(llama, block_tensors=llama.block_tensors | {"attn_output.bias"})
-    assert not simulates(odd)  # a block tensor the synthesized graph does not have
+    odd = dataclasses.replace(llama, tensor_table=(
+        *llama.tensor_table, ("blk.0.attn_gate.weight", 0, (4096, 4096))))
+    assert not simulates(odd)  # a tensor the rebuilt graph never reads: a variant
+    assert simulates(llama)
 
 
 def test_cache_types_in_the_graph() -> None:
     llama = model("Llama-3.1-8B-Instruct Q4_K_M")
-    assert cache_graph(llama, "f16", "f16") == (False, False, False, False)
-    assert cache_graph(llama, "q8_0", "f16") == (True, False, False, False)
-    assert cache_graph(llama, "bf16", "q4_0") == (False, True, False, False)
-    assert cache_graph(llama, "f32", "q8_0") == (False, True, True, False)
-    deepseek = model("DeepSeek-V2-Lite-Chat Q4_K_M")  # MLA: no rotation
-    assert cache_graph(deepseek, "q8_0", "q8_0") == (False, False, False, False)
+    assert cache_graph(llama, "f16", "f16") == CacheKinds("f16", "f16")
+    assert cache_graph(llama, "q8_0", "q4_0") == CacheKinds("quantized", "quantized")
+    assert cache_graph(llama, "f32", "iq4_nl") == CacheKinds("f32", "quantized")
+    assert cache_graph(llama, "bf16", "q5_1") == CacheKinds("bf16", "quantized")
 
 
-@pytest.mark.parametrize("label", ["Llama-3.2-3B-Instruct Q4_K_M", "Qwen2.5-7B-Instruct Q4_K_M",
-                                   "Qwen3-30B-A3B Q4_K_M", "Gemma-2-9B-it Q4_K_M",
-                                   "Gemma-3-27B-it Q4_K_M", "gpt-oss-20b MXFP4_MOE",
-                                   "DeepSeek-V2-Lite-Chat Q4_K_M", "LFM2-1.2B Q8_0"])
+@pytest.mark.parametrize("label", REPLAYED[:1] + REPLAYED[4:])
 def test_layer_shortcut_equals_the_full_replay(label: str) -> None:
     rng = random.Random(label)
     base = model(label)
     uniform = not any(layer.swa or layer.recurrent for layer in base.layers)
-    for _ in range(6):
-        m = base
-        if uniform:  # other depths and widths of the same layer
-            m = dataclasses.replace(base, n_layer=rng.choice([1, 2, 3, 7, 28, 61]),
-                                    n_head_kv=rng.choice([1, 2, 4, base.n_head]),
-                                    n_ff=rng.choice([base.n_ff, 4864, 3 * base.n_embd]))
-        fa = rng.random() < 0.5
-        cache = (rng.random() < 0.4, rng.random() < 0.4, rng.random() < 0.2,
-                 rng.random() < 0.2)
-        program = compute._program(m, fa, cache, ModelMemo(m))
-        for _ in range(5):
-            t = rng.choice([1, 7, 64, 512, 513, 2048])
+    for _ in range(4):
+        m = truncated(base, rng.choice([1, 2, 3, 7])) if uniform and rng.random() < 0.5 \
+            else base
+        k, v = (rng.choice(["f16", "f32", "q8_0"]) for _ in range(2))
+        kinds = reserve.cache_kinds(m, k, k if m.is_mla else v)  # (MLA: one type)
+        # (llama.cpp refuses a quantized V cache without flash attention; MLA: V is K)
+        fa = rng.random() < 0.5 or kinds.v == "quantized"
+        n_seqs = rng.choice([1, 1, 3])
+        key = reserve.GraphKey(fa, kinds, n_seqs,
+                               n_seqs > 1 and rng.random() < 0.5, frozenset())
+        program = reserve.program(m, key)
+        for _ in range(4):
+            u = rng.choice([7, 64, 171, 512, 2048])
             n_kv = rng.choice([256, 4096, 10240, 131072])
-            swa = min(n_kv, rng.choice([512, 1280, 4608]))
-            streams = rng.choice([1, 1, 2])
-            scale = (t, t * n_kv, t * swa, rng.choice([t, 1]), 1, n_kv * streams, swa * streams,
-                     streams)
+            env = {"U": u, "O": rng.choice([u * n_seqs, u]), "K": n_kv,
+                   "W": min(n_kv, rng.choice([512, 1280, 4608]))}
+            scale = program.scale(env)
             for align in (compute.CPU_ALIGN, compute.CUDA_ALIGN):
-                assert ggml_alloc.replay(program, scale, align) == \
-                    ggml_alloc.replay(program, scale, align, shortcut=False)
+                assert alloc.replay(program, scale, align) == \
+                    alloc.replay(program, scale, align, shortcut=False)
 
 
 def test_logits_land_after_what_the_last_layer_leaves() -> None:
@@ -110,30 +119,43 @@ def test_logits_land_after_what_the_last_layer_leaves() -> None:
         t = shape.n_ubatch
         floor = 4 * t * (m.n_vocab + 2 * m.n_embd)
         for fa in (True, False):
-            for cache in ((False, False, False, False), (True, True, False, False)):
-                assert simulated_peak(m, shape, fa, cache) >= floor
+            for kinds in (CacheKinds("f16", "f16"),
+                          CacheKinds("quantized", "quantized" if fa else "f16")):
+                assert simulated_peak(m, shape, fa, kinds) >= floor
 
 
-def test_one_gpu_with_everything_is_never_below_either_model() -> None:
+def test_one_gpu_with_everything_splits_off_the_token_embedding() -> None:
+    """The token embeddings stay in host memory: the CPU runs the lookup and the GPU the rest
+    (two splits); the GPU's buffer is its own ggml-alloc over its share, with CUDA's rules."""
     m = model("Llama-3.1-8B-Instruct Q4_K_M")
     shape = context_shape(m, Settings(n_ctx=10000))
     everything = SlotLayers(True, True, True, False)
     nothing = SlotLayers(False, False, False, False)
-    cache = (True, True, False, False)
-    gpu, host = compute_buffer(m, shape, True, [everything, nothing], cache)
-    assert gpu >= simulated_peak(m, shape, True, cache, compute.CUDA_ALIGN)
-    attn, ffn, out = compute._stage_peaks(m, shape, True, shape.n_ctx_seq, shape.n_ubatch)
-    assert gpu >= max(attn, ffn, out)
-    assert 0 < host < gpu
-    cpu_only = compute_buffer(m, shape, True, [everything], cache)
-    assert cpu_only == [simulated_peak(m, shape, True, cache)]
+    kinds = CacheKinds("quantized", "quantized")
+    offload = compute.Offload(tuple([0] * len(m.layers)), 0, 1)
+    memo = ModelMemo(m)
+    gpu, host = compute_buffer(m, shape, True, [everything, nothing], kinds, offload, memo)
+    assert [gpu, host] == reserve.peaks(m, shape, True, kinds, offload.layout)
+    split = next(iter(reserve.recordings(memo).splits.values()))[0]
+    assert split.n_splits == 2
+    t, n_kv = shape.n_ubatch, shape.n_ctx_seq
+    # the host makes every graph input (to be copied to the GPU) and looks the rows up:
+    # tokens, the unused embedding input, positions, K and V store indices, the f16 mask,
+    # the Hadamard matrices of the quantized caches (128 for K, 64 for V), the output ids
+    inputs = 4 * t + 4 * m.n_embd * t + 4 * t + 8 * t + 8 * t + 2 * n_kv * t \
+        + 4 * 128 * 128 + 4 * 64 * 64 + 4 * t
+    assert host == inputs + 4 * m.n_embd * t
+    # the GPU peaks at the logits over the final norm (an output: never freed)
+    assert gpu == 4 * t * (m.n_vocab + m.n_embd)
+    assert compute_buffer(m, shape, True, [everything], kinds) == \
+        [simulated_peak(m, shape, True, kinds)]
 
 
 def test_unknown_cache_types_take_the_largest_case() -> None:
     m = model("Llama-3.2-3B-Instruct Q4_K_M")
     shape = context_shape(m, Settings(n_ctx=4096))
     slots = [SlotLayers(True, True, True, False)]
-    cases = [compute_buffer(m, shape, True, slots, (k, v, False, False))[0]
-             for k in (False, True) for v in (False, True)]
+    cases = [compute_buffer(m, shape, True, slots, CacheKinds(k, v))[0]
+             for k in ("f16", "quantized") for v in ("f16", "quantized")]
     assert len(set(cases)) > 1  # the rotations' matrix products move the logits up here
     assert compute_buffer(m, shape, True, slots) == [max(cases)]

@@ -8,8 +8,26 @@ import random
 
 import pytest
 
-from kvgui.core.memory import ggml_alloc
-from kvgui.core.memory.ggml_alloc import Allocator, Graph, Program, Tensor, record, replay
+from kvgui.core.gguf import ggml_types
+from kvgui.core.memory.graph import alloc as ggml_alloc
+from kvgui.core.memory.graph.alloc import Allocator, Program, record, replay
+from kvgui.core.memory.graph.ir import INPUT, OUTPUT, Graph, Tensor
+from kvgui.core.memory.graph.sym import Dim, U
+
+F32 = ggml_types.by_name("f32")
+
+
+def tensor(op: str, width: Dim, *srcs: Tensor | None, il: int = -1) -> Tensor:
+    """An f32 vector of ``width`` elements: ADD can reuse a parent of the same width in place,
+    MUL_MAT never does."""
+    return Tensor(op, F32, (width, 1, 1, 1), (4, 4 * width, 4 * width, 4 * width),
+                  list(srcs), il=il)
+
+
+def leaf(width: Dim) -> Tensor:
+    t = tensor("NONE", width)
+    t.flags |= INPUT
+    return t
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -51,23 +69,17 @@ def test_inline_allocator_equals_the_reference(seed: int, scan: bool) -> None:
     assert replay(program, (1,), 32) == al.max_size
 
 
-def random_graph(rng: random.Random) -> tuple[Graph, dict[Tensor, tuple[int, ...]]]:
+def random_graph(rng: random.Random) -> Graph:
     """Layers of a few kinds in a pattern, each reading the residual stream, its own
     intermediates and some inputs (freed after their last user), some ops in place."""
     g = Graph()
-    sizes: dict[Tensor, tuple[int, ...]] = {}
-    widths = [(rng.choice([0, 1, 2, 3, 8]), rng.choice([0, 0, 1, 4])) for _ in range(6)]
+    widths: list[Dim] = [rng.choice([0, 1, 2, 3, 8]) + rng.choice([0, 0, 1, 4]) * U
+                         for _ in range(6)]
 
-    def op(*srcs: Tensor | None, w: int = 0, inplace: bool = False) -> Tensor:
-        node = Tensor(srcs, inplace=inplace, layout=("x", str(w)))
-        sizes[node] = widths[w]
-        return node
+    def op(*srcs: Tensor | None, w: int = 0, inplace: bool = False, il: int = -1) -> Tensor:
+        return tensor("ADD" if inplace else "MUL_MAT", widths[w], *srcs, il=il)
 
-    inputs = []
-    for _ in range(rng.randint(1, 4)):
-        leaf = Tensor(is_input=True)
-        sizes[leaf] = widths[rng.randrange(6)]
-        inputs.append(leaf)
+    inputs = [leaf(widths[rng.randrange(6)]) for _ in range(rng.randint(1, 4))]
     cur = op(inputs[0])
     g.expand(cur)
     n_layer = rng.randint(1, 24)
@@ -80,48 +92,59 @@ def random_graph(rng: random.Random) -> tuple[Graph, dict[Tensor, tuple[int, ...
     last_use = [rng.randrange(n_layer + 1) for _ in inputs]  # (n_layer: the output head)
     for il in range(n_layer):
         steps, reads = kinds[pattern[il % len(pattern)]]
-        first = op(cur, inplace=True)
-        first.starts_layer = True
+        first = op(cur, inplace=True, il=il)
         parts = [first]
         for src, w, inplace in steps:
-            parts.append(op(parts[src], w=w, inplace=inplace))
-        for i, leaf in enumerate(inputs):
+            parts.append(op(parts[src], w=w, inplace=inplace, il=il))
+        for i, x in enumerate(inputs):
             if (i in reads and il < last_use[i]) or il == last_use[i]:
-                parts.append(op(parts[-1], leaf, w=steps[0][1]))
-        cur = op(first, parts[-1], inplace=True)  # the residual stream goes on, in place
+                parts.append(op(parts[-1], x, w=steps[0][1], il=il))
+        cur = op(first, parts[-1], inplace=True, il=il)  # the residual stream goes on in place
         g.expand(cur)
-    out = op(cur, *(leaf for i, leaf in enumerate(inputs) if last_use[i] == n_layer), w=5)
-    out.is_output = True
+    out = op(cur, *(x for i, x in enumerate(inputs) if last_use[i] == n_layer), w=5)
+    out.flags |= OUTPUT
     g.expand(out)
-    return g, sizes
+    return g
 
 
 @pytest.mark.parametrize("seed", range(80))
 def test_layer_reuse_equals_the_full_replay(seed: int) -> None:
     rng = random.Random(seed)
-    graph, sizes = random_graph(rng)
-    program = record(graph, sizes)
+    program = record(random_graph(rng))
     for _ in range(8):
-        scale = (rng.choice([1, 2, 3, 7, 64]), rng.choice([0, 1, 5, 100]))
+        scale = program.scale({"U": rng.choice([1, 2, 3, 7, 64, 100])})
         for align in (ggml_alloc.CPU_ALIGN, ggml_alloc.CUDA_ALIGN):
             assert replay(program, scale, align) == replay(program, scale, align, shortcut=False)
 
 
 def test_alike_layers_share_a_shape_and_an_input_freed_makes_its_own() -> None:
     g = Graph()
-    sizes: dict[Tensor, tuple[int, ...]] = {}
-    mask = Tensor(is_input=True)
-    sizes[mask] = (1,)
-    cur = Tensor((mask,), layout=("e", "t"))  # (so the first layer can go on in place too)
-    sizes[cur] = (1,)
+    mask = leaf(U)
+    cur = tensor("MUL_MAT", U, mask)  # (so the first layer can go on in place too)
     for il in range(5):
-        first = Tensor((cur,), inplace=True, layout=("e", "t"))
-        first.starts_layer = True
-        attn = Tensor((first, mask) if il < 4 else (first,))
-        cur = Tensor((first, attn), inplace=True, layout=("e", "t"))
-        for t in (first, attn, cur):
-            sizes[t] = (1,)
+        first = tensor("ADD", U, cur, il=il)
+        attn = tensor("MUL_MAT", U, *((first, mask) if il < 4 else (first,)), il=il)
+        cur = tensor("ADD", U, first, attn, il=il)
     g.expand(cur)
-    program = record(g, sizes)
+    program = record(g)
     # layers 0..2 are alike; layer 3 is the mask's last user and frees it (4: the epilogue)
     assert program.shapes == (0, 0, 0, 1)
+
+
+def test_a_cast_counts_itself_among_its_children() -> None:
+    """ggml_cast's second source is itself: ggml-alloc counts it as one more child, which it
+    drops at the cast's own step, so the cast lives until its real consumer is done."""
+    from kvgui.core.memory.graph import ops as ggml
+
+    ctx = ggml.Context()
+    x = ggml.new_tensor_1d(ctx, F32, 64)
+    ggml.set_input(x)
+    product = ggml.mul(ctx, x, x)
+    y = ggml.cast(ctx, product, ggml_types.by_name("f16"))
+    z = ggml.mul_mat(ctx, y, x)
+    g = Graph()
+    g.expand(z)
+    assert y.src == [product, y] and g.nodes == [product, y, z]
+    ops = record(g).prologue
+    # x, the product, the cast; the product is freed; z; then the cast and x
+    assert ops == ((0, 0), (1, 0), (2, 1), (~1, 0), (3, 2), (~2, 1), (~0, 0))

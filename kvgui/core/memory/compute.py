@@ -6,38 +6,44 @@ place every intermediate tensor; the buffer is the allocator's high-water mark, 
 on where each tensor lands, not only on what is alive at once (the logits are placed after
 whatever the last layer left behind, so a hole too small for them costs its size again).
 
-For the architectures compute_graph rebuilds (llama/mistral, qwen2, qwen3, qwen3moe, gemma2,
-gemma3, gpt-oss, deepseek2-lite with MLA, lfm2) the graph is replayed through a copy of
-ggml-alloc (ggml_alloc): llama.cpp's figure to the byte, on one backend. Other architectures,
-and layers split across devices, use a model of the three points where a layer peaks: the
-attention scores, the feed-forward activations, or the output logits. Both are checked
-against llama.cpp's own reserve (no_alloc dry run) in tests/core/test_against_llama_cpp.py.
+For the architectures with a builder (kvgui/core/memory/builders: llama/mistral, qwen2, qwen3,
+qwen3moe, gemma2, gemma3, gpt-oss, deepseek2, lfm2) the graph is rebuilt as llama.cpp builds it
+and ggml-alloc replayed over it (reserve.py, graph/): on the CPU alone, llama.cpp's figure to
+the byte (tests/core/test_against_llama_cpp.py, test_reserve_graphs.py); with GPUs, over the
+scheduler's split graph, one buffer per device (checked against llama-fit-params on RPC
+devices to its 0.01 MiB in test_multi_device_rpc.py; CUDA's own rules are from its source,
+not measured). Other architectures use a model of the three points where a layer peaks: the
+attention scores, the feed-forward activations, or the output logits (the stage model).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kvgui.core.memory.compute_graph import (
-    F16,
-    F32,
-    CacheGraph,
-    cache_graph,
-    dense_graph,
-    scale,
-    simulates,
-)
-from kvgui.core.memory.ggml_alloc import CPU_ALIGN, CUDA_ALIGN, Program, record, replay
+from kvgui.core.memory import reserve
+from kvgui.core.memory.graph.alloc import CPU_ALIGN, CUDA_ALIGN
+from kvgui.core.memory.graph.sched import GGML_SCHED_MAX_COPIES
 from kvgui.core.memory.memo import ModelMemo
+from kvgui.core.memory.reserve import CacheKinds, cache_kinds
 
 if TYPE_CHECKING:
     from kvgui.core.memory.estimate import ContextShape
     from kvgui.core.model.info import ModelInfo
 
-__all__ = ["CPU_ALIGN", "CUDA_ALIGN", "CacheGraph", "SlotLayers", "cache_graph",
+log = logging.getLogger(__name__)
+
+F16_CACHE = CacheKinds("f16", "f16")
+
+__all__ = ["CPU_ALIGN", "CUDA_ALIGN", "CacheKinds", "SlotLayers", "cache_graph",
            "compute_buffer", "simulated_peak", "simulates"]
+
+F32 = 4
+F16 = 2
 
 KQ_MASK_PAD = 64  # GGML_KQ_MASK_PAD: the mask's token dimension is padded for flash attention
 # the stage model rounds every tensor to this (ggml-alloc aligns to the buffer type's
@@ -92,33 +98,22 @@ def _stage_peaks(model: ModelInfo, shape: ContextShape, fa: bool, n_kv: int,
     return attn + resid + mask, max(ffn + resid + mask, ssm), output
 
 
-def _program(model: ModelInfo, fa: bool, cache: CacheGraph, memo: ModelMemo) -> Program:
-    """The allocator's operations for the model's graph (once per model and graph)."""
-    def make() -> Program:
-        graph, sizes = dense_graph(model, model.n_layer, fa, cache)
-        return record(graph, sizes)
+def simulates(model: ModelInfo, memo: ModelMemo | None = None) -> bool:
+    """Whether the compute buffer of ``model`` is replayed through ggml-alloc over its real
+    graph (builders/: an architecture with a builder, every tensor of the file read)."""
+    return reserve.supports(model, memo)
 
-    return memo.get("galloc", (fa, cache), make)
+
+def cache_graph(model: ModelInfo, type_k: str, type_v: str) -> CacheKinds:
+    """What the cache types change in the graph (the key its recordings are shared by)."""
+    return cache_kinds(model, type_k, type_v)
 
 
 def simulated_peak(model: ModelInfo, shape: ContextShape, fa: bool,
-                   cache: CacheGraph = (False, False, False, False),
+                   cache: CacheKinds = F16_CACHE,
                    alignment: int = CPU_ALIGN, memo: ModelMemo | None = None) -> int:
     """The compute buffer of the whole model on one backend, from a replay of ggml-alloc."""
-    memo = ModelMemo(model) if memo is None else memo
-    # graph_reserve: n_tokens is a multiple of n_seq_max (n_seq, where the shape has it)
-    n_seqs = max(int(getattr(shape, "n_seq", 0)), shape.n_stream, 1)
-    n_outputs = min(shape.n_ubatch, shape.n_batch)
-    n_tokens = -(-shape.n_ubatch // n_seqs) * n_seqs  # graph_reserve: a multiple of n_seqs
-    key = (fa, cache, n_tokens, shape.n_ctx_seq, shape.swa_cells, shape.n_stream, n_outputs,
-           alignment)
-
-    def make() -> int:
-        sizes = scale(n_tokens, shape.n_ctx_seq, shape.swa_cells, n_outputs, shape.n_stream,
-                      n_seqs)
-        return int(replay(_program(model, fa, cache, memo), sizes, alignment))
-
-    return memo.get("galloc-peak", key, make)
+    return reserve.peak(model, shape, fa, cache, alignment, memo)
 
 
 @dataclass(frozen=True)
@@ -131,27 +126,84 @@ class SlotLayers:
     swa: bool
 
 
+@dataclass(frozen=True)
+class Offload:
+    """Where llama.cpp puts the layers (llama_model::load_tensors): the GPU of each layer (-1:
+    the CPU), the output layer's, how many GPUs, and the KV cache on the GPUs or not (-nkvo).
+    ``overrides``: tensor buffer overrides (-ot, --n-cpu-moe) as (regex, GPU or -1)."""
+
+    layer_device: tuple[int, ...]
+    output_device: int
+    n_gpus: int
+    kv_offload: bool = True
+    overrides: tuple[tuple[str, int], ...] = ()
+
+    def with_kv_offload(self, kv_offload: bool) -> Offload:
+        return dataclasses.replace(self, kv_offload=kv_offload)
+
+    @functools.cached_property
+    def layout(self) -> reserve.Layout:
+        """The scheduler's view: CUDA devices (their rules; other GPU kinds are taken alike),
+        the CPU last with its compute buffer in CUDA's pinned host memory; llama.cpp's backend
+        hints applied (an allocating reserve)."""
+        host = reserve.Buft("CUDA_Host", host=True) if self.n_gpus else reserve.CPU_BUFT
+        backends = tuple(reserve.cuda_backend(i) for i in range(self.n_gpus))
+        return self.layout_with((*backends, reserve.cpu_backend(host)), pins=True)
+
+    def layout_with(self, backends: tuple[reserve.Backend, ...], pins: bool) -> reserve.Layout:
+        """The scheduler's view with these backends (the GPUs in order, the CPU last).
+        Pipeline parallelism (4 input copies) when several GPUs hold every layer and the
+        output, the KV cache is offloaded and no tensor is overridden, as llama_context
+        enables it (every device kvgui models has async compute and events)."""
+        cpu = self.n_gpus
+        layers = tuple(cpu if d < 0 else d for d in self.layer_device)
+        output = cpu if self.output_device < 0 else self.output_device
+        full = output != cpu and all(b != cpu for b in layers)
+        overrides = tuple((p, cpu if d < 0 else d) for p, d in self.overrides)
+        parallel = self.n_gpus > 1 and full and self.kv_offload and not overrides
+        return reserve.Layout(backends, layers, output, self.kv_offload,
+                              GGML_SCHED_MAX_COPIES if parallel else 1, full, pins,
+                              overrides)
+
+
 def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
                    slots: Sequence[SlotLayers],
-                   cache: CacheGraph | None = None, memo: ModelMemo | None = None) -> list[int]:
+                   cache: CacheKinds | None = None,
+                   offload: Offload | None = None,
+                   memo: ModelMemo | None = None) -> list[int]:
     """Compute buffer bytes per device: the GPUs in order, then the CPU (last).
 
     ``cache``: cache_graph() of the cache types; None when unknown: the largest of the
-    quantized / not quantized cases (f16 and quantized caches).
+    quantized / not quantized cases (f16 and quantized caches). With ``offload`` (where the
+    layers are) and a model whose graph kvgui rebuilds, the scheduler's split graph is
+    replayed per device; otherwise the stage model gives each device's peak. ``memo``: the
+    caller's memo for this model (memo.py): the graph is built and recorded once in it.
     """
-    memo = ModelMemo(model) if memo is None else memo
+    memo = ModelMemo(model) if memo is None else memo.for_model(model)
+    cases = [cache] if cache is not None else [
+        CacheKinds(k, v) for k in ("f16", "quantized") for v in ("f16", "quantized")]
+    if simulates(model, memo):
+        try:
+            if offload is None or offload.n_gpus == 0:
+                cpu_only = all(not (s.holds_layers or s.holds_output) for s in slots[:-1])
+                if cpu_only:
+                    peak = max(simulated_peak(model, shape, fa, c, CPU_ALIGN, memo)
+                               for c in cases)
+                    return [0] * (len(slots) - 1) + [peak]
+            else:
+                layout = offload.layout
+                per_case = [reserve.peaks(model, shape, fa, c, layout, memo) for c in cases]
+                return [max(col) for col in zip(*per_case, strict=True)]
+        except reserve.UnsupportedGraph as exc:  # (settings llama.cpp refuses, mostly)
+            log.info("compute buffer from the stage model: %s", exc)
+    return _stage_buffer(model, shape, fa, slots)
+
+
+def _stage_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
+                  slots: Sequence[SlotLayers]) -> list[int]:
+    """The stage model per device, for architectures without a builder."""
     result = [0] * len(slots)
     n_outputs = min(shape.n_ubatch, shape.n_batch)
-    computing = [i for i, s in enumerate(slots) if s.holds_layers or s.holds_output]
-    alone = len(computing) == 1 and slots[computing[0]].holds_layers \
-        and slots[computing[0]].holds_output \
-        and memo.get("simulates", None, lambda: simulates(model))
-    cases = [cache] if cache is not None else [
-        (k, v, False, False) for k in (False, True) for v in (False, True)]
-
-    def replayed(alignment: int) -> int:
-        return max(simulated_peak(model, shape, fa, c, alignment, memo) for c in cases)
-
     for i, slot in enumerate(slots):
         is_cpu = i == len(slots) - 1
         if not slot.holds_layers and not slot.holds_output:
@@ -160,9 +212,6 @@ def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
                 result[i] = _al(F32 * model.n_embd * shape.n_ubatch) + _al(
                     F32 * shape.n_ctx_seq * shape.n_ubatch)
             continue
-        if alone and is_cpu:
-            result[i] = replayed(CPU_ALIGN)
-            continue
         n_kv = shape.n_ctx_seq if slot.full_attention or not slot.swa else shape.swa_cells
         attn, ffn, output = _stage_peaks(model, shape, fa, n_kv, n_outputs)
         peaks = [ffn]  # (and the recurrent scan, for Mamba layers)
@@ -170,9 +219,5 @@ def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
             peaks.append(attn)
         if slot.holds_output:
             peaks.append(output)
-        if alone:
-            # one GPU computes everything: the same allocator runs over (nearly) the same
-            # graph with CUDA's alignment; never below the stage model (not verified on CUDA)
-            peaks.append(replayed(CUDA_ALIGN))
         result[i] = max(peaks)
     return result

@@ -20,7 +20,7 @@ from kvgui.core.devices.hardware.cpu import HostCpu
 from kvgui.core.gguf import ggml_types
 from kvgui.core.memory import findings as fnd
 from kvgui.core.memory import host_buffers
-from kvgui.core.memory.compute import SlotLayers, cache_graph, compute_buffer
+from kvgui.core.memory.compute import Offload, SlotLayers, cache_graph, compute_buffer
 from kvgui.core.memory.findings import Code, Finding
 from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.memory.verification import ComputeCheck, compute_check
@@ -343,6 +343,7 @@ class _Placement:
     recurrent_host: tuple[int, ...]
     compute_slots: tuple[SlotLayers, ...]
     host: host_buffers.HostWeights  # the CPU slot's weights by llama.cpp buffer type
+    offload: Offload  # where the layers are, for the compute graph's scheduler
 
 
 def _layer_devices(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> tuple[
@@ -446,8 +447,8 @@ def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget],
     return _Placement(n_gpu_layers, tuple(weights),
                       tuple((*k, n) for k, n in groups.items()),
                       tuple((*k, n) for k, n in groups_host.items()),
-                      tuple(recurrent), tuple(recurrent_host), tuple(slots), hosted)
-
+                      tuple(recurrent), tuple(recurrent_host), tuple(slots), hosted,
+                      Offload(tuple(layer_dev), out_dev, len(gpus)))
 
 def estimate(model: ModelInfo, settings: Settings,
              devices: Sequence[DeviceBudget] | None = None,
@@ -495,9 +496,10 @@ def estimate(model: ModelInfo, settings: Settings,
 
     graph = cache_graph(model, s.type_k, s.type_v)
     placement_key = (s.n_gpu_layers, s.tensor_split, tuple((g.split, g.budget) for g in gpus))
-    compute = memo.get("compute", (placement_key, shape, fa, graph),
+    offload = placed.offload if s.kv_offload else placed.offload.with_kv_offload(False)
+    compute = memo.get("compute", (placement_key, shape, fa, graph, s.kv_offload),
                        lambda: compute_buffer(model, shape, fa, placed.compute_slots, graph,
-                                              memo=memo))
+                                              offload, memo=memo))
     output = model.n_vocab * s.n_parallel * 4  # logits for one token per sequence, host memory
 
     out: list[DeviceMemory] = []

@@ -3,12 +3,12 @@
 KV cache, recurrent state, padded context and weights follow llama.cpp's constructors and are
 checked to the byte for every family (tests/core/test_architectures.py). The compute buffer
 is exact only where compute.py replays ggml-alloc over the architecture's own graph
-(compute_graph.simulates) and one backend -- the CPU -- computes everything; elsewhere it is
-the stage model, whose error against llama.cpp's no_alloc dry run was measured per family
-over benchmarks/accuracy.py's full settings matrix (bundled llama.cpp 0c1e570). That
-measured range is the expected error the window, the CLI table and the JSON show
-("±X%, not verified for <arch>"); an architecture kvgui has no fixture for shows only that
-it is not verified, with the widest error seen on any family as a guide.
+(compute.simulates: a builder in builders/) and one backend -- the CPU -- computes
+everything; elsewhere it is the stage model, whose error against llama.cpp's no_alloc dry
+run was measured per family over benchmarks/accuracy.py's full settings matrix (bundled
+llama.cpp 0c1e570). That measured range is the expected error the window, the CLI table and
+the JSON show ("±X%, not verified for <arch>"); an architecture kvgui has no fixture for
+shows only that it is not verified, with the widest error seen on any family as a guide.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kvgui.core.memory.compute_graph import simulates
+from kvgui.core.memory.compute import simulates
 
 if TYPE_CHECKING:
     from kvgui.core.model.info import ModelInfo
@@ -71,11 +71,9 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "smollm3": (-0.0152, 0.0000),
     "starcoder2": (-0.0833, 0.2666),
 }
-# Replayed architectures whose replay still misses some settings (same measurement): lfm2 with
-# a quantized cache, -np 4 -kvu at 4096 tokens.
-REPLAY_MISSES: dict[str, tuple[float, float]] = {
-    "lfm2": (-0.0559, 0.0),
-}
+# Replayed architectures whose replay still misses some settings (same measurement): none
+# since the graphs are rebuilt by builders/ (all 645 runs of the replayed families exact).
+REPLAY_MISSES: dict[str, tuple[float, float]] = {}
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,12 @@ class ModelInfo:
     # the weight tensors llama.cpp loads (name, shape, type, offset): which host buffer type
     # each one takes (memory/host_buffers.py)
     tensors: tuple[TensorInfo, ...] = field(default=(), compare=False, repr=False)
+    # what the compute-graph builders (kvgui/core/memory/builders) read beyond the above: the
+    # tensor table (name, ggml type id, shape) and the "<arch>." numeric array keys
+    tensor_table: tuple[tuple[str, int, tuple[int, ...]], ...] = field(
+        default=(), compare=False, repr=False)
+    arch_arrays: tuple[tuple[str, tuple[int | float, ...]], ...] = field(
+        default=(), compare=False, repr=False)
 
     @property
     def n_embd_v_max(self) -> int:
@@ -404,7 +410,20 @@ def _describe(md: Mapping[str, Any], tensors: Sequence[TensorInfo], path: str | 
         arch_keys=tuple(sorted((k[len(arch) + 1:], v) for k, v in md.items()
                                if k.startswith(arch + ".")
                                and isinstance(v, (int, float, bool, str)))),
+        tensor_table=tuple((t.name, t.type_id, tuple(t.shape)) for t in tensors),
+        arch_arrays=_arch_arrays(md, arch),
     )
+
+
+def _arch_arrays(md: Mapping[str, Any], arch: str) -> tuple[tuple[str, tuple[int | float, ...]],
+                                                            ...]:
+    """The "<arch>." keys holding arrays of numbers (per-layer head counts, patterns, ...)."""
+    out = []
+    for k, v in md.items():
+        if k.startswith(arch + ".") and isinstance(v, (list, tuple)) \
+                and all(isinstance(x, (int, float)) for x in v):
+            out.append((k[len(arch) + 1:], tuple(v)))
+    return tuple(sorted(out))
 
 
 def _guess_file_type(tensors: Sequence[TensorInfo]) -> str:

@@ -2,80 +2,33 @@
 
 llama.cpp's compute buffer is the high-water mark of ggml_gallocr over the reserve graph, and
 that depends on where each tensor lands, not only on what is alive at once. Which tensor is
-placed, reused in place or freed when depends on the graph alone; the sizes depend on the
-context. So ``record`` walks the graph once (ggml_gallocr_alloc_graph_impl) into a list of
-allocations and frees, and ``replay`` runs the free-block allocator (ggml_dyn_tallocr) over it
-for the sizes of one shape. Layers that do the same thing from the same allocator state are
-replayed once: that keeps a replay at a few layers' worth of work for any depth.
+placed, reused in place or freed when depends on the graph alone (the symbolic IR: layouts
+compare as polynomials); the sizes depend on the context. So ``record`` walks the graph once
+(ggml_gallocr_alloc_graph_impl) into a list of allocations and frees, and ``replay`` runs the
+free-block allocator (ggml_dyn_tallocr) over it for the sizes of one shape. Layers that do the
+same thing from the same allocator state are replayed once: that keeps a replay at a few
+layers' worth of work for any depth.
 """
 
 from __future__ import annotations
 
 import itertools
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
+
+from kvgui.core.memory.graph import ops as ggml
+from kvgui.core.memory.graph.ir import Graph, Tensor
+from kvgui.core.memory.graph.sym import Dim, Mono, monomials
 
 CPU_ALIGN = 32  # ggml-backend.cpp: the CPU buffer type's alignment (TENSOR_ALIGNMENT)
 CUDA_ALIGN = 128
 _UNBOUNDED = 1 << 62  # the CPU buffer type has no maximum size: one chunk, an endless last block
 
-# A tensor's size: bytes as a linear form of the shape's scale vector (see compute_graph).
+# A tensor's size: bytes as a linear form of the program's monomials (``Program.monos``): the
+# scale vector of a shape holds each monomial's value.
 Size = tuple[int, ...]
-
-
-class Tensor:
-    """One graph tensor, with ggml-alloc's bookkeeping for it (struct hash_node)."""
-
-    __slots__ = ("allocated", "index", "inplace", "is_input", "is_leaf", "is_output",
-                 "layout", "n_children", "n_views", "srcs", "starts_layer", "view_src",
-                 "visited")
-
-    def __init__(self, srcs: tuple[Tensor | None, ...] = (), *,
-                 view_src: Tensor | None = None, inplace: bool = False,
-                 layout: tuple[str, str] | None = None, is_input: bool = False) -> None:
-        self.srcs = srcs
-        self.view_src = view_src
-        self.inplace = inplace  # ggml_op_can_inplace(op)
-        self.layout = layout  # equal layouts: ggml_are_same_layout
-        self.is_input = is_input
-        self.is_leaf = is_input  # op NONE: the graph keeps it among the leafs
-        self.is_output = False
-        self.n_children = 0
-        self.n_views = 0
-        self.allocated = False
-        self.index = 0  # its storage (in-place results share their parent's)
-        self.visited = False
-        self.starts_layer = False  # the first node of a layer (the replay's unit of reuse)
-
-
-class Graph:
-    """Nodes and leafs in the order ggml_build_forward_expand visits them (depth first,
-    sources left to right, each tensor once)."""
-
-    def __init__(self) -> None:
-        self.nodes: list[Tensor] = []
-        self.leafs: list[Tensor] = []
-
-    def expand(self, root: Tensor) -> None:
-        if root.visited:
-            return
-        root.visited = True
-        stack: list[tuple[Tensor, int]] = [(root, 0)]
-        while stack:
-            node, i = stack[-1]
-            srcs = node.srcs
-            while i < len(srcs):
-                src = srcs[i]
-                i += 1
-                if src is not None and not src.visited:
-                    src.visited = True
-                    stack[-1] = (node, i)
-                    stack.append((src, 0))
-                    break
-            else:
-                stack.pop()
-                (self.leafs if node.is_leaf else self.nodes).append(node)
 
 
 class Allocator:
@@ -152,6 +105,7 @@ class Program:
     epilogue: Ops
     live: tuple[tuple[int, ...], ...]
     shapes: tuple[int, ...]
+    monos: tuple[Mono, ...] = ()  # what each scale entry is the value of
     _repeats: dict[int, list[int]] = field(default_factory=dict, compare=False, repr=False)
 
     def repeats(self, period: int) -> list[int]:
@@ -166,79 +120,222 @@ class Program:
             self._repeats[period] = found
         return found
 
+    def scale(self, env: Mapping[str, int]) -> list[int]:
+        """The value of each monomial for one shape (variable values ``env``)."""
+        out = []
+        for mono in self.monos:
+            x = 1
+            for v in mono:
+                x *= env[v]
+            out.append(x)
+        return out
 
-def record(graph: Graph, sizes: Mapping[Tensor, Size]) -> Program:
-    """ggml_gallocr_alloc_graph_impl's walk: leafs first, then each node is placed (in place
-    over a parent when allowed) and its parents freed after their last use."""
-    distinct = sorted(dict.fromkeys(sizes.values()),
-                      key=lambda s: sum(1 for c in s if c) > 1)  # (stable: one term first)
-    single = tuple(next(((i, c) for i, c in enumerate(s) if c), (0, 0)) for s in distinct
-                   if sum(1 for c in s if c) <= 1)
-    index = {size: i for i, size in enumerate(distinct)}
+
+class _Hash:
+    """ggml-alloc's hash_node for one tensor, plus the storage it was given."""
+
+    __slots__ = ("allocated", "n_children", "n_views", "storage")
+
+    def __init__(self) -> None:
+        self.n_children = 0
+        self.n_views = 0
+        self.allocated = False
+        self.storage = -1
+
+
+class _Walk(Protocol):
+    nodes: list[Tensor]
+    leafs: list[Tensor]
+
+
+def _nbytes(t: Tensor, buffer: int) -> Dim:
+    return ggml.nbytes(t)
+
+
+def record(graph: Graph | _Walk, alloc_size: Callable[[Tensor, int], Dim] = _nbytes,
+           layer_of: Callable[[Tensor], int] | None = None) -> Program:
+    """ggml_gallocr_alloc_graph_impl on one buffer: leafs, then the inputs, then each node
+    with its parents (placed in place over a parent when allowed), each parent freed after
+    its last child; outputs are never freed.
+
+    ``alloc_size(tensor, buffer)``: ggml_backend_buft_get_alloc_size (the bytes placed for a
+    tensor, before alignment). ``layer_of``: the layer a node belongs to (default its ``il``);
+    the first node of each layer starts a unit of the replay's reuse."""
+    sizes, size_of, _, ops, starts, live = _walk(graph, alloc_size, layer_of, None, None)
+    return _program(sizes, size_of, ops, starts, live)
+
+
+def record_buffers(graph: _Walk, node_buffers: Sequence[int], leaf_buffers: Sequence[int],
+                   n_buffers: int, alloc_size: Callable[[Tensor, int], Dim] = _nbytes,
+                   layer_of: Callable[[Tensor], int] | None = None) -> tuple[Program, ...]:
+    """ggml_gallocr_alloc_graph_impl over several buffers (the scheduler's graph copy, with
+    each node's and leaf's buffer as node_buffer_ids / leaf_buffer_ids give them): a parent
+    reused in place keeps its buffer; an input or a parent is placed in the buffer of the node
+    being walked. Each buffer has its own allocator, which sees only its own operations in
+    order: one Program per buffer."""
+    sizes, size_of, buffer_of, ops, starts, live = _walk(graph, alloc_size, layer_of,
+                                                         node_buffers, leaf_buffers)
+    parts = []
+    for b in range(n_buffers):
+        mine = [i for i, (s, _) in enumerate(ops) if buffer_of[s if s >= 0 else ~s] == b]
+        at = 0
+        b_starts = []
+        for start in starts:  # (the same layer boundaries, counted in this buffer's ops)
+            while at < len(mine) and mine[at] < start:
+                at += 1
+            b_starts.append(at)
+        b_live = [tuple(s for s in alive if buffer_of[s] == b) for alive in live]
+        used = sorted({ops[i][1] for i in mine})  # (this buffer's sizes only)
+        renumber = {k: n for n, k in enumerate(used)}
+        parts.append(_program([sizes[k] for k in used], [renumber.get(k, 0) for k in size_of],
+                              [(ops[i][0], renumber[ops[i][1]]) for i in mine], b_starts,
+                              b_live))
+    return tuple(parts)
+
+
+def _walk(graph: Graph | _Walk, alloc_size: Callable[[Tensor, int], Dim],
+          layer_of: Callable[[Tensor], int] | None, node_buffers: Sequence[int] | None,
+          leaf_buffers: Sequence[int] | None
+          ) -> tuple[list[Dim], list[int], list[int], list[tuple[int, int]], list[int],
+                     list[tuple[int, ...]]]:
+    """The walk itself: distinct sizes, each storage's size and buffer, the operations, where
+    each layer starts in them and the storages alive there."""
+    hashes: dict[int, _Hash] = {}
+
+    def h(t: Tensor) -> _Hash:
+        found = hashes.get(id(t))
+        if found is None:
+            found = hashes[id(t)] = _Hash()
+        return found
+
+    sizes: dict[Dim, int] = {}  # distinct byte sizes, in order of first use
+    size_of: list[int] = []  # per storage: its size index
+    buffer_of: list[int] = []  # per storage: its buffer
     ops: list[tuple[int, int]] = []
-    alive: dict[int, None] = {}  # storages of intermediate tensors now allocated, oldest first
+    alive: dict[int, None] = {}  # storages placed by the node walk, still allocated
     live: list[tuple[int, ...]] = []
     starts: list[int] = []
-    n_storage = 0
+    in_walk = False
 
-    def place(node: Tensor) -> None:  # ggml_gallocr_allocate_node
-        nonlocal n_storage
-        if node.allocated or node.view_src is not None:
+    def allocate_node(node: Tensor, buffer: int) -> None:  # ggml_gallocr_allocate_node
+        if node.loc is not None or node.view_src is not None:  # external data, or a view
             return
-        node.allocated = True
-        if node.inplace:
-            for p in node.srcs:
-                # a view parent is never "own" (views are not allocated): never reused
-                if (p is None or not p.allocated or p.is_output or p.layout is None
-                        or p.layout != node.layout or p.n_children != 1 or p.n_views != 0):
+        hn = h(node)
+        if hn.allocated:
+            return
+        hn.allocated = True
+        if node.op in ggml.CAN_INPLACE:
+            layout = None
+            for parent in node.src:
+                if parent is None or parent.loc is not None:
                     continue
-                p.allocated = False  # same layout, same size: nothing left over to free
-                node.index = p.index
-                return
-        node.index = n_storage
-        n_storage += 1
-        ops.append((node.index, index[sizes[node]]))
-        if not node.is_leaf:
-            alive[node.index] = None
+                ph = hashes.get(id(parent))
+                if ph is None or not ph.allocated:  # not own: views are never allocated
+                    continue
+                if parent.is_output or (parent.view_src is not None
+                                        and parent.view_src.is_output):
+                    continue
+                if layout is None:
+                    layout = node.layout()
+                if parent.layout() != layout:
+                    continue
+                if ph.n_children == 1 and ph.n_views == 0:
+                    # (a view parent is never own, so ggml's branch for views cannot apply;
+                    # the same layout means the same size: no extra space to free)
+                    hn.storage = ph.storage
+                    ph.allocated = False
+                    return
+        size = alloc_size(node, buffer)
+        k = sizes.get(size)
+        if k is None:
+            k = sizes[size] = len(sizes)
+        hn.storage = len(size_of)
+        size_of.append(k)
+        buffer_of.append(buffer)
+        ops.append((hn.storage, k))
+        if in_walk:
+            alive[hn.storage] = None
 
-    def release(node: Tensor) -> None:  # ggml_gallocr_free_node
-        if not node.is_output:
-            ops.append((~node.index, index[sizes[node]]))
-            node.allocated = False
-            alive.pop(node.index, None)
+    def free_node(node: Tensor, hn: _Hash) -> None:  # ggml_gallocr_free_node
+        if node.is_output:
+            return
+        ops.append((~hn.storage, size_of[hn.storage]))
+        hn.allocated = False
+        alive.pop(hn.storage, None)
 
-    for leaf in graph.leafs:
-        place(leaf)
-    for node in graph.nodes:
-        if node.view_src is not None:
-            node.view_src.n_views += 1
-        for src in node.srcs:
-            if src is not None:
-                src.n_children += 1
-    for node in graph.nodes:
-        if node.starts_layer:
+    for i, leaf in enumerate(graph.leafs):
+        allocate_node(leaf, leaf_buffers[i] if leaf_buffers is not None else 0)
+    for i, node in enumerate(graph.nodes):
+        buffer = node_buffers[i] if node_buffers is not None else 0
+        if node.view_src is not None and node.op != "NONE":
+            h(node.view_src).n_views += 1
+        if node.is_input:
+            allocate_node(node, buffer)
+        for src in node.src:
+            if src is None:
+                continue
+            h(src).n_children += 1
+            if src.is_input:
+                allocate_node(src, buffer)
+    in_walk = True
+    layer_of = layer_of or (lambda t: t.il)
+    next_layer = 0
+    for i, node in enumerate(graph.nodes):
+        buffer = node_buffers[i] if node_buffers is not None else 0
+        il = layer_of(node)
+        if il >= next_layer:
             starts.append(len(ops))
             live.append(tuple(alive))
-        place(node)
-        for p in node.srcs:
-            if p is None:
+            next_layer = il + 1
+        for parent in node.src:
+            if parent is not None:
+                allocate_node(parent, buffer)
+        allocate_node(node, buffer)
+        for parent in node.src:
+            if parent is None:
                 continue
-            p.n_children -= 1
-            if p.n_children == 0 and p.n_views == 0:
-                if p.view_src is not None:
-                    vs = p.view_src
-                    vs.n_views -= 1
-                    if vs.n_views == 0 and vs.n_children == 0 and vs.allocated:
-                        release(vs)
-                elif p.allocated:
-                    release(p)
+            ph = h(parent)
+            ph.n_children -= 1
+            if ph.n_children == 0 and ph.n_views == 0:
+                vs = parent.view_src
+                if vs is not None:
+                    vh = h(vs)
+                    vh.n_views -= 1
+                    if vh.n_views == 0 and vh.n_children == 0 and vh.allocated:
+                        free_node(vs, vh)
+                elif ph.allocated:
+                    free_node(parent, ph)
+    return list(sizes), size_of, buffer_of, ops, starts, live
+
+
+def _program(sizes: list[Dim], size_of: list[int], ops: list[tuple[int, int]],
+             starts: list[int], live: list[tuple[int, ...]]) -> Program:
+    """The recording as a Program: sizes as linear forms over their monomials (those with one
+    term first, for the replay's fast path), the walk cut into layers and their shapes."""
+    basis: dict[Mono, int] = {}
+    forms = [monomials(s) for s in sizes]
+    for form in forms:
+        for m, _ in form:
+            basis.setdefault(m, len(basis))
+    order = sorted(range(len(sizes)), key=lambda i: len(forms[i]) > 1)  # (stable)
+    rank = {old: new for new, old in enumerate(order)}
+    dense: list[Size] = []
+    single: list[tuple[int, int]] = []
+    for old in order:
+        vec = [0] * len(basis)
+        for m, c in forms[old]:
+            vec[basis[m]] = c
+        dense.append(tuple(vec))
+        if len(forms[old]) <= 1:
+            single.append(next(((basis[m], c) for m, c in forms[old]), (0, 0)))
+    ops = [(s, rank[k]) for s, k in ops]
     first, last = (starts[0], starts[-1]) if starts else (len(ops), len(ops))
     layers = tuple(tuple(ops[a:b]) for a, b in itertools.pairwise(starts))
     classes: dict[tuple[object, ...], int] = {}
     shapes = tuple(classes.setdefault(_signature(layer, live[i], live[i + 1]), len(classes))
                    for i, layer in enumerate(layers))
-    return Program(tuple(distinct), single, n_storage, tuple(ops[:first]), layers,
-                   tuple(ops[last:]), tuple(live), shapes)
+    return Program(tuple(dense), tuple(single), len(size_of), tuple(ops[:first]), layers,
+                   tuple(ops[last:]), tuple(live), shapes, tuple(basis))
 
 
 def _signature(ops: Ops, live_in: tuple[int, ...], live_out: tuple[int, ...]

@@ -1,0 +1,374 @@
+"""The reserve graph of a model for some settings: built once, recorded, replayed per shape.
+
+llama_context::sched_reserve builds the prompt-processing graph for one full ubatch and lets
+ggml-alloc place it; that buffer is what llama.cpp reports as "compute". Here the graph is
+built symbolically (builders/, graph/) for what changes its structure: the architecture, flash
+attention, the cache types' kind, the number of sequences, a unified cache, and which shape
+variables are 1; ggml-alloc's walk is recorded once for it (graph/alloc.py) and replayed for
+the sizes of each context. The recordings live in the caller's ``ModelMemo`` (memo.py):
+without one, each call builds and records afresh.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from kvgui.core.gguf import ggml_types
+from kvgui.core.gguf.ggml_types import GGMLType
+from kvgui.core.memory import builders
+from kvgui.core.memory.builders.common import GraphParams, is_quantized
+from kvgui.core.memory.graph import alloc
+from kvgui.core.memory.graph.alloc import Program
+from kvgui.core.memory.graph.ir import Tensor
+from kvgui.core.memory.graph.sched import Backend, Buft, Decisions, split_graph
+from kvgui.core.memory.graph.sym import Dim, SymbolicError
+from kvgui.core.memory.memo import ModelMemo
+
+if TYPE_CHECKING:
+    from kvgui.core.memory.estimate import ContextShape
+    from kvgui.core.model.info import ModelInfo
+
+log = logging.getLogger(__name__)
+
+# The stand-in for every quantized cache type: a model's graph is the same for q4_0 ... iq4_nl
+# (the Hadamard rotations; the cache itself is only viewed and stored into), so one recording
+# serves them all. A distinct object: a graph that allocates a tensor of the stand-in's type
+# (a copy of a quantized cache, which llama.cpp makes only where it refuses the settings: MLA
+# without flash attention) depends on the exact type, and is not replayed (program()).
+_QUANT = GGMLType(8, "q8_0", 32, 34)
+
+
+class CacheKinds(NamedTuple):
+    """What the K and V cache types change in the graph: "f32", "f16", "bf16" or
+    "quantized"."""
+
+    k: str
+    v: str
+
+
+def cache_kinds(model: ModelInfo, type_k: str, type_v: str) -> CacheKinds:
+    return _cache_kinds(type_k, type_v)
+
+
+@functools.lru_cache(maxsize=256)
+def _cache_kinds(type_k: str, type_v: str) -> CacheKinds:
+    def kind(name: str) -> str:
+        return "quantized" if is_quantized(ggml_types.by_name(name)) else name
+
+    return CacheKinds(kind(type_k), kind(type_v))
+
+
+def _type_of(kind: str) -> GGMLType:
+    return _QUANT if kind == "quantized" else ggml_types.by_name(kind)
+
+
+class ShapeValues(NamedTuple):
+    """The reserve ubatch of one context: what llama_context::graph_reserve builds for."""
+
+    n_seq_max: int  # sequences in the ubatch (the tokens are a multiple of it)
+    kv_unified: bool
+    env: dict[str, int]  # U tokens per sequence, O outputs, K / W cells per stream
+
+    @property
+    def ones(self) -> frozenset[str]:
+        return frozenset(v for v in ("U", "O") if self.env[v] == 1)
+
+
+def shape_values(shape: ContextShape) -> ShapeValues:
+    """sched_reserve: n_tokens = min(n_ctx, n_ubatch) rounded up to a multiple of n_seq_max;
+    outputs: min(n_tokens before rounding, n_outputs_max = n_batch)."""
+    n_seqs = max(int(getattr(shape, "n_seq", 0)), shape.n_stream, 1)
+    n_outputs = min(shape.n_ubatch, shape.n_batch)
+    u = -(-shape.n_ubatch // n_seqs)
+    unified = shape.n_stream == 1 and n_seqs > 1
+    return ShapeValues(n_seqs, unified, {"U": u, "O": n_outputs, "K": shape.n_ctx_seq,
+                                         "W": shape.swa_cells})
+
+
+class GraphKey(NamedTuple):
+    """What a graph is built for (one recording each)."""
+
+    fa: bool
+    kinds: CacheKinds
+    n_seq_max: int
+    kv_unified: bool
+    ones: frozenset[str]
+
+
+_NO_ONES: frozenset[str] = frozenset()
+
+
+class UnsupportedGraph(Exception):
+    """No exact graph for this model (no builder, or a variant the builder does not read)."""
+
+
+def params_for(key: GraphKey) -> GraphParams:
+    return GraphParams(key.fa, _type_of(key.kinds.k), _type_of(key.kinds.v), key.n_seq_max,
+                       key.kv_unified, True, key.ones)
+
+
+class _Recordings:
+    """A model's programs by key, one object per distinct program (keys whose graphs place
+    the same way share it, and its replays), and the replays done."""
+
+    def __init__(self) -> None:
+        self.programs: dict[GraphKey, Program] = {}
+        self.distinct: dict[Program, Program] = {}
+        self.peaks: dict[tuple[int, ...], int] = {}  # by program, variables, alignment
+        self.by_shape: dict[tuple[object, ...], int] = {}  # by what peak() is asked
+        self.split_by_shape: dict[tuple[object, ...], tuple[int, ...]] = {}  # peaks()
+        self.splits: dict[tuple[GraphKey, Layout], list[_Split]] = {}
+
+
+def recordings(memo: ModelMemo) -> _Recordings:
+    """The recordings of the memo's model."""
+    return memo.get("reserve", None, _Recordings)
+
+
+def program(model: ModelInfo, key: GraphKey, memo: ModelMemo | None = None) -> Program:
+    """The recorded allocator program of the model's graph for ``key`` (memoized)."""
+    recs = recordings(_memo(model, memo))
+    found = recs.programs.get(key)
+    if found is None:
+        try:
+            result, graph = builders.build(model, params_for(key))
+        except (AssertionError, AttributeError, IndexError, KeyError, SymbolicError) as exc:
+            # a file the builder cannot follow, or settings ggml itself would refuse (a
+            # quantized V cache without flash attention, a head size not in whole blocks)
+            raise UnsupportedGraph(f"{model.arch}: {type(exc).__name__}: {exc}") from exc
+        unread = builders.unread_tensors(model, graph)
+        if unread:
+            raise UnsupportedGraph(f"{model.arch}: tensors the graph does not read: "
+                                   f"{sorted(unread)[:4]}")
+        for node in result.gf.nodes:
+            if node.type is _QUANT and node.view_src is None and node.loc is None:
+                raise UnsupportedGraph(f"{model.arch}: {node} copies a quantized cache: its "
+                                       "size depends on the exact type")
+        recorded = alloc.record(result.gf)
+        found = recs.programs[key] = recs.distinct.setdefault(recorded, recorded)
+    return found
+
+
+def _memo(model: ModelInfo, memo: ModelMemo | None) -> ModelMemo:
+    return ModelMemo(model) if memo is None else memo.for_model(model)
+
+
+def supports(model: ModelInfo, memo: ModelMemo | None = None) -> bool:
+    """Whether kvgui rebuilds this model's graph exactly (its architecture has a builder and
+    the graph reads every tensor of the file)."""
+    memo = _memo(model, memo)
+
+    def check() -> bool:
+        if model.arch not in builders.BUILDERS or not model.tensor_table:
+            return False
+        key = GraphKey(True, CacheKinds("f16", "f16"), 1, False, frozenset())
+        try:
+            _, graph = builders.build(model, params_for(key))
+        except (AssertionError, AttributeError, IndexError, KeyError, SymbolicError) as exc:
+            log.info("compute buffer from the stage model: %s: %s", model.arch, exc)
+            return False
+        unread = builders.unread_tensors(model, graph)
+        if unread:
+            log.info("compute buffer from the stage model: %s reads no %s", model.arch,
+                     sorted(unread)[:4])
+        return not unread
+
+    return memo.get("reserve-supports", None, check)
+
+
+def peak(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
+         alignment: int, memo: ModelMemo | None = None) -> int:
+    """The compute buffer on one backend: ggml-alloc's high-water mark for this context
+    (memoized: a slider step asks for each cache type)."""
+    memo = _memo(model, memo)
+    recs = recordings(memo)
+    asked = (fa, kinds, shape, alignment)
+    done = recs.by_shape.get(asked)
+    if done is not None:
+        return done
+    values = shape_values(shape)
+    env = values.env
+    ones = frozenset(v for v in ("U", "O") if env[v] == 1) if 1 in (env["U"], env["O"]) \
+        else _NO_ONES
+    prog = program(model, GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, ones), memo)
+    peaks = recs.peaks
+    sized = (id(prog), env["U"], env["O"], env["K"], env["W"], alignment)
+    found = peaks.get(sized)
+    if found is None:
+        if len(peaks) > 4096:
+            peaks.clear()
+            recs.by_shape.clear()
+            recs.split_by_shape.clear()
+        found = peaks[sized] = alloc.replay(prog, prog.scale(env), alignment)
+    recs.by_shape[asked] = found
+    return found
+
+
+# --- several devices: the scheduler's split graph, one buffer per backend ----------------
+
+CPU_BUFT = Buft("CPU", host=True)
+
+
+def cpu_backend(buft: Buft = CPU_BUFT) -> Backend:
+    """The CPU backend (its compute buffer in ``buft``: CUDA's pinned host memory when a CUDA
+    device is the first one, llama_context's "host buffer of the first device")."""
+    return Backend("CPU", "cpu", buft, alloc.CPU_ALIGN)
+
+
+def rpc_backend(index: int, name: str = "") -> Backend:
+    """An RPC device served by ggml-rpc-server's CPU backend: its own buffers only, every op,
+    no offload_op, the CPU's alignment."""
+    return Backend(name or f"RPC{index}", "rpc", Buft(name or f"RPC{index}", False, index),
+                   alloc.CPU_ALIGN)
+
+
+def n_cpu_moe(n_layers: int, cpu: int) -> tuple[tuple[str, int], ...]:
+    """--n-cpu-moe N: the experts of layers 0..N-1 in host memory (common.h's
+    llm_add_n_cpu_ffn_overrides with LLM_FFN_EXPS_REGEX, to the CPU buffer type)."""
+    return tuple((rf"blk\.{il}\.ffn_(up|down|gate|gate_up)_(ch|)exps", cpu)
+                 for il in range(n_layers))
+
+
+def cuda_backend(index: int) -> Backend:
+    """A CUDA device: 128-byte alignment, offload_op from a batch of 32 (not verified here:
+    the CUDA flash-attention scratch in its alloc size is not modelled)."""
+    return Backend(f"CUDA{index}", "cuda", Buft(f"CUDA{index}", False, index), alloc.CUDA_ALIGN,
+                   offload_batch=32)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where llama.cpp puts a model for some settings, as the scheduler sees it.
+
+    ``backends``: the devices in order, the CPU last. ``layer_backend``: the backend of each
+    layer's weights (llama_model::dev_layer), ``output_backend``: the output layer's.
+    ``offload_kqv``: the KV cache (and recurrent state) on its layer's device, else on the
+    CPU (-nkvo). ``n_copies``: the scheduler's input copies (4 with pipeline parallelism).
+    ``full_offload``: n_gpu_layers > n_layer (a rule of llama.cpp's callback). ``pins``:
+    apply llama.cpp's ggml_backend_sched_set_tensor_backend hints; a reserve that only sizes
+    (no_alloc: the dry run, llama-fit-params) resets the scheduler after building and loses
+    them, an allocating one keeps them."""
+
+    backends: tuple[Backend, ...]
+    layer_backend: tuple[int, ...]
+    output_backend: int
+    offload_kqv: bool = True
+    n_copies: int = 1
+    full_offload: bool = False
+    pins: bool = True
+    # tensor buffer type overrides (-ot PATTERN=BUFT, --n-cpu-moe): (regex searched in the
+    # weight's name, the backend whose buffer type it gets), the first match wins
+    overrides: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def cpu(self) -> int:
+        return len(self.backends) - 1
+
+    def buft_of(self, t: Tensor) -> Buft:
+        loc = t.loc
+        assert loc is not None
+        if loc.weight:
+            for pattern, backend in self.overrides:
+                if re.search(pattern, t.name):
+                    return CPU_BUFT if backend == self.cpu else self.backends[backend].buft
+        if loc.kind == "input":
+            b = self.cpu
+        elif loc.kind == "layer":
+            b = self.layer_backend[loc.il]
+        elif loc.kind == "output":
+            b = self.output_backend
+        else:  # the KV cache or recurrent state of layer il
+            b = self.layer_backend[loc.il] if self.offload_kqv else self.cpu
+        return CPU_BUFT if b == self.cpu else self.backends[b].buft
+
+
+@dataclass
+class _Split:
+    decisions: Decisions
+    parts: tuple[Program, ...]  # one per distinct buffer type
+    part_of: tuple[int, ...]  # per backend: its allocator (ggml-alloc shares equal bufts)
+    n_splits: int
+    n_nodes: int
+
+
+def _split_recording(model: ModelInfo, key: GraphKey, layout: Layout,
+                     env: dict[str, int]) -> _Split:
+    try:
+        params = params_for(key) if layout.offload_kqv else _no_kqv_params(key)
+        result, graph = builders.build(model, params)
+    except (AssertionError, AttributeError, IndexError, KeyError, SymbolicError) as exc:
+        raise UnsupportedGraph(f"{model.arch}: {type(exc).__name__}: {exc}") from exc
+    decisions = Decisions(env)
+    assigned: dict[int, int] = {}
+    if layout.pins:
+        few_tokens = not decisions.at_least(graph.n_tokens, 32)
+        for tensor, what, il in graph.pins:
+            if what == "cpu":
+                assigned[id(tensor)] = layout.cpu
+            elif few_tokens or layout.full_offload:
+                assigned[id(tensor)] = layout.layer_backend[il]
+    n_nodes = len(result.gf.nodes)
+    split = split_graph(result.gf, layout.backends, layout.buft_of, decisions, assigned,
+                        layout.n_copies)
+    bufts: list[Buft] = []
+    part_of = []
+    for b in layout.backends:
+        if b.buft not in bufts:
+            bufts.append(b.buft)
+        part_of.append(bufts.index(b.buft))
+    backends = layout.backends
+
+    def alloc_size(t: Tensor, buffer: int) -> Dim:
+        owner = next(b for b, p in zip(backends, part_of, strict=True) if p == buffer)
+        return owner.alloc_size(t)
+
+    parts = alloc.record_buffers(split, [part_of[b] for b in split.node_backend],
+                                 [part_of[b] for b in split.leaf_backend], len(bufts),
+                                 alloc_size)
+    return _Split(decisions, parts, tuple(part_of), split.n_splits, n_nodes)
+
+
+def _no_kqv_params(key: GraphKey) -> GraphParams:
+    params = params_for(key)
+    return GraphParams(params.flash_attn, params.type_k, params.type_v, params.n_seq_max,
+                       params.kv_unified, False, params.ones)
+
+
+def peaks(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
+          layout: Layout, memo: ModelMemo | None = None) -> list[int]:
+    """The compute buffer of each backend of ``layout`` (in its order): ggml-alloc per
+    backend over the scheduler's split graph."""
+    recs = recordings(_memo(model, memo))
+    asked = (fa, kinds, shape, layout)
+    done = recs.split_by_shape.get(asked)
+    if done is not None:
+        return list(done)
+    values = shape_values(shape)
+    env = values.env
+    ones = frozenset(v for v in ("U", "O") if env[v] == 1)
+    key = GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, ones)
+    found = recs.splits.setdefault((key, layout), [])
+    rec = next((r for r in found if r.decisions.hold_for(env)), None)
+    if rec is None:
+        rec = _split_recording(model, key, layout, env)
+        rec.parts = tuple(recs.distinct.setdefault(p, p) for p in rec.parts)
+        found.append(rec)
+    out = []
+    for b, backend in enumerate(layout.backends):
+        part = rec.parts[rec.part_of[b]]
+        sized = (id(part), env["U"], env["O"], env["K"], env["W"], backend.alignment)
+        peak = recs.peaks.get(sized)
+        if peak is None:
+            if len(recs.peaks) > 4096:
+                recs.peaks.clear()
+                recs.by_shape.clear()
+                recs.split_by_shape.clear()
+            peak = recs.peaks[sized] = alloc.replay(part, part.scale(env),
+                                                         backend.alignment)
+        out.append(peak)
+    recs.split_by_shape[asked] = tuple(out)
+    return out

@@ -1,0 +1,85 @@
+"""Compute buffers over several devices against llama.cpp's own: ggml-rpc-server devices and
+llama-fit-params (built from the bundled llama.cpp), which reports each device's compute
+buffer (no_alloc, in MiB to two decimals: kvgui must match to that precision, 0.01 MiB) and
+the scheduler's split count (kvgui's must be equal).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from kvgui.core.config.settings import FlashAttn, Settings
+from kvgui.core.memory import reserve
+from kvgui.core.memory.estimate import context_shape
+from kvgui.core.memory.memo import ModelMemo
+from kvgui.core.model.info import load_model
+from kvgui.testing.reserve_check import rpc_layout
+
+if TYPE_CHECKING:
+    from kvgui.testing.llama_tools import LlamaTools
+
+pytestmark = [pytest.mark.llama, pytest.mark.slow]
+
+GiB = 1 << 30
+
+# (ngl, tensor split, flash attention, cache type, -nkvo)
+CASES = [
+    (99, (), "on", "f16", False),  # every layer and the output: pipeline parallelism
+    (20, (), "on", "f16", False),  # partial offload
+    (99, (3, 1), "on", "q8_0", False),  # -ts 3,1, quantized cache (Hadamard inputs)
+    (18, (3, 1), "off", "f16", False),
+    (99, (), "on", "f16", True),  # -nkvo: attention on the CPU, splits per layer
+]
+
+
+@pytest.mark.parametrize("label", ["Llama-3.1-8B-Instruct Q4_K_M", "Gemma-3-12B-it Q4_K_M"])
+def test_compute_per_device_equals_llama_fit_params(
+        llama_tools: LlamaTools, sparse_model: Callable[[str], Path], label: str) -> None:
+    from kvgui.testing.rpc import RpcDevices, fit_params
+
+    path = sparse_model(label)
+    model = load_model(path)
+    with RpcDevices(llama_tools, [24 * GiB, 24 * GiB]) as devs:
+        for ngl, ts, fa, ctype, nkvo in CASES:
+            r = fit_params(llama_tools, path, devs, ctx=8192, ngl=ngl, ts=ts, fa=fa, ctk=ctype,
+                           ctv=ctype, extra=("-nkvo",) if nkvo else ())
+            theirs = [r.compute_mib.get(f"RPC0[{e}]", 0.0) for e in devs.endpoints]
+            theirs.append(r.compute_mib["CPU"])
+            splits = re.findall(r"graph(?: \([^)]*\))?: nodes = [\d /]+, splits = (\d+)", r.log)
+            s = Settings(n_ctx=8192, n_gpu_layers=ngl, tensor_split=ts, type_k=ctype,
+                         type_v=ctype, kv_offload=not nkvo,
+                         flash_attn=FlashAttn.ON if fa == "on" else FlashAttn.OFF)
+            layout = rpc_layout(model, s, 2)
+            shape = context_shape(model, s)
+            kinds = reserve.cache_kinds(model, ctype, ctype)
+            memo = ModelMemo(model)
+            ours = reserve.peaks(model, shape, fa == "on", kinds, layout, memo)
+            what = f"{label} -ngl {ngl} -ts {ts} -fa {fa} {ctype} nkvo={nkvo}"
+            assert [round(b / 2**20, 2) for b in ours] == pytest.approx(theirs, abs=0.0051), what
+            n_splits = next(r.n_splits for v in reserve.recordings(memo).splits.values()
+                            for r in v)
+            assert str(n_splits) == splits[-1], what
+
+
+def test_experts_on_the_cpu_equal_llama_fit_params(
+        llama_tools: LlamaTools, sparse_model: Callable[[str], Path]) -> None:
+    """--n-cpu-moe: the experts of the first layers stay in host memory (a tensor override),
+    their products run on the CPU, and no pipeline parallelism."""
+    from kvgui.testing.rpc import RpcDevices, fit_params
+
+    path = sparse_model("Qwen3-30B-A3B Q4_K_M")
+    model = load_model(path)
+    with RpcDevices(llama_tools, [24 * GiB, 24 * GiB]) as devs:
+        r = fit_params(llama_tools, path, devs, ctx=8192, ngl=99, n_cpu_moe=10, fa="on")
+        theirs = [r.compute_mib[f"RPC0[{e}]"] for e in devs.endpoints] + [r.compute_mib["CPU"]]
+    s = Settings(n_ctx=8192)
+    layout = rpc_layout(model, s, 2, n_cpu_moe=10)
+    assert layout.n_copies == 1
+    ours = reserve.peaks(model, context_shape(model, s), True, reserve.CacheKinds("f16", "f16"),
+                         layout)
+    assert [round(b / 2**20, 2) for b in ours] == pytest.approx(theirs, abs=0.0051)

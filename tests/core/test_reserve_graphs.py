@@ -1,0 +1,41 @@
+"""The rebuilt reserve graphs against llama.cpp's: node for node (llama.cpp logs its graph's
+node count) and byte for byte (the CPU compute buffer of the no_alloc dry run), for settings
+beyond test_against_llama_cpp's matrix: -np 4 without flash attention, a unified cache with
+it, ubatches of 1, 7 and 1024 tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kvgui.core.config.settings import FlashAttn, Settings
+from kvgui.testing.reserve_check import compare
+
+pytestmark = [pytest.mark.llama, pytest.mark.slow]
+
+ON, OFF = FlashAttn.ON, FlashAttn.OFF
+MATRIX = [
+    Settings(n_ctx=4096, flash_attn=ON),
+    Settings(n_ctx=12345, n_parallel=4, flash_attn=OFF),
+    Settings(n_ctx=16384, n_parallel=4, kv_unified=True, type_k="q8_0", type_v="q8_0",
+             flash_attn=ON),
+    Settings(n_ctx=8192, n_ubatch=1024, flash_attn=OFF),
+    Settings(n_ctx=8192, n_ubatch=1, n_batch=1, flash_attn=ON),
+    Settings(n_ctx=8192, n_ubatch=7, n_batch=7, type_k="q4_0", flash_attn=OFF),
+    Settings(n_ctx=32768, swa_full=True, type_k="q8_0", type_v="q8_0", flash_attn=ON),
+]
+
+
+@pytest.mark.parametrize("label", ["Llama-3.1-8B-Instruct Q4_K_M", "Gemma-3-12B-it Q4_K_M",
+                                   "Qwen3-30B-A3B Q4_K_M", "LFM2-1.2B Q8_0"])
+def test_graph_and_compute_equal_llama_cpp(sparse_model: Callable[[str], Path],
+                                           label: str) -> None:
+    rows = compare(sparse_model(label), MATRIX)
+    assert sum(r.llama_compute is not None for r in rows) >= len(MATRIX) - 1
+    for r in rows:
+        assert r.equal, (f"{label} {r.settings}: llama.cpp {r.llama_compute} B "
+                         f"{r.llama_nodes} nodes, kvgui {r.ours} B {r.our_nodes} nodes "
+                         f"{r.error}")
