@@ -127,6 +127,8 @@ def render(est: Estimate) -> str:
         lines.append(f"refused: {f.message}" + (f" (fix: {' '.join(fix)})" if fix else ""))
     for w in est.warnings:
         lines.append(f"warning: {w}")
+    for n in est.notes:
+        lines.append(f"note: {n}")
     verdict = est.verdict
     if verdict is Verdict.FITS:
         lines.append("fits: yes")

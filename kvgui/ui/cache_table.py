@@ -23,6 +23,7 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
 from kvgui.core.sizes import format_bytes
+from kvgui.core.untrusted import html_text
 from kvgui.ui import theme
 from kvgui.ui.barpaint import HitArea, paint_row, scale_of, show_hit_tooltip
 from kvgui.ui.viewmodel import CompareRow
@@ -163,7 +164,8 @@ class CacheTypeTable(QWidget):
                 p.setPen(t.over)
                 p.drawText(bar_rect, left, fm_small.elidedText(
                     f"refused: {r.error}", Qt.TextElideMode.ElideRight, bar_w))
-                hits.append(HitArea(bar_rect, f"<b>llama.cpp refuses {r.label}</b><br>{r.error}"))
+                hits.append(HitArea(bar_rect, f"<b>llama.cpp refuses {r.label}</b><br>"
+                                    f"{html_text(r.error, 400)}"))
 
             p.setFont(bold)
             limit = r.limit
@@ -180,7 +182,7 @@ class CacheTypeTable(QWidget):
                        QFontMetricsF(bold).elidedText(fit_text, Qt.TextElideMode.ElideLeft,
                                                       FIT_W - 4))
             hits.append(HitArea(QRectF(fit_x, y, FIT_W, 26),
-                                f"with {r.label}: {r.error}" if r.refused
+                                f"with {r.label}: {html_text(r.error, 400)}" if r.refused
                                 else f"with {r.label}: {limit.tooltip}"))
             p.setFont(small)
             p.setPen(t.muted)

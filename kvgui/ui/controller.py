@@ -34,6 +34,7 @@ from kvgui.core.devices.budget import (
     HardwareChoice,
     plan_hardware,
 )
+from kvgui.core.devices.hardware.cpu import HostCpu
 from kvgui.core.devices.hardware.types import GpuInfo
 from kvgui.core.errors import UsageError
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
@@ -93,6 +94,7 @@ class HardwareState:
     ram_available: int | None = None
     reasons: tuple[str, ...] = ()
     advice: tuple[str, ...] = ()
+    host_cpu: HostCpu | None = None  # the installed llama.cpp's CPU backend (its buffers)
 
 
 @dataclass
@@ -383,7 +385,8 @@ class Controller(QObject):
     def _make_plan(self, choice: HardwareChoice) -> BudgetPlan | None:
         hw = self.hardware
         try:
-            return plan_hardware(choice, hw.detected, hw.ram_available, self.settings.tensor_split)
+            return plan_hardware(choice, hw.detected, hw.ram_available, self.settings.tensor_split,
+                                 host=hw.host_cpu)
         except (UsageError, ValueError) as exc:
             self.message.emit(one_line(exc))
             return None

@@ -45,9 +45,10 @@ from PySide6.QtWidgets import (
 
 from kvgui import __version__
 from kvgui.core.config.appconfig import AppConfig, save_config
-from kvgui.core.memory.findings import Code
+from kvgui.core.memory.findings import Code, Severity
 from kvgui.core.model.info import ModelInfo
 from kvgui.core.sizes import format_bytes
+from kvgui.core.untrusted import one_line
 from kvgui.ui import theme
 from kvgui.ui.cache_controls import CacheControls
 from kvgui.ui.cache_table import CacheTypeTable
@@ -420,7 +421,8 @@ class MainWindow(QMainWindow):
         gpus = tuple(report.gpus)
         ram = report.system.available if report.system else None
         reasons = tuple(report.reasons)
-        self.ctl.set_hardware_state(HardwareState(gpus, ram, reasons, tuple(report.advice)))
+        self.ctl.set_hardware_state(HardwareState(gpus, ram, reasons, tuple(report.advice),
+                                                  report.host_cpu))
         self.hw_panel.set_detected(gpus, reasons)
         if report.advice:
             self.statusBar().showMessage(report.advice[0], 15000)
@@ -540,8 +542,9 @@ class MainWindow(QMainWindow):
             self.config.last_model = src
             if not src.startswith(CATALOG_PREFIX):
                 self.config.add_recent(src)
-            self.statusBar().showMessage(f"Opened {model.name}", 5000)
-            self.setWindowTitle(f"{model.name} — kvgui")
+            name = one_line(model.name, 80)  # the file's text: printable, one line
+            self.statusBar().showMessage(f"Opened {name}", 5000)
+            self.setWindowTitle(f"{name} — kvgui")
             self._save()
         self.act_verify.setEnabled(model is not None and not src.startswith(CATALOG_PREFIX))
         self.act_chat.setEnabled(model is not None and not src.startswith(CATALOG_PREFIX))
@@ -580,9 +583,11 @@ class MainWindow(QMainWindow):
         self._show_headline()
         est = snap.estimate
         # the slider marks the trained context itself; the rest of the warnings go here
-        warns = [f.message for f in (est.findings if est else ())
-                 if f.severity.value == "warning" and f.code is not Code.BEYOND_TRAINED]
-        text = "\n".join(f"⚠ {w}" for w in warns)
+        found = est.findings if est else ()
+        warns = [f.message for f in found
+                 if f.severity is Severity.WARNING and f.code is not Code.BEYOND_TRAINED]
+        notes = [f.message for f in found if f.severity is Severity.NOTE]
+        text = "\n".join([*(f"⚠ {w}" for w in warns), *(f"ⓘ {n}" for n in notes)])
         if text != self.warnings.text():
             self.warnings.setText(text)
             self.warnings.setVisible(bool(text))

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from kvgui.core import untrusted
 from kvgui.core.model.info import ModelInfo
 from kvgui.core.sizes import format_bytes
 
@@ -61,6 +62,7 @@ class ModelPanel(QWidget):
     def __init__(self, model: ModelInfo | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.name = QLabel("No model")
+        self.name.setTextFormat(Qt.TextFormat.PlainText)  # a model's name is the file's data
         self.name.setObjectName("modelName")
         f = self.name.font()
         f.setPointSizeF(f.pointSizeF() * 1.25)
@@ -69,6 +71,7 @@ class ModelPanel(QWidget):
         self.name.setWordWrap(True)
         self.name.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.source = QLabel()
+        self.source.setTextFormat(Qt.TextFormat.PlainText)
         self.source.setObjectName("muted")
         self.source.setWordWrap(True)
         self.open_btn = QPushButton("Open GGUF…")
@@ -88,6 +91,7 @@ class ModelPanel(QWidget):
         self.form.setHorizontalSpacing(14)
         self.form.setVerticalSpacing(3)
         self.notes = QLabel()
+        self.notes.setTextFormat(Qt.TextFormat.PlainText)
         self.notes.setWordWrap(True)
         self.notes.setObjectName("muted")
         buttons = QHBoxLayout()
@@ -131,20 +135,22 @@ class ModelPanel(QWidget):
             self.source.setText("Open a .gguf file, drop one here, or pick from the catalog.")
             self.notes.setText("")
             return
-        self.name.setText(model.name or "(unnamed model)")
+        self.name.setText(untrusted.one_line(model.name, 200) or "(unnamed model)")
         if source.startswith("catalog:"):
             self.source.setText("From the catalog (header data, no file needed)")
             self.source.setToolTip("")
         else:
             self.source.setText(source)
-            self.source.setToolTip(source)
+            self.source.setToolTip(untrusted.html_text(source, 400))
         for label, value, tip in summary_rows(model):
             lab = QLabel(label)
+            lab.setTextFormat(Qt.TextFormat.PlainText)
             lab.setObjectName("muted")
             val = QLabel(value)
+            val.setTextFormat(Qt.TextFormat.PlainText)
             val.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            lab.setToolTip(tip)
-            val.setToolTip(tip)
+            lab.setToolTip(untrusted.html_text(tip, 400))
+            val.setToolTip(untrusted.html_text(tip, 400))
             self.form.addRow(lab, val)
         notes = list(model.notes)
         if model.is_mla:

@@ -60,6 +60,7 @@ class VerifyPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.title = QLabel()
+        self.title.setTextFormat(Qt.TextFormat.PlainText)  # llama.cpp's reason is its text
         self.title.setObjectName("cardTitle")
         self.grid = QGridLayout()
         self.grid.setHorizontalSpacing(22)

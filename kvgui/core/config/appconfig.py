@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -19,6 +20,9 @@ from typing import Any
 
 from kvgui.core.config.settings import Settings
 from kvgui.core.devices.budget import HardwareChoice
+from kvgui.core.untrusted import loads_json, one_line, read_text_capped
+
+log = logging.getLogger(__name__)
 
 CONFIG_VERSION = 1
 CONFIG_FILE = "settings.json"
@@ -106,25 +110,33 @@ class LoadResult:
     warning: str | None = None  # one line for the status bar when the file was set aside
 
 
+MAX_CONFIG_BYTES = 4 << 20  # a real one is a few KB (recent files, geometry)
+
+
 def load_config(path: Path | None = None) -> LoadResult:
-    """Read the config; a missing file gives defaults, a broken one is set aside."""
+    """Read the config; a missing file gives defaults, a broken one is set aside (named in a
+    one-line warning), so nothing in it can keep the window from opening."""
     path = path or config_path()
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return LoadResult(AppConfig())
+        if not path.exists():
+            return LoadResult(AppConfig())
+        data = loads_json(read_text_capped(path, MAX_CONFIG_BYTES))
+        if not isinstance(data, dict):
+            raise ValueError("top level is not an object")
+        return LoadResult(AppConfig.from_dict(data))
     except OSError as exc:
-        return LoadResult(AppConfig(), f"could not read settings ({exc.strerror}); using defaults")
-    try:
-        return LoadResult(AppConfig.from_dict(json.loads(text)))
-    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("could not read %s", path, exc_info=True)
+        return LoadResult(AppConfig(), f"could not read settings ({exc.strerror or exc}); "
+                          "using defaults")
+    except Exception as exc:  # anything in the file: set it aside, never lock the user out
+        log.warning("settings file %s set aside", path, exc_info=True)
         aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
         try:
             os.replace(path, aside)
             where = f"moved to {aside.name}"
         except OSError:
             where = "left in place"
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = one_line(str(exc) or type(exc).__name__, 160)
         return LoadResult(AppConfig(), f"settings file was unreadable ({reason}); {where}, "
                           "using defaults")
 

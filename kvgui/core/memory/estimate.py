@@ -134,6 +134,11 @@ class Estimate:
         return any(f.is_refusal for f in self.findings)
 
     @property
+    def notes(self) -> tuple[str, ...]:
+        """How the figures were made, where the user should know (not verified, …)."""
+        return tuple(f.message for f in self.findings if f.severity is fnd.Severity.NOTE)
+
+    @property
     def errors(self) -> tuple[str, ...]:
         """The refusals' messages (for showing; decide by ``refusals`` / codes)."""
         return tuple(f.message for f in self.findings if f.is_refusal)
@@ -510,6 +515,10 @@ def estimate(model: ModelInfo, settings: Settings,
                             kv_v[cpu], compute[cpu], output, state[cpu],
                             placed.host.mapped, placed.host.mapped_idle))
     found += host_buffers.findings(placed.host, host, flash_attn=fa)
+    on_gpu = any(d.is_gpu and d.compute for d in out)
+    checked = memo.get("compute_check", on_gpu, lambda: compute_check(model, on_gpu))
+    if not checked.verified and not refused:
+        found.append(fnd.note(Code.COMPUTE_NOT_VERIFIED, f"compute buffer: {checked.label}"))
     n_gpu_layers = placed.n_gpu_layers
     if gpus and n_gpu_layers < len(model.layers) + 1:
         found.append(fnd.warning(
