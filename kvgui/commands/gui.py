@@ -132,8 +132,12 @@ def main(argv: Sequence[str]) -> int:
 
     setup_logging(args.verbose)
     if args.model and not os.path.isfile(args.model):
-        print(f"kvgui: no such file: {args.model}", file=sys.stderr)
-        return EXIT_USAGE
+        from kvgui.sources.resolve import looks_like_hub_reference
+
+        if not looks_like_hub_reference(args.model):
+            print(f"kvgui: no such file (nor a Hugging Face model such as "
+                  f"org/repo:Q4_K_M): {args.model}", file=sys.stderr)
+            return EXIT_USAGE
     for check in (check_qt, probe_display):
         problem = check()
         if problem:
@@ -142,7 +146,8 @@ def main(argv: Sequence[str]) -> int:
     try:
         from kvgui.ui.app import run
 
-        return run(os.path.abspath(args.model) if args.model else None)
+        model = args.model
+        return run(os.path.abspath(model) if model and os.path.isfile(model) else model)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # never a traceback on the terminal: one line and a log file

@@ -462,11 +462,13 @@ class MainWindow(QMainWindow):
     def open_initial(self, path: str | None) -> None:
         """The command line's model, else the last one, else the first catalog model."""
         if path:
-            self.open_path(path)
+            self.ctl.open_reference(path)  # a file, or a Hub model (repo:quant, a URL)
             return
         last = self.config.last_model
         if last.startswith(CATALOG_PREFIX) and last[len(CATALOG_PREFIX):] in self._catalog:
             self.open_catalog(last[len(CATALOG_PREFIX):])
+        elif last.startswith("hf:"):
+            self.ctl.open_reference(last)  # from the header cache when offline
         elif last and os.path.exists(last):
             self.open_path(last)
         elif self._catalog:
@@ -504,7 +506,7 @@ class MainWindow(QMainWindow):
         path = self._dropped_path(ev)
         if path is not None:
             ev.acceptProposedAction()
-            self.open_path(path)
+            self.ctl.open_reference(path)
 
     @staticmethod
     def _dropped_path(ev: Any) -> str | None:
@@ -514,6 +516,12 @@ class MainWindow(QMainWindow):
         for url in md.urls():
             if url.isLocalFile() and url.toLocalFile().lower().endswith(".gguf"):
                 return str(url.toLocalFile())
+            if not url.isLocalFile():  # a link dragged from the Hub's page of a model
+                from kvgui.sources.resolve import looks_like_hub_reference
+
+                text = url.toString()
+                if looks_like_hub_reference(text):
+                    return text
         return None
 
     def _on_loading(self, loading: bool) -> None:

@@ -192,6 +192,17 @@ def test_dropping_a_gguf_opens_it(qtbot, window, model_file) -> None:
     assert window._dropped_path(QDropEvent(QPointF(1, 1), Qt.DropAction.CopyAction, md2,
                                            Qt.MouseButton.LeftButton,
                                            Qt.KeyboardModifier.NoModifier)) is None
+    # a model's link dragged from the Hub's page opens that model (header by range requests)
+    md3 = QMimeData()
+    link = "https://huggingface.co/org/Model-GGUF/blob/main/Model-Q4_K_M.gguf"
+    md3.setUrls([QUrl(link)])
+    assert window._dropped_path(QDropEvent(QPointF(1, 1), Qt.DropAction.CopyAction, md3,
+                                           Qt.MouseButton.LeftButton,
+                                           Qt.KeyboardModifier.NoModifier)) == link
+    md3.setUrls([QUrl("https://example.com/page.html")])
+    assert window._dropped_path(QDropEvent(QPointF(1, 1), Qt.DropAction.CopyAction, md3,
+                                           Qt.MouseButton.LeftButton,
+                                           Qt.KeyboardModifier.NoModifier)) is None
 
 
 def test_a_bad_file_shows_an_error_and_the_window_lives_on(qtbot, open_model, window, model_file,
