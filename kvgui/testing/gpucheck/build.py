@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 
 #: the flash-attention vector kernels' K-V pairs beyond f16-f16 (GGML_CUDA_FA_QUANTS syntax)
 FA_QUANTS = "q8_0-q8_0,q4_0-q4_0"
-TARGETS = ("llama", "llama-fit-params")
+#: built first (what kvgui's dry run and the real loads need), then llama-fit-params (its
+#: common library is ~140 more C++ files), while the GPU steps run
+TARGETS = ("llama",)
+LATER_TARGETS = ("llama-fit-params",)
 LIBRARIES = ("libllama.so", "libggml.so", "libggml-base.so", "libggml-cpu.so")
 
 _COMMON = {
@@ -48,7 +51,8 @@ def cmake_options(cuda: bool = True, arch: str = "90") -> dict[str, str]:
     opts = dict(_COMMON)
     if cuda:
         opts.update({"GGML_CUDA": "ON", "CMAKE_CUDA_ARCHITECTURES": arch,
-                     "GGML_CUDA_FA_QUANTS": FA_QUANTS})
+                     "GGML_CUDA_FA_QUANTS": FA_QUANTS,
+                     "GGML_CUDA_NCCL": "OFF"})  # one GPU: no NCCL to find or link
     else:
         opts["GGML_CUDA"] = "OFF"
     return opts
@@ -82,8 +86,8 @@ def _tail(path: Path, n: int = 25) -> str:
 
 def build(source: Path, build_dir: Path, *, cuda: bool = True, jobs: int | None = None,
           timeout: float = 420.0, options: Mapping[str, str] | None = None,
-          logfile: Path | None = None) -> BuildResult:
-    """Configure and build ``TARGETS`` within ``timeout`` seconds (configure included);
+          logfile: Path | None = None, targets: tuple[str, ...] = TARGETS) -> BuildResult:
+    """Configure and build ``targets`` within ``timeout`` seconds (configure included);
     never raises for a failed or late build: the result says what happened."""
     jobs = jobs or len(os.sched_getaffinity(0))
     opts = dict(options) if options is not None else cmake_options(cuda)
@@ -92,7 +96,7 @@ def build(source: Path, build_dir: Path, *, cuda: bool = True, jobs: int | None 
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     configure = ["cmake", "-S", str(source), "-B", str(build_dir), *generator,
                  *(f"-D{k}={v}" for k, v in opts.items())]
-    make = ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *TARGETS]
+    make = ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *targets]
     result = BuildResult(False, str(build_dir), jobs=jobs, options=opts)
     deadline = time.monotonic() + timeout
     with open(logfile, "w", encoding="utf-8") as out:
@@ -126,10 +130,41 @@ def build(source: Path, build_dir: Path, *, cuda: bool = True, jobs: int | None 
         missing = [n for n in LIBRARIES if n not in result.libraries]
         if cuda and "libggml-cuda.so" not in result.libraries:
             missing.append("libggml-cuda.so")
-        if missing or not Path(result.fit_params).is_file():
+        if "llama-fit-params" in targets and not Path(result.fit_params).is_file():
+            missing.append("llama-fit-params")
+        if missing:
             result.ok = False
-            result.error = f"the build made no {missing or 'llama-fit-params'} in {bin_dir}"
+            result.error = f"the build made no {missing} in {bin_dir}"
     return result
+
+
+class LaterBuild:
+    """``LATER_TARGETS`` built in the background (the build folder configured already)."""
+
+    def __init__(self, build_dir: Path, jobs: int, logfile: Path) -> None:
+        self.build_dir = build_dir
+        self.logfile = logfile
+        self.t0 = time.monotonic()
+        self.seconds: float | None = None
+        self._out = open(logfile, "a", encoding="utf-8")  # noqa: SIM115 (closed in wait)
+        cmd = ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *LATER_TARGETS]
+        self._out.write("$ " + " ".join(cmd) + "\n")
+        self._out.flush()
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait(self, timeout: float) -> Path | None:
+        """llama-fit-params once built within ``timeout`` s, else None (the build stopped)."""
+        try:
+            rc = self.proc.wait(timeout=max(0.0, timeout))
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+            rc = None
+        self.seconds = round(time.monotonic() - self.t0, 1)
+        self._out.close()
+        binary = self.build_dir / "bin" / "llama-fit-params"
+        return binary if rc == 0 and binary.is_file() else None
 
 
 def install_into_bindings(lib_dir: Path, site: Path) -> Path:
@@ -160,8 +195,10 @@ PREBUILT_NAME = "llama-cuda-bin.tar.xz"
 def pack_artifacts(bin_dir: Path, out_dir: Path, options: Mapping[str, str]) -> dict[str, object]:
     """``out_dir/llama-cuda-bin.tar.xz.partNN`` (the libraries and llama-fit-params of
     ``bin_dir``) and a stamp of the options they were built with; or why not."""
-    names = [*sorted(p.name for p in bin_dir.iterdir()
-                     if p.name.startswith("lib") and ".so" in p.name), "llama-fit-params"]
+    names = sorted(p.name for p in bin_dir.iterdir()
+                   if p.name.startswith("lib") and ".so" in p.name)
+    if (bin_dir / "llama-fit-params").is_file():
+        names.append("llama-fit-params")
     out_dir.mkdir(parents=True, exist_ok=True)
     whole = out_dir / PREBUILT_NAME
     cmd = ["tar", "-C", str(bin_dir), "-I", "xz -T0 -3", "-cf", str(whole), *names]

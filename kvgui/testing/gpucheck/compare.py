@@ -87,14 +87,20 @@ def estimate_for(model: ModelInfo, s: Settings, gpus: Sequence[str], host: HostC
     return estimate(model, s, [*devices, cpu(None, host)], memo)
 
 
-def cuda_layout(model: ModelInfo, s: Settings, n_gpus: int, *, pins: bool) -> reserve.Layout:
+def cuda_layout(model: ModelInfo, s: Settings, n_gpus: int, *, pins: bool,
+                kind: str = "cuda") -> reserve.Layout:
     """The scheduler's view of ``n_gpus`` CUDA devices for these settings, with llama.cpp's
-    backend hints (``pins``: an allocating load) or without (a no_alloc load)."""
+    backend hints (``pins``: an allocating load) or without (a no_alloc load). ``kind``
+    "rpc": ggml-rpc-server devices instead (the rehearsal's stand-in for GPUs; the CPU's
+    compute buffer then in plain host memory), as kvgui.testing.reserve_check.rpc_layout."""
     from kvgui.core.memory import estimate as est_module
 
-    gpus = [DeviceBudget(f"CUDA{i}", None) for i in range(n_gpus)]
+    gpus = [DeviceBudget(f"GPU{i}", None) for i in range(n_gpus)]
     layer_dev, out_dev, _ = est_module._layer_devices(model, s, gpus)
     offload = Offload(tuple(layer_dev), out_dev, n_gpus, s.kv_offload)
+    if kind == "rpc":
+        rpc = tuple(reserve.rpc_backend(i) for i in range(n_gpus))
+        return offload.layout_with((*rpc, reserve.cpu_backend()), pins=pins)
     host = reserve.Buft("CUDA_Host", host=True)
     backends = tuple(reserve.cuda_backend(i) for i in range(n_gpus))
     return offload.layout_with((*backends, reserve.cpu_backend(host)), pins=pins)
@@ -109,12 +115,12 @@ def _graph_key(model: ModelInfo, s: Settings, fa: bool) -> tuple[Any, Any, reser
 
 
 def no_alloc_compute(model: ModelInfo, s: Settings, fa: bool, n_gpus: int,
-                     memo: ModelMemo) -> tuple[list[int], int | None] | None:
+                     memo: ModelMemo, kind: str = "cuda") -> tuple[list[int], int | None] | None:
     """The compute buffer per device (GPUs, then the CPU) and the split count as a no_alloc
     load makes them; None with no GPU or a model whose graph kvgui does not rebuild."""
     if n_gpus == 0 or not reserve.supports(model, memo):
         return None
-    layout = cuda_layout(model, s, n_gpus, pins=False)
+    layout = cuda_layout(model, s, n_gpus, pins=False, kind=kind)
     shape, kinds, key = _graph_key(model, s, fa)
     try:
         peaks = reserve.peaks(model, shape, fa, kinds, layout, memo)

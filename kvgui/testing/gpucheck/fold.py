@@ -180,7 +180,7 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
         lines.append(f"build: {'ok' if b.get('ok') else b.get('error')} "
                      f"(configure {b.get('configure_s')} s, build {b.get('build_s')} s, "
                      f"{b.get('jobs')} jobs)")
-    for section in ("dryrun", "fit_params"):
+    for section in ("dryrun", "fit_params", "fit_params_rpc"):
         s = (data.get(section) or {}).get("summary")
         if s:
             parts = ", ".join(f"{k} {v['equal']}/{v['of']}" for k, v in s["parts"].items())

@@ -36,8 +36,10 @@ from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.model.info import load_model
 from kvgui.testing.gpucheck import compare, matrix, realload, source
 from kvgui.testing.gpucheck.build import (
+    LATER_TARGETS,
     PREBUILT_DIR,
     BuildResult,
+    LaterBuild,
     build,
     cmake_options,
     install_into_bindings,
@@ -184,11 +186,14 @@ def _exact_case(case: matrix.Case, model: Any, memo: ModelMemo, r: Any,
 # --- llama-fit-params over the matrix ---------------------------------------------------------
 
 def fit_matrix(binary: Path, cases: Sequence[matrix.Case], files: dict[str, Path], host: Any,
-               deadline: Deadline, parallel: int, env: dict[str, str] | None
-               ) -> list[dict[str, Any]]:
+               deadline: Deadline, parallel: int, env: dict[str, str] | None,
+               rpc: str | None = None) -> list[dict[str, Any]]:
+    """llama-fit-params per case against the estimate for the devices it reports. ``rpc``:
+    ggml-rpc-server endpoints (the rehearsal's GPUs): compute held against their layout."""
     from kvgui.testing.gpucheck.fitparams import args_for, run_many
 
-    jobs = [(c.id, args_for(files[c.model], c.settings)) for c in cases]
+    extra = ["--rpc", rpc] if rpc else []
+    jobs = [(c.id, [*args_for(files[c.model], c.settings), *extra]) for c in cases]
     runs = run_many(binary, jobs, parallel=parallel, deadline=deadline.end - 5, env=env)
     rows: list[dict[str, Any]] = []
     models: dict[str, tuple[Any, ModelMemo]] = {}
@@ -204,7 +209,8 @@ def fit_matrix(binary: Path, cases: Sequence[matrix.Case], files: dict[str, Path
             gpus = [d.name for d in r.devices]
             fa = _flash_attn(r.log, case.settings)
             est = compare.estimate_for(model, case.settings, gpus, host, memo)
-            noalloc = compare.no_alloc_compute(model, case.settings, fa, len(gpus), memo)
+            noalloc = compare.no_alloc_compute(model, case.settings, fa, len(gpus), memo,
+                                               kind="rpc" if rpc else "cuda")
             ours = compare.kvgui_parts(est, noalloc[0] if noalloc else None)
             row["devices"] = compare.fit_rows(r, ours)
             row["equal"] = compare.fit_equal(row["devices"])
@@ -225,6 +231,25 @@ def _flash_attn(log_text: str, s: Settings) -> bool:
     if found:
         return found[-1] == "enabled"
     return s.flash_attn is FlashAttn.ON
+
+
+def _rpc_rehearsal(cases: Sequence[matrix.Case], files: dict[str, Path], host: Any,
+                   deadline: Deadline, env: dict[str, str]) -> dict[str, Any]:
+    """The fit-params comparison with one 24 GiB ggml-rpc-server device (the CPU tools build):
+    the per-GPU rows and their compute replay, exercised without a GPU."""
+    from kvgui.testing.llama_tools import find_tools
+    from kvgui.testing.rpc import GiB, RpcDevices
+
+    tools = find_tools()
+    if tools is None:
+        return {"cases": [], "error": "no llama.cpp tools build"}
+    on = [c for c in cases if c.settings.flash_attn is FlashAttn.ON]
+    picked = [c for c in on if c.offload == "all"][:3] + \
+        [c for c in on if c.offload == matrix.PARTIAL][:3]
+    with RpcDevices(tools, [24 * GiB]) as devs:
+        rows = fit_matrix(tools.fit_params, picked, files, host, deadline, 2, env,
+                          rpc=devs.rpc_arg)
+    return {"cases": rows, "summary": compare.summarize(rows, exact=False)}
 
 
 # --- real loads -------------------------------------------------------------------------------
@@ -370,6 +395,7 @@ def run_check(out: Path, *, root: Path, dry: bool, budget_s: float, build_dry: b
 
     lib_dir: Path | None = None
     fit_binary: Path | None = None
+    later: LaterBuild | None = None
     if dry and not build_dry:
         report.skip("build", "dry rehearsal: no CUDA build (GPU_CHECK_DRY_BUILD=1 builds the "
                              "subset without CUDA)")
@@ -388,16 +414,20 @@ def run_check(out: Path, *, root: Path, dry: bool, budget_s: float, build_dry: b
                                timeout=max(30.0, min(BUILD_CAP_S,
                                                      deadline.left(AFTER_BUILD_S))),
                                logfile=work / "build.log")
+                if result.ok:
+                    later = LaterBuild(work / "build", max(1, result.jobs - 2),
+                                       work / "build.log")
                 if result.ok and artifacts is not None:
-                    result_json = pack_artifacts(Path(result.lib_dir), artifacts, options)
-                    report["build_artifacts"] = result_json
+                    report["build_artifacts"] = pack_artifacts(Path(result.lib_dir), artifacts,
+                                                               options)
             report["build"] = result.to_json()
             if not result.ok:
                 st["status"] = "timeout" if "timed out" in result.error else "failed"
                 st["error"] = result.error
             else:
                 lib_dir = Path(result.lib_dir)
-                fit_binary = Path(result.fit_params)
+                if Path(result.fit_params).is_file():  # (a carried build that has it)
+                    fit_binary = Path(result.fit_params)
                 if site is not None:
                     install_into_bindings(lib_dir, site)
                 env["LD_LIBRARY_PATH"] = os.pathsep.join(
@@ -472,6 +502,14 @@ def run_check(out: Path, *, root: Path, dry: bool, budget_s: float, build_dry: b
             st["status"] = "partial"
 
     with report.step("fit_params") as st:
+        if later is not None:
+            fit_binary = later.wait(deadline.left(45))
+            report["build"]["later"] = {"targets": list(LATER_TARGETS), "ok": bool(fit_binary),
+                                        "seconds": later.seconds}
+            report.write()
+            if fit_binary is not None and artifacts is not None and deadline.left(40) > 0:
+                report["build_artifacts"] = pack_artifacts(fit_binary.parent, artifacts,
+                                                           cmake_options(cuda=not dry))
         if fit_binary is None:
             st["status"] = "skipped"
             st["error"] = "no llama-fit-params (dry: python -m kvgui.testing.llama_tools build)"
@@ -479,6 +517,8 @@ def run_check(out: Path, *, root: Path, dry: bool, budget_s: float, build_dry: b
             rows = fit_matrix(fit_binary, cases, files, host, deadline, parallel, env)
             report["fit_params"] = {"cases": rows,
                                     "summary": compare.summarize(rows, exact=False)}
+            if dry:  # GPU rows too: one ggml-rpc-server device stands in for a GPU
+                report["fit_params_rpc"] = _rpc_rehearsal(cases, files, host, deadline, env)
             if any((r.get("error") or "").startswith("not run") for r in rows):
                 st["status"] = "partial"
     report.finish()
