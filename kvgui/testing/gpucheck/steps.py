@@ -236,7 +236,10 @@ def _flash_attn(log_text: str, s: Settings) -> bool:
 def _rpc_rehearsal(cases: Sequence[matrix.Case], files: dict[str, Path], host: Any,
                    deadline: Deadline, env: dict[str, str]) -> dict[str, Any]:
     """The fit-params comparison with one 24 GiB ggml-rpc-server device (the CPU tools build):
-    the per-GPU rows and their compute replay, exercised without a GPU."""
+    the per-GPU rows and their compute replay, exercised without a GPU. The host's weights of
+    a partial offload differ by design: kvgui places them as for CUDA (no mmap: CUDA's pinned
+    CUDA_Host buffer comes first), and an RPC device has no host buffer type, so llama.cpp
+    repacks them into AMX / CPU_REPACK buffers instead."""
     from kvgui.testing.llama_tools import find_tools
     from kvgui.testing.rpc import GiB, RpcDevices
 
