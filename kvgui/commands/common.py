@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from kvgui.cli import UsageError
+from kvgui.core.config import limits
 from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 from kvgui.core.gguf.reader import GGUFError
@@ -37,21 +38,22 @@ def add_model_arg(parser: argparse.ArgumentParser, *, required: bool = True) -> 
                         help="a Hugging Face model, as llama.cpp's -hf takes it")
 
 
-def _int_at_least(minimum: int):  # type: ignore[no-untyped-def]
+def _limited(name: str, flag: str, minimum: int | None = None):  # type: ignore[no-untyped-def]
+    """A flag's whole number read as llama.cpp reads it (ASCII digits) and within the range
+    llama.cpp's C type and limits allow (kvgui.core.config.limits), as a one-line error."""
+
     def parse(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+            value = limits.parse_int(text, flag)
+            if minimum is not None and value < minimum:
+                raise limits.LimitError(f"{flag}: must be at least {minimum}, not {value}")
+            if not (name == "n_ctx" and value == 0):
+                limits.check(name, value)
+        except limits.LimitError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{flag}: ")) from None
         return value
 
     return parse
-
-
-_positive = _int_at_least(1)
-_ctx = _int_at_least(0)  # -c 0: like llama.cpp, the model's trained context (resolved later)
 
 
 def _gpu_layers(text: str) -> int:
@@ -62,17 +64,21 @@ def _gpu_layers(text: str) -> int:
             "-ngl auto lets llama.cpp pick at launch; kvgui needs a number or 'all' "
             "(use `kvgui fit` to find the largest that fits)")
     try:
-        value = int(text)
-    except ValueError:
+        value = limits.parse_int(text, "-ngl")
+    except limits.LimitError:
         raise argparse.ArgumentTypeError(f"expected a number or 'all', not {text!r}") from None
     if value < 0:
         return ALL_LAYERS  # llama.cpp: <= -2 means all
-    return value
+    try:
+        return limits.check("n_gpu_layers", value)
+    except limits.LimitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_settings_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("llama.cpp settings (as llama-cli spells them)")
-    g.add_argument("-c", "--ctx-size", dest="n_ctx", type=_ctx, default=_DEFAULTS.n_ctx,
+    g.add_argument("-c", "--ctx-size", dest="n_ctx", type=_limited("n_ctx", "-c", 0),
+                   default=_DEFAULTS.n_ctx,
                    metavar="N", help=f"context size in tokens (default {_DEFAULTS.n_ctx}; "
                    "0 = the model's trained context)")
     g.add_argument("-ctk", "--cache-type-k", dest="type_k", choices=CACHE_TYPE_NAMES,
@@ -85,11 +91,12 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-ngl", "--gpu-layers", "--n-gpu-layers", dest="n_gpu_layers",
                    type=_gpu_layers, default=ALL_LAYERS, metavar="N",
                    help="layers on the GPU: a number or 'all' (default all)")
-    g.add_argument("-b", "--batch-size", dest="n_batch", type=_positive,
+    g.add_argument("-b", "--batch-size", dest="n_batch", type=_limited("n_batch", "-b"),
                    default=_DEFAULTS.n_batch, metavar="N", help="logical batch (default 2048)")
-    g.add_argument("-ub", "--ubatch-size", dest="n_ubatch", type=_positive,
+    g.add_argument("-ub", "--ubatch-size", dest="n_ubatch", type=_limited("n_ubatch", "-ub"),
                    default=_DEFAULTS.n_ubatch, metavar="N", help="physical batch (default 512)")
-    g.add_argument("-np", "--parallel", dest="n_parallel", type=_positive,
+    g.add_argument("-np", "--parallel", dest="n_parallel",
+                   type=_limited("n_parallel", "-np"),
                    default=_DEFAULTS.n_parallel, metavar="N",
                    help="parallel sequences (default 1)")
     g.add_argument("--swa-full", dest="swa_full", action="store_true",
