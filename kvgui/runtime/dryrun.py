@@ -24,6 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from kvgui.core.commandline.llama_params import LOAD_MODE_NONE, LlamaParams, llama_params
 from kvgui.core.config.settings import pad_ctx
 from kvgui.runtime.llama_log import (
     BufferBytes,
@@ -66,29 +67,11 @@ class DryRunUnavailable(DryRunError):
 
 # --- parent side --------------------------------------------------------------------------
 
-def llama_params(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The llama_model_params and llama_context_params fields for ``settings``, as llama-cli
-    sets them (common/common.cpp common_model_params_to_llama / common_context_params_to_llama).
-    """
-    from kvgui.runtime.llama_params import context_fields, model_fields
-
-    model = model_fields(settings) | {
-        "split_mode": 1,  # LLAMA_SPLIT_MODE_LAYER
-        "main_gpu": 0,
-        "tensor_split": list(settings.tensor_split),
-        "use_extra_bufts": True,
-        "no_host": False,
-        "load_mtp": False,
-    }
-    context = context_fields(settings) | {
-        "n_rs_seq": 0,
-        "n_outputs_max": 0,
-        "n_outputs_max_per_seq": 1,
-        "op_offload": True,
-        "embeddings": False,
-        "no_perf": True,
-    }
-    return model, context
+def run_request(settings: Settings) -> dict[str, Any]:
+    """One run of the child's request: the translation's fields, as JSON values."""
+    params = llama_params(settings)
+    return {"model": dict(params.model) | {"tensor_split": list(params.model["tensor_split"])},
+            "context": dict(params.context)}
 
 
 def _child_env() -> dict[str, str]:
@@ -170,8 +153,7 @@ def _run_child(
     """Run one child for ``settings_list``: its answers by index, and why it stopped early."""
     request = {
         "model": str(path),
-        "runs": [dict(zip(("model", "context"), llama_params(s), strict=True))
-                 for s in settings_list],
+        "runs": [run_request(s) for s in settings_list],
     }
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -370,13 +352,7 @@ def _memory_breakdown(lc: Any, g: Any, ctx: Any) -> list[dict[str, Any]] | None:
     return rows if len(rows) == count else None
 
 
-def _set_fields(struct_obj: Any, fields: dict[str, Any]) -> None:
-    for name, value in fields.items():
-        setattr(struct_obj, name, value)
-
-
 def _child_main() -> int:
-    import ctypes
 
     t_start = time.perf_counter()
     reply_fd = os.dup(1)
@@ -397,6 +373,7 @@ def _child_main() -> int:
         return 1
 
     from kvgui.runtime.llama_log import LlamaLogCapture, error_lines
+    from kvgui.runtime.llama_structs import context_params, model_params
 
     t_import = time.perf_counter() - t_start
 
@@ -427,16 +404,9 @@ def _child_main() -> int:
                 lc.llama_model_free(model)
                 model = None
             cap.clear()
-            mp = lc.llama_model_default_params()
-            fields = dict(run["model"])
-            split = fields.pop("tensor_split")
-            _set_fields(mp, fields)
-            mp.no_alloc = True  # only metadata: simulate the allocations
-            mp.load_mode = 0  # LLAMA_LOAD_MODE_NONE: no mmap (no_alloc requires it)
-            if split:
-                arr = (ctypes.c_float * lc.llama_max_devices())(*split)
-                keep.append(arr)
-                mp.tensor_split = arr
+            params = LlamaParams(run["model"], run["context"])
+            # only metadata: simulate the allocations (no_alloc needs the load without mmap)
+            mp = model_params(lc, params, keep, no_alloc=True, load_mode=LOAD_MODE_NONE)
             t_load = time.perf_counter()
             model = lc.llama_model_load_from_file(request["model"].encode(), mp)
             load_s = time.perf_counter() - t_load
@@ -452,8 +422,7 @@ def _child_main() -> int:
                 return 0
             model_size = int(lc.llama_model_size(model))
         cap.clear()
-        cp = lc.llama_context_default_params()
-        _set_fields(cp, run["context"])
+        cp = context_params(lc, LlamaParams(run["model"], run["context"]))
         t_ctx = time.perf_counter()
         ctx = lc.llama_init_from_model(model, cp)
         ctx_s = time.perf_counter() - t_ctx
