@@ -1,5 +1,5 @@
 """The kvgui window (PySide6). Importing it first makes PySide6 safe on Python 3.11 (qtfix)."""
 
-from kvgui.ui import qtfix
+from kvgui import qtfix
 
 qtfix.apply()
