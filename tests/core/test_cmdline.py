@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import os
 import re
 import subprocess
 import sys
@@ -23,12 +22,6 @@ from kvgui.core.commandline.export import (
 )
 from kvgui.core.commandline.parse import _OPTIONS
 from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings, SplitMode
-
-ARG_CPP = Path(
-    os.environ.get(
-        "KVGUI_LLAMA_CPP_SRC", "/work/src/llama_cpp_python-0.3.36/vendor/llama.cpp"
-    )
-) / "common" / "arg.cpp"
 
 MODEL = "/models/m.gguf"
 REPRESENTATIVE = Settings(
@@ -111,9 +104,15 @@ def test_notes_for_what_a_target_cannot_take() -> None:
 # --- the flags exist in the bundled llama.cpp, for the tool they are given to ---------------
 
 
-def _arg_cpp_registry() -> dict[str, list[tuple[set[str], set[str]]]]:
+@pytest.fixture(scope="module")
+def arg_cpp(llama_source: Path) -> Path:
+    """common/arg.cpp of the llama.cpp that llama-cpp-python bundles: its option registry."""
+    return llama_source / "common" / "arg.cpp"
+
+
+def _arg_cpp_registry(arg_cpp: Path) -> dict[str, list[tuple[set[str], set[str]]]]:
     """flag -> [(examples, excludes)] for each add_opt(common_arg(...)) in arg.cpp."""
-    text = ARG_CPP.read_text(encoding="utf-8")
+    text = arg_cpp.read_text(encoding="utf-8")
     registry: dict[str, list[tuple[set[str], set[str]]]] = {}
     for chunk in text.split("add_opt(common_arg(")[1:]:
         chunk = re.sub(r"//[^\n]*", "", chunk)
@@ -137,16 +136,12 @@ def _accepts(registry: dict[str, list[tuple[set[str], set[str]]]], example: str,
     )
 
 
-needs_arg_cpp = pytest.mark.skipif(not ARG_CPP.exists(), reason="bundled llama.cpp source absent")
-
-
 def _flags(args: list[str]) -> list[str]:
     return [a for a in args[1:] if re.fullmatch(r"--?[a-z][a-z-]*", a)]
 
 
-@needs_arg_cpp
-def test_every_exported_flag_is_registered_for_its_tool() -> None:
-    registry = _arg_cpp_registry()
+def test_every_exported_flag_is_registered_for_its_tool(arg_cpp: Path) -> None:
+    registry = _arg_cpp_registry(arg_cpp)
     threads_and_gpus = REPRESENTATIVE.replace(split_mode=SplitMode.ROW, main_gpu=1, n_threads=8,
                                               mlock=True)
     for full, s in ((False, REPRESENTATIVE), (True, REPRESENTATIVE),
@@ -161,19 +156,17 @@ def test_every_exported_flag_is_registered_for_its_tool() -> None:
             assert _accepts(registry, "LLAMA_EXAMPLE_SERVER", flag), flag
 
 
-@needs_arg_cpp
-def test_the_registry_reader_sees_per_tool_options() -> None:
+def test_the_registry_reader_sees_per_tool_options(arg_cpp: Path) -> None:
     # guards the test above: it must be able to tell tools apart
-    registry = _arg_cpp_registry()
+    registry = _arg_cpp_registry(arg_cpp)
     assert not _accepts(registry, "LLAMA_EXAMPLE_CLI", "-kvu")
     assert not _accepts(registry, "LLAMA_EXAMPLE_SERVER", "-sys")
     assert not _accepts(registry, "LLAMA_EXAMPLE_CLI", "--port")
     assert not _accepts(registry, "LLAMA_EXAMPLE_CLI", "--no-mmap")
 
 
-@needs_arg_cpp
-def test_every_flag_the_importer_knows_is_registered() -> None:
-    registry = _arg_cpp_registry()
+def test_every_flag_the_importer_knows_is_registered(arg_cpp: Path) -> None:
+    registry = _arg_cpp_registry(arg_cpp)
     older = {"--mmap", "--no-mmap", "--mlock"}  # replaced by --load-mode in this llama.cpp
     for names, _, _ in _OPTIONS.values():
         for name in names:
@@ -181,12 +174,11 @@ def test_every_flag_the_importer_knows_is_registered() -> None:
                 assert name in registry, name
 
 
-@needs_arg_cpp
-def test_ngl_accepts_all_and_fit_leaves_user_values_alone() -> None:
+def test_ngl_accepts_all_and_fit_leaves_user_values_alone(arg_cpp: Path) -> None:
     # What the exported -c / -ngl rely on, read from the source it was written against.
-    text = ARG_CPP.read_text(encoding="utf-8")
+    text = arg_cpp.read_text(encoding="utf-8")
     assert 'value == "all"' in text and 'value == "auto"' in text
-    fit = (ARG_CPP.parent / "fit.cpp").read_text(encoding="utf-8")
+    fit = (arg_cpp.parent / "fit.cpp").read_text(encoding="utf-8")
     assert "context size set by user" in fit
     assert "n_gpu_layers already set by user" in fit
 
