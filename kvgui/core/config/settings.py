@@ -68,6 +68,7 @@ class Settings:
     main_gpu: int = 0
     n_threads: int = AUTO_THREADS
     mlock: bool = False
+    repack: bool = True  # -nr/--no-repack turns off the CPU's repacked (AMX, …) weight buffers
 
     def __post_init__(self) -> None:
         for name in ("type_k", "type_v"):
