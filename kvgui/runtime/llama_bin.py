@@ -119,8 +119,8 @@ class ToolInfo:
 
 _FLAG = re.compile(r"--?[A-Za-z][A-Za-z0-9_-]*")
 # "version: 7000 (build 7000, commit abc1234)" (this llama.cpp), "version: 6895 (4341dc8bc)"
-_VERSION = re.compile(r"^version: (?P<version>\S+)(?: \((?:build \d+, commit )?(?P<commit>[^)]*)\))?",
-                      re.M)
+_VERSION = re.compile(
+    r"^version: (?P<version>\S+)(?: \((?:build \d+, commit )?(?P<commit>[^)]*)\))?", re.M)
 _BUILT = re.compile(r"^built with .*$", re.M)
 _DEVICE = re.compile(
     r"^\s+(?P<name>\S+): (?P<desc>.*?)(?: \((?P<total>\d+) MiB, (?P<free>\d+) MiB free\))?\s*$")

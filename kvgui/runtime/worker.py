@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 from kvgui.core.commandline.llama_params import llama_cpp_python_kwargs, llama_params
 from kvgui.core.config.settings import Settings
+from kvgui.core.model.chat_formats import format_choices, usual_format
 from kvgui.runtime.llama_structs import scalar_model_fields, set_fields
 from kvgui.runtime.protocol import (
     PROTOCOL_VERSION,
@@ -42,6 +43,7 @@ from kvgui.runtime.protocol import (
 )
 
 _KEEPALIVE: list[Any] = []
+MODES = ("chat", "completion")
 
 # Token events carry every piece produced within this interval: a fast model (thousands of
 # tokens/s on a small model) would otherwise spend its time on JSON and pipe wake-ups, and a
@@ -266,6 +268,11 @@ class TurnStats:
 class Conversation:
     system: str | None = None
     turns: list[tuple[str, str]] = field(default_factory=list)
+    mode: str = "chat"  # "chat" (the chat template) or "completion" (the model continues)
+
+    def prompt(self, user: str) -> str:
+        """Completion mode: the text so far, continued by the new text."""
+        return "".join(q + a for q, a in self.turns) + user
 
     def messages(self, user: str) -> list[dict[str, str]]:
         out: list[dict[str, str]] = []
@@ -354,7 +361,8 @@ class Chat:
                             pending.append(text)
                             streamed.append(text)
                             if now - sent_at >= TOKEN_EVENT_INTERVAL_S:
-                                self.channel.send("token", text="".join(pending))
+                                self.channel.send("token", text="".join(pending),
+                                                  n_past=int(self.llm.n_tokens) + 1)
                                 pending.clear()
                                 sent_at = now
                     yield token
@@ -370,7 +378,8 @@ class Chat:
                 pending.append(tail)
                 streamed.append(tail)
                 if any(pending):
-                    self.channel.send("token", text="".join(pending))
+                    self.channel.send("token", text="".join(pending),
+                                      n_past=int(self.llm.n_tokens))
 
         self.llm.generate = generate
 
@@ -387,6 +396,16 @@ class Chat:
             self.channel.send("failed", message=f"invalid sampling: {exc}", fatal=False,
                               stage="request")
             return
+        mode = str(request.get("mode") or "chat")
+        if mode not in MODES:
+            self.channel.send("failed", message=f"unknown mode {mode!r} (chat or completion)",
+                              fatal=False, stage="request")
+            return
+        if mode != self.conversation.mode:  # one history per mode
+            self.reset(self.conversation.system)
+            self.conversation.mode = mode
+        if fmt := request.get("chat_format"):
+            self.llm.chat_format = str(fmt)  # the template picker; the GGUF's otherwise
         if request.get("system") is not None:
             self.conversation.system = str(request["system"]) or None
         text = str(request.get("text", ""))
@@ -421,23 +440,31 @@ class Chat:
                           stage="chat")
 
     def _stream(self, text: str, sampling: Sampling) -> tuple[str, str | None]:
-        """One reply through the GGUF's chat template; tokens are sent by ``generate``."""
+        """One reply through the chat template (or, in completion mode, a continuation of
+        the text); tokens are sent by ``generate``."""
         seed = sampling.seed if sampling.seed >= 0 else random.randrange(2**31)
-        result = self.llm.create_chat_completion(
-            messages=self.conversation.messages(text),
-            stream=False,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            max_tokens=sampling.max_tokens if sampling.max_tokens > 0 else None,
-            seed=seed,
-            repeat_penalty=1.0,  # llama-cli's default; the chat handler's own default is 1.1
-        )
-        choice = result["choices"][0]
+        common = {
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "min_p": sampling.min_p,
+            "max_tokens": sampling.max_tokens if sampling.max_tokens > 0 else None,
+            "seed": seed,
+            "repeat_penalty": 1.0,  # llama-cli's default; the chat handler's own is 1.1
+        }
+        if self.conversation.mode == "completion":
+            done = self.llm.create_completion(prompt=self.conversation.prompt(text),
+                                              stream=False, **common)
+            choice = done["choices"][0]
+            content = str(choice.get("text") or "")
+        else:
+            result = self.llm.create_chat_completion(
+                messages=self.conversation.messages(text), stream=False, **common)
+            choice = result["choices"][0]
+            content = str(choice["message"].get("content") or "")
         if self._stats.ended_early:
             return "".join(self._stats.streamed), choice.get("finish_reason")
-        return str(choice["message"].get("content") or ""), choice.get("finish_reason")
+        return content, choice.get("finish_reason")
 
     def _summary(self, reply: str, finish: str | None, sampling: Sampling, t0: float,
                  dropped: int) -> dict[str, Any]:
@@ -468,6 +495,8 @@ class Chat:
                                     if perf.t_p_eval_ms > 0 else None),
             "stop_reason": reason,
             "dropped_turns": dropped,
+            "mode": self.conversation.mode,
+            "chat_format": str(self.llm.chat_format),
         }
 
 
@@ -486,6 +515,17 @@ def load_failure(error: str, log_lines: list[str]) -> str:
     if any("gguf_init_from_file" in line or "invalid magic" in line for line in recent):
         return f"not a GGUF model llama.cpp can read ({error})"
     return f"llama.cpp could not load the model: {error}"
+
+
+def _template_info(llm: Any) -> dict[str, Any]:
+    """Whether the GGUF brings a chat template, and the formats to offer (its arch's first)."""
+    meta = dict(getattr(llm, "metadata", {}) or {})
+    arch = meta.get("general.architecture")
+    pre = meta.get("tokenizer.ggml.pre")
+    return {"chat_template": bool(meta.get("tokenizer.chat_template")),
+            "architecture": arch,
+            "usual_format": usual_format(arch, pre),
+            "formats": format_choices(arch, pre)}
 
 
 def _exact_buffers(llm: Any) -> list[dict[str, Any]] | None:
@@ -535,6 +575,7 @@ def _serve(channel: Channel, requests: Requests, log: LogCapture) -> int:
         n_ctx_train=int(llama_cpp.llama_model_n_ctx_train(llm.model)),
         n_layer=int(llama_cpp.llama_model_n_layer(llm.model)),
         chat_format=str(llm.chat_format),
+        **_template_info(llm),
         gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
         exact=_exact_buffers(llm),
     )

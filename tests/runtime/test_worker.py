@@ -219,3 +219,46 @@ def test_load_failures_are_named() -> None:
                               ["gguf_init_from_file_impl: invalid magic characters: 'abcd'"])
     assert bad.startswith("not a GGUF model")
     assert worker.load_failure("boom", ["all fine"]) == "llama.cpp could not load the model: boom"
+
+
+# -- GGUFs without a chat template ------------------------------------------------------------
+
+def test_a_gguf_without_a_template_is_told_and_offered_its_architecture_format(
+        tmp_path) -> None:
+    """llama-cpp-python falls back to llama-2's format for any template-less GGUF (a Gemma
+    base model chatted with in llama-2's format answers mostly nothing): the worker says the
+    file has no template, which format the architecture uses, and takes the choice."""
+    from kvgui.testing.tiny_model import write_tiny_model
+
+    path = write_tiny_model(tmp_path / "base-gemma2.gguf", arch="gemma2", n_layer=4, n_swa=128,
+                            chat_template=None)
+    with WorkerClient() as client:
+        loaded = client.load(str(path), Settings(n_ctx=512))
+        assert loaded["chat_template"] is False
+        assert loaded["architecture"] == "gemma2"
+        assert loaded["chat_format"] == "llama-2"  # what llama-cpp-python would use silently
+        assert loaded["usual_format"] == "gemma" and loaded["formats"][0] == "gemma"
+        client.send("chat", text="hi", sampling=Sampling(max_tokens=2, seed=1).to_dict(),
+                    chat_format="gemma")
+        chat = client._expect("finished", 30)
+        assert chat["chat_format"] == "gemma" and chat["mode"] == "chat"
+        # completion mode: no template; the model continues the text, turn after turn
+        client.send("chat", text="Once upon a time", mode="completion",
+                    sampling=Sampling(max_tokens=3, seed=1).to_dict())
+        first = client._expect("finished", 30)
+        client.send("chat", text=" and then", mode="completion",
+                    sampling=Sampling(max_tokens=3, seed=1).to_dict())
+        second = client._expect("finished", 30)
+    assert first["mode"] == "completion" and first["dropped_turns"] == 0
+    assert first["prompt_tokens"] < chat["prompt_tokens"] + 10  # no template around the text
+    assert second["prompt_tokens"] > first["prompt_tokens"]  # the text so far, continued
+
+
+def test_token_events_carry_the_context_used(loaded: WorkerClient) -> None:
+    loaded.reset()
+    loaded.send("chat", text="count", sampling=Sampling(max_tokens=12, seed=2).to_dict())
+    pasts = []
+    while (msg := loaded.next_event(timeout=20))["type"] != "finished":
+        if msg["type"] == "token":
+            pasts.append(msg["n_past"])
+    assert pasts and pasts == sorted(pasts) and 0 < pasts[-1] <= msg["n_past"]
