@@ -161,11 +161,12 @@ def parse_help_flags(text: str) -> frozenset[str]:
     for line in text.splitlines():
         if not line.startswith("-"):
             continue
-        head = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0]
-        for part in head.split(", "):
-            word = part.split(" ", 1)[0]
+        for token in line.split():  # "-a, --bb, --cc VALUE   help": names end with ","
+            word = token.rstrip(",")
             if _FLAG.fullmatch(word):
                 flags.add(word)
+            if not token.endswith(","):
+                break
     return frozenset(flags)
 
 

@@ -336,6 +336,9 @@ class LlamaServer:
         proc.wait()
         for t in self._readers:
             t.join(timeout=2)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
         return proc.returncode
 
     def measured(self) -> dict[str, dict[str, int]]:

@@ -53,6 +53,7 @@ CHANGES = [
     ("n_threads", 3, {"context": {"n_threads": 3, "n_threads_batch": 3}}),
     ("mlock", True, {"model": {"load_mode": 3}}),
     ("repack", False, {"model": {"use_extra_bufts": False}}),
+    ("n_outputs_max", 4, {"context": {"n_outputs_max": 4}}),
 ]
 FIELDS = [name for name, _, _ in CHANGES]
 
@@ -138,6 +139,10 @@ NOT_APPLICABLE = {
     ("chat worker Llama()", "repack"): "written on the struct (chat worker structs)",
     ("llama-cli", "kv_unified"): "llama-cli has no -kvu (export_notes says so)",
     ("chat worker structs", "tensor_split"): "a pointer: Llama()'s own array carries it",
+    ("chat worker Llama()", "n_outputs_max"): "written on the struct (chat worker structs)",
+    ("python snippet", "n_outputs_max"): "no keyword; llama-cli's 0 is llama-cpp-python's",
+    ("llama-cli", "n_outputs_max"): "no flag: llama-cli always uses n_batch",
+    ("llama-server", "n_outputs_max"): "no flag: llama-server derives it from -np",
 }
 
 

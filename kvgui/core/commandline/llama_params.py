@@ -84,6 +84,13 @@ class LlamaParams:
     context: Mapping[str, Any]
 
 
+def server_settings(settings: Settings) -> Settings:
+    """The Settings as llama-server runs them: it sets n_outputs_max to one output per slot
+    (tools/server/server-context.cpp server_output_limits, no speculative decoding), where
+    llama-cli leaves n_batch; the logits of its reserved graph are that much smaller."""
+    return settings.replace(n_outputs_max=min(settings.n_batch, settings.n_parallel))
+
+
 def llama_params(settings: Settings) -> LlamaParams:
     """The llama_model_params and llama_context_params llama-cli builds for these Settings."""
     s = settings
@@ -109,7 +116,7 @@ def llama_params(settings: Settings) -> LlamaParams:
         "n_ubatch": s.n_ubatch,
         "n_seq_max": s.n_parallel,
         "n_rs_seq": 0,
-        "n_outputs_max": 0,
+        "n_outputs_max": s.n_outputs_max,
         "n_outputs_max_per_seq": 1,
         "n_threads": threads,
         "n_threads_batch": threads,  # -tb defaults to -t

@@ -69,6 +69,9 @@ class Settings:
     n_threads: int = AUTO_THREADS
     mlock: bool = False
     repack: bool = True  # -nr/--no-repack turns off the CPU's repacked (AMX, …) weight buffers
+    # llama_context_params.n_outputs_max: 0 = n_batch (llama-cli). No flag: llama-server sets
+    # it to -np (one output per slot), which shrinks its compute buffer (see server_settings).
+    n_outputs_max: int = 0
 
     def __post_init__(self) -> None:
         for name in ("type_k", "type_v"):
@@ -81,6 +84,9 @@ class Settings:
             object.__setattr__(self, "flash_attn", FlashAttn(self.flash_attn))
         if not isinstance(self.split_mode, SplitMode):
             object.__setattr__(self, "split_mode", SplitMode(self.split_mode))
+        if self.n_outputs_max < 0:
+            raise ValueError(f"n_outputs_max must be 0 (n_batch) or more, not "
+                             f"{self.n_outputs_max}")
         if self.main_gpu < 0:
             raise ValueError(f"main_gpu must be a device index (0 or more), not {self.main_gpu}")
         if self.n_threads != AUTO_THREADS and self.n_threads < 1:

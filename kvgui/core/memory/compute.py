@@ -108,7 +108,7 @@ def simulated_peak(model: ModelInfo, shape: ContextShape, fa: bool,
     """The compute buffer of the whole model on one backend, from a replay of ggml-alloc."""
     # graph_reserve: n_tokens is a multiple of n_seq_max (n_seq, where the shape has it)
     n_seqs = max(int(getattr(shape, "n_seq", 0)), shape.n_stream, 1)
-    n_outputs = min(shape.n_ubatch, shape.n_batch)
+    n_outputs = shape.n_outputs or min(shape.n_ubatch, shape.n_batch)
     n_tokens = -(-shape.n_ubatch // n_seqs) * n_seqs  # graph_reserve: a multiple of n_seqs
     key = ("galloc-peak", fa, cache, n_tokens, shape.n_ctx_seq, shape.swa_cells, shape.n_stream,
            n_outputs, alignment)
@@ -139,7 +139,7 @@ def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
     quantized / not quantized cases (f16 and quantized caches).
     """
     result = [0] * len(slots)
-    n_outputs = min(shape.n_ubatch, shape.n_batch)
+    n_outputs = shape.n_outputs or min(shape.n_ubatch, shape.n_batch)
     computing = [i for i, s in enumerate(slots) if s.holds_layers or s.holds_output]
     alone = len(computing) == 1 and slots[computing[0]].holds_layers \
         and slots[computing[0]].holds_output and simulates(model)
