@@ -181,7 +181,7 @@ def test_a_binary_that_is_not_llama_server(llama_tools, tiny_model_path) -> None
     srv = LlamaServer(cli, tiny_model_path, Settings(n_ctx=256))
     with pytest.raises(llama_bin.NotLlamaCpp, match="is not llama-server"):
         srv.start()
-    with pytest.raises(llama_bin.NotLlamaCpp, match="not a llama.cpp program"):
+    with pytest.raises(llama_bin.NotLlamaCpp, match=r"not a llama\.cpp program"):
         llama_bin.probe("/bin/true")
 
 
