@@ -123,3 +123,14 @@ def kill_group(pid: int) -> None:
             log.debug("killpg(%d) refused; killing the process", pid)
     with contextlib.suppress(ProcessLookupError, OSError):
         os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows: TerminateProcess
+
+
+def signal_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to the group led by ``pid`` (the process alone without groups)."""
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError, OSError) as exc:
+        log.debug("signal %d to %d: %s", sig, pid, exc)

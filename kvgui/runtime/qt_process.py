@@ -28,7 +28,7 @@ from PySide6.QtCore import (
 )
 
 from kvgui import qtfix
-from kvgui.runtime.childproc import Tail, child_env, describe_exit, kill_group
+from kvgui.runtime.childproc import Tail, child_env, describe_exit, kill_group, signal_group
 from kvgui.runtime.protocol import Message, ProtocolError, decode, encode
 
 log = logging.getLogger(__name__)
@@ -157,9 +157,11 @@ class ChildProcess(QObject):
         if self._proc is not None:
             self._proc.closeWriteChannel()
 
-    def finish(self, wait_ms: int = 3000, *, request: Message | None = None) -> None:
+    def finish(self, wait_ms: int = 3000, *, request: Message | None = None,
+               signal_first: int | None = None) -> None:
         """End it politely and synchronously: ``request`` (e.g. shutdown) and EOF on stdin,
-        then, after ``wait_ms``, the kill of its group. Reported as ``expected``."""
+        or ``signal_first`` (e.g. SIGTERM, for llama-server) to its group, then, after
+        ``wait_ms``, the kill of its group. Reported as ``expected``."""
         proc = self._proc
         if proc is None:
             return
@@ -167,6 +169,8 @@ class ChildProcess(QObject):
         if self.running:
             if request is not None:
                 self.send(request)
+            if signal_first is not None and self._pid:
+                signal_group(self._pid, signal_first)
             proc.closeWriteChannel()
             if not proc.waitForFinished(wait_ms):
                 self._kill_group()
@@ -183,6 +187,16 @@ class ChildProcess(QObject):
             self._kill_group()
             proc.waitForFinished(3000)
         self._reap()
+
+    def wait(self, ms: int) -> bool:
+        """Wait up to ``ms`` for the child to end (its exit is reported meanwhile); True when
+        it has ended (or never ran)."""
+        proc = self._proc
+        if proc is None:
+            return True
+        if proc.state() != QProcess.ProcessState.NotRunning:
+            proc.waitForFinished(ms)
+        return self._proc is None or self._proc.state() == QProcess.ProcessState.NotRunning
 
     def kill(self) -> None:
         """SIGKILL the group now; reported as the child's own end (tests, Cancel)."""

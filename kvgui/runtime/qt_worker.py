@@ -33,6 +33,7 @@ class QtWorker(QObject):
     logLine = Signal(str)  # one llama.cpp log line (INFO and above)
     measured = Signal(dict)  # the loaded event: "log" holds the load log to parse figures from
     token = Signal(str)  # a piece of the streamed reply
+    contextUsed = Signal(int)  # tokens in the context while a reply streams
     finished = Signal(dict)  # the finished event of one reply
     failed = Signal(str, bool)  # message, fatal (fatal: the worker is gone; relaunch() to retry)
     stateChanged = Signal(str)
@@ -107,13 +108,16 @@ class QtWorker(QObject):
     def _send(self, kind: str, **payload: Any) -> bool:
         return self.process.send(message(kind, **payload))
 
-    def chat(self, text: str, system: str | None = None,
-             sampling: Sampling | None = None) -> bool:
+    def chat(self, text: str, system: str | None = None, sampling: Sampling | None = None,
+             mode: str = "chat", chat_format: str | None = None) -> bool:
+        """One turn; ``mode`` "completion" continues the text (no template); ``chat_format``
+        a llama-cpp-python format instead of the GGUF's template."""
         if self._state != READY:
             return False
         self._set_state(GENERATING)
         return self._send("chat", text=text, system=system,
-                          sampling=(sampling or Sampling()).to_dict())
+                          sampling=(sampling or Sampling()).to_dict(), mode=mode,
+                          chat_format=chat_format)
 
     def stop(self) -> None:
         if self._state == GENERATING:
@@ -150,6 +154,8 @@ class QtWorker(QObject):
             self.measured.emit(msg)
         elif kind == "token":
             self.token.emit(str(msg.get("text", "")))
+            if msg.get("n_past") is not None:
+                self.contextUsed.emit(int(msg["n_past"]))
         elif kind == "finished":
             self._set_state(READY)
             self.finished.emit(msg)
