@@ -152,7 +152,7 @@ class ServerProcess(QObject):
             self.failed.emit(f"llama-server could not listen on {HOST}:{self.port} (in use)")
             return
         doing = self.doing if was_ready else " while loading the model"
-        self.failed.emit(end.failure("llama-server", doing))
+        self.failed.emit(self.log.tail.failure(f"llama-server {end.description}{doing}"))
 
     def wait_exit(self, ms: int) -> bool:
         """Wait (processing its exit) up to ``ms``; True when it has ended."""
@@ -329,10 +329,10 @@ class ServerChatBackend(QObject):
     def _on_piece(self, text: str, n: int) -> None:
         if self.first_piece_at is None:
             self.first_piece_at = time.perf_counter()
-        self.token.emit(text)
         # llama-server tells the prompt's size only at the end: the last turn's context
         # plus the pieces so far (one token each, as it streams them)
         self.contextUsed.emit(self._n_past_before + n)
+        self.token.emit(text)
 
     def _on_done(self, done: dict) -> None:
         self.server.doing = ""
@@ -342,9 +342,9 @@ class ServerChatBackend(QObject):
         self.finished.emit(done)
 
     def _on_error(self, message: str, fatal: bool) -> None:
-        self.server.doing = ""
         if fatal and self.server.wait_exit(2000):
             return  # the connection broke because it died: its exit says why (once)
+        self.server.doing = ""
         if self._failed_sent:
             return
         if self._state == GENERATING:

@@ -153,9 +153,9 @@ class QtWorker(QObject):
             self._set_state(READY)
             self.measured.emit(msg)
         elif kind == "token":
-            self.token.emit(str(msg.get("text", "")))
             if msg.get("n_past") is not None:
                 self.contextUsed.emit(int(msg["n_past"]))
+            self.token.emit(str(msg.get("text", "")))
         elif kind == "finished":
             self._set_state(READY)
             self.finished.emit(msg)

@@ -362,7 +362,7 @@ class Chat:
                             streamed.append(text)
                             if now - sent_at >= TOKEN_EVENT_INTERVAL_S:
                                 self.channel.send("token", text="".join(pending),
-                                                  n_past=int(self.llm.n_tokens) + 1)
+                                                  n_past=int(self.llm.n_tokens))
                                 pending.clear()
                                 sent_at = now
                     yield token
