@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import time
 from pathlib import Path
 
 import psutil
@@ -24,21 +23,6 @@ from kvgui.ui.chat_window import SERVER, ChatPanel
 
 pytestmark = [pytest.mark.llama, pytest.mark.usefixtures("no_leftover_children")]
 TIMEOUT = 20000
-
-
-@pytest.fixture
-def no_leftover_children():
-    me = psutil.Process()
-    before = {p.pid for p in me.children(recursive=True)}
-    yield
-    deadline = time.monotonic() + 5
-    while True:
-        left = [p for p in me.children(recursive=True)
-                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE]
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert not left, f"leftover processes: {[(p.pid, p.cmdline()[:3]) for p in left]}"
 
 
 @pytest.fixture(scope="module")
@@ -356,3 +340,14 @@ def test_open_in_terminal_runs_the_exported_llama_cli(qtbot, launching, tmp_path
     assert sent[:2] == ["sh", "-c"] and sent[2].startswith(render(argv, "posix") + ";")
     out = log.read_text()  # llama-cli itself ran, and exited at the end of its input
     assert "Loading model" in out and "[exited with status 0" in out
+
+
+def test_the_llama_cpp_folder_is_remembered(qtbot, window, llama_tools) -> None:
+    from kvgui.core.config.appconfig import AppConfig
+
+    window.launch.choose_folder(str(llama_tools.bin))
+    assert window.config.llama_cpp_folder == str(llama_tools.bin)
+    again = AppConfig.from_dict(window.config.to_dict())
+    assert again.llama_cpp_folder == str(llama_tools.bin)
+    message = window.statusBar().currentMessage()
+    assert "llama-server" in message and "llama-fit-params" in message
