@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kvgui.cli import UsageError
 from kvgui.core.config import limits
-from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings, SplitMode
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 from kvgui.core.gguf.reader import GGUFError
 from kvgui.core.model.info import ModelInfo, load_model
@@ -54,6 +54,13 @@ def _limited(name: str, flag: str, minimum: int | None = None):  # type: ignore[
         return value
 
     return parse
+
+
+def _threads(text: str) -> int:
+    """-t: a number of threads within ggml's limit, or -1 (llama.cpp's own choice)."""
+    if text.strip() == "-1":
+        return -1
+    return int(_limited("n_threads", "-t")(text))
 
 
 def _gpu_layers(text: str) -> int:
@@ -112,6 +119,17 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
                    help="older spelling of -lm none")
     g.add_argument("-ts", "--tensor-split", dest="tensor_split", default=None, metavar="N0,N1",
                    help="share of the layers per GPU, e.g. 3,1")
+    g.add_argument("-sm", "--split-mode", dest="split_mode", default=_DEFAULTS.split_mode.value,
+                   choices=[m.value for m in SplitMode],
+                   help="how the model is split across GPUs (default layer)")
+    g.add_argument("-mg", "--main-gpu", dest="main_gpu", type=_limited("main_gpu", "-mg", 0),
+                   default=_DEFAULTS.main_gpu, metavar="INDEX",
+                   help="the GPU for the whole model with -sm none (default 0)")
+    g.add_argument("-t", "--threads", dest="n_threads", type=_threads, default=_DEFAULTS.n_threads,
+                   metavar="N", help="CPU threads (default: llama.cpp's choice, the physical "
+                   "cores)")
+    g.add_argument("-nr", "--no-repack", dest="no_repack", action="store_true",
+                   help="no repacked weight buffers for the CPU (AMX, …)")
 
 
 def settings_from_args(args: argparse.Namespace, model: ModelInfo | None = None) -> Settings:
@@ -137,6 +155,11 @@ def settings_from_args(args: argparse.Namespace, model: ModelInfo | None = None)
             mmap=not (getattr(args, "no_mmap", False)
                       or getattr(args, "load_mode", None) in ("none", "dio")),
             tensor_split=split,
+            split_mode=SplitMode(getattr(args, "split_mode", _DEFAULTS.split_mode.value)),
+            main_gpu=getattr(args, "main_gpu", _DEFAULTS.main_gpu),
+            n_threads=getattr(args, "n_threads", _DEFAULTS.n_threads),
+            mlock=getattr(args, "load_mode", None) in ("mlock", "mmap+mlock"),
+            repack=not getattr(args, "no_repack", False),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -51,8 +51,6 @@ def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
                    f"(default {DEFAULT_WINDOW}, at most the context)")
     g.add_argument("--chunks", dest="max_windows", type=int, default=None, metavar="N",
                    help="evaluate at most N windows (default: as many as the text holds)")
-    g.add_argument("-t", "--threads", dest="n_threads", type=int, default=None, metavar="N",
-                   help="CPU threads (default: physical cores)")
     g.add_argument("--noise-floor", action="store_true",
                    help="run f16 twice, so its KL row is a measured run-to-run difference")
     g.add_argument("--kv-budget", metavar="SIZE",
@@ -115,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     window = args.window if args.window is not None else min(DEFAULT_WINDOW, n_ctx_seq)
     req = MeasureRequest(
         model=args.model, settings=settings, pairs=_pairs(args), text=text, text_name=name,
-        window=window, max_windows=args.max_windows, n_threads=args.n_threads,
+        window=window, max_windows=args.max_windows, n_threads=None if args.n_threads == -1 else args.n_threads,
         repeat_reference=args.noise_floor,
     )
     if problems := req.problems():

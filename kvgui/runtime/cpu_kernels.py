@@ -25,7 +25,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kvgui.runtime.dryrun import _child_env as child_env
+from kvgui.runtime.childproc import child_env
 
 log = logging.getLogger(__name__)
 

@@ -56,6 +56,7 @@ from kvgui.ui.context_plot import ContextPlot
 from kvgui.ui.context_slider import ContextControl
 from kvgui.ui.controller import CATALOG_PREFIX, PRESETS, Controller, HardwareState
 from kvgui.ui.hardware_panel import HardwarePanel
+from kvgui.ui.launch_actions import LaunchActions
 from kvgui.ui.memory_bar import MemoryBar
 from kvgui.ui.model_panel import ModelPanel
 from kvgui.ui.verify_panel import VerifyPanel, VerifyRunner
@@ -307,7 +308,7 @@ class MainWindow(QMainWindow):
         m.addAction(self.act_save_preset)
         m.addSeparator()
         m.addAction(self.act_quit)
-        m = mb.addMenu("&Settings")
+        m = settings_menu = mb.addMenu("&Settings")
         for a in self.preset_actions:
             m.addAction(a)
         m.addSeparator()
@@ -316,6 +317,8 @@ class MainWindow(QMainWindow):
         m.addAction(self.act_verify)
         m.addAction(self.act_chat)
         m.addAction(self.act_measure)
+        self.launch = LaunchActions(self)  # launch hook: chat, Serve, terminal, llama.cpp folder
+        self.launch.install(m, settings_menu)  # launch hook
         m = mb.addMenu("&Help")
         m.addAction(self.act_log)
         m.addAction(self.act_about)
@@ -344,6 +347,7 @@ class MainWindow(QMainWindow):
         tb.addAction(self.act_export)
         tb.addAction(self.act_verify)
         tb.addAction(self.act_chat)
+        tb.addAction(self.launch.act_serve)  # launch hook
         self.addToolBar(tb)
 
     def _wire(self) -> None:
@@ -556,6 +560,7 @@ class MainWindow(QMainWindow):
             self._save()
         self.act_verify.setEnabled(model is not None and not src.startswith(CATALOG_PREFIX))
         self.act_chat.setEnabled(model is not None and not src.startswith(CATALOG_PREFIX))
+        self.launch.set_enabled(model is not None and not src.startswith(CATALOG_PREFIX))  # hook
 
     # --- settings -----------------------------------------------------------------------
     def _on_settings(self, s: Any) -> None:
@@ -711,25 +716,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("llama.cpp's own figures are beside the estimate", 8000)
 
     def launch_chat(self) -> None:
-        src = self.ctl.model_source
-        if not src or src.startswith(CATALOG_PREFIX):
-            self.statusBar().showMessage("Chat needs a real GGUF file: open one first", 8000)
-            return
-        try:
-            from kvgui.ui import chat_window
-        except ImportError as exc:
-            QMessageBox.information(self, "Chat", f"Chat is not available in this build: {exc}")
-            return
-        try:
-            win = chat_window.ChatWindow()
-            est = self.ctl.snapshot.estimate if self.ctl.snapshot else None
-            win.launch(src, self.ctl.settings, est)
-            win.show()
-        except Exception as exc:  # the chat window is another module: never take this one down
-            log.error("could not start the chat", exc_info=True)
-            QMessageBox.warning(self, "Chat", f"Could not start the chat: {exc}")
-            return
-        self._chats = [w for w in getattr(self, "_chats", []) if w.isVisible()] + [win]
+        self.launch.launch_chat()  # launch hook: reuses an open chat, asks first
 
     def measure(self) -> None:
         src = self.ctl.model_source
@@ -854,6 +841,5 @@ class MainWindow(QMainWindow):
             panel = win.centralWidget()
             if hasattr(panel, "shutdown"):
                 panel.shutdown()
-        for chat in getattr(self, "_chats", []):
-            chat.close()
+        self.launch.close_all()  # launch hook: chats, servers, llama-fit-params
         super().closeEvent(ev)

@@ -156,8 +156,10 @@ def test_imported_flags_survive_to_the_export(qtbot, open_model, window, model_f
         f"llama-server -m {model_file} -c 8192 --jinja -t 8 --host 0.0.0.0 --port 8080"))
     window.ctl.flush()
     s = window.ctl.settings
+    assert s.n_threads == 8  # -t is a setting kvgui models now; the rest travel as given
     server = llama_server_args(s, str(model_file))
-    assert server[-7:] == ["--jinja", "-t", "8", "--host", "0.0.0.0", "--port", "8080"]
+    assert server[-5:] == ["--jinja", "--host", "0.0.0.0", "--port", "8080"]
+    assert server[server.index("-t") + 1] == "8"
     cli = llama_cli_args(s, str(model_file))
     assert "--jinja" in cli and "-t" in cli and "--host" not in cli
     assert any("--host 0.0.0.0 --port 8080" in n for n in export_notes(s, "llama-cli"))

@@ -38,6 +38,7 @@ class AppConfig:
     ngl_mode: str = "all"  # GPU layers: all / auto (the most that fit) / n (settings' number)
     geometry: str = ""  # QMainWindow.saveGeometry(), base64
     window_state: str = ""  # QMainWindow.saveState(), base64
+    llama_cpp_folder: str = ""  # the user's llama.cpp binaries (Serve, Verify, terminal)
 
     def add_recent(self, path: str) -> None:
         """Most recent first, no duplicates, at most MAX_RECENT."""
@@ -55,6 +56,7 @@ class AppConfig:
             "ngl_mode": self.ngl_mode,
             "geometry": self.geometry,
             "window_state": self.window_state,
+            "llama_cpp_folder": self.llama_cpp_folder,
         }
 
     @classmethod
@@ -76,6 +78,7 @@ class AppConfig:
             ngl_mode=_ngl_mode(data.get("ngl_mode", "all")),
             geometry=str(data.get("geometry", "")),
             window_state=str(data.get("window_state", "")),
+            llama_cpp_folder=str(data.get("llama_cpp_folder", "")),
         )
 
 

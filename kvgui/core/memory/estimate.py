@@ -109,6 +109,7 @@ class ContextShape(NamedTuple):
     n_ubatch: int
     swa_cells: int  # cells of the sliding-window cache per stream
     n_seq: int = 1  # n_seq_max: the reserved ubatch is a multiple of it
+    n_outputs: int = 0  # logits rows of the reserved graph; 0: n_ubatch (llama-cli's)
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,10 @@ def context_shape(model: ModelInfo, s: Settings) -> ContextShape:
     else:
         window = model.n_swa * (n_seq if s.kv_unified else 1) + n_ubatch
         swa_cells = _pad(min(n_ctx_seq, window), 256)
-    return ContextShape(n_ctx, n_ctx_seq, n_stream, n_batch, n_ubatch, swa_cells, n_seq)
+    # llama-context.cpp: the reserve's outputs are min(n_tokens, n_outputs_max or n_batch)
+    n_outputs = min(n_ubatch, s.n_outputs_max or n_batch)
+    return ContextShape(n_ctx, n_ctx_seq, n_stream, n_batch, n_ubatch, swa_cells, n_seq,
+                        n_outputs)
 
 
 def resolve_flash_attn(model: ModelInfo, s: Settings) -> bool:
