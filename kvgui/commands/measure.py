@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     window = args.window if args.window is not None else min(DEFAULT_WINDOW, n_ctx_seq)
     req = MeasureRequest(
         model=args.model, settings=settings, pairs=_pairs(args), text=text, text_name=name,
-        window=window, max_windows=args.max_windows, n_threads=None if args.n_threads == -1 else args.n_threads,
+        window=window, max_windows=args.max_windows,
+        n_threads=None if args.n_threads == -1 else args.n_threads,
         repeat_reference=args.noise_floor,
     )
     if problems := req.problems():

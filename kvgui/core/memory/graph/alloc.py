@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kvgui.core.memory.graph import ops as ggml
-from kvgui.core.memory.graph.ir import Graph, Tensor
 from kvgui.core.memory.graph import sym
+from kvgui.core.memory.graph.ir import Graph, Tensor
 from kvgui.core.memory.graph.sym import Dim, Mono, monomials
 
 CPU_ALIGN = 32  # ggml-backend.cpp: the CPU buffer type's alignment (TENSOR_ALIGNMENT)
