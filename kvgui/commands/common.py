@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from kvgui.cli import UsageError
 from kvgui.core.config import limits
@@ -232,3 +233,12 @@ def catalog_listing() -> str:
 
     return "\n".join(f"{e.label:<40} {e.arch:<10} {format_bytes(e.file_bytes):>10}"
                      for e in load_catalog())
+
+
+def plan(args: argparse.Namespace) -> Any:
+    """The BudgetPlan of the hardware flags, with the installed llama.cpp's CPU backend (its
+    extra buffer types, and whether its kernels survive a decode: see runtime.cpu_kernels)."""
+    from kvgui.core.devices.budget import plan_from_args
+    from kvgui.runtime.llama_backend import probe_host_cpu
+
+    return plan_from_args(args, host=probe_host_cpu())

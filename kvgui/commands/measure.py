@@ -15,7 +15,13 @@ from typing import Any
 
 from kvgui.cli import UsageError
 from kvgui.commands import exit_status
-from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
+from kvgui.commands.common import (
+    add_model_arg,
+    add_settings_args,
+    open_model,
+    plan,
+    settings_from_args,
+)
 from kvgui.core.quality.results import (
     DEFAULT_PAIRS,
     DEFAULT_WINDOW,
@@ -73,11 +79,10 @@ def _pairs(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
 def kv_budget_of_plan(model: Any, settings: Any, args: argparse.Namespace) -> int | None:
     """What the KV cache may take on the planned main device once everything else is
     placed (the window's measure budget, by the same plan)."""
-    from kvgui.core.devices.budget import plan_from_args
     from kvgui.core.memory.estimate import estimate
     from kvgui.core.memory.fit import kv_room
 
-    return kv_room(estimate(model, settings, plan_from_args(args).devices()))
+    return kv_room(estimate(model, settings, plan(args).devices()))
 
 
 def run(args: argparse.Namespace) -> int:

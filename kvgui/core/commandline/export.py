@@ -54,6 +54,9 @@ def change_flags(changes: Mapping[str, Any]) -> list[str]:
     """A Settings change (a refusal's fix) as the llama.cpp flags that make it: -fa auto."""
     out: list[str] = []
     for name, value in changes.items():
+        if name == "repack":
+            out += [] if value else ["-nr"]
+            continue
         flag = _CHANGE_FLAGS.get(name)
         if flag is None:
             continue

@@ -474,6 +474,9 @@ def estimate(model: ModelInfo, settings: Settings,
     host = next((d.host for d in devices if not d.is_gpu and d.host is not None), None) \
         or this_host()
     s = settings
+    crash = host.kernels_crash if s.repack and host.extra_buffers else ""
+    if not s.repack:  # -nr: llama.cpp uses no extra CPU buffer types
+        host = host.without_extra_buffers()
     fa = resolve_flash_attn(model, s)
     if ggml_types.is_quantized(s.type_v) and s.flash_attn is FlashAttn.AUTO:
         fa = True
@@ -519,6 +522,9 @@ def estimate(model: ModelInfo, settings: Settings,
                             kv_v[cpu], compute[cpu], output, state[cpu],
                             placed.host.mapped, placed.host.mapped_idle))
     found += host_buffers.findings(placed.host, host, flash_attn=fa)
+    if crash and any(p.buffer not in ("CPU", "CPU_Mapped") for p in placed.host.placed):
+        found.append(fnd.refusal(Code.LLAMA_ABORTS, crash, field="repack",
+                                 fix={"repack": False}))
     on_gpu = any(d.is_gpu and d.compute for d in out)
     checked = memo.get("compute_check", on_gpu, lambda: compute_check(model, on_gpu))
     if not checked.verified and not refused:
