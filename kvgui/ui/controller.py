@@ -38,8 +38,8 @@ from kvgui.core.devices.hardware.cpu import HostCpu
 from kvgui.core.devices.hardware.types import GpuInfo
 from kvgui.core.errors import UsageError
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
-from kvgui.core.memory.estimate import Estimate, Verdict, check, estimate
-from kvgui.core.memory.findings import first_fix, refusals
+from kvgui.core.memory.estimate import Estimate, Verdict, estimate
+from kvgui.core.memory.findings import Finding, first_fix, refusals
 from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, kv_room, max_context, max_gpu_layers
 from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.model.info import ModelInfo
@@ -262,7 +262,7 @@ class Controller(QObject):
         changes: dict[str, Any] = {"type_k": type_k, "type_v": type_v}
         if self.model is not None:
             trial = self.settings.replace(**changes)
-            fix = first_fix(check(self.model, trial))
+            fix = first_fix(self.findings_for(trial))
             if fix and set(fix) - {"type_k", "type_v"}:  # never undo the choice itself
                 changes.update({k: v for k, v in fix.items() if k not in changes})
         self.update_settings(**changes)
@@ -271,9 +271,16 @@ class Controller(QObject):
         """Make the one change that lets llama.cpp accept the settings."""
         if self.model is None:
             return
-        fix = first_fix(check(self.model, self.settings))
+        fix = first_fix(self.findings_for(self.settings))
         if fix:
             self.update_settings(**fix)
+
+    def findings_for(self, settings: Settings) -> tuple[Finding, ...]:
+        """What the estimate says of ``settings`` on the current plan (the model's rules, the
+        build's and the host's): the one source of refusals and their fixes."""
+        if self.model is None:
+            return ()
+        return estimate(self.model, settings, self.plan.devices(), self._caches.memo).findings
 
     def type_refusals(self) -> tuple[dict[str, str], dict[str, str]]:
         """For each K (then V) type: why llama.cpp would refuse it with the other settings as
@@ -286,8 +293,8 @@ class Controller(QObject):
         for i, name in enumerate(("type_k", "type_v")):
             for t in CACHE_TYPE_NAMES:
                 trial = s.replace(**{name: t})
-                base = {f.code for f in refusals(check(m, trial.replace(**{name: "f16"})))}
-                own = [f for f in refusals(check(m, trial)) if f.code not in base]
+                base = {f.code for f in refusals(self.findings_for(trial.replace(**{name: "f16"})))}
+                own = [f for f in refusals(self.findings_for(trial)) if f.code not in base]
                 if own:
                     out[i][t] = own[0].message
         return out
@@ -336,7 +343,7 @@ class Controller(QObject):
         changes: dict[str, Any] = {"type_k": preset.type_k, "type_v": preset.type_v}
         trial = self.settings.replace(**changes)
         if self.model is not None:
-            fix = first_fix(check(self.model, trial))
+            fix = first_fix(self.findings_for(trial))
             if fix:
                 changes.update(fix)
                 trial = trial.replace(**fix)
@@ -500,9 +507,10 @@ class Controller(QObject):
         hi = self.ctx_max()
         key = (self._key(), hi)
         cached = self._caches.curves.get(key)
-        refused = tuple(p for p in self.pairs()
-                        if refusals(check(self.model, self.settings.replace(
-                            type_k=p[0], type_v=p[1]))))
+        devices = plan.devices()
+        refused = tuple(p for p in self.pairs()  # as the estimate says (the build, the host)
+                        if estimate(self.model, self.settings.replace(type_k=p[0], type_v=p[1]),
+                                    devices, self._caches.memo).refused)
         if cached is None:
             n = CURVE_POINTS
             xs = sorted({snap(MIN_CTX + (hi - MIN_CTX) * i // (n - 1)) for i in range(n)})

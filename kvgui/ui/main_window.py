@@ -600,7 +600,7 @@ class MainWindow(QMainWindow):
         warns = [f.message for f in found
                  if f.severity is Severity.WARNING and f.code is not Code.BEYOND_TRAINED]
         notes = [f.message for f in found if f.severity is Severity.NOTE]
-        text = "\n".join([*(f"⚠ {w}" for w in warns), *(f"ⓘ {n}" for n in notes)])
+        text = "\n".join([*(f"⚠ {w}" for w in warns), *(f"Note: {n}" for n in notes)])
         if text != self.warnings.text():
             self.warnings.setText(text)
             self.warnings.setVisible(bool(text))
