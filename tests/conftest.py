@@ -1,6 +1,11 @@
 """Whole-suite settings and fixtures: headless Qt, no test touches the user's real config,
 and sparse GGUF files of the catalog models (real headers, a hole where the weights would be),
 written once per session: ``sparse_model("Llama-3.1-8B-Instruct Q4_K_M")`` is its path.
+
+The real llama.cpp beyond the bundled library: ``llama_source`` (its source tree, fetched once
+into the cache), ``llama_tools`` (llama-fit-params, ggml-rpc-server… built from it by
+``python -m kvgui.testing.llama_tools build``) and ``real_model`` (a real Gemma-3-270M GGUF
+from the ``realmodel`` extra). Each skips with a one-line reason when it is not there.
 """
 
 from __future__ import annotations
@@ -62,3 +67,39 @@ def llama_accepts(sparse_catalog: dict[str, Path]):  # -> dict[str, ProbeResult]
 
     results = probe(list(sparse_catalog.values()))
     return {label: results[str(path)] for label, path in sparse_catalog.items()}
+
+
+@pytest.fixture(scope="session")
+def llama_source() -> Path:
+    """vendor/llama.cpp of the installed llama-cpp-python's sdist (downloaded once, cached)."""
+    from kvgui.testing.llama_tools import SourceUnavailable, ToolsError, llama_cpp_source
+
+    try:
+        return llama_cpp_source()
+    except SourceUnavailable as e:
+        pytest.skip(f"bundled llama.cpp source unavailable: {e}")
+    except ToolsError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def llama_tools():  # -> kvgui.testing.llama_tools.LlamaTools
+    """llama.cpp's tools built from the bundled source for this machine."""
+    from kvgui.testing.llama_tools import find_tools
+
+    tools = find_tools()
+    if tools is None:
+        pytest.skip("llama.cpp tools not built; how to build: "
+                    "python -m kvgui.testing.llama_tools build")
+    return tools
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    """A real GGUF (Gemma-3-270M Q4_K_M, 253 MB) from the realmodel extra, checksum-verified."""
+    from kvgui.testing.real_model import INSTALL_HINT, RealModelUnavailable, real_model_path
+
+    try:
+        return real_model_path()
+    except RealModelUnavailable:
+        pytest.skip(f"real model not installed: {INSTALL_HINT}")

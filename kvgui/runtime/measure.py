@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import queue
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,7 +35,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import kvgui
 from kvgui.core.config.settings import Settings
 from kvgui.core.quality.results import (
     DEFAULT_PAIRS,
@@ -54,6 +52,7 @@ from kvgui.core.quality.results import (
     pair_label,
     pair_problem,
 )
+from kvgui.runtime.childproc import child_env, describe_exit, kill_group, python_command
 from kvgui.runtime.protocol import ProtocolError, decode, encode
 
 SAMPLE_TEXT_NAME = "sample (public domain)"
@@ -155,17 +154,17 @@ def cached_run(request: MeasureRequest) -> MeasureRun | None:
         return None
 
 
+WORKER_MODULE = "kvgui.runtime.measure_worker"
+
+
 def worker_command() -> list[str]:
-    return [sys.executable, "-m", "kvgui.runtime.measure_worker"]
+    return python_command(WORKER_MODULE)
 
 
-def worker_env() -> dict[str, str]:
-    """The environment with this kvgui importable (also when run from a source tree)."""
-    env = dict(os.environ)
-    root = str(Path(kvgui.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+def worker_failure(returncode: int | None, tail: str) -> str:
+    """Why the worker ended without a word of its own ("… was killed by SIGKILL …")."""
+    return (f"the measurement worker {describe_exit(returncode)}"
+            + (f"; llama.cpp's last lines:\n{tail}" if tail else ""))
 
 
 @dataclass(frozen=True)
@@ -274,7 +273,7 @@ def run_measure(
         with open(err_path, "wb") as err:
             proc = subprocess.Popen(
                 worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                env=worker_env(),
+                env=child_env(), start_new_session=True,
             )
         lines: queue.Queue[bytes | None] = queue.Queue()
 
@@ -292,8 +291,7 @@ def run_measure(
             proc.stdin.flush()
             _pump(proc, builder, lines, on_progress, on_result, cancel)
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            kill_group(proc.pid)  # the worker and anything it started
             proc.wait()
             if proc.stdin:
                 proc.stdin.close()
@@ -306,12 +304,7 @@ def run_measure(
             return run
         if builder.error:
             raise MeasureError(builder.error, builder.run())
-        tail = _tail(err_path)
-        raise MeasureError(
-            f"the measurement worker stopped (exit code {proc.returncode})"
-            + (f"; llama.cpp's last lines:\n{tail}" if tail else ""),
-            builder.run(),
-        )
+        raise MeasureError(worker_failure(proc.returncode, _tail(err_path)), builder.run())
 
 
 def _pump(
@@ -324,7 +317,7 @@ def _pump(
 ) -> None:
     while True:
         if cancel is not None and cancel.is_set():
-            proc.kill()
+            kill_group(proc.pid)
             raise MeasureCancelled("cancelled", builder.run())
         try:
             line = lines.get(timeout=0.05)

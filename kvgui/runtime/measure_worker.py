@@ -25,12 +25,15 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from kvgui.core.config.settings import Settings
+from kvgui.core.commandline.llama_params import default_threads, llama_params
+from kvgui.core.config.settings import AUTO_THREADS, Settings
 from kvgui.core.quality.results import REFERENCE_PAIR, PairResult, pair_label
 from kvgui.runtime.llama_log import LOG_CONT, LOG_DEBUG, error_lines, parse_llama_log
+from kvgui.runtime.llama_structs import model_params
 from kvgui.runtime.protocol import decode, encode
 
 _ROWS = 64  # logits rows processed at once: bounds the float temporaries to 64 x n_vocab
+_KEEP: list[Any] = []  # what llama.cpp holds pointers to (callbacks, arrays): never collected
 
 
 class MeasureFailure(Exception):
@@ -113,28 +116,14 @@ class LogCapture:
         return records
 
 
-def _default_threads() -> int:
-    import psutil
-
-    return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-
-
 # --- llama.cpp objects ----------------------------------------------------------------------
 
 
 def load_model(path: str, settings: Settings, emit: Emit) -> Any:
-    """llama_model_load_from_file with every model-side Setting set explicitly."""
+    """llama_model_load_from_file with the model fields of the one translation."""
     import llama_cpp as L
 
     L.llama_backend_init()
-    p = L.llama_model_default_params()
-    p.n_gpu_layers = settings.n_gpu_layers  # llama.h: negative = all layers
-    p.split_mode = L.LLAMA_SPLIT_MODE_LAYER
-    p.load_mode = L.LLAMA_LOAD_MODE_MMAP if settings.mmap else L.LLAMA_LOAD_MODE_NONE
-    if settings.tensor_split:
-        n = int(L.llama_max_devices())
-        split = (ctypes.c_float * n)(*settings.tensor_split[:n])
-        p.tensor_split = split
     last = [-1.0]
 
     @L.llama_progress_callback
@@ -144,7 +133,8 @@ def load_model(path: str, settings: Settings, emit: Emit) -> Any:
             emit("progress", stage="load", fraction=round(float(fraction), 4))
         return True
 
-    p.progress_callback = on_progress
+    _KEEP.append(on_progress)
+    p = model_params(L, llama_params(settings), _KEEP, progress_callback=on_progress)
     model = L.llama_model_load_from_file(path.encode("utf-8"), p)
     if not model:
         raise MeasureFailure(f"llama.cpp could not load {path} (see its log)")
@@ -152,20 +142,14 @@ def load_model(path: str, settings: Settings, emit: Emit) -> Any:
 
 
 def context_params(settings: Settings, type_k: str, type_v: str, n_threads: int) -> Any:
-    """llama_context_params for one pair: every Settings field, not llama-cpp-python's
-    defaults (which differ from llama-cli's: flash_attn, swa_full, n_batch)."""
+    """llama_context_params for one pair: the one translation's fields for the settings with
+    this pair's types, and the request's thread count."""
     import llama_cpp as L
 
-    from kvgui.runtime.llama_params import context_fields
+    from kvgui.runtime import llama_structs
 
-    c = L.llama_context_default_params()
-    for name, value in context_fields(settings.replace(type_k=type_k, type_v=type_v)).items():
-        setattr(c, name, value)
-    c.n_threads = n_threads
-    c.n_threads_batch = n_threads
-    c.embeddings = False
-    c.no_perf = False
-    return c
+    pair = settings.replace(type_k=type_k, type_v=type_v, n_threads=n_threads)
+    return llama_structs.context_params(L, llama_params(pair))
 
 
 def tokenize(model: Any, text: str) -> tuple[list[int], bool, int]:
@@ -438,7 +422,8 @@ def measure(req: dict[str, Any], emit: Emit) -> None:
     pairs = [(str(k), str(v)) for k, v in req["pairs"]]
     window = int(req["window"])
     max_windows = req.get("max_windows")
-    n_threads = int(req.get("n_threads") or _default_threads())
+    n_threads = int(req.get("n_threads") or (
+        default_threads() if settings.n_threads == AUTO_THREADS else settings.n_threads))
     repeat = bool(req.get("repeat_reference", False))
     log = LogCapture()
 

@@ -14,17 +14,11 @@ from __future__ import annotations
 
 import math
 import sys
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 import pyqtgraph as pg
 from PySide6.QtCore import (
-    QByteArray,
-    QCoreApplication,
-    QObject,
-    QProcess,
-    QProcessEnvironment,
     Qt,
     Signal,
 )
@@ -64,133 +58,18 @@ from kvgui.core.quality.results import (
 from kvgui.core.sizes import MiB, format_bytes, parse_size
 from kvgui.runtime.measure import (
     SAMPLE_TEXT_NAME,
-    STDERR_TAIL_LINES,
     MeasureRequest,
-    RunBuilder,
     cached_run,
     read_text_file,
     sample_text,
-    worker_command,
-    worker_env,
 )
-from kvgui.runtime.protocol import ProtocolError, decode, encode
-from kvgui.runtime.qt_worker import emit
+from kvgui.runtime.qt_measure import MeasureProcess
 from kvgui.ui import theme
 from kvgui.ui.plotstyle import quiet_plot
 
 _RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 COLUMNS = ("Type", "PPL", "ΔPPL", "KL mean", "KL p99", "Top-1", "PP t/s", "TG t/s", "KV memory")
 Cost = Callable[[PairResult], "int | None"]
-
-
-class MeasureProcess(QObject):
-    """The measurement worker under a QProcess: events in, signals out, kill to cancel."""
-
-    progress = Signal(float, str)
-    result = Signal(object)  # PairResult, as each type finishes
-    finished = Signal(object)  # MeasureRun, complete
-    failed = Signal(str, object)  # message, the partial MeasureRun or None
-    cancelled = Signal(object)  # the partial MeasureRun or None
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._proc: QProcess | None = None
-        self._builder: RunBuilder | None = None
-        self._buffer = bytearray()
-        self._tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-        self._cancelling = False
-        app = QCoreApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(self.shutdown)
-
-    def is_running(self) -> bool:
-        return self._proc is not None
-
-    @property
-    def pid(self) -> int | None:
-        return int(self._proc.processId()) if self._proc is not None else None
-
-    def start(self, request: MeasureRequest) -> None:
-        self.shutdown()
-        self._builder = RunBuilder(request)
-        self._buffer.clear()
-        self._tail.clear()
-        self._cancelling = False
-        proc = QProcess(self)
-        env = QProcessEnvironment()
-        for k, v in worker_env().items():
-            env.insert(k, v)
-        proc.setProcessEnvironment(env)
-        cmd = worker_command()
-        proc.setProgram(cmd[0])
-        proc.setArguments(cmd[1:])
-        proc.readyReadStandardOutput.connect(self._on_stdout)
-        proc.readyReadStandardError.connect(self._on_stderr)
-        proc.finished.connect(self._on_finished)
-        self._proc = proc
-        proc.start()
-        proc.write(QByteArray(encode(request.to_message())))  # stdin stays open: EOF = cancel
-
-    def cancel(self) -> None:
-        """Kill the worker now; ``cancelled`` follows when the process is gone."""
-        if self._proc is not None:
-            self._cancelling = True
-            self._proc.kill()
-
-    def shutdown(self) -> None:
-        """Kill and reap the worker synchronously (window closing); no signal is emitted."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.finished.disconnect(self._on_finished)
-        if proc.state() != QProcess.ProcessState.NotRunning:
-            proc.kill()
-            proc.waitForFinished(3000)
-        proc.deleteLater()
-
-    def _on_stdout(self) -> None:
-        if self._proc is None or self._builder is None:
-            return
-        self._buffer += bytes(self._proc.readAllStandardOutput().data())
-        while (i := self._buffer.find(b"\n")) >= 0:
-            line = bytes(self._buffer[:i])
-            del self._buffer[:i + 1]
-            try:
-                msg = decode(line)
-            except ProtocolError:
-                continue
-            n = len(self._builder.results)
-            prog = self._builder.feed(msg)
-            if prog is not None:
-                emit(self.progress, prog.fraction, prog.message)
-            if len(self._builder.results) > n:
-                emit(self.result, self._builder.results[-1])
-
-    def _on_stderr(self) -> None:
-        if self._proc is None:
-            return
-        text = bytes(self._proc.readAllStandardError().data()).decode("utf-8", "replace")
-        self._tail.extend(ln for ln in text.splitlines() if ln.strip())
-
-    def _on_finished(self, code: int, _status: QProcess.ExitStatus) -> None:
-        self._on_stdout()
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.deleteLater()
-        b = self._builder
-        if b is None:
-            return
-        partial = b.run()
-        if b.done and partial is not None:
-            emit(self.finished, partial)
-        elif self._cancelling:
-            emit(self.cancelled, partial)
-        elif b.error:
-            emit(self.failed, b.error, partial)
-        else:
-            tail = "\n".join(self._tail)
-            emit(self.failed, f"the measurement worker stopped (exit code {code})"
-                 + (f"; llama.cpp's last lines:\n{tail}" if tail else ""), partial)
 
 
 class KLPlot(pg.PlotWidget):
@@ -488,7 +367,7 @@ class MeasurePanel(QWidget):
         self._show(merged)
         self.status.setText(self._summary(run) + self._failures(run))
         self._refresh_buttons()
-        emit(self.runFinished, merged)
+        self.runFinished.emit(merged)
 
     def _keep_partial(self, partial: MeasureRun | None) -> MeasureRun | None:
         if partial is not None and partial.results:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import os
 import re
 import subprocess
 import sys
@@ -22,13 +21,7 @@ from kvgui.core.commandline.export import (
     tensor_split_arg,
 )
 from kvgui.core.commandline.parse import _OPTIONS
-from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
-
-ARG_CPP = Path(
-    os.environ.get(
-        "KVGUI_LLAMA_CPP_SRC", "/work/src/llama_cpp_python-0.3.36/vendor/llama.cpp"
-    )
-) / "common" / "arg.cpp"
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings, SplitMode
 
 MODEL = "/models/m.gguf"
 REPRESENTATIVE = Settings(
@@ -74,12 +67,13 @@ def test_representative_server_args() -> None:
 def test_full_lists_every_setting() -> None:
     assert llama_cli_args(Settings(), MODEL, full=True) == [
         "llama-cli", "-m", MODEL, "-c", "4096", "-ngl", "all", "-ctk", "f16", "-ctv", "f16",
-        "-fa", "auto", "-b", "2048", "-ub", "512", "-np", "1", "-kvo",
+        "-fa", "auto", "-b", "2048", "-ub", "512", "-np", "1", "-kvo", "-sm", "layer",
+        "-mg", "0",
     ]
     assert llama_server_args(Settings(), MODEL, full=True) == [
         "llama-server", "-m", MODEL, "-c", "4096", "-ngl", "all", "-ctk", "f16", "-ctv", "f16",
         "-fa", "auto", "-b", "2048", "-ub", "512", "-np", "1", "-kvo", "-no-kvu",
-        "--host", "127.0.0.1", "--port", "8080",
+        "-sm", "layer", "-mg", "0", "--host", "127.0.0.1", "--port", "8080",
     ]
 
 
@@ -110,9 +104,15 @@ def test_notes_for_what_a_target_cannot_take() -> None:
 # --- the flags exist in the bundled llama.cpp, for the tool they are given to ---------------
 
 
-def _arg_cpp_registry() -> dict[str, list[tuple[set[str], set[str]]]]:
+@pytest.fixture(scope="module")
+def arg_cpp(llama_source: Path) -> Path:
+    """common/arg.cpp of the llama.cpp that llama-cpp-python bundles: its option registry."""
+    return llama_source / "common" / "arg.cpp"
+
+
+def _arg_cpp_registry(arg_cpp: Path) -> dict[str, list[tuple[set[str], set[str]]]]:
     """flag -> [(examples, excludes)] for each add_opt(common_arg(...)) in arg.cpp."""
-    text = ARG_CPP.read_text(encoding="utf-8")
+    text = arg_cpp.read_text(encoding="utf-8")
     registry: dict[str, list[tuple[set[str], set[str]]]] = {}
     for chunk in text.split("add_opt(common_arg(")[1:]:
         chunk = re.sub(r"//[^\n]*", "", chunk)
@@ -136,38 +136,37 @@ def _accepts(registry: dict[str, list[tuple[set[str], set[str]]]], example: str,
     )
 
 
-needs_arg_cpp = pytest.mark.skipif(not ARG_CPP.exists(), reason="bundled llama.cpp source absent")
-
-
 def _flags(args: list[str]) -> list[str]:
     return [a for a in args[1:] if re.fullmatch(r"--?[a-z][a-z-]*", a)]
 
 
-@needs_arg_cpp
-def test_every_exported_flag_is_registered_for_its_tool() -> None:
-    registry = _arg_cpp_registry()
-    for full in (False, True):
-        cli = llama_cli_args(REPRESENTATIVE, MODEL, system_prompt="x", full=full)
-        server = llama_server_args(REPRESENTATIVE, MODEL, "h", 1, full=full)
+def test_every_exported_flag_is_registered_for_its_tool(arg_cpp: Path) -> None:
+    registry = _arg_cpp_registry(arg_cpp)
+    threads_and_gpus = REPRESENTATIVE.replace(split_mode=SplitMode.ROW, main_gpu=1, n_threads=8,
+                                              mlock=True)
+    for full, s in ((False, REPRESENTATIVE), (True, REPRESENTATIVE),
+                    (False, threads_and_gpus)):
+        cli = llama_cli_args(s, MODEL, system_prompt="x", full=full)
+        server = llama_server_args(s, MODEL, "h", 1, full=full)
+        if s is threads_and_gpus:
+            assert {"-sm", "-mg", "-t", "-lm"} <= set(cli) & set(server)
         for flag in _flags(cli):
             assert _accepts(registry, "LLAMA_EXAMPLE_CLI", flag), flag
         for flag in _flags(server):
             assert _accepts(registry, "LLAMA_EXAMPLE_SERVER", flag), flag
 
 
-@needs_arg_cpp
-def test_the_registry_reader_sees_per_tool_options() -> None:
+def test_the_registry_reader_sees_per_tool_options(arg_cpp: Path) -> None:
     # guards the test above: it must be able to tell tools apart
-    registry = _arg_cpp_registry()
+    registry = _arg_cpp_registry(arg_cpp)
     assert not _accepts(registry, "LLAMA_EXAMPLE_CLI", "-kvu")
     assert not _accepts(registry, "LLAMA_EXAMPLE_SERVER", "-sys")
     assert not _accepts(registry, "LLAMA_EXAMPLE_CLI", "--port")
     assert not _accepts(registry, "LLAMA_EXAMPLE_CLI", "--no-mmap")
 
 
-@needs_arg_cpp
-def test_every_flag_the_importer_knows_is_registered() -> None:
-    registry = _arg_cpp_registry()
+def test_every_flag_the_importer_knows_is_registered(arg_cpp: Path) -> None:
+    registry = _arg_cpp_registry(arg_cpp)
     older = {"--mmap", "--no-mmap", "--mlock"}  # replaced by --load-mode in this llama.cpp
     for names, _, _ in _OPTIONS.values():
         for name in names:
@@ -175,12 +174,11 @@ def test_every_flag_the_importer_knows_is_registered() -> None:
                 assert name in registry, name
 
 
-@needs_arg_cpp
-def test_ngl_accepts_all_and_fit_leaves_user_values_alone() -> None:
+def test_ngl_accepts_all_and_fit_leaves_user_values_alone(arg_cpp: Path) -> None:
     # What the exported -c / -ngl rely on, read from the source it was written against.
-    text = ARG_CPP.read_text(encoding="utf-8")
+    text = arg_cpp.read_text(encoding="utf-8")
     assert 'value == "all"' in text and 'value == "auto"' in text
-    fit = (ARG_CPP.parent / "fit.cpp").read_text(encoding="utf-8")
+    fit = (arg_cpp.parent / "fit.cpp").read_text(encoding="utf-8")
     assert "context size set by user" in fit
     assert "n_gpu_layers already set by user" in fit
 

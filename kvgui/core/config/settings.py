@@ -31,6 +31,24 @@ class FlashAttn(str, Enum):
         return {"auto": -1, "off": 0, "on": 1}[self.value]
 
 
+class SplitMode(str, Enum):
+    """``-sm``: how the model is split across GPUs (llama.h enum llama_split_mode)."""
+
+    NONE = "none"
+    LAYER = "layer"
+    ROW = "row"
+    TENSOR = "tensor"
+
+    @property
+    def llama_value(self) -> int:
+        return {"none": 0, "layer": 1, "row": 2, "tensor": 3}[self.value]
+
+
+# kvgui's spelling of "llama.cpp picks the thread count" (llama-cli without -t: its CPU's
+# math cores, common_cpu_get_num_math)
+AUTO_THREADS = -1
+
+
 @dataclass(frozen=True)
 class Settings:
     n_ctx: int = 4096
@@ -46,7 +64,11 @@ class Settings:
     kv_unified: bool = False
     mmap: bool = True
     tensor_split: tuple[float, ...] = field(default=())
-    # flags kvgui does not model, as the user gave them (an imported command's -t 8, --jinja,
+    split_mode: SplitMode = SplitMode.LAYER
+    main_gpu: int = 0
+    n_threads: int = AUTO_THREADS
+    mlock: bool = False
+    # flags kvgui does not model, as the user gave them (an imported command's --jinja,
     # --host …): kept in order and passed on to each tool that accepts them
     extra_args: tuple[str, ...] = field(default=())
 
@@ -59,6 +81,13 @@ class Settings:
                 )
         if not isinstance(self.flash_attn, FlashAttn):
             object.__setattr__(self, "flash_attn", FlashAttn(self.flash_attn))
+        if not isinstance(self.split_mode, SplitMode):
+            object.__setattr__(self, "split_mode", SplitMode(self.split_mode))
+        if self.main_gpu < 0:
+            raise ValueError(f"main_gpu must be a device index (0 or more), not {self.main_gpu}")
+        if self.n_threads != AUTO_THREADS and self.n_threads < 1:
+            raise ValueError(f"n_threads must be -1 (llama.cpp's choice) or at least 1, "
+                             f"not {self.n_threads}")
         if self.n_ctx < 1:
             raise ValueError(f"n_ctx must be at least 1, not {self.n_ctx}")
         if self.n_batch < 1 or self.n_ubatch < 1:
@@ -74,6 +103,7 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["flash_attn"] = self.flash_attn.value
+        d["split_mode"] = self.split_mode.value
         d["tensor_split"] = list(self.tensor_split)
         d["extra_args"] = list(self.extra_args)
         return d
