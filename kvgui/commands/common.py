@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from kvgui.cli import UsageError
-from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings, SplitMode
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 from kvgui.core.gguf.reader import GGUFError
 from kvgui.core.model.info import ModelInfo, load_model
@@ -37,6 +37,7 @@ def _int_at_least(minimum: int):  # type: ignore[no-untyped-def]
 
 
 _positive = _int_at_least(1)
+_non_negative = _int_at_least(0)
 _ctx = _int_at_least(0)  # -c 0: like llama.cpp, the model's trained context (resolved later)
 
 
@@ -91,6 +92,17 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
                    help="older spelling of -lm none")
     g.add_argument("-ts", "--tensor-split", dest="tensor_split", default=None, metavar="N0,N1",
                    help="share of the layers per GPU, e.g. 3,1")
+    g.add_argument("-sm", "--split-mode", dest="split_mode", default=_DEFAULTS.split_mode.value,
+                   choices=[m.value for m in SplitMode],
+                   help="how the model is split across GPUs (default layer)")
+    g.add_argument("-mg", "--main-gpu", dest="main_gpu", type=_non_negative,
+                   default=_DEFAULTS.main_gpu, metavar="INDEX",
+                   help="the GPU for the whole model with -sm none (default 0)")
+    g.add_argument("-t", "--threads", dest="n_threads", type=int, default=_DEFAULTS.n_threads,
+                   metavar="N", help="CPU threads (default: llama.cpp's choice, the physical "
+                   "cores)")
+    g.add_argument("-nr", "--no-repack", dest="no_repack", action="store_true",
+                   help="no repacked weight buffers for the CPU (AMX, …)")
 
 
 def settings_from_args(args: argparse.Namespace, model: ModelInfo | None = None) -> Settings:
@@ -116,6 +128,11 @@ def settings_from_args(args: argparse.Namespace, model: ModelInfo | None = None)
             mmap=not (getattr(args, "no_mmap", False)
                       or getattr(args, "load_mode", None) in ("none", "dio")),
             tensor_split=split,
+            split_mode=SplitMode(getattr(args, "split_mode", _DEFAULTS.split_mode.value)),
+            main_gpu=getattr(args, "main_gpu", _DEFAULTS.main_gpu),
+            n_threads=getattr(args, "n_threads", _DEFAULTS.n_threads),
+            mlock=getattr(args, "load_mode", None) in ("mlock", "mmap+mlock"),
+            repack=not getattr(args, "no_repack", False),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

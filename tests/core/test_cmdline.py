@@ -68,12 +68,12 @@ def test_full_lists_every_setting() -> None:
     assert llama_cli_args(Settings(), MODEL, full=True) == [
         "llama-cli", "-m", MODEL, "-c", "4096", "-ngl", "all", "-ctk", "f16", "-ctv", "f16",
         "-fa", "auto", "-b", "2048", "-ub", "512", "-np", "1", "-kvo", "-sm", "layer",
-        "-mg", "0",
+        "-mg", "0", "--repack",
     ]
     assert llama_server_args(Settings(), MODEL, full=True) == [
         "llama-server", "-m", MODEL, "-c", "4096", "-ngl", "all", "-ctk", "f16", "-ctv", "f16",
         "-fa", "auto", "-b", "2048", "-ub", "512", "-np", "1", "-kvo", "-no-kvu",
-        "-sm", "layer", "-mg", "0", "--host", "127.0.0.1", "--port", "8080",
+        "-sm", "layer", "-mg", "0", "--repack", "--host", "127.0.0.1", "--port", "8080",
     ]
 
 

@@ -214,6 +214,7 @@ SETTINGS = st.builds(
     main_gpu=st.integers(0, 7),
     n_threads=st.sampled_from([AUTO_THREADS, 1, 6, 64]),
     mlock=st.booleans(),
+    repack=st.booleans(),
 )
 TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
                min_size=1, max_size=30)

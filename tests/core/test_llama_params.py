@@ -52,6 +52,7 @@ CHANGES = [
     ("main_gpu", 1, {"model": {"main_gpu": 1}}),
     ("n_threads", 3, {"context": {"n_threads": 3, "n_threads_batch": 3}}),
     ("mlock", True, {"model": {"load_mode": 3}}),
+    ("repack", False, {"model": {"use_extra_bufts": False}}),
     ("extra_args", ("--jinja",), {}),  # kept flags: passed on by the launch, not in the structs
 ]
 FIELDS = [name for name, _, _ in CHANGES]
@@ -125,7 +126,7 @@ def _consumers(s: Settings) -> dict[str, object]:
         "dry run request": dryrun.run_request(s),
         "chat worker Llama()": worker.llama_kwargs("m.gguf", s),
         "chat worker structs": worker.explicit_fields(s),
-        "python snippet": _snippet_kwargs(python_snippet(s, "m.gguf")),
+        "python snippet": python_snippet(s, "m.gguf"),  # keywords, or a note it cannot
         "llama-cli": llama_cli_args(s, "m.gguf"),
         "llama-server": llama_server_args(s, "m.gguf"),
     }
@@ -133,10 +134,9 @@ def _consumers(s: Settings) -> dict[str, object]:
 
 # Where a Settings field cannot show by the consumer's nature (and why).
 NOT_APPLICABLE = {
-    ("python snippet", "n_parallel"): "llama-cpp-python decodes one sequence (noted)",
-    ("python snippet", "kv_unified"): "llama-cpp-python decodes one sequence (noted)",
     ("chat worker Llama()", "n_parallel"): "written on the struct (chat worker structs)",
     ("chat worker Llama()", "kv_unified"): "written on the struct (chat worker structs)",
+    ("chat worker Llama()", "repack"): "written on the struct (chat worker structs)",
     ("llama-cli", "kv_unified"): "llama-cli has no -kvu (export_notes says so)",
     ("chat worker structs", "tensor_split"): "a pointer: Llama()'s own array carries it",
     # kept flags are llama.cpp command-line flags: only the command lines carry them

@@ -98,6 +98,10 @@ def _settings_args(s: Settings, *, server: bool, full: bool) -> list[str]:
         args += ["-mg", str(s.main_gpu)]
     if s.n_threads != AUTO_THREADS:  # "-t -1" would mean every logical CPU, not the default
         args += ["-t", str(s.n_threads)]
+    if not s.repack:
+        args.append("-nr")
+    elif full:
+        args.append("--repack")
     return args
 
 
@@ -186,6 +190,9 @@ def export_notes(
             notes.append(
                 "llama-cpp-python decodes one sequence: -np and -kvu have no equivalent there"
             )
+        if not settings.repack:
+            notes.append("llama-cpp-python has no keyword for -nr (use_extra_bufts=False): "
+                         "kvgui's own worker sets it on the model params")
         if settings.flash_attn is FlashAttn.AUTO:
             notes.append(
                 "llama-cpp-python 0.3.36 takes flash_attn as True/False only, not 'auto'"
@@ -248,7 +255,7 @@ def python_snippet(
         lines.append(f"    {name}={value!r},{'  # ' + comment if comment else ''}")
     lines.append(")")
     for note in export_notes(s, "python"):
-        if "one sequence" in note:
+        if "one sequence" in note or "-nr" in note:
             lines.append(f"# {note}")
     lines += ["", "messages = ["]
     if system_prompt:

@@ -98,7 +98,7 @@ def llama_params(settings: Settings) -> LlamaParams:
         "tensor_split": tuple(float(x) for x in s.tensor_split),
         "vocab_only": False,
         "check_tensors": False,
-        "use_extra_bufts": True,  # !no_extra_bufts
+        "use_extra_bufts": s.repack,  # !no_extra_bufts (-nr)
         "no_host": False,
         "no_alloc": False,
         "load_mtp": False,

@@ -79,6 +79,8 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], bool, str | None]] = {
     "main_gpu": (("-mg", "--main-gpu"), True, "LLAMA_ARG_MAIN_GPU"),
     "n_threads": (("-t", "--threads"), True, "LLAMA_ARG_THREADS"),
     "mlock": (("--mlock",), False, "LLAMA_ARG_MLOCK"),  # older llama.cpp
+    "repack": (("--repack",), False, "LLAMA_ARG_REPACK"),
+    "no_repack": (("-nr", "--no-repack"), False, None),
     "mmap": (("--mmap",), False, "LLAMA_ARG_MMAP"),  # older llama.cpp
     "no_mmap": (("--no-mmap",), False, "LLAMA_ARG_NO_MMAP"),  # older llama.cpp
     "mlock": (("--mlock",), False, "LLAMA_ARG_MLOCK"),  # older llama.cpp: -lm mmap+mlock
@@ -93,7 +95,7 @@ _MEMORY_FLAGS = frozenset({
     "-ot", "--override-tensor", "-cmoe", "--cpu-moe", "-ncmoe", "--n-cpu-moe", "-ncffn",
     "--n-cpu-ffn", "-dev", "--device",
     "--kv-unified-per-slot", "-md", "--model-draft", "-mm", "--mmproj", "-fitt",
-    "--fit-target", "-fitc", "--fit-ctx", "--no-host", "-nr", "--no-repack",
+    "--fit-target", "-fitc", "--fit-ctx", "--no-host",
 })
 
 _TRUTHY = {"on", "enabled", "true", "1"}  # arg.cpp is_truthy / is_falsey / is_autoy
@@ -201,6 +203,8 @@ class _Reader:
             self.values["n_threads"] = n if n > 0 else (os.cpu_count() or 1)
         elif key == "mlock":
             self.values["mlock"] = True
+        elif key in ("repack", "no_repack"):
+            self.values["repack"] = key == "repack"
         elif key == "fit":
             word = v.strip().lower()
             if word not in _TRUTHY | _FALSEY:
@@ -248,7 +252,8 @@ def _flash_attn(flag: str, value: str | None) -> FlashAttn:
     raise CommandParseError(f"{flag}: expected on, off or auto, got {value!r}")
 
 
-_NEGATION = {"kv_unified": "no_kv_unified", "kv_offload": "no_kv_offload", "mmap": "no_mmap"}
+_NEGATION = {"kv_unified": "no_kv_unified", "kv_offload": "no_kv_offload", "mmap": "no_mmap",
+             "repack": "no_repack"}
 
 
 def _apply_env(reader: _Reader, name: str, value: str) -> None:

@@ -68,6 +68,7 @@ class Settings:
     main_gpu: int = 0
     n_threads: int = AUTO_THREADS
     mlock: bool = False
+    repack: bool = True  # -nr/--no-repack turns off the CPU's repacked (AMX, …) weight buffers
     # flags kvgui does not model, as the user gave them (an imported command's --jinja,
     # --host …): kept in order and passed on to each tool that accepts them
     extra_args: tuple[str, ...] = field(default=())
