@@ -36,6 +36,7 @@ from kvgui.core.quality.results import (
     REFERENCE_PAIR,
     MeasureRun,
     PairResult,
+    format_speed,
     json_safe,
     pareto_front,
     parse_pairs,
@@ -287,16 +288,6 @@ def _fmt(x: float | None, spec: str) -> str:
     return "n/a" if x is None or not math.isfinite(x) else format(x, spec)
 
 
-def speed_text(median_: float, spread: tuple[float, float] | None, spec: str) -> str:
-    """"1234 (1200–1250)": the median and the slowest–fastest repeat."""
-    if not math.isfinite(median_):
-        return "n/a"
-    text = format(median_, spec)
-    if spread is not None:
-        text += f" ({format(spread[0], spec)}–{format(spread[1], spec)})"
-    return text
-
-
 def render(run_: MeasureRun, *, cached: bool = False) -> str:
     e, s = run_.evaluation, run_.settings
     ref = run_.reference
@@ -327,8 +318,8 @@ def render(run_: MeasureRun, *, cached: bool = False) -> str:
         lines.append(
             f"{r.label + mark:<12}{_fmt(r.ppl, '.4f'):>10}{dppl:>9}{_fmt(r.kl_mean, '.6f'):>11}"
             f"{_fmt(r.kl_p99, '.5f'):>10}{_fmt(r.top1_agreement, '.1%'):>8}"
-            f"{speed_text(r.pp_tokens_per_s, r.pp_spread, '.0f'):>18}"
-            f"{speed_text(r.tg_tokens_per_s, r.tg_spread, '.1f'):>16}{kv:>12}{found:>11}"
+            f"{format_speed(r.pp_tokens_per_s, r.pp_spread, '.0f'):>18}"
+            f"{format_speed(r.tg_tokens_per_s, r.tg_spread, '.1f'):>16}{kv:>12}{found:>11}"
         )
     for f in run_.failures:
         lines.append(f"{f.label:<12}failed: {f.error}")

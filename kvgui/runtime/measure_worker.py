@@ -507,6 +507,7 @@ def _speed(ctx: Any, mem: Any, batch: Batch, plan: Plan, on_progress: Progress
     depth = plan.first
     n_gen = min(plan.n_gen, len(toks) - depth)
     if n_gen <= 0:
+        on_progress("speed", 1.0)
         return pp, tg
     L.llama_memory_clear(mem, True)
     _prefill(ctx, batch, toks[:depth])
@@ -522,6 +523,7 @@ def _speed(ctx: Any, mem: Any, batch: Batch, plan: Plan, on_progress: Progress
             t += _decode(ctx, batch)
         tg.append(n_gen / t if t > 0 else math.nan)
         on_progress("speed", (reps + 2 + i) / (2 * reps + 2))
+    on_progress("speed", 1.0)
     return pp, tg
 
 

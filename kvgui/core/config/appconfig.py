@@ -19,6 +19,7 @@ from typing import Any
 
 from kvgui.core.config.settings import Settings
 from kvgui.core.devices.budget import HardwareChoice
+from kvgui.core.quality.advice import QualityThreshold
 
 CONFIG_VERSION = 1
 CONFIG_FILE = "settings.json"
@@ -34,6 +35,9 @@ class AppConfig:
     ngl_mode: str = "all"  # GPU layers: all / auto (the most that fit) / n (settings' number)
     geometry: str = ""  # QMainWindow.saveGeometry(), base64
     window_state: str = ""  # QMainWindow.saveState(), base64
+    # the loss the user accepts from a quantized cache (the presets and the advice use it)
+    quality_threshold: QualityThreshold = field(default_factory=QualityThreshold)
+    measure_text: str = ""  # the text measurements are looked up for ("" = the sample)
 
     def add_recent(self, path: str) -> None:
         """Most recent first, no duplicates, at most MAX_RECENT."""
@@ -51,6 +55,8 @@ class AppConfig:
             "ngl_mode": self.ngl_mode,
             "geometry": self.geometry,
             "window_state": self.window_state,
+            "quality_threshold": self.quality_threshold.to_dict(),
+            "measure_text": self.measure_text,
         }
 
     @classmethod
@@ -72,6 +78,8 @@ class AppConfig:
             ngl_mode=_ngl_mode(data.get("ngl_mode", "all")),
             geometry=str(data.get("geometry", "")),
             window_state=str(data.get("window_state", "")),
+            quality_threshold=QualityThreshold.from_dict(data.get("quality_threshold") or {}),
+            measure_text=str(data.get("measure_text", "")),
         )
 
 

@@ -254,6 +254,16 @@ def _spread(samples: Sequence[float]) -> tuple[float, float] | None:
     return (min(finite), max(finite)) if len(finite) > 1 else None
 
 
+def format_speed(median_: float, spread: tuple[float, float] | None, spec: str) -> str:
+    """"1234 (1200–1250)": the median and the slowest–fastest repeat (CLI and window)."""
+    if not math.isfinite(median_):
+        return "n/a"
+    text = format(median_, spec)
+    if spread is not None:
+        text += f" ({format(spread[0], spec)}–{format(spread[1], spec)})"
+    return text
+
+
 def median(samples: Sequence[float]) -> float:
     finite = [x for x in samples if math.isfinite(x)]
     return float(statistics.median(finite)) if finite else math.nan
@@ -340,6 +350,10 @@ class Evaluation:
     speed_repeats: int = 0
     retrieval_ctx: int | None = None  # context the retrieval probes fill (None: not run)
     sweep: str = ""  # the threshold a sweep searched for ("" when the pairs were given)
+
+    def __post_init__(self) -> None:
+        if self.score_from is None:  # spelled out: the JSON says which positions were scored
+            object.__setattr__(self, "score_from", self.window // 2)
 
     @property
     def first_scored(self) -> int:
