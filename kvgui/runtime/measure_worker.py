@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -52,7 +53,7 @@ from kvgui.runtime.llama_log import LOG_CONT, LOG_DEBUG, error_lines, parse_llam
 from kvgui.runtime.llama_structs import model_params
 from kvgui.runtime.protocol import decode, encode
 
-_ROWS = 64  # logits rows processed at once: bounds the float temporaries to 64 x n_vocab
+_ROWS = 32  # logits rows scored at once: each thread's two buffers are 32 x n_vocab floats
 _KEEP: list[Any] = []  # what llama.cpp holds pointers to (callbacks, arrays): never collected
 
 
@@ -260,47 +261,114 @@ class Reference:
     def __init__(self, n_eval: int, n_vocab: int, topk: int, full_max_bytes: int) -> None:
         self.full = n_eval * n_vocab * 4 <= full_max_bytes
         self.k = n_vocab if self.full else min(topk, n_vocab)
+        # full: the probabilities p (float32) and, per row, sum(p log p) and sum(p), so that
+        # KL(p || q) = sum(p log p) - sum(p x) + lse(x) sum(p) needs one pass over q's logits x;
+        # top-k: the k largest log-probs and their token ids
         self.logp = np.empty((n_eval, self.k), dtype=np.float32)
+        self.neg_entropy = np.empty(n_eval, dtype=np.float64)
+        self.mass = np.empty(n_eval, dtype=np.float64)
         self.idx = None if self.full else np.empty((n_eval, self.k), dtype=np.int32)
         self.argmax = np.empty(n_eval, dtype=np.int32)
+        # touch every page now, before any timing: the first write to a fresh page costs a
+        # page fault, which would otherwise land in the reference run's evaluation time
+        self.logp.fill(0.0)
 
     @property
     def method(self) -> str:
         return "full" if self.full else f"top{self.k}"
 
-    def store(self, at: int, logp: np.ndarray) -> None:
-        n = logp.shape[0]
-        self.argmax[at:at + n] = logp.argmax(axis=1)
-        if self.idx is None:
-            self.logp[at:at + n] = logp
-        else:
-            idx = np.argpartition(logp, -self.k, axis=1)[:, -self.k:]
-            self.idx[at:at + n] = idx
-            self.logp[at:at + n] = np.take_along_axis(logp, idx, axis=1)
 
-    def kl(self, at: int, logp: np.ndarray) -> np.ndarray:
-        """KL(reference || this run) per position, in nats."""
-        n = logp.shape[0]
-        ref = self.logp[at:at + n]
-        p = np.exp(ref)
-        if self.idx is None:
-            return np.asarray(np.einsum("ij,ij->i", p, ref - logp, dtype=np.float64))
-        q = np.take_along_axis(logp, self.idx[at:at + n], axis=1)
-        kl = np.einsum("ij,ij->i", p, ref - q, dtype=np.float64)
-        p_rest = np.clip(1.0 - p.sum(axis=1, dtype=np.float64), 0.0, 1.0)
-        q_rest = np.clip(1.0 - np.exp(q).sum(axis=1, dtype=np.float64), 1e-30, 1.0)
+def _dot_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot products, accumulated in float64."""
+    return np.asarray(np.einsum("ij,ij->i", a, b, dtype=np.float64))
+
+
+class Scorer:
+    """Scores rows of logits (a read-only view of llama.cpp's buffer: nothing is copied)
+    against the reference: the next token's log-likelihood, KL(reference || this) and top-1
+    agreement, in blocks of ``_ROWS`` with preallocated float32 buffers, on ``n_threads``
+    threads while the model waits (numpy releases the GIL), as llama-perplexity scores with
+    all its threads. The log-sum-exp is accumulated in float64; a row's log-probs are
+    the reference keeps its probabilities and, per row, sum(p log p) and sum(p), so a compared
+    run needs one pass over its logits for the KL; both sides use the same arithmetic, so two
+    identical runs give a KL of exactly 0."""
+
+    def __init__(self, ref: Reference, n_vocab: int, n_threads: int) -> None:
+        self.ref = ref
+        self.n_threads = max(1, n_threads)
+        self._bufs = [np.empty((_ROWS, n_vocab), np.float32) for _ in range(self.n_threads)]
+        self._pool = ThreadPoolExecutor(self.n_threads, thread_name_prefix="kvgui-score") \
+            if self.n_threads > 1 else None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def score(self, logits: np.ndarray, at: int, nxt: np.ndarray, record: bool,
+              nll: np.ndarray, kl: np.ndarray, agree: np.ndarray) -> None:
+        """Rows ``logits[i]`` are positions ``at + i`` of the evaluation; ``nxt[i]`` the token
+        that follows. Fills ``nll``, ``kl`` and ``agree`` at those positions."""
+        n = logits.shape[0]
+        blocks = list(range(0, n, _ROWS))
+        if self._pool is None or len(blocks) == 1:
+            for r0 in blocks:
+                self._block(logits, r0, at, nxt, record, nll, kl, agree, 0)
+            return
+        parts = [blocks[j::self.n_threads] for j in range(self.n_threads)]
+        futures = [self._pool.submit(self._blocks, logits, part, at, nxt, record, nll, kl,
+                                     agree, j) for j, part in enumerate(parts) if part]
+        for f in futures:
+            f.result()
+
+    def _blocks(self, logits: np.ndarray, part: list[int], *args: Any) -> None:
+        for r0 in part:
+            self._block(logits, r0, *args)
+
+    def _block(self, logits: np.ndarray, r0: int, at: int, nxt: np.ndarray, record: bool,
+               nll: np.ndarray, kl: np.ndarray, agree: np.ndarray, j: int) -> None:
+        x = logits[r0:r0 + _ROWS]
+        k = x.shape[0]
+        b = self._bufs[j][:k]
+        lo = at + r0
+        sl = slice(lo, lo + k)
+        m = x.max(axis=1)
+        np.subtract(x, m[:, None], out=b)
+        np.exp(b, out=b)
+        total = b.sum(axis=1, dtype=np.float64)
+        lse = (m + np.log(total)).astype(np.float32)
+        rows = np.arange(k)
+        nll[sl] = lse.astype(np.float64) - x[rows, nxt[r0:r0 + k]]
+        amax = x.argmax(axis=1)
+        ref = self.ref
+        if record:
+            ref.argmax[sl] = amax
+            agree[sl] = True
+            kl[sl] = 0.0
+            if ref.idx is None:
+                p_ref = ref.logp[sl]  # the full reference keeps probabilities
+                np.multiply(b, (1.0 / total).astype(np.float32)[:, None], out=p_ref)
+                mass = p_ref.sum(axis=1, dtype=np.float64)
+                ref.mass[sl] = mass
+                ref.neg_entropy[sl] = _dot_rows(p_ref, x) - lse.astype(np.float64) * mass
+            else:
+                idx = np.argpartition(x, -ref.k, axis=1)[:, -ref.k:]
+                ref.idx[sl] = idx
+                ref.logp[sl] = np.take_along_axis(x, idx, axis=1) - lse[:, None]
+            return
+        agree[sl] = amax == ref.argmax[sl]
+        if ref.idx is None:  # sum p (log p - x + lse), in the same arithmetic as the record
+            kl[sl] = ref.neg_entropy[sl] - (_dot_rows(ref.logp[sl], x)
+                                            - lse.astype(np.float64) * ref.mass[sl])
+            return
+        refp = ref.logp[sl]
+        q = np.take_along_axis(x, ref.idx[sl], axis=1) - lse[:, None]
+        pk = np.exp(refp.astype(np.float64))
+        top = np.einsum("ij,ij->i", pk, refp - q, dtype=np.float64)
+        p_rest = np.clip(1.0 - pk.sum(axis=1), 0.0, 1.0)
+        q_rest = np.clip(1.0 - np.exp(q.astype(np.float64)).sum(axis=1), 1e-30, 1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             rest = np.where(p_rest > 0, p_rest * (np.log(p_rest) - np.log(q_rest)), 0.0)
-        return np.asarray(kl + rest)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in float32, in place (the rows are a private copy)."""
-    m = logits.max(axis=1, keepdims=True)
-    logits -= m
-    lse = np.log(np.exp(logits).sum(axis=1, keepdims=True, dtype=np.float64))
-    logits -= lse.astype(np.float32)
-    return logits
+        kl[sl] = top + rest
 
 
 class Batch:
@@ -388,6 +456,7 @@ def run_pair(
     n_batch = min(settings.n_batch, plan.window)
     batch = Batch(max(n_batch, 1))
     mem = L.llama_get_memory(ctx)
+    scorer = Scorer(ref, n_vocab, n_threads)
     try:
         # Warm-up: the first decodes of a context pay one-off costs (graph allocation for
         # this batch size, weights paged in); one batch of the first window, then forgotten.
@@ -412,25 +481,16 @@ def run_pair(
                     continue
                 logits = np.ctypeslib.as_array(L.llama_get_logits(ctx), shape=(n_out, n_vocab))
                 p0 = max(first, b0)  # position of the first output row
-                for r0 in range(0, n_out, _ROWS):
-                    rows = log_softmax(np.array(logits[r0:r0 + _ROWS], dtype=np.float32))
-                    pos = np.arange(p0 + r0, p0 + r0 + rows.shape[0])
-                    at = w * plan.per_window + int(pos[0]) - first
-                    nxt = toks_arr[pos + 1]
-                    n = rows.shape[0]
-                    nll[at:at + n] = -rows[np.arange(n), nxt]
-                    if record:
-                        ref.store(at, rows)
-                        agree[at:at + n] = True
-                    else:
-                        kl[at:at + n] = ref.kl(at, rows)
-                        agree[at:at + n] = rows.argmax(axis=1) == ref.argmax[at:at + n]
+                at = w * plan.per_window + p0 - first
+                nxt = toks_arr[np.arange(p0, p0 + n_out) + 1]
+                scorer.score(logits, at, nxt, record, nll, kl, agree)
             log.take()  # nothing to keep from the decodes; bounds the records
             on_progress("eval", (w + 1) / plan.windows)
         eval_seconds = time.perf_counter() - t_eval
         pp, tg = _speed(ctx, mem, batch, plan, on_progress)
         probes = _retrieval(ctx, mem, batch, vocab, plan, on_progress)
     finally:
+        scorer.close()
         batch.free()
         L.llama_free(ctx)
 

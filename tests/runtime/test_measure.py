@@ -181,7 +181,8 @@ def test_top_k_reference(tiny: Path, measured, k: int) -> None:
     assert q4.ppl == pytest.approx(q4_exact.ppl, rel=1e-9)
     assert q4.top1_agreement == q4_exact.top1_agreement
     if k == 640:
-        assert q4.kl_mean == pytest.approx(q4_exact.kl_mean, rel=1e-4)
+        # the same up to float32 rounding of the stored log-probs (the rest-of-mass term)
+        assert q4.kl_mean == pytest.approx(q4_exact.kl_mean, rel=5e-4)
     else:
         assert 0.0 < q4.kl_mean < q4_exact.kl_mean
 
