@@ -8,7 +8,6 @@ llama.cpp, difference.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from PySide6.QtCore import Qt
@@ -18,8 +17,6 @@ from kvgui.core.memory.estimate import PARTS
 from kvgui.core.sizes import format_bytes
 from kvgui.runtime.qt_dryrun import DryRunProcess
 from kvgui.ui import theme
-
-log = logging.getLogger(__name__)
 
 # every part of the estimate, then the KV sum and the total
 ROWS = (*PARTS, ("kv", "KV cache"), ("total", "Total"))

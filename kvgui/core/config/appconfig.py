@@ -20,6 +20,7 @@ from typing import Any
 
 from kvgui.core.config.settings import Settings
 from kvgui.core.devices.budget import HardwareChoice
+from kvgui.core.quality.advice import QualityThreshold
 from kvgui.core.untrusted import loads_json, one_line, read_text_capped
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ class AppConfig:
     geometry: str = ""  # QMainWindow.saveGeometry(), base64
     window_state: str = ""  # QMainWindow.saveState(), base64
     llama_cpp_folder: str = ""  # the user's llama.cpp binaries (Serve, Verify, terminal)
+    # the loss the user accepts from a quantized cache (the presets and the advice use it)
+    quality_threshold: QualityThreshold = field(default_factory=QualityThreshold)
+    measure_text: str = ""  # the text measurements are looked up for ("" = the sample)
 
     def add_recent(self, path: str) -> None:
         """Most recent first, no duplicates, at most MAX_RECENT."""
@@ -57,6 +61,8 @@ class AppConfig:
             "geometry": self.geometry,
             "window_state": self.window_state,
             "llama_cpp_folder": self.llama_cpp_folder,
+            "quality_threshold": self.quality_threshold.to_dict(),
+            "measure_text": self.measure_text,
         }
 
     @classmethod
@@ -79,6 +85,8 @@ class AppConfig:
             geometry=str(data.get("geometry", "")),
             window_state=str(data.get("window_state", "")),
             llama_cpp_folder=str(data.get("llama_cpp_folder", "")),
+            quality_threshold=QualityThreshold.from_dict(data.get("quality_threshold") or {}),
+            measure_text=str(data.get("measure_text", "")),
         )
 
 
