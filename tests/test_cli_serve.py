@@ -58,6 +58,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_sigterm_stops_kvgui_and_its_server(llama_tools, tiny_model_path) -> None:
+    started: list[int] = []
     proc = subprocess.Popen(
         [sys.executable, "-m", "kvgui.cli", "serve", str(tiny_model_path), "-c", "256",
          "--llama-cpp", str(llama_tools.bin), "--json"],
@@ -69,6 +70,7 @@ def test_sigterm_stops_kvgui_and_its_server(llama_tools, tiny_model_path) -> Non
             assert line, proc.stderr.read()
             lines.append(line)
         server = json.loads("".join(lines))["pid"]
+        started.append(server)
         assert psutil.pid_exists(server)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
@@ -80,5 +82,8 @@ def test_sigterm_stops_kvgui_and_its_server(llama_tools, tiny_model_path) -> Non
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        for pid in started:  # a failed assertion must not leave the server running
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
         proc.stdout.close()
         proc.stderr.close()
