@@ -49,7 +49,7 @@ class Direct:
 
         self._quiet = llama_cpp.llama_log_callback(lambda level, text, data: None)
         llama_cpp.llama_log_set(self._quiet, None)
-        fields = (worker.model_fields(settings), worker.context_fields(settings))
+        fields = worker.explicit_fields(settings)
         with worker._explicit_params(*fields), contextlib.redirect_stderr(io.StringIO()):
             self.llm = llama_cpp.Llama(**worker.llama_kwargs(path, settings))
         self.llm.verbose = False

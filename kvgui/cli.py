@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "export": "print the llama-cli / llama-server / Python command for the settings",
     "verify": "ask the bundled llama.cpp what it would allocate (dry run, no weights read)",
     "chat": "chat with the model through llama.cpp, with exactly these settings",
+    "serve": "run your llama-server with exactly these settings on 127.0.0.1 (OpenAI API)",
     "gpus": "list the GPUs and memory kvgui detects",
     "download": "download a Hugging Face model's quant into the Hub cache (llama.cpp's -hf "
     "finds it there)",

@@ -6,7 +6,8 @@ a void Qt method (``setText``, ``update``, a slot's return ...) takes one refere
 and every ``Signal.emit`` one from True; a few thousand slider steps later the interpreter
 aborts with "none_dealloc" / "bool_dealloc". Measured, not assumed from version numbers: if
 a void call is seen to leak, the three singletons get a reference count no leak can exhaust
-(what Python 3.12 does for them). Applied when ``kvgui.ui`` is imported.
+(what Python 3.12 does for them). Applied when ``kvgui.ui`` or a Qt module of
+``kvgui.runtime`` is imported (the runtime never imports the ui).
 """
 
 from __future__ import annotations

@@ -11,8 +11,10 @@ from the ``realmodel`` extra). Each skips with a one-line reason when it is not 
 from __future__ import annotations
 
 import os
+import time
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ["KVGUI_CHECK_KERNELS"] = "0"  # also for module-level and session fixtures
 
 
 from collections.abc import Callable
@@ -28,6 +30,9 @@ def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     home = tmp_path_factory.mktemp("config")
     monkeypatch.setenv("KVGUI_CONFIG_DIR", str(home))
     monkeypatch.setenv("KVGUI_LOG_DIR", str(home / "log"))
+    # the figures must not depend on whether this machine's build crashes in its AMX kernels
+    # (tests/runtime/test_cpu_kernels.py checks that itself)
+    monkeypatch.setenv("KVGUI_CHECK_KERNELS", "0")
     yield
 
 
@@ -103,3 +108,26 @@ def real_model() -> Path:
         return real_model_path()
     except RealModelUnavailable:
         pytest.skip(f"real model not installed: {INSTALL_HINT}")
+
+
+@pytest.fixture
+def no_leftover_children():
+    """Fails the test if it leaves a child process behind (reaped zombies aside; a child
+    that is ending gets 5 s)."""
+    psutil = pytest.importorskip("psutil")
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        left = []
+        for p in me.children(recursive=True):
+            try:
+                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(p)
+            except psutil.NoSuchProcess:
+                continue
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"leftover processes: {[(p.pid, p.cmdline()[:3]) for p in left]}"

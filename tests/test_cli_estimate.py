@@ -125,3 +125,19 @@ def test_plan_from_the_catalog_before_downloading() -> None:
     assert "Gemma-3-12B-it Q4_K_M" in listing.stdout
     missing = kvgui("chat", "Llama-3.1-8B-Instruct Q4_K_M", "-p", "hi")  # needs a real file
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("-c", "4294971392"), ("-c", "٤٠٩٦"), ("-c", "4_096"), ("-ngl", "99999999999999999999"),
+    ("-b", "99999999999999"), ("-np", "300"), ("-ub", "0")])
+def test_numbers_past_llama_cpp_limits_are_refused(capsys: pytest.CaptureFixture[str],
+                                                   flag: str, value: str) -> None:
+    """Not wrapped to another number, not guessed: one line, exit status 2."""
+    from kvgui.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["estimate", "Llama-3.1-8B-Instruct Q4_K_M", flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("kvgui estimate: error: argument") and flag in err[-1]
+    assert "Traceback" not in "\n".join(err)

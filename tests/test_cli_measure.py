@@ -12,11 +12,13 @@ from kvgui.cli import main
 pytest.importorskip("llama_cpp")
 
 TOP_KEYS = {"version", "model", "settings", "text", "evaluation", "results", "failures",
-            "pareto", "llama_cpp_version", "created", "cached", "kv_budget", "recommended"}
+            "pareto", "llama_cpp_version", "created", "cached", "kv_budget", "recommended",
+            "threshold", "cheapest_within_threshold"}
 RESULT_KEYS = {"type_k", "type_v", "label", "ppl", "ppl_stderr", "kl_mean", "kl_stderr",
                "kl_p99", "kl_max", "top1_agreement", "pp_tokens_per_s", "tg_tokens_per_s",
-               "kv_bytes", "kv_k_bytes", "kv_v_bytes", "flash_attn", "seconds"}
-BASE = ["-c", "256", "--ctx", "128", "--chunks", "3", "-t", "2"]
+               "kv_bytes", "kv_k_bytes", "kv_v_bytes", "flash_attn", "seconds", "pp_samples",
+               "tg_samples", "eval_tokens", "eval_seconds", "profile", "retrieval"}
+BASE = ["-c", "256", "--ctx", "128", "--chunks", "3", "-t", "2", "--speed-repeats", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +36,17 @@ def test_json_shape_and_cache(tiny: Path, capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     data = json.loads(out)
     assert set(data) == TOP_KEYS
-    assert data["version"] == 1 and data["cached"] is False
+    assert data["version"] == 2 and data["cached"] is False
     assert [r["label"] for r in data["results"]] == ["f16", "q8_0", "q4_0"]
     assert all(set(r) == RESULT_KEYS for r in data["results"])
     assert data["evaluation"] == {"window": 128, "windows": 3, "tokens": 3 * 63,
                                   "text_tokens": data["evaluation"]["text_tokens"],
                                   "max_windows": 3, "kl_method": "full", "reference": "f16",
-                                  "reference_repeated": False}
+                                  "reference_repeated": False, "score_from": 64,
+                                  "n_threads": 2, "speed_repeats": 2, "retrieval_ctx": None,
+                                  "sweep": ""}
+    assert all(len(r["pp_samples"]) == 2 and len(r["tg_samples"]) == 2 for r in data["results"])
+    assert data["threshold"] == {"metric": "kl", "value": 0.01, "text": "KL ≤ 0.01"}
     assert data["settings"]["n_ctx"] == 256 and data["settings"]["flash_attn"] == "on"
     assert data["text"]["name"] == "sample (public domain)"
     assert data["model"]["path"] == str(tiny.resolve())
@@ -60,8 +66,12 @@ def test_json_shape_and_cache(tiny: Path, capsys: pytest.CaptureFixture[str]) ->
     table = capsys.readouterr().out
     assert "189 tokens scored per type: 3 windows of 128 tokens" in table
     assert "cached" in table
-    rows = [ln.split()[0].rstrip("*") for ln in table.splitlines()[4:-1]]
+    lines = table.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("type "))
+    rows = [ln.split()[0].rstrip("*") for ln in lines[head + 1:head + 3]]
     assert rows == ["f16", "q4_0"]
+    assert "median (slowest–fastest) of 2 repeats" in table
+    assert "KL by position in the window" in table
 
 
 @pytest.mark.parametrize(

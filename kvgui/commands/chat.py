@@ -14,7 +14,13 @@ from typing import Any
 
 from kvgui.cli import UsageError
 from kvgui.commands import exit_status
-from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
+from kvgui.commands.common import (
+    add_model_arg,
+    add_settings_args,
+    open_model,
+    plan,
+    settings_from_args,
+)
 from kvgui.core.errors import SettingsRefused
 from kvgui.runtime.protocol import Message, Sampling
 
@@ -96,10 +102,9 @@ def run(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
     if args.json and args.prompt is None:
         raise UsageError("--json needs -p TEXT (one turn)")
-    from kvgui.core.devices.budget import plan_from_args
     from kvgui.core.memory.estimate import Verdict
 
-    planned = estimate(model, settings, plan_from_args(args).devices())
+    planned = estimate(model, settings, plan(args).devices())
     if planned.refused:
         raise SettingsRefused("; ".join(planned.errors))
     if planned.verdict is Verdict.OVER:

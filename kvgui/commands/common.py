@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from kvgui.cli import UsageError
-from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.config import limits
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings, SplitMode
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 from kvgui.core.gguf.reader import GGUFError
 from kvgui.core.model.info import ModelInfo, load_model
@@ -37,21 +39,29 @@ def add_model_arg(parser: argparse.ArgumentParser, *, required: bool = True) -> 
                         help="a Hugging Face model, as llama.cpp's -hf takes it")
 
 
-def _int_at_least(minimum: int):  # type: ignore[no-untyped-def]
+def _limited(name: str, flag: str, minimum: int | None = None):  # type: ignore[no-untyped-def]
+    """A flag's whole number read as llama.cpp reads it (ASCII digits) and within the range
+    llama.cpp's C type and limits allow (kvgui.core.config.limits), as a one-line error."""
+
     def parse(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+            value = limits.parse_int(text, flag)
+            if minimum is not None and value < minimum:
+                raise limits.LimitError(f"{flag}: must be at least {minimum}, not {value}")
+            if not (name == "n_ctx" and value == 0):
+                limits.check(name, value)
+        except limits.LimitError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{flag}: ")) from None
         return value
 
     return parse
 
 
-_positive = _int_at_least(1)
-_ctx = _int_at_least(0)  # -c 0: like llama.cpp, the model's trained context (resolved later)
+def _threads(text: str) -> int:
+    """-t: a number of threads within ggml's limit, or -1 (llama.cpp's own choice)."""
+    if text.strip() == "-1":
+        return -1
+    return int(_limited("n_threads", "-t")(text))
 
 
 def _gpu_layers(text: str) -> int:
@@ -62,17 +72,21 @@ def _gpu_layers(text: str) -> int:
             "-ngl auto lets llama.cpp pick at launch; kvgui needs a number or 'all' "
             "(use `kvgui fit` to find the largest that fits)")
     try:
-        value = int(text)
-    except ValueError:
+        value = limits.parse_int(text, "-ngl")
+    except limits.LimitError:
         raise argparse.ArgumentTypeError(f"expected a number or 'all', not {text!r}") from None
     if value < 0:
         return ALL_LAYERS  # llama.cpp: <= -2 means all
-    return value
+    try:
+        return limits.check("n_gpu_layers", value)
+    except limits.LimitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_settings_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("llama.cpp settings (as llama-cli spells them)")
-    g.add_argument("-c", "--ctx-size", dest="n_ctx", type=_ctx, default=_DEFAULTS.n_ctx,
+    g.add_argument("-c", "--ctx-size", dest="n_ctx", type=_limited("n_ctx", "-c", 0),
+                   default=_DEFAULTS.n_ctx,
                    metavar="N", help=f"context size in tokens (default {_DEFAULTS.n_ctx}; "
                    "0 = the model's trained context)")
     g.add_argument("-ctk", "--cache-type-k", dest="type_k", choices=CACHE_TYPE_NAMES,
@@ -85,11 +99,12 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-ngl", "--gpu-layers", "--n-gpu-layers", dest="n_gpu_layers",
                    type=_gpu_layers, default=ALL_LAYERS, metavar="N",
                    help="layers on the GPU: a number or 'all' (default all)")
-    g.add_argument("-b", "--batch-size", dest="n_batch", type=_positive,
+    g.add_argument("-b", "--batch-size", dest="n_batch", type=_limited("n_batch", "-b"),
                    default=_DEFAULTS.n_batch, metavar="N", help="logical batch (default 2048)")
-    g.add_argument("-ub", "--ubatch-size", dest="n_ubatch", type=_positive,
+    g.add_argument("-ub", "--ubatch-size", dest="n_ubatch", type=_limited("n_ubatch", "-ub"),
                    default=_DEFAULTS.n_ubatch, metavar="N", help="physical batch (default 512)")
-    g.add_argument("-np", "--parallel", dest="n_parallel", type=_positive,
+    g.add_argument("-np", "--parallel", dest="n_parallel",
+                   type=_limited("n_parallel", "-np"),
                    default=_DEFAULTS.n_parallel, metavar="N",
                    help="parallel sequences (default 1)")
     g.add_argument("--swa-full", dest="swa_full", action="store_true",
@@ -105,6 +120,17 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
                    help="older spelling of -lm none")
     g.add_argument("-ts", "--tensor-split", dest="tensor_split", default=None, metavar="N0,N1",
                    help="share of the layers per GPU, e.g. 3,1")
+    g.add_argument("-sm", "--split-mode", dest="split_mode", default=_DEFAULTS.split_mode.value,
+                   choices=[m.value for m in SplitMode],
+                   help="how the model is split across GPUs (default layer)")
+    g.add_argument("-mg", "--main-gpu", dest="main_gpu", type=_limited("main_gpu", "-mg", 0),
+                   default=_DEFAULTS.main_gpu, metavar="INDEX",
+                   help="the GPU for the whole model with -sm none (default 0)")
+    g.add_argument("-t", "--threads", dest="n_threads", type=_threads, default=_DEFAULTS.n_threads,
+                   metavar="N", help="CPU threads (default: llama.cpp's choice, the physical "
+                   "cores)")
+    g.add_argument("-nr", "--no-repack", dest="no_repack", action="store_true",
+                   help="no repacked weight buffers for the CPU (AMX, …)")
 
 
 def settings_from_args(args: argparse.Namespace, model: ModelInfo | None = None) -> Settings:
@@ -130,6 +156,11 @@ def settings_from_args(args: argparse.Namespace, model: ModelInfo | None = None)
             mmap=not (getattr(args, "no_mmap", False)
                       or getattr(args, "load_mode", None) in ("none", "dio")),
             tensor_split=split,
+            split_mode=SplitMode(getattr(args, "split_mode", _DEFAULTS.split_mode.value)),
+            main_gpu=getattr(args, "main_gpu", _DEFAULTS.main_gpu),
+            n_threads=getattr(args, "n_threads", _DEFAULTS.n_threads),
+            mlock=getattr(args, "load_mode", None) in ("mlock", "mmap+mlock"),
+            repack=not getattr(args, "no_repack", False),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -202,3 +233,12 @@ def catalog_listing() -> str:
 
     return "\n".join(f"{e.label:<40} {e.arch:<10} {format_bytes(e.file_bytes):>10}"
                      for e in load_catalog())
+
+
+def plan(args: argparse.Namespace) -> Any:
+    """The BudgetPlan of the hardware flags, with the installed llama.cpp's CPU backend (its
+    extra buffer types, and whether its kernels survive a decode: see runtime.cpu_kernels)."""
+    from kvgui.core.devices.budget import plan_from_args
+    from kvgui.runtime.llama_backend import probe_host_cpu
+
+    return plan_from_args(args, host=probe_host_cpu())

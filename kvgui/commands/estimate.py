@@ -12,6 +12,7 @@ from kvgui.commands.common import (
     add_model_arg,
     add_settings_args,
     open_model,
+    plan,
     settings_from_args,
 )
 from kvgui.core.commandline.export import change_flags
@@ -38,7 +39,6 @@ def _add_budget_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvgui.core.devices.budget import devices_from_args
 
     if args.list_models:
         from kvgui.commands.common import catalog_listing
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         model = open_model(args.model, catalog=True)
         settings = settings_from_args(args, model)
         unknown = []
-    devices = devices_from_args(args)
+    devices = plan(args).devices()
     est = estimate(model, settings, devices)
     if args.json:
         data = est.to_json()

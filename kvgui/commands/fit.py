@@ -10,6 +10,7 @@ from typing import Any
 from kvgui.cli import UsageError
 from kvgui.commands import exit_status
 from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
+from kvgui.commands.common import plan as common_plan
 from kvgui.core.commandline.export import change_flags
 from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, MAX_CONTEXT, max_context, max_gpu_layers
 from kvgui.core.sizes import format_bytes, format_tokens
@@ -29,7 +30,6 @@ def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvgui.core.devices.budget import plan_from_args
     from kvgui.core.memory.estimate import estimate
     from kvgui.core.memory.memo import ModelMemo
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         return run_quants(args)
     model = open_model(args.model, catalog=True)
     settings = settings_from_args(args, model)
-    plan = plan_from_args(args)
+    plan = common_plan(args)
     devices = plan.devices()
     if not any(d.budget is not None for d in devices):
         raise UsageError("no memory budget: pass --vram SIZE, --gpu INDEX or --gpu-model NAME")

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from kvgui.cli import UsageError
-from kvgui.commands.common import settings_from_args
+from kvgui.commands.common import plan, settings_from_args
 from kvgui.core.sizes import format_bytes
 
 
@@ -25,7 +25,6 @@ def _tokens(n: int | None) -> str:
 
 
 def run_quants(args: argparse.Namespace) -> int:
-    from kvgui.core.devices.budget import devices_from_args
     from kvgui.sources.hub import list_repo
     from kvgui.sources.hub_errors import HubError
     from kvgui.sources.modelref import parse_hub_ref
@@ -36,7 +35,7 @@ def run_quants(args: argparse.Namespace) -> int:
     ref = parse_hub_ref((args.model or "").removeprefix(HF_PREFIX), hub_hosts=cfg.hub_hosts)
     if ref is None:
         raise UsageError(f"--quants needs a Hugging Face repo (org/repo), not {args.model!r}")
-    devices = devices_from_args(args)
+    devices = plan(args).devices()
     if not any(d.budget is not None for d in devices):
         raise UsageError("no memory budget: pass --vram SIZE, --gpu INDEX or --gpu-model NAME")
     try:

@@ -12,7 +12,13 @@ import sys
 from typing import Any
 
 from kvgui.commands import exit_status
-from kvgui.commands.common import add_model_arg, add_settings_args, open_model, settings_from_args
+from kvgui.commands.common import (
+    add_model_arg,
+    add_settings_args,
+    open_model,
+    plan,
+    settings_from_args,
+)
 from kvgui.core.sizes import MiB as MIB
 from kvgui.core.sizes import format_bytes
 from kvgui.runtime.llama_log import LOGGED_PRECISION_BYTES
@@ -42,7 +48,6 @@ def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvgui.core.devices.budget import plan_from_args
     from kvgui.core.devices.device_budget import DeviceBudget, cpu
     from kvgui.core.memory.estimate import estimate
     from kvgui.runtime.dryrun import DryRunError, dry_run
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     model = open_model(args.model, need_file=True)
     args.model = model.path or args.model  # a Hub model: its file in the Hub cache
     settings = settings_from_args(args, model)
-    planned = _planned_gpus(args, plan_from_args)
+    planned = _planned_gpus(args)
     try:
         llama = dry_run(args.model, settings, timeout=args.timeout)
         error = None
@@ -91,11 +96,11 @@ def run(args: argparse.Namespace) -> int:
     return exit_status.FITS if llama else exit_status.LLAMA_FAILED
 
 
-def _planned_gpus(args: argparse.Namespace, plan_from_args: Any) -> list[str]:
+def _planned_gpus(args: argparse.Namespace) -> list[str]:
     """The GPUs the hardware flags plan for (none given: none, the dry run's own)."""
     if not any(getattr(args, f, None) for f in ("gpu", "gpu_model", "vram")):
         return []
-    return [g.name for g in plan_from_args(args).gpus]
+    return [g.name for g in plan(args).gpus]
 
 
 def _cell(n: int | None) -> str:

@@ -13,47 +13,22 @@ import atexit
 import contextlib
 import os
 import queue
-import signal
 import subprocess
-import sys
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvgui.core.config.settings import Settings
+from kvgui.runtime.childproc import Tail, child_env, describe_exit, kill_group, python_command
 from kvgui.runtime.protocol import Message, ProtocolError, Sampling, decode, encode, message
 
 if TYPE_CHECKING:
     from kvgui.core.devices.device_budget import DeviceBudget
     from kvgui.core.memory.estimate import Estimate
 
-TAIL_LINES = 10
-
-
-class Tail:
-    """The worker's last words: llama.cpp log lines (from events) and stderr lines, kept
-    apart because the two pipes are read independently (a backlog of log events must not
-    push the abort message, which comes on stderr, out of the window)."""
-
-    def __init__(self, n: int = TAIL_LINES) -> None:
-        self.log: deque[str] = deque(maxlen=n)
-        self.err: deque[str] = deque(maxlen=n)
-
-    def clear(self) -> None:
-        self.log.clear()
-        self.err.clear()
-
-    def lines(self) -> list[str]:
-        return [line for line in (*self.log, *self.err) if line.strip()]
-
-    def failure(self, what: str) -> str:
-        """``what`` plus the last lines, the form every death is reported in."""
-        lines = self.lines()
-        return what + ("; last log lines:\n" + "\n".join(lines) if lines else "")
 _EOF = {"type": "_eof"}
 
 
@@ -69,38 +44,11 @@ class LaunchRefused(WorkerError):
     """Refused before any process was started (invalid settings, not a model file)."""
 
 
+WORKER_MODULE = "kvgui.runtime.worker"
+
+
 def worker_command(python: str | None = None) -> list[str]:
-    return [python or sys.executable, "-m", "kvgui.runtime.worker"]
-
-
-def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for the worker: this kvgui importable even when not installed."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("GGML_NO_BACKTRACE", "1")  # ggml_abort would run gdb: slow, and it buries
-    # the one line that matters ("GGML_ASSERT(...) failed") under a page of stack frames
-    env.update(extra or {})
-    return env
-
-
-def describe_exit(returncode: int | None) -> str:
-    """'was killed by SIGKILL (out of memory?)' and the like, for a finished worker."""
-    if returncode is None:
-        return "stopped answering"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        hint = {
-            "SIGKILL": " (killed - out of memory, or by the user)",
-            "SIGABRT": " (llama.cpp aborted: a failed assertion)",
-            "SIGSEGV": " (crashed)",
-        }.get(name, "")
-        return f"was killed by {name}{hint}"
-    return f"exited with status {returncode}"
+    return python_command(WORKER_MODULE, python)
 
 
 def preflight(model_path: str | os.PathLike[str], settings: Settings,
@@ -174,7 +122,7 @@ class WorkerClient:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=worker_env(self._env),
+            env=child_env(self._env),
             start_new_session=True,  # its own process group: close() kills it all
         )
         _LIVE.add(self)
@@ -221,10 +169,7 @@ class WorkerClient:
         if proc is None:
             return
         if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            kill_group(proc.pid)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
         for stream in (proc.stdin, proc.stdout, proc.stderr):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from kvgui.core.commandline.llama_params import LOAD_MODE_NONE, LlamaParams, llama_params
 from kvgui.core.config.settings import pad_ctx
+from kvgui.runtime.childproc import (
+    child_env,
+    describe_exit,
+    kill_group,
+    python_command,
+    signal_name,
+)
 from kvgui.runtime.llama_log import (
     BufferBytes,
     DeviceInfo,
@@ -66,37 +73,11 @@ class DryRunUnavailable(DryRunError):
 
 # --- parent side --------------------------------------------------------------------------
 
-def llama_params(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The llama_model_params and llama_context_params fields for ``settings``, as llama-cli
-    sets them (common/common.cpp common_model_params_to_llama / common_context_params_to_llama).
-    """
-    from kvgui.runtime.llama_params import context_fields, model_fields
-
-    model = model_fields(settings) | {
-        "split_mode": 1,  # LLAMA_SPLIT_MODE_LAYER
-        "main_gpu": 0,
-        "tensor_split": list(settings.tensor_split),
-        "use_extra_bufts": True,
-        "no_host": False,
-        "load_mtp": False,
-    }
-    context = context_fields(settings) | {
-        "n_rs_seq": 0,
-        "n_outputs_max": 0,
-        "n_outputs_max_per_seq": 1,
-        "op_offload": True,
-        "embeddings": False,
-        "no_perf": True,
-    }
-    return model, context
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])  # so the child finds kvgui uninstalled
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["GGML_NO_BACKTRACE"] = "1"  # an abort would otherwise attach gdb to print a backtrace
-    return env
+def run_request(settings: Settings) -> dict[str, Any]:
+    """One run of the child's request: the translation's fields, as JSON values."""
+    params = llama_params(settings)
+    return {"model": dict(params.model) | {"tensor_split": list(params.model["tensor_split"])},
+            "context": dict(params.context)}
 
 
 def _tail(text: str, n: int = _TAIL_LINES) -> str:
@@ -106,7 +87,7 @@ def _tail(text: str, n: int = _TAIL_LINES) -> str:
 _ASSERT = re.compile(r"(\S+):(\d+): (GGML_ASSERT\(.*\) failed)")
 
 
-def _abort_reason(returncode: int, stderr: str) -> str:
+def _abort_reason(returncode: int | None, stderr: str) -> str:
     if m := _ASSERT.search(stderr):
         path = m.group(1)
         where = path[path.rfind("/src/") + 1:] if "/src/" in path else Path(path).name
@@ -114,13 +95,24 @@ def _abort_reason(returncode: int, stderr: str) -> str:
     for line in reversed(stderr.splitlines()):
         if "GGML_ASSERT" in line or "error" in line.lower() or "terminate called" in line:
             return f"llama.cpp stopped: {line.strip()}"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"llama.cpp crashed ({name})"
-    return f"the dry-run process exited with status {returncode}"
+    if returncode is not None and returncode < 0:
+        return f"llama.cpp crashed ({signal_name(-returncode)})"
+    return f"the dry-run process {describe_exit(returncode)}"
+
+
+def refusal(path: Path, settings: Settings) -> DryRunError | None:
+    """Why a dry run of ``settings`` is not even started (no file, too many cells), or None."""
+    if not path.is_file():
+        return DryRunError(f"no such model file: {path}")
+    cells = pad_ctx(settings.n_ctx)
+    if not settings.kv_unified:  # each sequence's stream is padded (llama-context.cpp)
+        cells = pad_ctx(cells // settings.n_parallel) * settings.n_parallel
+    if cells > MAX_CELLS:
+        return DryRunError(
+            f"a context of {cells} cells is beyond what kvgui dry-runs (at most {MAX_CELLS}):"
+            " llama.cpp keeps ~52 bytes of RAM per cell even without allocating the cache"
+        )
+    return None
 
 
 def dry_run_many(
@@ -134,19 +126,8 @@ def dry_run_many(
     Returns, per settings, the figures or the DryRunError that stopped that one.
     """
     path = Path(model_path)
-    if not path.is_file():
-        err = DryRunError(f"no such model file: {path}")
-        return [err for _ in settings_list]
-    results: list[LlamaCppMemory | DryRunError | None] = [None] * len(settings_list)
-    for i, s in enumerate(settings_list):
-        cells = pad_ctx(s.n_ctx)
-        if not s.kv_unified:  # each sequence's stream is padded (llama-context.cpp)
-            cells = pad_ctx(cells // s.n_parallel) * s.n_parallel
-        if cells > MAX_CELLS:
-            results[i] = DryRunError(
-                f"a context of {cells} cells is beyond what kvgui dry-runs (at most {MAX_CELLS}):"
-                " llama.cpp keeps ~52 bytes of RAM per cell even without allocating the cache"
-            )
+    results: list[LlamaCppMemory | DryRunError | None] = [
+        refusal(path, s) for s in settings_list]
     # A crash loses only the settings that caused it: the rest get a fresh child.
     while pending := [i for i, r in enumerate(results) if r is None]:
         replies, failure = _run_child(path, [settings_list[i] for i in pending], timeout)
@@ -164,43 +145,34 @@ def dry_run_many(
     return [r if r is not None else DryRunError("the dry run did not answer") for r in results]
 
 
-def _run_child(
-    path: Path, settings_list: Sequence[Settings], timeout: float
-) -> tuple[dict[int, LlamaCppMemory | DryRunError], DryRunError | None]:
-    """Run one child for ``settings_list``: its answers by index, and why it stopped early."""
-    request = {
-        "model": str(path),
-        "runs": [dict(zip(("model", "context"), llama_params(s), strict=True))
-                 for s in settings_list],
-    }
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kvgui.runtime.dryrun"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_child_env(),
-        start_new_session=True,  # a timeout kills the child's whole group
-    )
-    timed_out = False
-    try:
-        out, err = proc.communicate(json.dumps(request).encode(), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        if hasattr(os, "killpg"):
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:  # Windows: no process groups
-            proc.kill()
-        out, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+CHILD_MODULE = "kvgui.runtime.dryrun"
 
+
+def child_command() -> list[str]:
+    return python_command(CHILD_MODULE)
+
+
+def child_request(path: str | os.PathLike[str], settings_list: Sequence[Settings]) -> bytes:
+    """What the child reads on stdin: the model and one run per settings (one JSON line)."""
+    request = {"model": str(path), "runs": [run_request(s) for s in settings_list]}
+    return (json.dumps(request) + "\n").encode()
+
+
+def read_child_output(
+    stdout: str, stderr: str, returncode: int | None, *, timeout: float, wall: float,
+    timed_out: bool = False,
+) -> tuple[dict[int, LlamaCppMemory | DryRunError], DryRunError | None]:
+    """The child's answers by index, and why it stopped early (None: it finished).
+
+    Shared by the synchronous ``dry_run_many`` and the window's process runner."""
     replies: dict[int, LlamaCppMemory | DryRunError] = {}
     done = False
     for line in stdout.splitlines():
         try:
             reply = json.loads(line)
         except ValueError:
+            continue
+        if not isinstance(reply, dict):
             continue
         if "unavailable" in reply:
             return replies, DryRunUnavailable(str(reply["unavailable"]))
@@ -211,9 +183,34 @@ def _run_child(
         done = done or bool(reply.get("done"))
     if timed_out:
         return replies, DryRunTimeout(f"the dry run timed out after {timeout:g} s", _tail(stderr))
-    if not done or proc.returncode != 0:
-        return replies, DryRunError(_abort_reason(proc.returncode, stderr), _tail(stderr))
+    if not done or returncode != 0:
+        return replies, DryRunError(_abort_reason(returncode, stderr), _tail(stderr))
     return replies, None
+
+
+def _run_child(
+    path: Path, settings_list: Sequence[Settings], timeout: float
+) -> tuple[dict[int, LlamaCppMemory | DryRunError], DryRunError | None]:
+    """Run one child for ``settings_list``: its answers by index, and why it stopped early."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        child_command(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+        start_new_session=True,  # a timeout kills the child's whole group
+    )
+    timed_out = False
+    try:
+        out, err = proc.communicate(child_request(path, settings_list), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        kill_group(proc.pid)
+        out, err = proc.communicate()
+    return read_child_output(out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+                             proc.returncode, timeout=timeout,
+                             wall=time.perf_counter() - t0, timed_out=timed_out)
 
 
 def dry_run(
@@ -370,13 +367,7 @@ def _memory_breakdown(lc: Any, g: Any, ctx: Any) -> list[dict[str, Any]] | None:
     return rows if len(rows) == count else None
 
 
-def _set_fields(struct_obj: Any, fields: dict[str, Any]) -> None:
-    for name, value in fields.items():
-        setattr(struct_obj, name, value)
-
-
 def _child_main() -> int:
-    import ctypes
 
     t_start = time.perf_counter()
     reply_fd = os.dup(1)
@@ -387,7 +378,7 @@ def _child_main() -> int:
         reply.write(json.dumps(obj) + "\n")
         reply.flush()
 
-    request = json.loads(sys.stdin.read())
+    request = json.loads(sys.stdin.readline())
     try:
         lc = _import_bindings()
     except Exception as exc:  # not installed, or its shared library does not load
@@ -397,6 +388,7 @@ def _child_main() -> int:
         return 1
 
     from kvgui.runtime.llama_log import LlamaLogCapture, error_lines
+    from kvgui.runtime.llama_structs import context_params, model_params
 
     t_import = time.perf_counter() - t_start
 
@@ -427,16 +419,9 @@ def _child_main() -> int:
                 lc.llama_model_free(model)
                 model = None
             cap.clear()
-            mp = lc.llama_model_default_params()
-            fields = dict(run["model"])
-            split = fields.pop("tensor_split")
-            _set_fields(mp, fields)
-            mp.no_alloc = True  # only metadata: simulate the allocations
-            mp.load_mode = 0  # LLAMA_LOAD_MODE_NONE: no mmap (no_alloc requires it)
-            if split:
-                arr = (ctypes.c_float * lc.llama_max_devices())(*split)
-                keep.append(arr)
-                mp.tensor_split = arr
+            params = LlamaParams(run["model"], run["context"])
+            # only metadata: simulate the allocations (no_alloc needs the load without mmap)
+            mp = model_params(lc, params, keep, no_alloc=True, load_mode=LOAD_MODE_NONE)
             t_load = time.perf_counter()
             model = lc.llama_model_load_from_file(request["model"].encode(), mp)
             load_s = time.perf_counter() - t_load
@@ -452,8 +437,7 @@ def _child_main() -> int:
                 return 0
             model_size = int(lc.llama_model_size(model))
         cap.clear()
-        cp = lc.llama_context_default_params()
-        _set_fields(cp, run["context"])
+        cp = context_params(lc, LlamaParams(run["model"], run["context"]))
         t_ctx = time.perf_counter()
         ctx = lc.llama_init_from_model(model, cp)
         ctx_s = time.perf_counter() - t_ctx

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +183,14 @@ def probe_host_cpu() -> HostCpu:
         folder = _lib_dir()
         if folder is not None:
             extra, features = read_cpu_backend(folder)
-            return cpu.from_backend(extra, features, flags, _version(folder))
+            host = cpu.from_backend(extra, features, flags, _version(folder))
+            if host.extra_buffers:
+                from kvgui.runtime.cpu_kernels import check_kernels
+
+                kernels = check_kernels()  # a decode through them, once per build
+                if not kernels.ok:
+                    host = replace(host, kernels_crash=kernels.advice)
+            return host
     except Exception as exc:  # a broken install: plan as for a native build
         log.warning("cannot read llama.cpp's CPU backend: %s: %s", type(exc).__name__, exc)
     return cpu.native_build(flags, cpu.machine())

@@ -10,22 +10,25 @@ Protocol (JSON lines, ``kvgui.runtime.protocol.encode``; one request, then event
 -------------------------------------------------------------------------------
 Request: ``{"type": "measure", "model", "settings" (measurement_settings().to_dict()),
 "pairs": [[k, v], ...], "text", "window", "max_windows", "n_gen", "n_threads",
-"repeat_reference", "kl_topk", "kl_full_max_bytes"}``. Later lines: ``{"type": "cancel"}``
-(the worker exits at once; so does closing stdin).
+"repeat_reference", "kl_topk", "kl_full_max_bytes", "score_from", "profile_bins",
+"speed_repeats", "pp_tokens", "retrieval": {filler, depths, seed, n_ctx} | null,
+"sweep": QualityThreshold.to_dict() | null}``. Later lines: ``{"type": "cancel"}`` (the
+worker exits at once; so does closing stdin).
 
-Events: ``started {pid, llama_cpp_version}``; ``progress {stage: "load"|"eval", fraction,
-pair?, pair_index?, pairs?, window?, windows?}``; ``plan {text_tokens, window, windows,
-tokens, n_vocab, kl_method, reference_repeated, pairs, n_threads}``; ``pair {result}``
-(PairResult.to_dict()); ``pair_failed {type_k, type_v, error}``; ``failed {message}``
-(fatal, the worker exits); ``done``.
+Events: ``started {pid, llama_cpp_version}``; ``progress {stage: "load"|"eval"|"speed"|
+"retrieval", fraction (of the whole run), pair?, pair_index?, pairs?, phase_fraction?,
+pair_fraction?}``; ``plan {text_tokens, window, windows, tokens, n_vocab, kl_method,
+reference_repeated, pairs, n_threads, score_from, speed_repeats, retrieval_ctx, sweep,
+work}``; ``pair {result}`` (PairResult.to_dict()); ``pair_failed {type_k, type_v, error}``;
+``failed {message}`` (fatal, the worker exits); ``done``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,10 +39,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import kvgui
 from kvgui.core.config.settings import Settings
+from kvgui.core.quality.advice import QualityThreshold
+from kvgui.core.quality.needle import DEFAULT_DEPTHS, DEFAULT_SEED
 from kvgui.core.quality.results import (
     DEFAULT_PAIRS,
+    DEFAULT_PROFILE_BINS,
+    DEFAULT_SPEED_REPEATS,
     DEFAULT_WINDOW,
     REFERENCE_PAIR,
     CacheKey,
@@ -54,9 +60,11 @@ from kvgui.core.quality.results import (
     pair_label,
     pair_problem,
 )
+from kvgui.runtime.childproc import child_env, describe_exit, kill_group, python_command
 from kvgui.runtime.protocol import ProtocolError, decode, encode
 
 SAMPLE_TEXT_NAME = "sample (public domain)"
+LONG_SAMPLE_TEXT_NAME = "long sample (public domain)"
 STDERR_TAIL_LINES = 12
 
 
@@ -75,6 +83,34 @@ class MeasureCancelled(MeasureError):
 def sample_text() -> str:
     """The public-domain sample shipped in resources/ (used when the user gives no text)."""
     return (resources.files("kvgui.resources") / "sample_text.txt").read_text(encoding="utf-8")
+
+
+def long_sample_text() -> str:
+    """The sample followed by scenes from Shakespeare (public domain, ~30K tokens): long
+    enough for a long-context profile and for the retrieval test's filler."""
+    more = (resources.files("kvgui.resources") / "long_text.txt").read_text(encoding="utf-8")
+    return sample_text().rstrip() + "\n\n" + more
+
+
+def default_text(long: bool) -> tuple[str, str]:
+    """(text, name) when the user gives none."""
+    return (long_sample_text(), LONG_SAMPLE_TEXT_NAME) if long else \
+        (sample_text(), SAMPLE_TEXT_NAME)
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """The retrieval test of a request: probes at ``depths`` of a filler filling ``n_ctx``
+    tokens (None: the context per sequence)."""
+
+    depths: tuple[float, ...] = DEFAULT_DEPTHS
+    seed: int = DEFAULT_SEED
+    n_ctx: int | None = None
+    filler: str = field(default="", repr=False)  # "" = the long sample
+
+    def to_message(self) -> dict[str, Any]:
+        return {"filler": self.filler or long_sample_text(), "depths": list(self.depths),
+                "seed": self.seed, "n_ctx": self.n_ctx}
 
 
 def read_text_file(path: str | os.PathLike[str]) -> str:
@@ -99,6 +135,12 @@ class MeasureRequest:
     repeat_reference: bool = False
     kl_topk: int = 64
     kl_full_max_bytes: int = 512 * 1024 * 1024
+    score_from: int | None = None  # None: the second half of each window (llama-perplexity)
+    profile_bins: int = DEFAULT_PROFILE_BINS
+    speed_repeats: int = DEFAULT_SPEED_REPEATS
+    pp_tokens: int = DEFAULT_WINDOW
+    retrieval: Retrieval | None = None
+    sweep: QualityThreshold | None = None  # measure the ladder to this threshold, not pairs
 
     @property
     def measured_settings(self) -> Settings:
@@ -118,6 +160,19 @@ class MeasureRequest:
                        f"sequence ({n_ctx_seq}): raise -c or lower --ctx")
         if self.max_windows is not None and self.max_windows < 1:
             out.append("the number of windows must be at least 1")
+        if self.score_from is not None and not 0 <= self.score_from < self.window - 1:
+            out.append(f"scoring from position {self.score_from} leaves nothing of a window "
+                       f"of {self.window}")
+        if self.speed_repeats < 0:
+            out.append("the speed repeats must be 0 or more")
+        if self.retrieval is not None:
+            n = self.retrieval.n_ctx or n_ctx_seq
+            if n > n_ctx_seq:
+                out.append(f"the retrieval context ({n}) is larger than the context per "
+                           f"sequence ({n_ctx_seq})")
+            elif n < 128:
+                out.append(f"the retrieval test needs a context of at least 128 tokens, "
+                           f"not {n}")
         if not self.text.strip():
             out.append("the text is empty")
         for k, v in self.pairs:
@@ -139,12 +194,18 @@ class MeasureRequest:
             "repeat_reference": self.repeat_reference,
             "kl_topk": self.kl_topk,
             "kl_full_max_bytes": self.kl_full_max_bytes,
+            "score_from": self.score_from,
+            "profile_bins": self.profile_bins,
+            "speed_repeats": self.speed_repeats,
+            "pp_tokens": self.pp_tokens,
+            "retrieval": self.retrieval.to_message() if self.retrieval else None,
+            "sweep": self.sweep.to_dict() if self.sweep else None,
         }
 
     def cache_key(self) -> CacheKey:
         return CacheKey(ModelIdentity.of(self.model), self.measured_settings,
                         TextInfo.of(self.text, self.text_name).sha256, self.window,
-                        self.max_windows)
+                        self.max_windows, score_from=self.score_from)
 
 
 def cached_run(request: MeasureRequest) -> MeasureRun | None:
@@ -155,26 +216,47 @@ def cached_run(request: MeasureRequest) -> MeasureRun | None:
         return None
 
 
+WORKER_MODULE = "kvgui.runtime.measure_worker"
+
+
 def worker_command() -> list[str]:
-    return [sys.executable, "-m", "kvgui.runtime.measure_worker"]
+    return python_command(WORKER_MODULE)
 
 
-def worker_env() -> dict[str, str]:
-    """The environment with this kvgui importable (also when run from a source tree)."""
-    env = dict(os.environ)
-    root = str(Path(kvgui.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+def worker_failure(returncode: int | None, tail: str) -> str:
+    """Why the worker ended without a word of its own ("… was killed by SIGKILL …")."""
+    return (f"the measurement worker {describe_exit(returncode)}"
+            + (f"; llama.cpp's last lines:\n{tail}" if tail else ""))
 
 
 @dataclass(frozen=True)
 class Progress:
     """A progress event, with a sentence for a status line."""
 
-    fraction: float
+    fraction: float  # of the whole run
     message: str
-    stage: str = "eval"  # "start", "load", "plan" or "eval" (one per evaluated window)
+    stage: str = "eval"  # "start", "load", "plan", "eval", "speed" or "retrieval"
+    pair: str = ""
+    pair_index: int = 0
+    pairs: int = 0
+    phase_fraction: float = 0.0
+    eta_s: float | None = None  # seconds left, from the pace so far (None: not known yet)
+
+
+PHASE_WORDS = {"eval": "quality (KL, top-1, PPL)", "speed": "speed (warm-up, repeats)",
+               "retrieval": "retrieval test"}
+
+
+def format_eta(seconds: float | None) -> str:
+    """"about 1 min 20 s left", "about 40 s left", "" when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return ""
+    s = max(0, round(seconds))
+    if s >= 3600:
+        return f"about {s // 3600} h {s % 3600 // 60} min left"
+    if s >= 60:
+        return f"about {s // 60} min {s % 60} s left"
+    return f"about {s} s left"
 
 
 class RunBuilder:
@@ -191,6 +273,7 @@ class RunBuilder:
         self.error: str | None = None
         self.done = False
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._t_eval: float | None = None  # when the first pair began (the ETA's pace)
 
     def feed(self, msg: dict[str, Any]) -> Progress | None:
         """Take one event; returns a Progress for progress-like events."""
@@ -220,11 +303,20 @@ class RunBuilder:
 
     def _progress(self, msg: dict[str, Any]) -> Progress:
         frac = float(msg.get("fraction", 0.0))
-        if msg.get("stage") == "load":
+        stage = str(msg.get("stage", "eval"))
+        if stage == "load":
             return Progress(0.0, f"loading the model… {frac:.0%}", "load")
-        return Progress(frac, f"{msg.get('pair')}: window {msg.get('window')}/"
-                              f"{msg.get('windows')} (type {int(msg.get('pair_index', 0)) + 1}"
-                              f" of {msg.get('pairs')})")
+        now = time.monotonic()
+        if self._t_eval is None:
+            self._t_eval = now
+        eta = (now - self._t_eval) * (1 - frac) / frac if frac > 0.01 else None
+        i, n = int(msg.get("pair_index", 0)), int(msg.get("pairs", 0))
+        phase = float(msg.get("phase_fraction", 0.0))
+        text = (f"{msg.get('pair')} (type {i + 1} of {n}): {PHASE_WORDS.get(stage, stage)} "
+                f"{phase:.0%}")
+        if left := format_eta(eta):
+            text += f" · {left}"
+        return Progress(frac, text, stage, str(msg.get("pair", "")), i, n, phase, eta)
 
     def run(self) -> MeasureRun | None:
         """The run so far (complete after ``done``); None before the plan arrived."""
@@ -236,6 +328,10 @@ class RunBuilder:
             window=int(p["window"]), windows=int(p["windows"]), tokens=int(p["tokens"]),
             text_tokens=int(p["text_tokens"]), max_windows=req.max_windows,
             kl_method=str(p["kl_method"]), reference_repeated=bool(p["reference_repeated"]),
+            score_from=req.score_from, n_threads=int(p.get("n_threads", 0)),
+            speed_repeats=int(p.get("speed_repeats", 0)),
+            retrieval_ctx=None if p.get("retrieval_ctx") is None else int(p["retrieval_ctx"]),
+            sweep=str(p.get("sweep", "")),
         )
         order = {pair_label(*pp): i for i, pp in enumerate(req.pairs)}
         order[pair_label(*REFERENCE_PAIR)] = -1
@@ -274,7 +370,7 @@ def run_measure(
         with open(err_path, "wb") as err:
             proc = subprocess.Popen(
                 worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                env=worker_env(),
+                env=child_env(), start_new_session=True,
             )
         lines: queue.Queue[bytes | None] = queue.Queue()
 
@@ -292,8 +388,7 @@ def run_measure(
             proc.stdin.flush()
             _pump(proc, builder, lines, on_progress, on_result, cancel)
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            kill_group(proc.pid)  # the worker and anything it started
             proc.wait()
             if proc.stdin:
                 proc.stdin.close()
@@ -306,12 +401,7 @@ def run_measure(
             return run
         if builder.error:
             raise MeasureError(builder.error, builder.run())
-        tail = _tail(err_path)
-        raise MeasureError(
-            f"the measurement worker stopped (exit code {proc.returncode})"
-            + (f"; llama.cpp's last lines:\n{tail}" if tail else ""),
-            builder.run(),
-        )
+        raise MeasureError(worker_failure(proc.returncode, _tail(err_path)), builder.run())
 
 
 def _pump(
@@ -324,7 +414,7 @@ def _pump(
 ) -> None:
     while True:
         if cancel is not None and cancel.is_set():
-            proc.kill()
+            kill_group(proc.pid)
             raise MeasureCancelled("cancelled", builder.run())
         try:
             line = lines.get(timeout=0.05)

@@ -12,9 +12,13 @@ with a ``"type"`` key; unknown keys are ignored, so either side may add fields.
 Requests (caller -> worker)
 ---------------------------
 ``load``      ``{"model": path, "settings": Settings.to_dict()}`` - once, first.
-``chat``      ``{"text": str, "system": str | null, "sampling": Sampling.to_dict()}`` - one
-              turn. ``system`` replaces the system prompt (null keeps it). The worker keeps
-              the conversation: the user text and the (possibly partial) reply are appended.
+``chat``      ``{"text": str, "system": str | null, "sampling": Sampling.to_dict(),
+              "mode": "chat" | "completion", "chat_format": str | null}`` - one turn.
+              ``system`` replaces the system prompt (null keeps it). The worker keeps the
+              conversation: the user text and the (possibly partial) reply are appended.
+              ``mode`` "completion": no template, the model continues the text so far (for
+              base models); a change of mode starts a new conversation. ``chat_format``: a
+              llama-cpp-python chat format to use from now on (null: the GGUF's template).
 ``stop``      interrupt the running reply; the model stays loaded (a no-op when idle).
 ``reset``     ``{"system": str | null}`` - new conversation (history and KV cache cleared).
 ``shutdown``  free the model and exit 0. EOF on stdin means the same (the caller died).
@@ -25,18 +29,24 @@ Events (worker -> caller)
 ``progress``  ``{"fraction": 0..1}`` - llama.cpp's model-load progress callback.
 ``log``       ``{"level": int, "text": str}`` - one line of llama.cpp's log (llama_log_set).
 ``loaded``    ``{"log": str, "n_ctx", "n_ctx_seq", "n_seq_max", "n_ctx_train", "n_layer",
-              "load_s", "chat_format", "gpu_offload"}`` - the model is ready. ``log`` is
+              "load_s", "chat_format", "chat_template", "architecture", "usual_format",
+              "formats", "gpu_offload"}`` - the model is ready. ``chat_template``: the GGUF
+              has one (false: llama-cpp-python falls back to llama-2's format whatever the
+              model is; ``usual_format`` is the architecture's, ``formats`` the choices). ``log`` is
               what llama.cpp logged during the load (INFO and above): the measured figures
               (buffers per device, KV K/V, compute, padded n_ctx) are parsed from it by
               ``kvgui.runtime.llama_log.parse_llama_log``.
-``token``     ``{"text": str}`` - the next piece of the streamed reply: the first token at
-              once, then whatever was generated in each 20 ms (one or more tokens).
+``token``     ``{"text": str, "n_past": int}`` - the next piece of the streamed reply: the
+              first token at once, then whatever was generated in each 20 ms (one or more
+              tokens); ``n_past``: tokens in the context so far.
 ``finished``  ``{"reply", "tokens", "prompt_tokens", "n_past", "n_ctx", "ttft_s",
               "tokens_per_s", "prompt_tokens_per_s", "stop_reason", "dropped_turns"}``.
               ``stop_reason``: "eos" (the model ended its turn), "max_tokens", "context" (the
               reply reached the end of the context window), "stopped" (a stop request).
               ``n_past``: tokens in the context now (context usage = n_past / n_ctx).
               ``dropped_turns``: oldest user/assistant pairs dropped so the prompt fits.
+              Also ``"mode"`` and ``"chat_format"`` (what this reply was made with). A
+              stopped reply is the text streamed until the stop.
 ``failed``    ``{"message": str, "fatal": bool, "stage": "load" | "chat" | "request"}``.
               fatal: the worker exits after sending it (a load failure); otherwise the
               model stays loaded (e.g. one message longer than the whole context).

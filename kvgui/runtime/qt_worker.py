@@ -1,4 +1,4 @@
-"""The llama.cpp worker for the window: a QObject around QProcess, so the GUI never blocks.
+"""The llama.cpp chat worker for the window, on the one process runner (``qt_process``).
 
 The protocol is ``kvgui.runtime.protocol``; this class turns its events into signals and
 every way the worker can end (a ``failed`` event, an abort, a kill) into ``failed`` with
@@ -9,42 +9,25 @@ a GUI that is itself killed leaves none either (the worker watches its parent).
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from PySide6.QtCore import (
-    QByteArray,
-    QCoreApplication,
-    QObject,
-    QProcess,
-    QProcessEnvironment,
-    Signal,
-)
+from PySide6.QtCore import QObject, Signal
 
 from kvgui import qtfix
 from kvgui.core.config.settings import Settings
-from kvgui.runtime.client import (
-    LaunchRefused,
-    Tail,
-    describe_exit,
-    preflight,
-    worker_command,
-    worker_env,
-)
-from kvgui.runtime.protocol import Message, ProtocolError, Sampling, decode, encode, message
+from kvgui.runtime.client import LaunchRefused, preflight, worker_command
+from kvgui.runtime.protocol import Message, Sampling, message
+from kvgui.runtime.qt_process import ChildProcess, Exit
 
 qtfix.apply()  # PySide6 6.12 on Python 3.11: see kvgui.qtfix
-
-
-def emit(signal: Any, *args: Any) -> None:
-    """``signal.emit(*args)``. Kept for callers written when this module worked around
-    PySide6 6.12's reference leak itself; ``kvgui.qtfix`` (applied below) now does."""
-    signal.emit(*args)
-
 
 # states
 IDLE, STARTING, LOADING, READY, GENERATING, FAILED = (
     "idle", "starting", "loading", "ready", "generating", "failed")
+
+# The worker imports llama_cpp before its first event: longer than this without a word is a
+# hang (a broken shared library, a blocked file system), not a slow start.
+START_TIMEOUT_S = 120.0
 
 
 class QtWorker(QObject):
@@ -53,26 +36,24 @@ class QtWorker(QObject):
     logLine = Signal(str)  # one llama.cpp log line (INFO and above)
     measured = Signal(dict)  # the loaded event: "log" holds the load log to parse figures from
     token = Signal(str)  # a piece of the streamed reply
+    contextUsed = Signal(int)  # tokens in the context while a reply streams
     finished = Signal(dict)  # the finished event of one reply
     failed = Signal(str, bool)  # message, fatal (fatal: the worker is gone; relaunch() to retry)
     stateChanged = Signal(str)
 
+    kind = "worker"  # which chat backend this is (the chat window offers two)
+
     def __init__(self, parent: QObject | None = None, python: str | None = None) -> None:
         super().__init__(parent)
-        self._python = python or sys.executable
-        self._proc: QProcess | None = None
-        self._buffer = bytearray()
-        self._err_buffer = bytearray()
-        self._tail = Tail()
+        self._python = python
+        self.process = ChildProcess(self, json_lines=True)
+        self.process.message.connect(self._dispatch)
+        self.process.exited.connect(self._on_exit)
         self._state = IDLE
-        self._closing = False
         self._failed_sent = False
         self.model_path: str | None = None
         self.settings: Settings | None = None
         self.loaded_event: Message | None = None
-        app = QCoreApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(self.shutdown)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -87,13 +68,11 @@ class QtWorker(QObject):
 
     @property
     def pid(self) -> int | None:
-        if self._proc is None or self._proc.state() == QProcess.ProcessState.NotRunning:
-            return None
-        return int(self._proc.processId())
+        return self.process.pid
 
     @property
     def last_lines(self) -> list[str]:
-        return self._tail.lines()
+        return self.process.tail.lines()
 
     # -- launch --------------------------------------------------------------------------
 
@@ -119,46 +98,29 @@ class QtWorker(QObject):
         return self.launch(self.model_path, self.settings, check=False)
 
     def _start(self) -> None:
-        self._buffer.clear()
-        self._err_buffer.clear()
-        self._tail.clear()
-        self._closing = False
         self._failed_sent = False
         self.loaded_event = None
-        proc = QProcess(self)
-        env = QProcessEnvironment()
-        for key, value in worker_env().items():
-            env.insert(key, value)
-        proc.setProcessEnvironment(env)
-        command = worker_command(self._python)  # the same command line as the CLI's client
-        proc.setProgram(command[0])
-        proc.setArguments(command[1:])
-        proc.readyReadStandardOutput.connect(self._on_stdout)
-        proc.readyReadStandardError.connect(self._on_stderr)
-        proc.finished.connect(self._on_finished)
-        proc.errorOccurred.connect(self._on_error)
-        self._proc = proc
         self._set_state(STARTING)
-        proc.start()
-        self._send("load", model=self.model_path,
-                   settings=(self.settings or Settings()).to_dict())
+        self.process.start(worker_command(self._python))  # the CLI client's command line
+        self.process.watch(START_TIMEOUT_S)
+        self.process.send(message("load", model=self.model_path,
+                                  settings=(self.settings or Settings()).to_dict()))
 
     # -- requests ------------------------------------------------------------------------
 
     def _send(self, kind: str, **payload: Any) -> bool:
-        proc = self._proc
-        if proc is None or (proc.state() == QProcess.ProcessState.NotRunning and kind != "load"):
-            return False
-        proc.write(QByteArray(encode(message(kind, **payload))))
-        return True
+        return self.process.send(message(kind, **payload))
 
-    def chat(self, text: str, system: str | None = None,
-             sampling: Sampling | None = None) -> bool:
+    def chat(self, text: str, system: str | None = None, sampling: Sampling | None = None,
+             mode: str = "chat", chat_format: str | None = None) -> bool:
+        """One turn; ``mode`` "completion" continues the text (no template); ``chat_format``
+        a llama-cpp-python format instead of the GGUF's template."""
         if self._state != READY:
             return False
         self._set_state(GENERATING)
         return self._send("chat", text=text, system=system,
-                          sampling=(sampling or Sampling()).to_dict())
+                          sampling=(sampling or Sampling()).to_dict(), mode=mode,
+                          chat_format=chat_format)
 
     def stop(self) -> None:
         if self._state == GENERATING:
@@ -168,71 +130,34 @@ class QtWorker(QObject):
         self._send("reset", system=system)
 
     def shutdown(self, wait_ms: int = 3000) -> None:
-        """End the worker: ask politely, then kill. Safe to call at any time."""
-        proc = self._proc
-        if proc is None:
-            return
-        self._closing = True
-        if proc.state() != QProcess.ProcessState.NotRunning:
-            self._send("shutdown")
-            proc.closeWriteChannel()
-            if not proc.waitForFinished(wait_ms):
-                proc.kill()
-                proc.waitForFinished(2000)
-        self._proc = None
-        proc.deleteLater()
+        """End the worker: ask politely, then kill its group. Safe to call at any time."""
+        self.process.finish(wait_ms, request=message("shutdown"))
         if self._state != FAILED:
             self._set_state(IDLE)
 
     def kill(self) -> None:
         """Kill the worker at once (it is reported as a crash: for tests and emergencies)."""
-        if self._proc is not None:
-            self._proc.kill()
+        self.process.kill()
 
     # -- process output ------------------------------------------------------------------
-
-    def _on_stdout(self) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        self._buffer += bytes(proc.readAllStandardOutput().data())
-        while b"\n" in self._buffer:
-            line, _, rest = bytes(self._buffer).partition(b"\n")
-            self._buffer = bytearray(rest)
-            try:
-                msg = decode(line)
-            except ProtocolError:
-                continue
-            self._dispatch(msg)
-
-    def _on_stderr(self) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        self._err_buffer += bytes(proc.readAllStandardError().data())
-        while b"\n" in self._err_buffer:
-            line, _, rest = bytes(self._err_buffer).partition(b"\n")
-            self._err_buffer = bytearray(rest)
-            text = line.decode("utf-8", "replace").rstrip()
-            if text:
-                self._tail.err.append(text[:500])
 
     def _dispatch(self, msg: Message) -> None:
         kind = msg["type"]
         if kind == "started":
+            self.process.watch(None)  # loading and answering may take any time
             self._set_state(LOADING)
             self.started.emit(msg)
         elif kind == "progress":
             self.progress.emit(float(msg.get("fraction", 0.0)))
         elif kind == "log":
-            text = str(msg.get("text", ""))
-            self._tail.log.append(text)
-            self.logLine.emit(text)
+            self.logLine.emit(str(msg.get("text", "")))
         elif kind == "loaded":
             self.loaded_event = msg
             self._set_state(READY)
             self.measured.emit(msg)
         elif kind == "token":
+            if msg.get("n_past") is not None:
+                self.contextUsed.emit(int(msg["n_past"]))
             self.token.emit(str(msg.get("text", "")))
         elif kind == "finished":
             self._set_state(READY)
@@ -246,28 +171,15 @@ class QtWorker(QObject):
                 self._set_state(READY)
             self.failed.emit(str(msg.get("message", "the worker failed")), fatal)
 
-    def _on_finished(self, exit_code: int, status: QProcess.ExitStatus) -> None:
-        self._on_stdout()
-        self._on_stderr()
-        if self._closing or self._failed_sent:
+    def _on_exit(self, end: Exit) -> None:
+        if end.expected or self._failed_sent:
             return
-        # Qt reports the signal number as the exit code of a crashed process (Unix)
-        code = -exit_code if status == QProcess.ExitStatus.CrashExit else exit_code
-        self._report_death(code)
-
-    def _on_error(self, error: QProcess.ProcessError) -> None:
-        if error == QProcess.ProcessError.FailedToStart and not self._closing:
-            self._failed_sent = True
-            self._set_state(FAILED)
-            self.failed.emit(f"could not start the llama.cpp worker ({self._python}): "
-                             f"{self._proc.errorString() if self._proc else error}", True)
-
-    def _report_death(self, code: int) -> None:
         was = self._state
         self._failed_sent = True
         self._set_state(FAILED)
+        if end.returncode is None and not end.hung:
+            self.failed.emit(f"the llama.cpp worker {end.description}", True)
+            return
         doing = {LOADING: " while loading the model", STARTING: " while starting",
                  GENERATING: " in the middle of a reply"}.get(was, "")
-        self.failed.emit(self._tail.failure(f"the llama.cpp worker {describe_exit(code)}{doing}"),
-             True)
-
+        self.failed.emit(end.failure("the llama.cpp worker", doing), True)

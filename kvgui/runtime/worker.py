@@ -5,9 +5,11 @@ of ``kvgui.runtime.protocol`` (read that docstring for the messages). It runs in
 process because llama.cpp aborts the process on a failed GGML_ASSERT and an out-of-memory
 load can kill it: the caller only sees the pipe close and reports the last log lines.
 
-Every Settings field is passed explicitly. llama-cpp-python's ``Llama()`` does not expose
-flash-attention "auto", n_seq_max, kv_unified or the load-progress callback, so the worker
-sets those on the params structs just before llama.cpp sees them (``_explicit_params``).
+Every Settings field is passed explicitly, from the one translation
+(``kvgui.core.commandline.llama_params``): ``Llama()`` gets the keywords it takes, and since it
+cannot say flash-attention "auto", n_seq_max, kv_unified, YaRN's "from the model" or the
+load-progress callback, every translated field is also written on the params structs just
+before llama.cpp sees them (``_explicit_params``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from kvgui.core.config.settings import FlashAttn, Settings
-from kvgui.core.gguf.ggml_types import by_name
-from kvgui.runtime.llama_params import context_fields, model_fields
+from kvgui.core.commandline.llama_params import llama_cpp_python_kwargs, llama_params
+from kvgui.core.config.settings import Settings
+from kvgui.core.model.chat_formats import format_choices, usual_format
+from kvgui.runtime.llama_structs import scalar_model_fields, set_fields
 from kvgui.runtime.protocol import (
     PROTOCOL_VERSION,
     Message,
@@ -40,6 +43,7 @@ from kvgui.runtime.protocol import (
 )
 
 _KEEPALIVE: list[Any] = []
+MODES = ("chat", "completion")
 
 # Token events carry every piece produced within this interval: a fast model (thousands of
 # tokens/s on a small model) would otherwise spend its time on JSON and pipe wake-ups, and a
@@ -179,25 +183,15 @@ def _watch_parent() -> None:
 
 def llama_kwargs(model_path: str, settings: Settings) -> dict[str, Any]:
     """``Llama()`` constructor arguments for the Settings (what the constructor can take)."""
-    import llama_cpp
+    return {"model_path": model_path, **llama_cpp_python_kwargs(llama_params(settings)),
+            "verbose": True}  # False would point fds 1/2 at /dev/null during the load
 
-    return {
-        "model_path": model_path,
-        "n_gpu_layers": settings.n_gpu_layers,  # -1 = all layers, as llama-cpp-python reads it
-        "split_mode": llama_cpp.LLAMA_SPLIT_MODE_LAYER,
-        "tensor_split": list(settings.tensor_split) or None,
-        "use_mmap": settings.mmap,
-        "use_mlock": False,
-        "n_ctx": settings.n_ctx,
-        "n_batch": settings.n_batch,
-        "n_ubatch": settings.n_ubatch,
-        "offload_kqv": settings.kv_offload,
-        "flash_attn": settings.flash_attn is FlashAttn.ON,  # "auto" is set in context_fields
-        "swa_full": settings.swa_full,
-        "type_k": by_name(settings.type_k).id,
-        "type_v": by_name(settings.type_v).id,
-        "verbose": True,  # False would point fds 1/2 at /dev/null during the load
-    }
+
+def explicit_fields(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The struct fields written over what ``Llama()`` made of its keywords: all of them
+    (tensor_split, a pointer, comes from the constructor's own array)."""
+    params = llama_params(settings)
+    return scalar_model_fields(params), dict(params.context)
 
 
 @contextlib.contextmanager
@@ -209,14 +203,12 @@ def _explicit_params(model_set: dict[str, Any], context_set: dict[str, Any]) -> 
 
     class _Model(base_model):  # type: ignore[misc,valid-type]
         def __init__(self, *, path_model: str, params: Any, verbose: bool = True) -> None:
-            for name, value in model_set.items():
-                setattr(params, name, value)
+            set_fields(params, model_set)
             super().__init__(path_model=path_model, params=params, verbose=verbose)
 
     class _Context(base_context):  # type: ignore[misc,valid-type]
         def __init__(self, *, model: Any, params: Any, verbose: bool = True) -> None:
-            for name, value in context_set.items():
-                setattr(params, name, value)
+            set_fields(params, context_set)
             super().__init__(model=model, params=params, verbose=verbose)
 
     setattr(internals, "LlamaModel", _Model)  # noqa: B010 - the class attribute, on purpose
@@ -241,11 +233,11 @@ def load(model_path: str, settings: Settings, channel: Channel, requests: Reques
             channel.send("progress", fraction=round(float(fraction), 4))
         return not requests.shutdown  # False aborts the load
 
-    fields_ = model_fields(settings)
-    fields_["progress_callback"] = on_progress
+    model_set, context_set = explicit_fields(settings)
+    model_set["progress_callback"] = on_progress
     # verbose=True prints the metadata and chat template through Python's sys.stderr: drop
     # that, so stderr carries only what matters when the process dies (ggml's abort line).
-    with _explicit_params(fields_, context_fields(settings)), \
+    with _explicit_params(model_set, context_set), \
             contextlib.redirect_stderr(io.StringIO()):
         llm = llama_cpp.Llama(**llama_kwargs(model_path, settings))
     llm.verbose = False  # no per-reply prints on stderr; timings come from llama_perf_context
@@ -262,12 +254,25 @@ class TurnStats:
     t_first: float | None = None
     t_last: float | None = None
     stopped: bool = False
+    context_full: bool = False
+    streamed: list[str] = field(default_factory=list)  # the text sent as token events
+
+    @property
+    def ended_early(self) -> bool:
+        """The reply was cut by the worker (Stop, the end of the context): llama-cpp-python
+        then returns an empty or partial completion, so the streamed text is the reply."""
+        return self.stopped or self.context_full
 
 
 @dataclass
 class Conversation:
     system: str | None = None
     turns: list[tuple[str, str]] = field(default_factory=list)
+    mode: str = "chat"  # "chat" (the chat template) or "completion" (the model continues)
+
+    def prompt(self, user: str) -> str:
+        """Completion mode: the text so far, continued by the new text."""
+        return "".join(q + a for q, a in self.turns) + user
 
     def messages(self, user: str) -> list[dict[str, str]]:
         out: list[dict[str, str]] = []
@@ -338,6 +343,7 @@ class Chat:
             decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
             pending: list[str] = []
             sent_at = 0.0  # the first piece goes out at once: it is the time to first token
+            streamed = stats.streamed
             try:
                 for token in original(tokens, *args, **kwargs):
                     now = time.perf_counter()
@@ -353,15 +359,27 @@ class Chat:
                         text = decoder.decode(data)
                         if text:
                             pending.append(text)
+                            streamed.append(text)
                             if now - sent_at >= TOKEN_EVENT_INTERVAL_S:
-                                self.channel.send("token", text="".join(pending))
+                                self.channel.send("token", text="".join(pending),
+                                                  n_past=int(self.llm.n_tokens))
                                 pending.clear()
                                 sent_at = now
                     yield token
+                    # llama-cpp-python evaluates the token just yielded before sampling the
+                    # next; with the context full that decode fails ("llama_decode returned
+                    # 1"). Its own max_tokens check is skipped while the reply ends inside a
+                    # UTF-8 sequence, so the end of the context is enforced here.
+                    if self.llm.n_tokens >= self.n_ctx:
+                        stats.context_full = True
+                        return
             finally:
-                pending.append(decoder.decode(b"", final=True))
+                tail = decoder.decode(b"", final=True)
+                pending.append(tail)
+                streamed.append(tail)
                 if any(pending):
-                    self.channel.send("token", text="".join(pending))
+                    self.channel.send("token", text="".join(pending),
+                                      n_past=int(self.llm.n_tokens))
 
         self.llm.generate = generate
 
@@ -378,6 +396,16 @@ class Chat:
             self.channel.send("failed", message=f"invalid sampling: {exc}", fatal=False,
                               stage="request")
             return
+        mode = str(request.get("mode") or "chat")
+        if mode not in MODES:
+            self.channel.send("failed", message=f"unknown mode {mode!r} (chat or completion)",
+                              fatal=False, stage="request")
+            return
+        if mode != self.conversation.mode:  # one history per mode
+            self.reset(self.conversation.system)
+            self.conversation.mode = mode
+        if fmt := request.get("chat_format"):
+            self.llm.chat_format = str(fmt)  # the template picker; the GGUF's otherwise
         if request.get("system") is not None:
             self.conversation.system = str(request["system"]) or None
         text = str(request.get("text", ""))
@@ -412,21 +440,31 @@ class Chat:
                           stage="chat")
 
     def _stream(self, text: str, sampling: Sampling) -> tuple[str, str | None]:
-        """One reply through the GGUF's chat template; tokens are sent by ``generate``."""
+        """One reply through the chat template (or, in completion mode, a continuation of
+        the text); tokens are sent by ``generate``."""
         seed = sampling.seed if sampling.seed >= 0 else random.randrange(2**31)
-        result = self.llm.create_chat_completion(
-            messages=self.conversation.messages(text),
-            stream=False,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            max_tokens=sampling.max_tokens if sampling.max_tokens > 0 else None,
-            seed=seed,
-            repeat_penalty=1.0,  # llama-cli's default; the chat handler's own default is 1.1
-        )
-        choice = result["choices"][0]
-        return str(choice["message"].get("content") or ""), choice.get("finish_reason")
+        common = {
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "min_p": sampling.min_p,
+            "max_tokens": sampling.max_tokens if sampling.max_tokens > 0 else None,
+            "seed": seed,
+            "repeat_penalty": 1.0,  # llama-cli's default; the chat handler's own is 1.1
+        }
+        if self.conversation.mode == "completion":
+            done = self.llm.create_completion(prompt=self.conversation.prompt(text),
+                                              stream=False, **common)
+            choice = done["choices"][0]
+            content = str(choice.get("text") or "")
+        else:
+            result = self.llm.create_chat_completion(
+                messages=self.conversation.messages(text), stream=False, **common)
+            choice = result["choices"][0]
+            content = str(choice["message"].get("content") or "")
+        if self._stats.ended_early:
+            return "".join(self._stats.streamed), choice.get("finish_reason")
+        return content, choice.get("finish_reason")
 
     def _summary(self, reply: str, finish: str | None, sampling: Sampling, t0: float,
                  dropped: int) -> dict[str, Any]:
@@ -435,6 +473,8 @@ class Chat:
         n_past = int(self.llm.n_tokens)
         if stats.stopped:
             reason = "stopped"
+        elif stats.context_full:
+            reason = "context"
         elif finish == "stop":
             reason = "eos"
         elif sampling.max_tokens > 0 and stats.sampled >= sampling.max_tokens:
@@ -455,6 +495,8 @@ class Chat:
                                     if perf.t_p_eval_ms > 0 else None),
             "stop_reason": reason,
             "dropped_turns": dropped,
+            "mode": self.conversation.mode,
+            "chat_format": str(self.llm.chat_format),
         }
 
 
@@ -473,6 +515,17 @@ def load_failure(error: str, log_lines: list[str]) -> str:
     if any("gguf_init_from_file" in line or "invalid magic" in line for line in recent):
         return f"not a GGUF model llama.cpp can read ({error})"
     return f"llama.cpp could not load the model: {error}"
+
+
+def _template_info(llm: Any) -> dict[str, Any]:
+    """Whether the GGUF brings a chat template, and the formats to offer (its arch's first)."""
+    meta = dict(getattr(llm, "metadata", {}) or {})
+    arch = meta.get("general.architecture")
+    pre = meta.get("tokenizer.ggml.pre")
+    return {"chat_template": bool(meta.get("tokenizer.chat_template")),
+            "architecture": arch,
+            "usual_format": usual_format(arch, pre),
+            "formats": format_choices(arch, pre)}
 
 
 def _exact_buffers(llm: Any) -> list[dict[str, Any]] | None:
@@ -522,6 +575,7 @@ def _serve(channel: Channel, requests: Requests, log: LogCapture) -> int:
         n_ctx_train=int(llama_cpp.llama_model_n_ctx_train(llm.model)),
         n_layer=int(llama_cpp.llama_model_n_layer(llm.model)),
         chat_format=str(llm.chat_format),
+        **_template_info(llm),
         gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
         exact=_exact_buffers(llm),
     )

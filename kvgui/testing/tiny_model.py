@@ -125,7 +125,8 @@ def _tensor_specs(
 
 def _writer(path: Path, arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_kv: int,
             head_dim: int, n_ff: int, n_vocab: int, n_ctx_train: int, n_swa: int,
-            swa_pattern: int, file_type: int, name: str, value_dim: int | None = None) -> Any:
+            swa_pattern: int, file_type: int, name: str, value_dim: int | None = None,
+            chat_template: str | None = CHATML_TEMPLATE) -> Any:
     from gguf import GGUFWriter
 
     tokens, scores, types = tiny_vocab(n_vocab)
@@ -156,7 +157,8 @@ def _writer(path: Path, arch: str, *, n_layer: int, n_embd: int, n_head: int, n_
     w.add_eot_token_id(IM_END_ID)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    w.add_chat_template(CHATML_TEMPLATE)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     return w
 
 
@@ -205,6 +207,7 @@ def write_tiny_model(
     value_dim: int | None = None,
     seed: int = 0,
     tensor_types: Mapping[str, str] | None = None,
+    chat_template: str | None = CHATML_TEMPLATE,
 ) -> Path:
     """Write a random-weight model to ``path`` and return it.
 
@@ -217,6 +220,7 @@ def write_tiny_model(
     for row lengths that are multiples of their block, 32 or 256); ``tensor_types`` sets it
     per tensor kind ({"ffn_down": "f16"}), so tests can steer weights into llama.cpp's
     extra CPU buffer types (AMX, CPU_REPACK). Norms stay f32.
+    ``chat_template`` None writes no template (as a base model's GGUF).
     """
     import numpy as np
     from gguf import LlamaFileType
@@ -234,7 +238,7 @@ def write_tiny_model(
     w = _writer(path, arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
                 head_dim=head_dim, n_ff=n_ff, n_vocab=n_vocab, n_ctx_train=n_ctx_train,
                 n_swa=n_swa, swa_pattern=swa_pattern, file_type=int(ftype),
-                name=f"kvgui tiny {arch}", value_dim=value_dim)
+                name=f"kvgui tiny {arch}", value_dim=value_dim, chat_template=chat_template)
     for name, shape in _tensor_specs(arch, n_layer, n_embd, n_head * head_dim,
                                      n_head_kv * head_dim, n_ff, n_vocab,
                                      n_head_kv * (value_dim or head_dim)):

@@ -94,6 +94,10 @@ class CacheControls(QWidget):
         self.kv_offload = QCheckBox("KV cache on the GPU (uncheck for -nkvo)")
         self.kv_offload.setToolTip("With -nkvo the KV cache stays in host RAM")
         self.kv_unified = QCheckBox("one unified KV cache for all sequences (-kvu)")
+        self.repack = QCheckBox("repacked CPU weights, AMX (uncheck for -nr)")
+        self.repack.setToolTip("llama.cpp copies CPU weights into faster layouts (AMX, "
+                               "CPU_REPACK) where the CPU has the kernels; -nr / --no-repack "
+                               "keeps the file's layout (needed where those kernels crash)")
         self.banner = QLabel()
         self.banner.setObjectName("errorBanner")
         self.banner.setWordWrap(True)
@@ -136,6 +140,7 @@ class CacheControls(QWidget):
         adv.addRow(self.swa_full)
         adv.addRow(self.kv_offload)
         adv.addRow(self.kv_unified)
+        adv.addRow(self.repack)
         self.advanced.hide()
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -158,6 +163,7 @@ class CacheControls(QWidget):
         self.swa_full.toggled.connect(lambda v: self._edit(swa_full=v))
         self.kv_offload.toggled.connect(lambda v: self._edit(kv_offload=v))
         self.kv_unified.toggled.connect(lambda v: self._edit(kv_unified=v))
+        self.repack.toggled.connect(lambda v: self._edit(repack=v))
         self._state: ControlsState | None = None
         self.set_state(ControlsState(settings or Settings(), NGL_ALL, 0, 1))
 
@@ -196,6 +202,7 @@ class CacheControls(QWidget):
         self.swa_full.setChecked(s.swa_full)
         self.kv_offload.setChecked(s.kv_offload)
         self.kv_unified.setChecked(s.kv_unified)
+        self.repack.setChecked(s.repack)
         self._mark_refused(state)
         if state.refusal:
             self.banner.setText("llama.cpp would refuse this: " + state.refusal)

@@ -1,7 +1,9 @@
 """All cache types side by side: one stacked bar per common K/V pair, on one shared scale.
 
 Each row: the pair, its bar for the main device at the current context, the total, the
-largest context that fits, and a one-line quality note with its source in the tooltip.
+largest context that fits, and a one-line quality note with its source in the tooltip
+(measured on this model when it has been, coloured by the user's threshold; else published,
+muted).
 Painted as one widget (not 40 labels) so a slider step repaints it in well under a
 millisecond; click a row to use that pair.
 """
@@ -185,7 +187,12 @@ class CacheTypeTable(QWidget):
                                 f"with {r.label}: {html_text(r.error, 400)}" if r.refused
                                 else f"with {r.label}: {limit.tooltip}"))
             p.setFont(small)
-            p.setPen(t.muted)
+            # measured on this model: green within the user's threshold, red outside it;
+            # published figures (another model) stay muted
+            if r.note.measured and r.note.within is not None:
+                p.setPen(t.ok if r.note.within else t.over)
+            else:
+                p.setPen(t.muted)
             note_rect = QRectF(bar_x, y + 24, w - bar_x - 8, 18)
             p.drawText(note_rect, left, fm_small.elidedText(r.note.text,
                                                             Qt.TextElideMode.ElideRight,

@@ -1,9 +1,16 @@
 """The chat window: talk to the model launched with exactly the chosen settings, and see
 what llama.cpp really allocated next to what kvgui estimated.
 
-The model runs in a worker process (kvgui.runtime.qt_worker): a llama.cpp abort or an
-out-of-memory kill shows up here as a message with llama.cpp's last log lines, and
-"Relaunch" starts it again. Closing the window ends the worker.
+The model runs either in kvgui's worker process (kvgui.runtime.qt_worker, llama-cpp-python)
+or in the user's own llama-server (kvgui.runtime.qt_server, over its HTTP API): the same
+signals, the same Stop / New conversation / stats. A llama.cpp abort or an out-of-memory kill
+shows up here as a message with llama.cpp's last log lines, and "Relaunch" starts it again.
+Closing the window ends the process.
+
+A GGUF without a chat template (a base model) is said so: its architecture's usual format is
+picked instead of llama-cpp-python's silent llama-2 fallback, any other can be chosen, and
+Completion mode lets the model continue the text. A message sent while a reply streams is
+queued and sent when it ends.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ import logging
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QKeySequence, QShortcut, QTextCursor
+from PySide6.QtGui import QColor, QKeySequence, QShortcut, QStandardItemModel, QTextCursor
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
@@ -40,7 +48,7 @@ from kvgui.core.config.settings import ALL_LAYERS, Settings
 from kvgui.core.memory.estimate import PART_KEYS, PARTS
 from kvgui.core.sizes import format_bytes
 from kvgui.runtime.protocol import Sampling
-from kvgui.runtime.qt_worker import FAILED, GENERATING, READY, QtWorker
+from kvgui.runtime.qt_worker import FAILED, GENERATING, IDLE, READY, QtWorker
 from kvgui.ui import theme
 from kvgui.ui.memory_bar import MemoryBar
 from kvgui.ui.viewmodel import BarRow
@@ -68,7 +76,24 @@ def settings_summary(settings: Settings) -> str:
         parts.append("-nkvo")
     if not settings.mmap:
         parts.append("--no-mmap")
+    if settings.mlock:
+        parts.append("--mlock")
+    if settings.split_mode.value != "layer":
+        parts.append(f"-sm {settings.split_mode.value}")
+    if settings.main_gpu:
+        parts.append(f"-mg {settings.main_gpu}")
+    if settings.n_threads > 0:
+        parts.append(f"-t {settings.n_threads}")
+    if not settings.repack:
+        parts.append("-nr")
     return " ".join(parts)
+
+
+WORKER, SERVER = "worker", "server"
+BACKENDS = ((WORKER, "in kvgui's worker (llama-cpp-python)"),
+            (SERVER, "in llama-server (your llama.cpp)"))
+MODES = (("chat", "Chat"), ("completion", "Completion (continue the text)"))
+GGUF_TEMPLATE = ""  # the format box's "the GGUF's own template" entry
 
 
 def differs(key: str, measured: int | None, estimated: int | None) -> bool:
@@ -96,10 +121,15 @@ class ChatPanel(QWidget):
     """Transcript, input, Stop / New conversation, sampling, and measured vs estimated."""
 
     closed = Signal()
+    backendChanged = Signal(str)
 
-    def __init__(self, worker: QtWorker | None = None, parent: QWidget | None = None) -> None:
+    def __init__(self, worker: Any = None, parent: QWidget | None = None,
+                 server_tool: Any = None) -> None:
         super().__init__(parent)
-        self.worker = worker or QtWorker(self)
+        self.worker: Any = None
+        self.server_tool = server_tool  # kvgui.runtime.llama_bin.ToolInfo of llama-server
+        self.loaded: dict[str, Any] | None = None
+        self._queued: str | None = None
         self.model_path: str | None = None
         self.settings: Settings | None = None
         self.estimate: Any = None
@@ -109,15 +139,77 @@ class ChatPanel(QWidget):
         self._gpu_before: list[tuple[str, int]] = []
         self._reply_start: int | None = None
         self._build()
-        w = self.worker
-        w.started.connect(self._on_started)
-        w.progress.connect(self._on_progress)
-        w.measured.connect(self._on_loaded)
-        w.token.connect(self._on_token)
-        w.finished.connect(self._on_finished)
-        w.failed.connect(self._on_failed)
-        w.stateChanged.connect(self._sync_buttons)
+        self._attach(worker or QtWorker(self))
+        self.set_server_tool(server_tool)
         self._sync_buttons()
+
+    # -- the backend -----------------------------------------------------------------------
+
+    _SIGNALS = ("started", "progress", "measured", "token", "contextUsed", "finished",
+                "failed", "stateChanged")
+
+    def _slots(self) -> dict[str, Any]:
+        return {"started": self._on_started, "progress": self._on_progress,
+                "measured": self._on_loaded, "token": self._on_token,
+                "contextUsed": self._on_context_used, "finished": self._on_finished,
+                "failed": self._on_failed, "stateChanged": self._sync_buttons}
+
+    def _attach(self, worker: Any) -> None:
+        old, self.worker = self.worker, worker
+        slots = self._slots()
+        if old is not None:
+            for name in self._SIGNALS:
+                getattr(old, name).disconnect(slots[name])
+            old.shutdown()
+            old.deleteLater()
+        for name in self._SIGNALS:
+            getattr(worker, name).connect(slots[name])
+        i = self.backend_box.findData(getattr(worker, "kind", WORKER))
+        if i >= 0 and i != self.backend_box.currentIndex():
+            self.backend_box.blockSignals(True)
+            self.backend_box.setCurrentIndex(i)
+            self.backend_box.blockSignals(False)
+
+    @property
+    def backend(self) -> str:
+        return str(getattr(self.worker, "kind", WORKER))
+
+    def set_server_tool(self, tool: Any) -> None:
+        """The llama-server to offer (None: the choice is shown, disabled, with how to get
+        one)."""
+        from kvgui.runtime.llama_bin import LLAMA_SERVER, MISSING_HINT
+
+        self.server_tool = tool
+        model = self.backend_box.model()
+        assert isinstance(model, QStandardItemModel)  # QComboBox's own model
+        item = model.item(self.backend_box.findData(SERVER))
+        item.setEnabled(tool is not None)
+        item.setToolTip(tool.summary() if tool is not None
+                        else "no llama-server: " + MISSING_HINT.format(tool=LLAMA_SERVER))
+        if self.backend == SERVER and tool is not None:
+            self.worker.tool = tool
+
+    def use_backend(self, kind: str) -> bool:
+        """Run the model in kvgui's worker or in llama-server; a loaded model is launched
+        again in the other one (one copy of the model at a time)."""
+        if kind == self.backend:
+            return True
+        if kind == SERVER:
+            if self.server_tool is None:
+                self._set_status("no llama-server: choose your llama.cpp folder in Settings",
+                                 error=True)
+                return False
+            from kvgui.runtime.qt_server import ServerChatBackend
+
+            self._attach(ServerChatBackend(self, tool=self.server_tool))
+        else:
+            self._attach(QtWorker(self))
+        self.backendChanged.emit(kind)
+        if self.model_path is not None and self.settings is not None:
+            self.launch(self.model_path, self.settings, self.estimate)
+        else:
+            self._sync_buttons()
+        return True
 
     # -- layout --------------------------------------------------------------------------
 
@@ -128,6 +220,25 @@ class ChatPanel(QWidget):
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.backend_box = QComboBox()
+        for kind, label in BACKENDS:
+            self.backend_box.addItem(label, kind)
+        self.backend_box.setAccessibleName("Run the model")
+        self.backend_box.currentIndexChanged.connect(
+            lambda _i: self.use_backend(str(self.backend_box.currentData())))
+        self.mode_box = QComboBox()
+        for mode, label in MODES:
+            self.mode_box.addItem(label, mode)
+        self.mode_box.currentIndexChanged.connect(lambda _i: self._mode_changed())
+        self.format_box = QComboBox()
+        self.format_box.setAccessibleName("Chat template")
+        self.format_box.setToolTip("the prompt format: the GGUF's own template, or another")
+        self.notice_label = QLabel("")
+        self.notice_label.setWordWrap(True)
+        self.notice_label.hide()
+        self.url_label = QLabel("")
+        self.url_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.url_label.hide()
         self.load_bar = QProgressBar()
         self.load_bar.setRange(0, 1000)
         self.load_bar.setFormat("loading %p%")
@@ -226,6 +337,17 @@ class ChatPanel(QWidget):
 
         top = QVBoxLayout(self)
         top.addWidget(self.settings_label)
+        choices = QHBoxLayout()
+        choices.addWidget(QLabel("Run:"))
+        choices.addWidget(self.backend_box)
+        choices.addWidget(QLabel("Mode:"))
+        choices.addWidget(self.mode_box)
+        choices.addWidget(QLabel("Template:"))
+        choices.addWidget(self.format_box)
+        choices.addStretch(1)
+        top.addLayout(choices)
+        top.addWidget(self.notice_label)
+        top.addWidget(self.url_label)
         top.addWidget(self.status_label)
         top.addWidget(self.load_bar)
         top.addWidget(split, 1)
@@ -236,13 +358,23 @@ class ChatPanel(QWidget):
         """Start the worker with these settings; False when refused before launch."""
         self.model_path, self.settings, self.estimate = str(model_path), settings, estimate
         self.measured = self.estimated = None
+        self.loaded = None
+        self._queued = None
         self.settings_label.setText(f"{model_path}   {settings_summary(settings)}")
         self.transcript.clear()
         self._reply_start = None
+        self.last_finished = None
+        self.stats_label.setText("")  # the last launch's figures are not this one's
+        self.context_bar.setRange(0, 1)
+        self.context_bar.setValue(0)
+        self.notice_label.hide()
+        self.url_label.hide()
+        self.format_box.clear()
         self._fill_table()
         self._gpu_before = _gpu_used()
-        self._set_status("starting llama.cpp…")
-        return self.worker.launch(self.model_path, settings)
+        self._set_status("starting llama-server…" if self.backend == SERVER
+                         else "starting llama.cpp…")
+        return bool(self.worker.launch(self.model_path, settings))
 
     def relaunch(self) -> None:
         if self.model_path is None or self.settings is None:
@@ -256,21 +388,51 @@ class ChatPanel(QWidget):
                         max_tokens=max_tokens if max_tokens != 0 else 1,
                         seed=self.seed.value())
 
+    @property
+    def mode(self) -> str:
+        return str(self.mode_box.currentData())
+
+    @property
+    def chat_format(self) -> str | None:
+        data = self.format_box.currentData()
+        return None if not data else str(data)
+
     def send(self, text: str | None = None) -> bool:
+        """Send a message; while a reply streams it is queued (one) and sent when it ends."""
+        typed = text is None
         text = self.input.toPlainText() if text is None else text
-        if not text.strip() or self.worker.state != READY:
+        if not text.strip():
+            return False
+        if self.worker.state == GENERATING:
+            self._queued = text
+            if typed:
+                self.input.clear()
+            self._set_status("queued: your message is sent when this reply ends")
+            return True
+        if self.worker.state != READY:
             return False
         self._append_block("You", text)
         self._append_block("Model", "")
         self._reply_start = self.transcript.textCursor().position()
-        self.input.clear()
+        if typed:
+            self.input.clear()
         self._set_status("generating…")
-        return self.worker.chat(text, system=self.system_edit.text(), sampling=self.sampling())
+        return bool(self.worker.chat(text, system=self.system_edit.text(),
+                                     sampling=self.sampling(), mode=self.mode,
+                                     chat_format=self.chat_format))
+
+    def _mode_changed(self) -> None:
+        """One history per mode (the worker starts a new one too)."""
+        self.format_box.setEnabled(self.mode == "chat" and self.format_box.count() > 1)
+        if self.worker.state == READY:
+            self.new_conversation()
 
     def stop(self) -> None:
+        self._queued = None
         self.worker.stop()
 
     def new_conversation(self) -> None:
+        self._queued = None
         self.worker.reset(self.system_edit.text())
         self.transcript.clear()
         self._reply_start = None
@@ -305,7 +467,9 @@ class ChatPanel(QWidget):
         offload = bool(loaded.get("gpu_offload"))
         est = self.estimate
         planned_gpu = est is not None and any(d.is_gpu for d in est.devices)
-        if est is None or planned_gpu != offload:
+        if loaded.get("kind") == SERVER:
+            est = self._estimate_for_server()
+        elif est is None or planned_gpu != offload:
             # compare with what this llama.cpp build did: a CPU-only build puts it all on
             # the CPU whatever GPU the main window plans for
             est = self._estimate_for(offload)
@@ -315,9 +479,59 @@ class ChatPanel(QWidget):
         self.context_bar.setRange(0, n_ctx)
         self.context_bar.setValue(0)
         self._show_gpu()
+        self.loaded = loaded
+        self._show_template(loaded)
+        if loaded.get("openai_url"):
+            self.url_label.setText(f"llama-server: OpenAI API at <b>{loaded['openai_url']}</b>"
+                                   f" · {html.escape(str(loaded.get('tool', '')))}")
+            self.url_label.show()
         self._set_status(f"ready - loaded in {float(loaded.get('load_s', 0)):.1f} s, "
                          f"chat format {loaded.get('chat_format')}")
         self.input.setFocus()
+
+    def _show_template(self, loaded: dict) -> None:
+        """The template picker, and the notice for a GGUF that has none."""
+        self.format_box.clear()
+        formats = [str(f) for f in loaded.get("formats") or []]
+        has_template = loaded.get("chat_template", True)
+        usual = loaded.get("usual_format")
+        if has_template:
+            self.format_box.addItem("the GGUF's template", GGUF_TEMPLATE)
+        for f in formats:
+            self.format_box.addItem(f + ("  (usual for this model)" if f == usual else ""), f)
+        self.format_box.setEnabled(self.mode == "chat" and self.format_box.count() > 1)
+        if has_template:
+            self.notice_label.hide()
+            return
+        arch = loaded.get("architecture") or "this"
+        picked = formats[0] if formats else None
+        self.notice_label.setText(
+            f"<b>This GGUF has no chat template</b> - probably a base model. Chatting uses "
+            f"the <b>{picked or 'llama-2'}</b> format ({arch}'s usual one"
+            f"{'' if picked else ': none known, llama-cpp-python falls back to llama-2'}); "
+            "pick another in Template, or Completion mode to let the model continue your "
+            "text.")
+        self.notice_label.setStyleSheet(f"color: {theme.current().warn.name()};")
+        self.notice_label.show()
+
+    def _estimate_for_server(self) -> Any:
+        """The estimate for llama-server on the devices this build sees (it reserves one
+        output row per slot: ``server_settings``)."""
+        from kvgui.core.commandline.llama_params import server_settings
+        from kvgui.core.memory.estimate import estimate
+        from kvgui.core.model.info import load_model
+        from kvgui.runtime.server import device_budgets
+
+        if self.model_path is None or self.settings is None or self.server_tool is None:
+            return None
+        try:
+            model = self.estimate.model if self.estimate is not None else \
+                load_model(self.model_path)
+            return estimate(model, server_settings(self.settings),
+                            device_budgets(self.server_tool))
+        except Exception as exc:  # the header was read before launch; keep the chat usable
+            self._set_status(f"no estimate: {exc}", error=True)
+            return None
 
     def _estimate_for(self, gpu_offload: bool) -> Any:
         from kvgui.core.memory.estimate import estimate
@@ -334,6 +548,11 @@ class ChatPanel(QWidget):
             log.warning("no estimate for the chat's model", exc_info=True)
             self._set_status(f"no estimate: {exc}", error=True)
             return None
+
+    def _on_context_used(self, n_past: int) -> None:
+        if n_past > self.context_bar.maximum() > 1:
+            n_past = self.context_bar.maximum()
+        self.context_bar.setValue(n_past)
 
     def _on_token(self, text: str) -> None:
         cursor = self.transcript.textCursor()
@@ -361,12 +580,21 @@ class ChatPanel(QWidget):
         note = {"stopped": "stopped", "context": "the context is full: the oldest turns are "
                 "dropped from the next message on (or start a new conversation)",
                 "max_tokens": "reached max tokens", "eos": "done"}.get(reason, reason)
+        if reason == "eos" and not done.get("tokens") and not str(done.get("reply", "")):
+            note = "the model ended its turn at once (an empty reply)"
+            if self.loaded is not None and self.loaded.get("chat_template") is False:
+                note += ": this GGUF has no chat template - try another Template, or " \
+                        "Completion mode"
         if done.get("dropped_turns"):
             note += f" · {done['dropped_turns']} oldest turn(s) dropped to fit the context"
         self._set_status(note)
+        if self._queued is not None:
+            queued, self._queued = self._queued, None
+            self.send(queued)
 
     def _on_failed(self, message: str, fatal: bool) -> None:
         self.load_bar.hide()
+        self._queued = None
         self._reply_start = None
         first, _, rest = message.partition("\n")
         self._set_status(first, error=True)
@@ -377,8 +605,12 @@ class ChatPanel(QWidget):
     # -- helpers -------------------------------------------------------------------------
 
     def _settle_reply(self, reply: str) -> None:
-        """The final reply is the authority (llama-cpp-python cuts it at a stop string)."""
+        """The final reply is the authority (llama-cpp-python cuts it at a stop string); an
+        empty one never erases what was streamed (a stopped reply is what was streamed)."""
         if self._reply_start is None:
+            return
+        if not reply:
+            self._reply_start = None
             return
         cursor = self.transcript.textCursor()
         cursor.setPosition(self._reply_start)
@@ -406,7 +638,9 @@ class ChatPanel(QWidget):
 
     def _sync_buttons(self, *_: Any) -> None:
         state = self.worker.state
-        self.send_button.setEnabled(state == READY)
+        self.send_button.setEnabled(state in (READY, GENERATING))
+        self.send_button.setText("Queue" if state == GENERATING else "Send")
+        self.backend_box.setEnabled(state in (READY, FAILED, IDLE))
         self.stop_button.setEnabled(state == GENERATING)
         self.new_button.setEnabled(state == READY)
         self.relaunch_button.setEnabled(state == FAILED and self.model_path is not None)

@@ -134,7 +134,7 @@ class ContextPlot(pg.PlotWidget):
             self.budget_line.setValue(budget / GiB)
             self.budget_line.show()
             self.budget_text.setText(f"budget {budget / GiB:.1f} GiB")
-            self.budget_text.setPos(0, budget / GiB)
+            self.budget_text.setPos(curves.xs[-1] * 0.015, budget / GiB)  # clear of the axis
             self.budget_text.show()
             # show the region around the budget: the lines' crossings are what matter
             top = min(max(top, budget / GiB), 2.2 * budget / GiB)

@@ -12,6 +12,14 @@ change with the context is cached: the memory-vs-context curves and the longest 
 context per pair. Settings changed from elsewhere (a preset, an import, a fix) are announced
 with ``settingsChanged``; a slider step is not echoed back to the slider.
 Model files are read in a worker thread, so a slow disk never freezes the window.
+
+Quality: the controller holds the measured run for the current model file, flash-attention
+choice and measure text (from the measure cache, or handed over by the Measure window), and
+the user's quality threshold (app config). Every quality rule the window applies is here:
+each table row's note (measured on this model, else published with its source), the advice
+line, the presets' pick (the cheapest measured pair within the threshold; the published
+default, said to be unmeasured, when nothing is measured), the Measure window's recommended
+pair. A run of another model file is refused, never mixed in.
 """
 
 from __future__ import annotations
@@ -38,12 +46,23 @@ from kvgui.core.devices.hardware.cpu import HostCpu
 from kvgui.core.devices.hardware.types import GpuInfo
 from kvgui.core.errors import UsageError
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
-from kvgui.core.memory.estimate import Estimate, Verdict, check, estimate
-from kvgui.core.memory.findings import first_fix, refusals
+from kvgui.core.memory.estimate import Estimate, Verdict, estimate
+from kvgui.core.memory.findings import Finding, first_fix, refusals
 from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, kv_room, max_context, max_gpu_layers
 from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.model.info import ModelInfo
-from kvgui.core.quality.notes import quality_note
+from kvgui.core.quality.advice import QualityThreshold, cheapest_within, describe_choice
+from kvgui.core.quality.notes import QualityNote, note_for
+from kvgui.core.quality.results import (
+    MeasureRun,
+    ModelIdentity,
+    PairResult,
+    TextInfo,
+    find_cached,
+    measurement_settings,
+    pair_label,
+    recommend,
+)
 from kvgui.core.sizes import format_bytes
 from kvgui.ui.viewmodel import (
     MIN_CTX,
@@ -55,6 +74,7 @@ from kvgui.ui.viewmodel import (
     ControlsState,
     Curves,
     Headline,
+    QualityAdvice,
     Snapshot,
     rows_from_estimate,
     snap,
@@ -76,13 +96,20 @@ class Preset:
     blurb: str
 
 
+    # "reference": always these types; "threshold": the cheapest measured pair within the
+    # user's quality threshold, these types (the published default) when nothing is measured
+    quality: str = "reference"
+
+
 PRESETS: tuple[Preset, ...] = (
     Preset("chat", "Short chat", "f16", "f16", 16384,
            "f16 cache, 16K context: full quality for everyday chat"),
     Preset("docs", "Long documents", "q8_0", "q8_0", 32768,
-           "q8_0 cache (≈ f16 quality, half the memory), 32K context for long documents"),
+           "32K context for long documents, the cheapest cache within your quality threshold",
+           "threshold"),
     Preset("rag", "Heavy RAG", "q4_0", "q4_0", None,
-           "q4_0 cache, as long a context as fits: the most retrieved text in memory"),
+           "as long a context as fits, the cheapest cache within your quality threshold: the "
+           "most retrieved text in memory", "threshold"),
 )
 
 
@@ -142,12 +169,17 @@ class Controller(QObject):
         self._timer.setInterval(0)
         self._timer.timeout.connect(self._flush)
         self._loaded.connect(self._on_loaded)
+        self.threshold: QualityThreshold = self.config.quality_threshold
+        self.measured: MeasureRun | None = None
+        self._measured_key: tuple[Any, ...] | None = None
 
     # --- model -------------------------------------------------------------------------
     def set_model(self, model: ModelInfo | None, source: str = "") -> None:
         self.model = model
         self.model_source = source
         self._caches = _Caches(ModelMemo(model))
+        self._measured_key = None
+        self.refresh_measured()
         if model is not None and self.ngl_mode == NGL_N and \
                 self.settings.n_gpu_layers >= len(model.layers) + 1:
             # "40 layers" of a 19-layer model is every layer: say so, and export it so
@@ -225,9 +257,147 @@ class Controller(QObject):
         if new == self.settings:
             return True
         self.settings = new
+        self.refresh_measured()  # cheap unless flash attention changed
         self.settingsChanged.emit(new)
         self.recompute(full=True)
         return True
+
+    # --- quality -----------------------------------------------------------------------
+    def model_identity(self) -> ModelIdentity | None:
+        """The current model as a file (measurements are per file), or None (a catalog
+        model, no model, or a file that is gone)."""
+        src = self.model_source
+        if not src or src.startswith(CATALOG_PREFIX):
+            return None
+        try:
+            return ModelIdentity.of(src)
+        except OSError:
+            return None
+
+    def measure_text_sha(self) -> str | None:
+        """The hash of the text measurements are looked up for (the config's, or the
+        sample); None when that file cannot be read (then any text's run is shown)."""
+        from kvgui.runtime.measure import read_text_file, sample_text
+
+        path = self.config.measure_text
+        try:
+            text = read_text_file(path) if path else sample_text()
+        except OSError:
+            log.info("measure text %s unreadable; showing any text's measurement", path)
+            return None
+        return TextInfo.of(text, path or "sample").sha256
+
+    def refresh_measured(self) -> None:
+        """Look the current model file's measurement up in the cache (when the model, the
+        flash-attention choice or the measure text changed)."""
+        ident = self.model_identity()
+        fa = measurement_settings(self.settings).flash_attn
+        key = (ident, fa, self.config.measure_text)
+        if key == self._measured_key:
+            return
+        self._measured_key = key
+        run = None
+        if ident is not None:
+            try:
+                run = find_cached(ident, self.settings, self.measure_text_sha())
+            except OSError:
+                log.info("measure cache unreadable", exc_info=True)
+        self.measured = run
+        self.recompute()
+
+    def set_measured(self, run: MeasureRun) -> bool:
+        """A run the Measure window finished: used if it is of the current model file (and
+        settings), refused (False, and a message) otherwise: runs are never mixed."""
+        ident = self.model_identity()
+        if ident is None or run.model != ident:
+            self.message.emit(f"Measurement of {run.model.path} kept in the cache, not shown: "
+                              "it is not the model open here")
+            return False
+        if run.settings.flash_attn != measurement_settings(self.settings).flash_attn:
+            self.message.emit("Measurement kept in the cache, not shown: it was measured with "
+                              f"flash attention {run.settings.flash_attn.value}")
+            return False
+        self.measured = run
+        self.recompute(full=True)
+        return True
+
+    def set_measure_text(self, path: str) -> None:
+        self.config.measure_text = path
+        self.refresh_measured()
+
+    def set_quality_threshold(self, threshold: QualityThreshold) -> None:
+        if threshold == self.threshold:
+            return
+        self.threshold = threshold
+        self.config.quality_threshold = threshold
+        self.recompute(full=True)
+
+    def note_for(self, type_k: str, type_v: str) -> QualityNote:
+        """A table row's note: measured on this model, else published (with its source)."""
+        arch = self.model.arch if self.model else ""
+        return note_for(type_k, type_v, self.measured, arch, self.threshold)
+
+    def kv_cost(self) -> Callable[[PairResult], int | None] | None:
+        """A measured pair's KV bytes at the user's settings (the estimate's), or None."""
+        model, settings, memo = self.model, self.settings, self._caches.memo
+        if model is None:
+            return None
+        return lambda r: estimate(model, settings.replace(type_k=r.type_k, type_v=r.type_v),
+                                  None, memo).kv
+
+    def quality_pick(self) -> PairResult | None:
+        """The cheapest measured pair within the threshold (None: nothing measured)."""
+        run = self.measured
+        if run is None or not run.results:
+            return None
+        return cheapest_within(run.results, self.threshold, self.kv_cost())
+
+    def quality_advice(self) -> QualityAdvice:
+        t = self.threshold
+        run = self.measured
+        pick = self.quality_pick()
+        if run is None or pick is None:
+            return QualityAdvice(
+                f"Not measured on this model: the notes are published figures for other "
+                f"models. Measure (Ctrl+M) to see what this one loses; your threshold is "
+                f"{t.text}.",
+                "Published: llama.cpp PRs #6183, #7412, #7527 (LLaMA-2-7B) and, where one "
+                "exists for this architecture, a newer model's (hover a note for its source)",
+                False, t.text)
+        e = run.evaluation
+        others = [r for r in run.results if r.pair != pick.pair]
+        outside = [r.label for r in others if not t.accepts(r)]
+        text = (f"Measured on this model ({e.tokens} tokens): the cheapest cache within "
+                f"{t.text} is {describe_choice(pick, t)}")
+        if outside:
+            text += f"; outside: {', '.join(outside)}"
+        detail = (f"{len(run.results)} types measured on {run.model.path} with "
+                  f"{run.text.name}, {e.windows} windows of {e.window} tokens, "
+                  f"{run.created}. The presets and this advice use your threshold; change it "
+                  "beside this line.")
+        return QualityAdvice(text, detail, True, t.text, pick.pair)
+
+    def preset_pair(self, preset: Preset) -> tuple[tuple[str, str], str]:
+        """The pair a preset uses and why (one sentence for the status line)."""
+        default = (preset.type_k, preset.type_v)
+        if preset.quality != "threshold":
+            return default, preset.blurb
+        pick = self.quality_pick()
+        if pick is None:
+            return default, (f"{preset_blurb_unmeasured(preset)} — not measured on this "
+                             "model: the published default; Measure to check it")
+        return pick.pair, (f"{preset.blurb}: {describe_choice(pick, self.threshold)}, "
+                           "measured on this model")
+
+    def measure_recommendation(self, run: MeasureRun) -> tuple[str, str] | None:
+        """The Measure window's recommended pair: the most faithful measured pair whose KV
+        cache (at the user's settings) fits the KV room on the main device."""
+        budget = self.measure_budget()
+        if budget is None:
+            return None
+        room, kv_of = budget
+        r = recommend(run.results, room, lambda p: kv_of(p.type_k, p.type_v))
+        return r.pair if r else None
 
     def set_n_ctx(self, n_ctx: int) -> None:
         """One slider step: cheap, coalesced with any other step before the next repaint,
@@ -262,7 +432,7 @@ class Controller(QObject):
         changes: dict[str, Any] = {"type_k": type_k, "type_v": type_v}
         if self.model is not None:
             trial = self.settings.replace(**changes)
-            fix = first_fix(check(self.model, trial))
+            fix = first_fix(self.findings_for(trial))
             if fix and set(fix) - {"type_k", "type_v"}:  # never undo the choice itself
                 changes.update({k: v for k, v in fix.items() if k not in changes})
         self.update_settings(**changes)
@@ -271,9 +441,16 @@ class Controller(QObject):
         """Make the one change that lets llama.cpp accept the settings."""
         if self.model is None:
             return
-        fix = first_fix(check(self.model, self.settings))
+        fix = first_fix(self.findings_for(self.settings))
         if fix:
             self.update_settings(**fix)
+
+    def findings_for(self, settings: Settings) -> tuple[Finding, ...]:
+        """What the estimate says of ``settings`` on the current plan (the model's rules, the
+        build's and the host's): the one source of refusals and their fixes."""
+        if self.model is None:
+            return ()
+        return estimate(self.model, settings, self.plan.devices(), self._caches.memo).findings
 
     def type_refusals(self) -> tuple[dict[str, str], dict[str, str]]:
         """For each K (then V) type: why llama.cpp would refuse it with the other settings as
@@ -286,8 +463,8 @@ class Controller(QObject):
         for i, name in enumerate(("type_k", "type_v")):
             for t in CACHE_TYPE_NAMES:
                 trial = s.replace(**{name: t})
-                base = {f.code for f in refusals(check(m, trial.replace(**{name: "f16"})))}
-                own = [f for f in refusals(check(m, trial)) if f.code not in base]
+                base = {f.code for f in refusals(self.findings_for(trial.replace(**{name: "f16"})))}
+                own = [f for f in refusals(self.findings_for(trial)) if f.code not in base]
                 if own:
                     out[i][t] = own[0].message
         return out
@@ -333,10 +510,11 @@ class Controller(QObject):
 
     def apply_preset(self, key: str) -> None:
         preset = next(p for p in PRESETS if p.key == key)
-        changes: dict[str, Any] = {"type_k": preset.type_k, "type_v": preset.type_v}
+        (type_k, type_v), why = self.preset_pair(preset)
+        changes: dict[str, Any] = {"type_k": type_k, "type_v": type_v}
         trial = self.settings.replace(**changes)
         if self.model is not None:
-            fix = first_fix(check(self.model, trial))
+            fix = first_fix(self.findings_for(trial))
             if fix:
                 changes.update(fix)
                 trial = trial.replace(**fix)
@@ -352,7 +530,7 @@ class Controller(QObject):
             else:
                 changes["n_ctx"] = max(MIN_CTX, limit.shown or MIN_CTX)
         self.update_settings(**changes)
-        self.message.emit(f"Preset: {preset.title} — {preset.blurb}")
+        self.message.emit(f"Preset: {preset.title} ({pair_label(type_k, type_v)}) — {why}")
 
     # --- hardware ----------------------------------------------------------------------
     def set_hardware_choice(self, choice: HardwareChoice) -> None:
@@ -454,7 +632,7 @@ class Controller(QObject):
     def _key(self) -> tuple[Any, ...]:
         s = self._fit_settings(self.settings).replace(n_ctx=N_CTX_PAD, type_k="f16",
                                                       type_v="f16")
-        return (s, self.plan, self.ctx_max())
+        return (s, self.plan, self.ctx_max(), self.pairs())
 
     def trained(self) -> int:
         return self.model.n_ctx_train if self.model else 0
@@ -487,8 +665,15 @@ class Controller(QObject):
         return {pair: ContextLimit(raw, self.trained()) for pair, raw in hit.items()}
 
     def pairs(self) -> tuple[tuple[str, str], ...]:
+        """The table's rows: the common pairs, every pair measured on this model (a sweep's
+        mixed pairs), and the current one."""
+        out = list(COMMON_CACHE_PAIRS)
+        if self.measured is not None:
+            out += [r.pair for r in self.measured.results if r.pair not in out]
         cur = (self.settings.type_k, self.settings.type_v)
-        return COMMON_CACHE_PAIRS if cur in COMMON_CACHE_PAIRS else (*COMMON_CACHE_PAIRS, cur)
+        if cur not in out:
+            out.append(cur)
+        return tuple(out)
 
     def _compute_curves(self) -> Curves:
         plan = self.plan
@@ -500,9 +685,10 @@ class Controller(QObject):
         hi = self.ctx_max()
         key = (self._key(), hi)
         cached = self._caches.curves.get(key)
-        refused = tuple(p for p in self.pairs()
-                        if refusals(check(self.model, self.settings.replace(
-                            type_k=p[0], type_v=p[1]))))
+        devices = plan.devices()
+        refused = tuple(p for p in self.pairs()  # as the estimate says (the build, the host)
+                        if estimate(self.model, self.settings.replace(type_k=p[0], type_v=p[1]),
+                                    devices, self._caches.memo).refused)
         if cached is None:
             n = CURVE_POINTS
             xs = sorted({snap(MIN_CTX + (hi - MIN_CTX) * i // (n - 1)) for i in range(n)})
@@ -542,9 +728,10 @@ class Controller(QObject):
             compare.append(CompareRow(
                 pair[0], pair[1], None if pe.refused else main,
                 main.used if main else pe.total, fits.get(pair, ContextLimit(None)),
-                quality_note(*pair), pair == cur, pe.errors[0] if pe.errors else "",
+                self.note_for(*pair), pair == cur, pe.errors[0] if pe.errors else "",
                 pe.total))
-        return Snapshot(s.n_ctx, est, rows, tuple(compare), plan, _headline(est, rows, plan))
+        return Snapshot(s.n_ctx, est, rows, tuple(compare), plan, _headline(est, rows, plan),
+                        self.quality_advice())
 
     def headline(self) -> tuple[str, str, str]:
         """(verdict, detail, state) for the big label; state is ok / over / error / none."""
@@ -574,6 +761,10 @@ def _headline(est: Estimate, rows: Sequence[Any], plan: BudgetPlan) -> Headline:
         detail += f" · {est.n_gpu_layers} of {len(est.model.layers) + 1} layers on the GPU"
     return Headline(f"Fits — {format_bytes(main.headroom)} to spare {where}".strip(), detail,
                     "ok")
+
+
+def preset_blurb_unmeasured(preset: Preset) -> str:
+    return f"{pair_label(preset.type_k, preset.type_v)} cache"
 
 
 def one_line(error: object) -> str:

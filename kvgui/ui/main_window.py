@@ -56,8 +56,10 @@ from kvgui.ui.context_plot import ContextPlot
 from kvgui.ui.context_slider import ContextControl
 from kvgui.ui.controller import CATALOG_PREFIX, PRESETS, Controller, HardwareState
 from kvgui.ui.hardware_panel import HardwarePanel
+from kvgui.ui.launch_actions import LaunchActions
 from kvgui.ui.memory_bar import MemoryBar
 from kvgui.ui.model_panel import ModelPanel
+from kvgui.ui.quality_bar import QualityBar
 from kvgui.ui.verify_panel import VerifyPanel, VerifyRunner
 from kvgui.ui.viewmodel import ControlsState, Curves, Snapshot
 
@@ -141,6 +143,8 @@ class MainWindow(QMainWindow):
         self.ctx = ContextControl(s.n_ctx, 131072)
         self.bar = MemoryBar()
         self.table = CacheTypeTable()
+        self.quality_bar = QualityBar()
+        self.quality_bar.set_threshold(self.ctl.threshold)
         self.plot = ContextPlot()
         self.verify_panel = VerifyPanel()
         self.headline = QLabel()
@@ -199,11 +203,12 @@ class MainWindow(QMainWindow):
         split = QSplitter(Qt.Orientation.Horizontal)
         tcard, tl = card("EVERY CACHE TYPE AT THIS CONTEXT")
         tl.addWidget(self.table)
-        foot = QLabel("Click a row to use that cache type. Notes: perplexity change against "
-                      "f16 from llama.cpp PRs #6183 and #7412 (hover for the source); "
-                      "<i>kvgui measure</i> tests your own model.")
+        foot = QLabel("Click a row to use that cache type. Notes: measured on this model when "
+                      "it has been (Tools ▸ Measure), else published figures for another model "
+                      "(hover for the source).")
         foot.setObjectName("muted")
         foot.setWordWrap(True)
+        tl.addWidget(self.quality_bar)
         tl.addStretch(1)
         tl.addWidget(foot)
         pcard, _ = card("MEMORY VS CONTEXT", self.plot)
@@ -307,7 +312,7 @@ class MainWindow(QMainWindow):
         m.addAction(self.act_save_preset)
         m.addSeparator()
         m.addAction(self.act_quit)
-        m = mb.addMenu("&Settings")
+        m = settings_menu = mb.addMenu("&Settings")
         for a in self.preset_actions:
             m.addAction(a)
         m.addSeparator()
@@ -316,6 +321,8 @@ class MainWindow(QMainWindow):
         m.addAction(self.act_verify)
         m.addAction(self.act_chat)
         m.addAction(self.act_measure)
+        self.launch = LaunchActions(self)  # launch hook: chat, Serve, terminal, llama.cpp folder
+        self.launch.install(m, settings_menu)  # launch hook
         m = mb.addMenu("&Help")
         m.addAction(self.act_log)
         m.addAction(self.act_about)
@@ -344,6 +351,7 @@ class MainWindow(QMainWindow):
         tb.addAction(self.act_export)
         tb.addAction(self.act_verify)
         tb.addAction(self.act_chat)
+        tb.addAction(self.launch.act_serve)  # launch hook
         self.addToolBar(tb)
 
     def _wire(self) -> None:
@@ -359,6 +367,7 @@ class MainWindow(QMainWindow):
         c.message.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.ctx.ctxChanged.connect(c.set_n_ctx)
         self.table.pairChosen.connect(c.choose_pair)
+        self.quality_bar.thresholdChanged.connect(self._on_threshold)
         self.cache_controls.settingsEdited.connect(lambda changes: c.update_settings(**changes))
         self.cache_controls.nglModeChanged.connect(c.set_ngl_mode)
         self.cache_controls.fixRequested.connect(c.fix)
@@ -556,6 +565,12 @@ class MainWindow(QMainWindow):
             self._save()
         self.act_verify.setEnabled(model is not None and not src.startswith(CATALOG_PREFIX))
         self.act_chat.setEnabled(model is not None and not src.startswith(CATALOG_PREFIX))
+        self.launch.set_enabled(model is not None and not src.startswith(CATALOG_PREFIX))  # hook
+        panel = self._measure_panel()
+        if panel is not None:  # the Measure window follows the model (never mixes two)
+            panel.set_model(src if model is not None and not src.startswith(CATALOG_PREFIX)
+                            else None)
+            self._measure_budget(panel)
 
     # --- settings -----------------------------------------------------------------------
     def _on_settings(self, s: Any) -> None:
@@ -564,6 +579,24 @@ class MainWindow(QMainWindow):
         self.ctx.set_ctx(s.n_ctx)
         if self.verify_panel.isVisible() and not self._verify.running:
             self.verify_panel.hide()
+        panel = self._measure_panel()
+        if panel is not None:
+            panel.set_settings(s)
+            self._measure_budget(panel)
+
+    def _on_threshold(self, threshold: Any) -> None:
+        self.ctl.set_quality_threshold(threshold)
+        panel = self._measure_panel()
+        if panel is not None:
+            panel.set_threshold(threshold)
+
+    def _measure_panel(self) -> Any:
+        win = getattr(self, "_measure_window", None)
+        return win.centralWidget() if win is not None else None
+
+    def _measure_budget(self, panel: Any) -> None:
+        budget = self.ctl.measure_budget()
+        panel.set_budget(budget[0] if budget is not None else None)
 
     def _on_controls(self, state: ControlsState) -> None:
         self.cache_controls.set_state(state)
@@ -587,6 +620,7 @@ class MainWindow(QMainWindow):
     def _on_snapshot(self, snap: Snapshot) -> None:
         self.bar.set_rows(snap.rows, "; ".join(snap.errors))
         self.table.set_rows(snap.compare)
+        self.quality_bar.set_advice(snap.quality)
         self.plot.set_cursor(snap.n_ctx)
         self._show_headline()
         est = snap.estimate
@@ -595,7 +629,7 @@ class MainWindow(QMainWindow):
         warns = [f.message for f in found
                  if f.severity is Severity.WARNING and f.code is not Code.BEYOND_TRAINED]
         notes = [f.message for f in found if f.severity is Severity.NOTE]
-        text = "\n".join([*(f"⚠ {w}" for w in warns), *(f"ⓘ {n}" for n in notes)])
+        text = "\n".join([*(f"⚠ {w}" for w in warns), *(f"Note: {n}" for n in notes)])
         if text != self.warnings.text():
             self.warnings.setText(text)
             self.warnings.setVisible(bool(text))
@@ -711,25 +745,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("llama.cpp's own figures are beside the estimate", 8000)
 
     def launch_chat(self) -> None:
-        src = self.ctl.model_source
-        if not src or src.startswith(CATALOG_PREFIX):
-            self.statusBar().showMessage("Chat needs a real GGUF file: open one first", 8000)
-            return
-        try:
-            from kvgui.ui import chat_window
-        except ImportError as exc:
-            QMessageBox.information(self, "Chat", f"Chat is not available in this build: {exc}")
-            return
-        try:
-            win = chat_window.ChatWindow()
-            est = self.ctl.snapshot.estimate if self.ctl.snapshot else None
-            win.launch(src, self.ctl.settings, est)
-            win.show()
-        except Exception as exc:  # the chat window is another module: never take this one down
-            log.error("could not start the chat", exc_info=True)
-            QMessageBox.warning(self, "Chat", f"Could not start the chat: {exc}")
-            return
-        self._chats = [w for w in getattr(self, "_chats", []) if w.isVisible()] + [win]
+        self.launch.launch_chat()  # launch hook: reuses an open chat, asks first
 
     def measure(self) -> None:
         src = self.ctl.model_source
@@ -745,17 +761,21 @@ class MainWindow(QMainWindow):
         if win is None:
             win = QMainWindow(self)
             win.setWindowTitle("kvgui — measure cache quality")
-            win.setCentralWidget(MeasurePanel(win))
-            win.resize(1100, 760)
+            new = MeasurePanel(win)
+            win.setCentralWidget(new)
+            win.resize(1200, 860)
             self._measure_window = win
+            new.set_recommender(self.ctl.measure_recommendation)
+            new.runFinished.connect(self.ctl.set_measured)
+            new.textChanged.connect(self.ctl.set_measure_text)
+            if self.config.measure_text:
+                new.set_text_file(self.config.measure_text)
         panel = win.centralWidget()
         assert isinstance(panel, MeasurePanel)
-        panel.set_model(src)
+        panel.set_threshold(self.ctl.threshold)
         panel.set_settings(self.ctl.settings)
-        budget = self.ctl.measure_budget()
-        if budget is not None:
-            room, kv_of = budget
-            panel.set_budget(room, lambda r: kv_of(r.type_k, r.type_v))
+        panel.set_model(src)
+        self._measure_budget(panel)
         win.show()
 
     def about(self) -> None:
@@ -765,8 +785,9 @@ class MainWindow(QMainWindow):
             "<p>Will this GGUF model fit on my GPU, at this context, with which KV cache "
             "type?</p><p>Memory figures follow the bundled llama.cpp's own allocation rules "
             "(KV cache, compute buffer, output buffer) and can be checked against llama.cpp "
-            "itself with <i>Verify</i>.</p><p>Quality notes quote llama.cpp's published "
-            "perplexity measurements (PRs #6183, #7412, #7527).</p>"
+            "itself with <i>Verify</i>.</p><p>Quality notes are measured on your model "
+            "(<i>Measure</i>) or, until then, quote published measurements: llama.cpp PRs "
+            "#6183, #7412, #7527, #21551 and localbench's KV cache benchmark.</p>"
             f"<p>Qt {self._qt_version()} · MIT licence</p>")
 
     def show_log(self) -> None:
@@ -854,6 +875,5 @@ class MainWindow(QMainWindow):
             panel = win.centralWidget()
             if hasattr(panel, "shutdown"):
                 panel.shutdown()
-        for chat in getattr(self, "_chats", []):
-            chat.close()
+        self.launch.close_all()  # launch hook: chats, servers, llama-fit-params
         super().closeEvent(ev)

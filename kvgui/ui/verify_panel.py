@@ -1,59 +1,29 @@
 """Verify with llama.cpp: its own dry run beside kvgui's estimate, with the differences.
 
-The dry run (kvgui.runtime.dryrun) loads the file's header with no_alloc in a child process;
-here it runs on a worker thread so the window stays live, and the result is shown as a small
-table: weights, KV cache, compute, output, total — kvgui, llama.cpp, difference.
+The dry run (kvgui.runtime.dryrun) loads the file's header with no_alloc in a child process,
+run by the window's process runner (kvgui.runtime.qt_dryrun) so the window stays live; the
+result is shown as a small table: weights, KV cache, compute, output, total — kvgui,
+llama.cpp, difference.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
 
-from kvgui.core.config.settings import Settings
 from kvgui.core.memory.estimate import PARTS
 from kvgui.core.sizes import format_bytes
+from kvgui.runtime.qt_dryrun import DryRunProcess
 from kvgui.ui import theme
-
-log = logging.getLogger(__name__)
 
 # every part of the estimate, then the KV sum and the total
 ROWS = (*PARTS, ("kv", "KV cache"), ("total", "Total"))
 
 
-class VerifyRunner(QObject):
-    """Runs one dry run at a time off the GUI thread."""
-
-    done = Signal(object, object, str)  # settings, result or None, error ("" when ok)
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.running = False
-
-    def start(self, path: str, settings: Settings) -> bool:
-        if self.running:
-            return False
-        self.running = True
-
-        def work() -> None:
-            try:
-                from kvgui.runtime.dryrun import dry_run
-
-                result = dry_run(path, settings)
-                self.done.emit(settings, result, "")
-            except Exception as exc:  # DryRunError and anything else: one line
-                log.info("dry run failed", exc_info=True)
-                text = str(exc).strip().splitlines()
-                self.done.emit(settings, None, text[0] if text else type(exc).__name__)
-            finally:
-                self.running = False
-
-        threading.Thread(target=work, name="kvgui-verify", daemon=True).start()
-        return True
+# The dry run on the one process runner (kept under this name for the main window).
+VerifyRunner = DryRunProcess
 
 
 class VerifyPanel(QWidget):

@@ -217,6 +217,18 @@ class Headline:
 
 
 @dataclass(frozen=True)
+class QualityAdvice:
+    """The quality line under the every-cache-type table: which pair the measurements
+    recommend within the user's threshold, or that the model is not measured."""
+
+    text: str
+    detail: str  # the tooltip: how it was measured, or where the published figures are from
+    measured: bool
+    threshold: str  # "KL ≤ 0.01"
+    pick: tuple[str, str] | None = None  # the cheapest measured pair within the threshold
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the window shows for one context value."""
 
@@ -226,6 +238,7 @@ class Snapshot:
     compare: tuple[CompareRow, ...]
     plan: BudgetPlan
     headline: Headline
+    quality: QualityAdvice | None = None
 
     @property
     def over(self) -> int:

@@ -21,7 +21,7 @@ from kvgui.core.commandline.export import (
     tensor_split_arg,
 )
 from kvgui.core.commandline.parse import _OPTIONS
-from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings, SplitMode
 
 MODEL = "/models/m.gguf"
 REPRESENTATIVE = Settings(
@@ -67,12 +67,13 @@ def test_representative_server_args() -> None:
 def test_full_lists_every_setting() -> None:
     assert llama_cli_args(Settings(), MODEL, full=True) == [
         "llama-cli", "-m", MODEL, "-c", "4096", "-ngl", "all", "-ctk", "f16", "-ctv", "f16",
-        "-fa", "auto", "-b", "2048", "-ub", "512", "-np", "1", "-kvo",
+        "-fa", "auto", "-b", "2048", "-ub", "512", "-np", "1", "-kvo", "-sm", "layer",
+        "-mg", "0", "--repack",
     ]
     assert llama_server_args(Settings(), MODEL, full=True) == [
         "llama-server", "-m", MODEL, "-c", "4096", "-ngl", "all", "-ctk", "f16", "-ctv", "f16",
         "-fa", "auto", "-b", "2048", "-ub", "512", "-np", "1", "-kvo", "-no-kvu",
-        "--host", "127.0.0.1", "--port", "8080",
+        "-sm", "layer", "-mg", "0", "--repack", "--host", "127.0.0.1", "--port", "8080",
     ]
 
 
@@ -141,9 +142,14 @@ def _flags(args: list[str]) -> list[str]:
 
 def test_every_exported_flag_is_registered_for_its_tool(arg_cpp: Path) -> None:
     registry = _arg_cpp_registry(arg_cpp)
-    for full in (False, True):
-        cli = llama_cli_args(REPRESENTATIVE, MODEL, system_prompt="x", full=full)
-        server = llama_server_args(REPRESENTATIVE, MODEL, "h", 1, full=full)
+    threads_and_gpus = REPRESENTATIVE.replace(split_mode=SplitMode.ROW, main_gpu=1, n_threads=8,
+                                              mlock=True)
+    for full, s in ((False, REPRESENTATIVE), (True, REPRESENTATIVE),
+                    (False, threads_and_gpus)):
+        cli = llama_cli_args(s, MODEL, system_prompt="x", full=full)
+        server = llama_server_args(s, MODEL, "h", 1, full=full)
+        if s is threads_and_gpus:
+            assert {"-sm", "-mg", "-t", "-lm"} <= set(cli) & set(server)
         for flag in _flags(cli):
             assert _accepts(registry, "LLAMA_EXAMPLE_CLI", flag), flag
         for flag in _flags(server):

@@ -9,24 +9,25 @@ from hypothesis import strategies as st
 from kvgui.core.commandline.export import llama_cli_args, llama_server_args
 from kvgui.core.commandline.parse import CommandParseError, parse_args, parse_command
 from kvgui.core.commandline.shellquote import render
-from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.config.settings import ALL_LAYERS, AUTO_THREADS, FlashAttn, Settings, SplitMode
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 
 
 def test_short_and_long_forms_mean_the_same() -> None:
     short = parse_command(
         "llama-cli -m a.gguf -c 8192 -ngl 20 -ctk q8_0 -ctv q4_0 -fa on -b 1024 -ub 256 "
-        "-np 2 --swa-full -nkvo -lm none -ts 3,1"
+        "-np 2 --swa-full -nkvo -lm none -ts 3,1 -sm row -mg 1 -t 6"
     )
     long = parse_command(
         "llama-cli --model a.gguf --ctx-size 8192 --n-gpu-layers 20 --cache-type-k q8_0 "
         "--cache-type-v q4_0 --flash-attn on --batch-size 1024 --ubatch-size 256 "
-        "--parallel 2 --swa-full --no-kv-offload --load-mode none --tensor-split 3,1"
+        "--parallel 2 --swa-full --no-kv-offload --load-mode none --tensor-split 3,1 "
+        "--split-mode row --main-gpu 1 --threads 6"
     )
     expected = Settings(
         n_ctx=8192, n_gpu_layers=20, type_k="q8_0", type_v="q4_0", flash_attn=FlashAttn.ON,
         n_batch=1024, n_ubatch=256, n_parallel=2, swa_full=True, kv_offload=False,
-        mmap=False, tensor_split=(3.0, 1.0),
+        mmap=False, tensor_split=(3.0, 1.0), split_mode=SplitMode.ROW, main_gpu=1, n_threads=6,
     )
     assert short.settings == long.settings == expected
     assert short.model_path == long.model_path == "a.gguf"
@@ -34,7 +35,8 @@ def test_short_and_long_forms_mean_the_same() -> None:
     assert short.unknown == long.unknown == []
     assert short.given == {
         "n_ctx", "n_gpu_layers", "type_k", "type_v", "flash_attn", "n_batch", "n_ubatch",
-        "n_parallel", "swa_full", "kv_offload", "mmap", "tensor_split",
+        "n_parallel", "swa_full", "kv_offload", "mmap", "mlock", "tensor_split", "split_mode",
+        "main_gpu", "n_threads",
     }
     assert not short.ctx_from_model
 
@@ -208,6 +210,11 @@ SETTINGS = st.builds(
     kv_unified=st.booleans(),
     mmap=st.booleans(),
     tensor_split=st.lists(st.floats(0.01, 100, allow_nan=False), max_size=4).map(tuple),
+    split_mode=st.sampled_from(list(SplitMode)),
+    main_gpu=st.integers(0, 7),
+    n_threads=st.sampled_from([AUTO_THREADS, 1, 6, 64]),
+    mlock=st.booleans(),
+    repack=st.booleans(),
 )
 # (control characters other than tab and line breaks: refused for sh and cmd, see shellquote)
 TEXT = st.text(st.one_of(st.characters(blacklist_categories=["Cs", "Cc"]),
@@ -235,7 +242,7 @@ def test_round_trip_through_a_shell(
     assert server.program == "llama-server"
     extras = {k: v for k, v in server.extras.items() if k != "load_mode"}
     assert extras == {"host": "0.0.0.0", "port": 8081}
-    assert server.extras.get("load_mode", "none") == "none"
+    assert server.extras.get("load_mode", "none") in ("none", "mlock", "mmap+mlock")
     assert server.unknown == []
     cli = parse_command(
         render(llama_cli_args(s, path, system_prompt=prompt, full=full), shell,

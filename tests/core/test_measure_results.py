@@ -104,11 +104,14 @@ def test_json_round_trip_and_shape(model_file: Path) -> None:
                          "failures", "pareto", "llama_cpp_version", "created"}
     assert set(data["evaluation"]) == {"window", "windows", "tokens", "text_tokens",
                                        "max_windows", "kl_method", "reference",
-                                       "reference_repeated"}
+                                       "reference_repeated", "score_from", "n_threads",
+                                       "speed_repeats", "retrieval_ctx", "sweep"}
+    assert data["evaluation"]["score_from"] == 256  # spelled out: the second half
     assert set(data["results"][0]) == {
         "type_k", "type_v", "label", "ppl", "ppl_stderr", "kl_mean", "kl_stderr", "kl_p99",
         "kl_max", "top1_agreement", "pp_tokens_per_s", "tg_tokens_per_s", "kv_bytes",
-        "kv_k_bytes", "kv_v_bytes", "flash_attn", "seconds"}
+        "kv_k_bytes", "kv_v_bytes", "flash_attn", "seconds", "pp_samples", "tg_samples",
+        "eval_tokens", "eval_seconds", "profile", "retrieval"}
     assert data["results"][2]["tg_tokens_per_s"] is None
     assert data["pareto"] == ["q4_0", "q8_0", "f16"]
     assert data["failures"] == [{"type_k": "q5_0", "type_v": "q5_0", "label": "q5_0",

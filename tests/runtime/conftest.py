@@ -35,14 +35,3 @@ def sparse_8b_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from kvgui.testing.tiny_model import write_sparse_model
 
     return write_sparse_model(tmp_path_factory.mktemp("sparse") / "llama-8b-q4_0.gguf")
-
-
-@pytest.fixture
-def no_leftover_children():
-    """Fails the test if it leaves a child process behind (a dry run that was not reaped)."""
-    psutil = pytest.importorskip("psutil")
-    me = psutil.Process()
-    before = {p.pid for p in me.children(recursive=True)}
-    yield
-    left = [p for p in me.children(recursive=True) if p.pid not in before]
-    assert not left, f"leftover processes: {[(p.pid, p.cmdline()) for p in left]}"

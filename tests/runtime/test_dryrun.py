@@ -8,7 +8,7 @@ import pytest
 
 from kvgui.core.config.settings import FlashAttn, Settings
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES, by_name
-from kvgui.runtime.dryrun import DryRunError, dry_run, dry_run_many, llama_params
+from kvgui.runtime.dryrun import DryRunError, dry_run, dry_run_many
 from kvgui.runtime.llama_log import MIB, matches_logged
 
 pytestmark = [pytest.mark.llama, pytest.mark.usefixtures("no_leftover_children")]
@@ -20,19 +20,6 @@ ON, OFF, AUTO = FlashAttn.ON, FlashAttn.OFF, FlashAttn.AUTO
 def bytes_per_elem(name: str) -> float:
     t = by_name(name)
     return t.type_size / t.block_size
-
-
-def test_every_setting_is_passed_explicitly() -> None:
-    s = Settings(n_ctx=1000, type_k="q8_0", type_v="q4_0", flash_attn=ON, n_gpu_layers=7,
-                 n_batch=300, n_ubatch=100, n_parallel=3, kv_offload=False, swa_full=True,
-                 kv_unified=True, tensor_split=(3.0, 1.0))
-    model, ctx = llama_params(s)
-    assert model["n_gpu_layers"] == 7 and model["tensor_split"] == [3.0, 1.0]
-    assert ctx == ctx | {"n_ctx": 1000, "n_batch": 300, "n_ubatch": 100, "n_seq_max": 3,
-                         "type_k": 8, "type_v": 2, "flash_attn_type": 1, "offload_kqv": False,
-                         "swa_full": True, "kv_unified": True}
-    # llama-cpp-python's constructor defaults differ from llama-cli's: nothing is left to them
-    assert llama_params(Settings())[1]["swa_full"] is False
 
 
 def test_tiny_model_figures(tiny_model_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -64,27 +63,6 @@ def test_sampling_defaults_validation_and_coercion() -> None:
     for bad in ({"max_tokens": 0}, {"top_p": 1.5}, {"temperature": -1}, {"top_k": -2}):
         with pytest.raises(ValueError):
             Sampling(**bad)
-
-
-def test_every_settings_field_reaches_llama_cpp() -> None:
-    """Each Settings field is passed explicitly, so llama-cpp-python's defaults never apply."""
-    s = Settings(n_ctx=1000, type_k="q8_0", type_v="q4_1", flash_attn=FlashAttn.AUTO,
-                 n_gpu_layers=7, n_batch=300, n_ubatch=100, n_parallel=3, kv_offload=False,
-                 swa_full=True, kv_unified=True, mmap=False, tensor_split=(3.0, 1.0))
-    kw = worker.llama_kwargs("m.gguf", s)
-    ctx = worker.context_fields(s)
-    model = worker.model_fields(s)
-    assert ctx == {"n_ctx": 1000, "n_batch": 300, "n_ubatch": 100, "n_seq_max": 3,
-                   "flash_attn_type": -1, "type_k": 8, "type_v": 3, "offload_kqv": False,
-                   "swa_full": True, "kv_unified": True}
-    assert model == {"n_gpu_layers": 7}
-    assert kw["use_mmap"] is False and kw["tensor_split"] == [3.0, 1.0]
-    assert kw["n_gpu_layers"] == 7 and kw["offload_kqv"] is False
-    covered = {"n_ctx", "type_k", "type_v", "flash_attn", "n_gpu_layers", "n_batch", "n_ubatch",
-               "n_parallel", "kv_offload", "swa_full", "kv_unified", "mmap", "tensor_split",
-               "extra_args"}  # extra_args: llama.cpp flags, applied by the launch (not here)
-    assert {f.name for f in dataclasses.fields(Settings)} == covered
-    assert worker.model_fields(Settings())["n_gpu_layers"] == 0x7FFFFFFF
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -172,17 +150,19 @@ def test_stop_interrupts_and_keeps_the_model(loaded: WorkerClient) -> None:
     pid = loaded.pid
     loaded.send("chat", text="tell me everything", system="be long",
                 sampling=Sampling(max_tokens=-1, seed=1).to_dict())
-    tokens = 0
+    streamed: list[str] = []
     while True:
         msg = loaded.next_event(timeout=20)
         if msg["type"] == "token":
-            tokens += 1
-            if tokens == 1:
+            streamed.append(msg["text"])
+            if len(streamed) == 1:
                 loaded.stop()
         if msg["type"] == "finished":
             break
     assert msg["stop_reason"] == "stopped"
     assert msg["tokens"] < 200  # unlimited otherwise: it runs to the end of the context
+    # the partial reply is kept, as streamed (llama-cpp-python itself returns "" here)
+    assert msg["reply"] == "".join(streamed) != ""
     assert loaded.pid == pid and loaded.running
     after = loaded.chat("short", sampling=Sampling(max_tokens=3, seed=1))
     assert after["stop_reason"] in ("max_tokens", "eos")
@@ -202,10 +182,13 @@ def test_context_full_stops_then_drops_oldest_turns(loaded: WorkerClient) -> Non
     assert third["dropped_turns"] >= 1  # three long turns do not fit in 512 tokens
     assert third["prompt_tokens"] < second["prompt_tokens"] + 200
 
-    loaded.reset()
-    full = loaded.chat("word " * 440, sampling=Sampling(max_tokens=-1, seed=3))
-    assert full["stop_reason"] == "context"
-    assert full["n_ctx"] - 2 <= full["n_past"] <= full["n_ctx"]
+    # To the end of the context whatever the last tokens are: llama-cpp-python skips its own
+    # limit while a reply ends inside a UTF-8 sequence, and then fails to decode past n_ctx.
+    for seed in range(4):
+        loaded.reset()
+        full = loaded.chat("word " * 440, sampling=Sampling(max_tokens=-1, seed=seed))
+        assert full["stop_reason"] == "context"
+        assert full["n_ctx"] - 2 <= full["n_past"] <= full["n_ctx"]
     with pytest.raises(WorkerError) as info:
         loaded.chat("word " * 600, sampling=Sampling(max_tokens=4))
     assert not info.value.fatal and "does not fit in the context" in str(info.value)
@@ -236,3 +219,46 @@ def test_load_failures_are_named() -> None:
                               ["gguf_init_from_file_impl: invalid magic characters: 'abcd'"])
     assert bad.startswith("not a GGUF model")
     assert worker.load_failure("boom", ["all fine"]) == "llama.cpp could not load the model: boom"
+
+
+# -- GGUFs without a chat template ------------------------------------------------------------
+
+def test_a_gguf_without_a_template_is_told_and_offered_its_architecture_format(
+        tmp_path) -> None:
+    """llama-cpp-python falls back to llama-2's format for any template-less GGUF (a Gemma
+    base model chatted with in llama-2's format answers mostly nothing): the worker says the
+    file has no template, which format the architecture uses, and takes the choice."""
+    from kvgui.testing.tiny_model import write_tiny_model
+
+    path = write_tiny_model(tmp_path / "base-gemma2.gguf", arch="gemma2", n_layer=4, n_swa=128,
+                            chat_template=None)
+    with WorkerClient() as client:
+        loaded = client.load(str(path), Settings(n_ctx=512))
+        assert loaded["chat_template"] is False
+        assert loaded["architecture"] == "gemma2"
+        assert loaded["chat_format"] == "llama-2"  # what llama-cpp-python would use silently
+        assert loaded["usual_format"] == "gemma" and loaded["formats"][0] == "gemma"
+        client.send("chat", text="hi", sampling=Sampling(max_tokens=2, seed=1).to_dict(),
+                    chat_format="gemma")
+        chat = client._expect("finished", 30)
+        assert chat["chat_format"] == "gemma" and chat["mode"] == "chat"
+        # completion mode: no template; the model continues the text, turn after turn
+        client.send("chat", text="Once upon a time", mode="completion",
+                    sampling=Sampling(max_tokens=3, seed=1).to_dict())
+        first = client._expect("finished", 30)
+        client.send("chat", text=" and then", mode="completion",
+                    sampling=Sampling(max_tokens=3, seed=1).to_dict())
+        second = client._expect("finished", 30)
+    assert first["mode"] == "completion" and first["dropped_turns"] == 0
+    assert first["prompt_tokens"] < chat["prompt_tokens"] + 10  # no template around the text
+    assert second["prompt_tokens"] > first["prompt_tokens"]  # the text so far, continued
+
+
+def test_token_events_carry_the_context_used(loaded: WorkerClient) -> None:
+    loaded.reset()
+    loaded.send("chat", text="count", sampling=Sampling(max_tokens=12, seed=2).to_dict())
+    pasts = []
+    while (msg := loaded.next_event(timeout=20))["type"] != "finished":
+        if msg["type"] == "token":
+            pasts.append(msg["n_past"])
+    assert pasts and pasts == sorted(pasts) and 0 < pasts[-1] <= msg["n_past"]

@@ -42,34 +42,41 @@ def column(p: MeasurePanel, name: str) -> list[str]:
 def test_run_fills_table_and_plot_and_reopens_from_cache(qtbot, panel: MeasurePanel,
                                                          tiny: Path) -> None:
     assert not panel.run_button.isEnabled()  # no model yet
+    assert "No model" in panel.model_label.text()
     panel.set_model(tiny)
+    assert panel.model_label.text() == f"Model: tiny.gguf — {tiny}"
+    assert "context 256" in panel.settings_label.text()
     assert "Not measured yet" in panel.status.text() and panel.table.rowCount() == 0
-    progress: list[float] = []
-    panel.process.progress.connect(lambda f, _m: progress.append(f))
+    progress: list[tuple[float, str]] = []
+    panel.process.progress.connect(lambda f, m: progress.append((f, m)))
     with qtbot.waitSignal(panel.runFinished, timeout=60_000):
         assert panel.start()
         assert panel.cancel_button.isEnabled() and not panel.run_button.isEnabled()
-    assert progress and progress[-1] == 1.0 and panel.progress.value() == 1000
+    assert progress and progress[-1][0] == 1.0 and panel.progress.value() == 1000
+    # per-phase progress with an ETA, naming the type
+    assert any("q4_0 (type 3 of 3): speed" in m for _f, m in progress)
+    assert any("left" in m for _f, m in progress)
     assert column(panel, "Type") == ["f16", "q8_0", "q4_0"]
     assert column(panel, "ΔPPL")[0] == "reference"
     assert column(panel, "KL mean")[0] == "0.00000"
     assert float(column(panel, "KL mean")[2]) > 0
+    assert column(panel, "Within")[0] == "✓"
+    # speed: the median and the slowest–fastest of the repeats
+    assert all("(" in c and "–" in c for c in column(panel, "PP t/s"))
     assert "189 tokens scored per type (3 windows of 128 tokens" in panel.status.text()
+    assert "repeats after a warm-up" in panel.status.text()
     assert sorted(panel.plot.labels) == ["f16", "q4_0", "q8_0"]
+    assert sorted(panel.profile_plot.lines) == ["q4_0", "q8_0"]  # KL by position
     assert panel.run_button.isEnabled() and not panel.cancel_button.isEnabled()
 
-    # a budget marks the most faithful type that fits: q8_0 at 48 KiB, with a star
-    panel.set_budget(48 * 1024)
+    # the star is the host's rule (the controller's), drawn here
+    panel.set_recommender(lambda run: ("q8_0", "q8_0"))
     assert panel.recommended is not None and panel.recommended.label == "q8_0"
     assert column(panel, "Type")[1] == "q8_0 ★"
-    assert panel.plot.pick.data.size == 1 and panel.plot.budget_line.isVisible()
-    # a cost at the user's context (here: 10x the measured KV) changes the pick
-    panel.set_budget(500 * 1024, cost=lambda r: None if r.kv_bytes is None else 10 * r.kv_bytes)
-    assert panel.recommended is not None and panel.recommended.label == "q8_0"
-    panel.set_budget(300 * 1024, cost=lambda r: None if r.kv_bytes is None else 10 * r.kv_bytes)
-    assert panel.recommended is not None and panel.recommended.label == "q4_0"
-    assert not panel.plot.budget_line.isVisible()  # another unit than the x axis
-    panel.set_budget(None)
+    assert panel.plot.pick.data.size == 1
+    panel.set_budget(48 * 1024)
+    assert panel.plot.budget_line.isVisible()
+    panel.set_recommender(None)
     assert panel.recommended is None and "★" not in "".join(column(panel, "Type"))
 
     # reopening: a new panel on the same model and settings shows the results at once
@@ -88,13 +95,35 @@ def test_run_fills_table_and_plot_and_reopens_from_cache(qtbot, panel: MeasurePa
     assert other.table.rowCount() == 0
 
 
+def test_a_run_keeps_its_model_when_another_is_chosen(qtbot, panel: MeasurePanel, tiny: Path,
+                                                      tmp_path: Path) -> None:
+    import shutil
+
+    other = tmp_path / "other.gguf"
+    shutil.copy(tiny, other)
+    panel.set_model(tiny)
+    finished: list[object] = []
+    panel.runFinished.connect(finished.append)
+    assert panel.start()
+    panel.set_model(other)  # the main window switched models meanwhile
+    assert "Measuring tiny.gguf" in panel.model_label.text()
+    qtbot.waitUntil(lambda: bool(finished), timeout=60_000)
+    run = finished[0]
+    assert run.model.path == str(tiny.resolve())  # measured what it started with
+    assert panel.table.rowCount() == 0  # the other model is not measured: nothing mixed in
+    assert "Finished measuring tiny.gguf" in panel.status.text()
+    assert panel.model_label.text() == f"Model: other.gguf — {other}"
+    panel.set_model(tiny)  # and the run is in tiny's cache
+    assert column(panel, "Type") == ["f16", "q8_0", "q4_0"]
+
+
 def test_cancel_stops_the_worker(qtbot, panel: MeasurePanel, tiny: Path) -> None:
     panel.windows_spin.setValue(0)  # every window of the sample: long enough to cancel
     panel.set_model(tiny)
     windows: list[str] = []
     panel.process.progress.connect(lambda _f, m: windows.append(m))
     assert panel.start()
-    qtbot.waitUntil(lambda: any("window" in m and "/" in m for m in windows), timeout=30_000)
+    qtbot.waitUntil(lambda: any("quality" in m for m in windows), timeout=30_000)
     pid = panel.process.pid
     with qtbot.waitSignal(panel.process.cancelled, timeout=5_000):
         panel.cancel()

@@ -156,8 +156,10 @@ def test_imported_flags_survive_to_the_export(qtbot, open_model, window, model_f
         f"llama-server -m {model_file} -c 8192 --jinja -t 8 --host 0.0.0.0 --port 8080"))
     window.ctl.flush()
     s = window.ctl.settings
+    assert s.n_threads == 8  # -t is a setting kvgui models now; the rest travel as given
     server = llama_server_args(s, str(model_file))
-    assert server[-7:] == ["--jinja", "-t", "8", "--host", "0.0.0.0", "--port", "8080"]
+    assert server[-5:] == ["--jinja", "--host", "0.0.0.0", "--port", "8080"]
+    assert server[server.index("-t") + 1] == "8"
     cli = llama_cli_args(s, str(model_file))
     assert "--jinja" in cli and "-t" in cli and "--host" not in cli
     assert any("--host 0.0.0.0 --port 8080" in n for n in export_notes(s, "llama-cli"))
@@ -228,3 +230,27 @@ def test_verify_names_the_layout_it_checked(qtbot, open_model, window, model_fil
     text = window.verify_panel.layout_label.text()
     assert "RTX 4060" in text and "CPU" in text
     assert max_context(window.ctl.model, window.ctl.settings, window.ctl.plan.devices()) > 0
+
+
+def test_a_build_whose_kernels_crash_is_fixed_by_the_fix_button(qtbot, open_model, window,
+                                                               model_file) -> None:
+    """The host's refusal (this build crashes in its AMX kernels) comes with the window's fix:
+    the estimate's findings are the controller's, not only the model's rules."""
+    from dataclasses import replace
+
+    from kvgui.core.devices.hardware import cpu
+    from kvgui.ui.controller import HardwareState
+
+    crashing = replace(cpu.preset("amx"), kernels_crash="this build crashes in its AMX kernels")
+    window.ctl.set_hardware_state(HardwareState(ram_available=64 * GiB, host_cpu=crashing))
+    window.ctl.set_hardware_choice(HardwareChoice(mode=HW_DETECTED))
+    open_model(window, model_file)
+    assert window.ctl.snapshot.estimate.refused
+    assert window.cache_controls.fix.isVisible()
+    from PySide6.QtCore import Qt
+
+    qtbot.mouseClick(window.cache_controls.fix, Qt.MouseButton.LeftButton)
+    window.ctl.flush()
+    assert window.ctl.settings.repack is False
+    assert not window.ctl.snapshot.estimate.refused
+    assert window.cache_controls.repack.isChecked() is False

@@ -344,7 +344,7 @@ def test_measure_opens_for_the_current_model_and_budget(qtbot, open_model, windo
     gpu = est.devices[0]
     assert panel._budget == gpu.budget - (gpu.total - gpu.kv)
     window.close()  # closing the main window ends any measuring worker
-    assert panel.process._proc is None
+    assert not panel.process.is_running() and panel.process.pid is None
 
 
 def test_preset_save_and_load_round_trip(qtbot, open_model, window, model_file: Path,

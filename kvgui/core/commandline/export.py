@@ -15,8 +15,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kvgui.core.commandline.arg_table import arg_table, split_for_tool
-from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
-from kvgui.core.gguf.ggml_types import by_name
+from kvgui.core.commandline.llama_params import (
+    LLAMA_CPP_PYTHON_DEFAULTS,
+    llama_cpp_python_kwargs,
+    llama_params,
+    load_mode_arg,
+)
+from kvgui.core.config.settings import ALL_LAYERS, AUTO_THREADS, FlashAttn, Settings, SplitMode
 
 LLAMA_CLI = "llama-cli"
 LLAMA_SERVER = "llama-server"
@@ -49,6 +54,9 @@ def change_flags(changes: Mapping[str, Any]) -> list[str]:
     """A Settings change (a refusal's fix) as the llama.cpp flags that make it: -fa auto."""
     out: list[str] = []
     for name, value in changes.items():
+        if name == "repack":
+            out += [] if value else ["-nr"]
+            continue
         flag = _CHANGE_FLAGS.get(name)
         if flag is None:
             continue
@@ -83,10 +91,20 @@ def _settings_args(s: Settings, *, server: bool, full: bool) -> list[str]:
             args.append("-kvu")
         elif full:
             args.append("-no-kvu")
-    if not s.mmap:
-        args += ["-lm", "none"]  # this llama.cpp has --load-mode instead of --no-mmap
+    if (mode := load_mode_arg(s)) is not None:
+        args += ["-lm", mode]  # this llama.cpp has --load-mode instead of --no-mmap/--mlock
     if s.tensor_split:
         args += ["-ts", tensor_split_arg(s.tensor_split)]
+    if full or s.split_mode is not SplitMode.LAYER:
+        args += ["-sm", s.split_mode.value]
+    if full or s.main_gpu != d.main_gpu:
+        args += ["-mg", str(s.main_gpu)]
+    if s.n_threads != AUTO_THREADS:  # "-t -1" would mean every logical CPU, not the default
+        args += ["-t", str(s.n_threads)]
+    if not s.repack:
+        args.append("-nr")
+    elif full:
+        args.append("--repack")
     return args
 
 
@@ -181,6 +199,9 @@ def export_notes(
             notes.append(
                 "llama-cpp-python decodes one sequence: -np and -kvu have no equivalent there"
             )
+        if not settings.repack:
+            notes.append("llama-cpp-python has no keyword for -nr (use_extra_bufts=False): "
+                         "kvgui's own worker sets it on the model params")
         if settings.flash_attn is FlashAttn.AUTO:
             notes.append(
                 "llama-cpp-python 0.3.36 takes flash_attn as True/False only, not 'auto'"
@@ -190,6 +211,19 @@ def export_notes(
 
 def _py_str(text: str) -> str:
     return repr(str(text))
+
+
+# Written in every snippet: the keywords whose llama-cpp-python default is not llama-cli's,
+# or that a reader looks for first; the others only when they differ from its default.
+_SNIPPET_ALWAYS = ("n_ctx", "n_gpu_layers", "type_k", "type_v", "flash_attn", "n_batch",
+                   "n_ubatch", "swa_full")
+_SNIPPET_COMMENTS = {
+    "type_k": lambda s: f"{s.type_k} (ggml type id)",
+    "type_v": lambda s: f"{s.type_v} (ggml type id)",
+    "n_gpu_layers": lambda s: "all layers" if s.n_gpu_layers == ALL_LAYERS else "",
+    "flash_attn": lambda s: "llama.cpp: -fa auto" if s.flash_attn is FlashAttn.AUTO else "",
+    "split_mode": lambda s: f"-sm {s.split_mode.value}",
+}
 
 
 def python_snippet(
@@ -204,43 +238,33 @@ def python_snippet(
 ) -> str:
     """A llama-cpp-python script that loads the model with these settings and chats once.
 
-    llama-cpp-python's own defaults differ from llama-cli's (n_batch 512, swa_full on,
-    flash attention off), so those are always written out. Its flash_attn is a bool
-    (llama.py maps True/False to enabled/disabled), so "auto" is written as
-    ``flash_attn_resolved`` (what the estimate resolved it to) or, unknown, as True: what
-    llama.cpp's auto picks wherever the backend supports flash attention.
+    The ``Llama()`` keywords are generated from the one translation
+    (``llama_params.llama_cpp_python_kwargs``). llama-cpp-python's own defaults differ from
+    llama-cli's (n_batch 512, swa_full on, flash attention off), so those are always written
+    out; the rest when they differ from its defaults (all with ``full``). The thread count is
+    written only when the Settings name one: llama.cpp's choice depends on the machine.
     """
     s = settings
-    fa_comment = ""
-    if s.flash_attn is FlashAttn.AUTO:
-        fa = True if flash_attn_resolved is None else flash_attn_resolved
-        fa_comment = "  # llama.cpp: -fa auto"
-    else:
-        fa = s.flash_attn is FlashAttn.ON
-    ngl_comment = "  # all layers" if s.n_gpu_layers == ALL_LAYERS else ""
+    kwargs = llama_cpp_python_kwargs(llama_params(s), flash_attn_resolved=flash_attn_resolved)
+    if s.n_threads == AUTO_THREADS:
+        del kwargs["n_threads"], kwargs["n_threads_batch"]
     lines = [
         "from llama_cpp import Llama",
         "",
         "llm = Llama(",
         f"    model_path={_py_str(model_path)},",
-        f"    n_ctx={s.n_ctx},",
-        f"    n_gpu_layers={s.n_gpu_layers},{ngl_comment}",
-        f"    type_k={by_name(s.type_k).id},  # {s.type_k} (ggml type id)",
-        f"    type_v={by_name(s.type_v).id},  # {s.type_v} (ggml type id)",
-        f"    flash_attn={fa},{fa_comment}",
-        f"    n_batch={s.n_batch},",
-        f"    n_ubatch={s.n_ubatch},",
-        f"    swa_full={s.swa_full},",
     ]
-    if full or not s.kv_offload:
-        lines.append(f"    offload_kqv={s.kv_offload},")
-    if full or not s.mmap:
-        lines.append(f"    use_mmap={s.mmap},")
-    if s.tensor_split:
-        lines.append(f"    tensor_split={[float(x) for x in s.tensor_split]!r},")
+    for name, value in kwargs.items():
+        default = LLAMA_CPP_PYTHON_DEFAULTS[name]
+        if name not in _SNIPPET_ALWAYS and not full and value == default:
+            continue
+        if name == "tensor_split" and value is None:
+            continue
+        comment = _SNIPPET_COMMENTS.get(name, lambda _s: "")(s)
+        lines.append(f"    {name}={value!r},{'  # ' + comment if comment else ''}")
     lines.append(")")
     for note in export_notes(s, "python"):
-        if "one sequence" in note:
+        if "one sequence" in note or "-nr" in note:
             lines.append(f"# {note}")
     lines += ["", "messages = ["]
     if system_prompt:

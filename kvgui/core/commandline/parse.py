@@ -9,6 +9,7 @@ Flags it does not model are kept, in order, in ``unknown``, never dropped.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 
 from kvgui.core.commandline.shellquote import ShellSyntaxError, guess_shell, split_command
 from kvgui.core.config import limits
-from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings, SplitMode
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 
 
@@ -80,9 +81,14 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], bool, str | None]] = {
     "no_kv_unified": (("-no-kvu", "--no-kv-unified"), False, None),
     "kv_offload": (("-kvo", "--kv-offload"), False, "LLAMA_ARG_KV_OFFLOAD"),
     "no_kv_offload": (("-nkvo", "--no-kv-offload"), False, None),
+    "split_mode": (("-sm", "--split-mode"), True, "LLAMA_ARG_SPLIT_MODE"),
+    "main_gpu": (("-mg", "--main-gpu"), True, "LLAMA_ARG_MAIN_GPU"),
+    "n_threads": (("-t", "--threads"), True, "LLAMA_ARG_THREADS"),
+    "mlock": (("--mlock",), False, "LLAMA_ARG_MLOCK"),  # older llama.cpp
+    "repack": (("--repack",), False, "LLAMA_ARG_REPACK"),
+    "no_repack": (("-nr", "--no-repack"), False, None),
     "mmap": (("--mmap",), False, "LLAMA_ARG_MMAP"),  # older llama.cpp
     "no_mmap": (("--no-mmap",), False, "LLAMA_ARG_NO_MMAP"),  # older llama.cpp
-    "mlock": (("--mlock",), False, "LLAMA_ARG_MLOCK"),  # older llama.cpp: -lm mmap+mlock
 }
 # recognised, but passed on as given rather than modelled (Settings.extra_args)
 _PASSED_ON = frozenset({"host", "port"})
@@ -92,9 +98,9 @@ _BY_ENV = {env: key for key, (_, _, env) in _OPTIONS.items() if env}
 # Flags kvgui keeps but does not model that change where memory goes.
 _MEMORY_FLAGS = frozenset({
     "-ot", "--override-tensor", "-cmoe", "--cpu-moe", "-ncmoe", "--n-cpu-moe", "-ncffn",
-    "--n-cpu-ffn", "-sm", "--split-mode", "-mg", "--main-gpu", "-dev", "--device",
+    "--n-cpu-ffn", "-dev", "--device",
     "--kv-unified-per-slot", "-md", "--model-draft", "-mm", "--mmproj", "-fitt",
-    "--fit-target", "-fitc", "--fit-ctx", "--no-host", "-nr", "--no-repack",
+    "--fit-target", "-fitc", "--fit-ctx", "--no-host",
 })
 
 _TRUTHY = {"on", "enabled", "true", "1"}  # arg.cpp is_truthy / is_falsey / is_autoy
@@ -187,7 +193,29 @@ class _Reader:
             if mode not in ("auto", "none", "mmap", "mlock", "mmap+mlock", "dio"):
                 raise CommandParseError(f"{flag}: unknown load mode {v!r}")
             self.values["mmap"] = mode in ("auto", "mmap", "mmap+mlock")
+            self.values["mlock"] = mode in ("mlock", "mmap+mlock")
             self.extras["load_mode"] = mode
+        elif key == "split_mode":
+            mode = v.strip().lower()
+            if mode not in {m.value for m in SplitMode}:
+                raise CommandParseError(f"{flag}: expected none, layer, row or tensor, got {v!r}")
+            self.values["split_mode"] = SplitMode(mode)
+            if mode != SplitMode.LAYER.value:
+                self.warnings.append(
+                    f"{flag} {mode} changes where llama.cpp puts memory; kvgui's estimate "
+                    "splits by layer")
+        elif key == "main_gpu":
+            n = self._int(flag, v)
+            if n < 0:
+                raise CommandParseError(f"{flag}: a device index is 0 or more, got {n}")
+            self.values["main_gpu"] = n
+        elif key == "n_threads":
+            n = self._int(flag, v)  # arg.cpp: 0 or less means every logical CPU
+            self.values["n_threads"] = n if n > 0 else (os.cpu_count() or 1)
+        elif key == "mlock":
+            self.values["mlock"] = True
+        elif key in ("repack", "no_repack"):
+            self.values["repack"] = key == "repack"
         elif key == "fit":
             word = v.strip().lower()
             if word not in _TRUTHY | _FALSEY:
@@ -206,9 +234,6 @@ class _Reader:
         elif key in ("mmap", "no_mmap"):
             self.values["mmap"] = key == "mmap"
             self.extras.pop("load_mode", None)
-        elif key == "mlock":
-            self.extras["load_mode"] = "mmap+mlock" if self.values.get("mmap", True) else "mlock"
-            self.warnings.append("--mlock is the older spelling of -lm mlock")
 
     def _gpu_layers(self, flag: str, v: str) -> None:
         if v == "auto":
@@ -237,7 +262,8 @@ def _flash_attn(flag: str, value: str | None) -> FlashAttn:
     raise CommandParseError(f"{flag}: expected on, off or auto, got {value!r}")
 
 
-_NEGATION = {"kv_unified": "no_kv_unified", "kv_offload": "no_kv_offload", "mmap": "no_mmap"}
+_NEGATION = {"kv_unified": "no_kv_unified", "kv_offload": "no_kv_offload", "mmap": "no_mmap",
+             "repack": "no_repack"}
 
 
 def _apply_env(reader: _Reader, name: str, value: str) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from kvgui.core.config.settings import Settings
 from kvgui.core.devices.budget import HardwareChoice
+from kvgui.core.quality.advice import QualityThreshold
 from kvgui.core.untrusted import loads_json, one_line, read_text_capped
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,10 @@ class AppConfig:
     ngl_mode: str = "all"  # GPU layers: all / auto (the most that fit) / n (settings' number)
     geometry: str = ""  # QMainWindow.saveGeometry(), base64
     window_state: str = ""  # QMainWindow.saveState(), base64
+    llama_cpp_folder: str = ""  # the user's llama.cpp binaries (Serve, Verify, terminal)
+    # the loss the user accepts from a quantized cache (the presets and the advice use it)
+    quality_threshold: QualityThreshold = field(default_factory=QualityThreshold)
+    measure_text: str = ""  # the text measurements are looked up for ("" = the sample)
 
     def add_recent(self, path: str) -> None:
         """Most recent first, no duplicates, at most MAX_RECENT."""
@@ -55,6 +60,9 @@ class AppConfig:
             "ngl_mode": self.ngl_mode,
             "geometry": self.geometry,
             "window_state": self.window_state,
+            "llama_cpp_folder": self.llama_cpp_folder,
+            "quality_threshold": self.quality_threshold.to_dict(),
+            "measure_text": self.measure_text,
         }
 
     @classmethod
@@ -76,6 +84,9 @@ class AppConfig:
             ngl_mode=_ngl_mode(data.get("ngl_mode", "all")),
             geometry=str(data.get("geometry", "")),
             window_state=str(data.get("window_state", "")),
+            llama_cpp_folder=str(data.get("llama_cpp_folder", "")),
+            quality_threshold=QualityThreshold.from_dict(data.get("quality_threshold") or {}),
+            measure_text=str(data.get("measure_text", "")),
         )
 
 

@@ -62,6 +62,7 @@ LIMITS: dict[str, Limit] = {
     "n_gpu_layers": Limit(-1, INT32_MAX, _INT32 + " (llama_model_params.n_gpu_layers)"),
     "n_threads": Limit(1, GGML_MAX_N_THREADS, "ggml's most threads (GGML_MAX_N_THREADS)"),
     "port": Limit(0, 65535, "the largest TCP port"),
+    "main_gpu": Limit(0, LLAMA_MAX_DEVICES - 1, "llama.cpp's most devices (llama_max_devices)"),
 }
 
 

@@ -32,6 +32,24 @@ class FlashAttn(str, Enum):
         return {"auto": -1, "off": 0, "on": 1}[self.value]
 
 
+class SplitMode(str, Enum):
+    """``-sm``: how the model is split across GPUs (llama.h enum llama_split_mode)."""
+
+    NONE = "none"
+    LAYER = "layer"
+    ROW = "row"
+    TENSOR = "tensor"
+
+    @property
+    def llama_value(self) -> int:
+        return {"none": 0, "layer": 1, "row": 2, "tensor": 3}[self.value]
+
+
+# kvgui's spelling of "llama.cpp picks the thread count" (llama-cli without -t: its CPU's
+# math cores, common_cpu_get_num_math)
+AUTO_THREADS = -1
+
+
 @dataclass(frozen=True)
 class Settings:
     n_ctx: int = 4096
@@ -47,6 +65,14 @@ class Settings:
     kv_unified: bool = False
     mmap: bool = True
     tensor_split: tuple[float, ...] = field(default=())
+    split_mode: SplitMode = SplitMode.LAYER
+    main_gpu: int = 0
+    n_threads: int = AUTO_THREADS
+    mlock: bool = False
+    repack: bool = True  # -nr/--no-repack turns off the CPU's repacked (AMX, …) weight buffers
+    # llama_context_params.n_outputs_max: 0 = n_batch (llama-cli). No flag: llama-server sets
+    # it to -np (one output per slot), which shrinks its compute buffer (see server_settings).
+    n_outputs_max: int = 0
     # flags kvgui does not model, as the user gave them (an imported command's -t 8, --jinja,
     # --host …): kept in order and passed on to each tool that accepts them
     extra_args: tuple[str, ...] = field(default=())
@@ -67,6 +93,14 @@ class Settings:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, not {getattr(self, name)!r}")
         object.__setattr__(self, "tensor_split", limits.check_tensor_split(self.tensor_split))
+        if not isinstance(self.split_mode, SplitMode):
+            object.__setattr__(self, "split_mode", SplitMode(self.split_mode))
+        if self.n_outputs_max < 0:
+            raise ValueError(f"n_outputs_max must be 0 (n_batch) or more, not "
+                             f"{self.n_outputs_max}")
+        limits.check("main_gpu", self.main_gpu)
+        if self.n_threads != AUTO_THREADS:  # -1: llama.cpp's choice
+            limits.check("n_threads", self.n_threads)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -74,6 +108,7 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["flash_attn"] = self.flash_attn.value
+        d["split_mode"] = self.split_mode.value
         d["tensor_split"] = list(self.tensor_split)
         d["extra_args"] = list(self.extra_args)
         return d
@@ -93,7 +128,7 @@ class Settings:
 
 
 _CHECKED_INTS = ("n_ctx", "n_batch", "n_ubatch", "n_parallel", "n_gpu_layers")
-_BOOLS = ("kv_offload", "swa_full", "kv_unified", "mmap")
+_BOOLS = ("kv_offload", "swa_full", "kv_unified", "mmap", "mlock", "repack")
 
 
 def pad_ctx(n_ctx: int) -> int:

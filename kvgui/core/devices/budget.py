@@ -592,8 +592,11 @@ def choice_from_args(args: argparse.Namespace,
     return base
 
 
-def plan_from_args(args: argparse.Namespace, report: HardwareReport | None = None) -> BudgetPlan:
-    """The budget plan the flags describe; ``report`` is detect()'s, run here when needed."""
+def plan_from_args(args: argparse.Namespace, report: HardwareReport | None = None,
+                   host: HostCpu | None = None) -> BudgetPlan:
+    """The budget plan the flags describe; ``report`` is detect()'s, run here when needed;
+    ``host``: the installed llama.cpp's CPU backend (kvgui.runtime.llama_backend), else the
+    report's (a native build's guess)."""
     planning = bool(getattr(args, "gpu_model", None) or getattr(args, "vram", None))
     if report is None:
         from kvgui.core.devices.hardware import detect, system
@@ -602,13 +605,14 @@ def plan_from_args(args: argparse.Namespace, report: HardwareReport | None = Non
     choice = choice_from_args(args, report)
     try:
         return plan_hardware(choice, report.gpus, report.system, _split_from_args(args),
-                             report.host_cpu)
+                             host or report.host_cpu)
     except ValueError as exc:  # a negative tensor split
         raise UsageError(str(exc)) from None
 
 
 def devices_from_args(
-    args: argparse.Namespace, report: HardwareReport | None = None
+    args: argparse.Namespace, report: HardwareReport | None = None,
+    host: HostCpu | None = None,
 ) -> list[DeviceBudget]:
     """GPUs first (llama.cpp's order), host RAM last: what estimate()/fit take."""
-    return plan_from_args(args, report).devices()
+    return plan_from_args(args, report, host).devices()

@@ -203,7 +203,7 @@ def _stage_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
                   slots: Sequence[SlotLayers]) -> list[int]:
     """The stage model per device, for architectures without a builder."""
     result = [0] * len(slots)
-    n_outputs = min(shape.n_ubatch, shape.n_batch)
+    n_outputs = shape.n_outputs or min(shape.n_ubatch, shape.n_batch)
     for i, slot in enumerate(slots):
         is_cpu = i == len(slots) - 1
         if not slot.holds_layers and not slot.holds_output:

@@ -109,6 +109,7 @@ class ContextShape(NamedTuple):
     n_ubatch: int
     swa_cells: int  # cells of the sliding-window cache per stream
     n_seq: int = 1  # n_seq_max: the reserved ubatch is a multiple of it
+    n_outputs: int = 0  # logits rows of the reserved graph; 0: n_ubatch (llama-cli's)
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,10 @@ def context_shape(model: ModelInfo, s: Settings) -> ContextShape:
     else:
         window = model.n_swa * (n_seq if s.kv_unified else 1) + n_ubatch
         swa_cells = _pad(min(n_ctx_seq, window), 256)
-    return ContextShape(n_ctx, n_ctx_seq, n_stream, n_batch, n_ubatch, swa_cells, n_seq)
+    # llama-context.cpp: the reserve's outputs are min(n_tokens, n_outputs_max or n_batch)
+    n_outputs = min(n_ubatch, s.n_outputs_max or n_batch)
+    return ContextShape(n_ctx, n_ctx_seq, n_stream, n_batch, n_ubatch, swa_cells, n_seq,
+                        n_outputs)
 
 
 def resolve_flash_attn(model: ModelInfo, s: Settings) -> bool:
@@ -470,6 +474,9 @@ def estimate(model: ModelInfo, settings: Settings,
     host = next((d.host for d in devices if not d.is_gpu and d.host is not None), None) \
         or this_host()
     s = settings
+    crash = host.kernels_crash if s.repack and host.extra_buffers else ""
+    if not s.repack:  # -nr: llama.cpp uses no extra CPU buffer types
+        host = host.without_extra_buffers()
     fa = resolve_flash_attn(model, s)
     if ggml_types.is_quantized(s.type_v) and s.flash_attn is FlashAttn.AUTO:
         fa = True
@@ -515,6 +522,9 @@ def estimate(model: ModelInfo, settings: Settings,
                             kv_v[cpu], compute[cpu], output, state[cpu],
                             placed.host.mapped, placed.host.mapped_idle))
     found += host_buffers.findings(placed.host, host, flash_attn=fa)
+    if crash and any(p.buffer not in ("CPU", "CPU_Mapped") for p in placed.host.placed):
+        found.append(fnd.refusal(Code.LLAMA_ABORTS, crash, field="repack",
+                                 fix={"repack": False}))
     on_gpu = any(d.is_gpu and d.compute for d in out)
     checked = memo.get("compute_check", on_gpu, lambda: compute_check(model, on_gpu))
     if not checked.verified and not refused:

@@ -80,9 +80,10 @@ class ShapeValues(NamedTuple):
 
 def shape_values(shape: ContextShape) -> ShapeValues:
     """sched_reserve: n_tokens = min(n_ctx, n_ubatch) rounded up to a multiple of n_seq_max;
-    outputs: min(n_tokens before rounding, n_outputs_max = n_batch)."""
+    outputs: min(n_tokens before rounding, n_outputs_max or n_batch) (ContextShape.n_outputs;
+    llama-server sets n_outputs_max to its slots)."""
     n_seqs = max(int(getattr(shape, "n_seq", 0)), shape.n_stream, 1)
-    n_outputs = min(shape.n_ubatch, shape.n_batch)
+    n_outputs = getattr(shape, "n_outputs", 0) or min(shape.n_ubatch, shape.n_batch)
     u = -(-shape.n_ubatch // n_seqs)
     unified = shape.n_stream == 1 and n_seqs > 1
     return ShapeValues(n_seqs, unified, {"U": u, "O": n_outputs, "K": shape.n_ctx_seq,

@@ -2,7 +2,9 @@
 
 A measurement runs the model over one text, in the same evaluation windows, once per K/V type
 pair; the f16/f16 run is the reference the others are compared with (KL divergence of the
-token distributions, top-1 agreement). Results are cached per model file (path, size, mtime)
+token distributions, top-1 agreement), also by position in the window (where long-context
+errors show), plus each pair's speed (repeated, median and spread) and, when asked, a
+retrieval test at the chosen context. Results are cached per model file (path, size, mtime)
 + settings + text + windows, so reopening a model shows them at once. Qt- and llama-free.
 """
 
@@ -13,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,7 +25,7 @@ from typing import Any
 from kvgui.core.config.settings import FlashAttn, Settings
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REFERENCE_PAIR: tuple[str, str] = ("f16", "f16")
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"))
 # What the panel offers: every type for both K and V, plus the usual mixed pair.
@@ -33,6 +36,8 @@ OFFERED_PAIRS: tuple[tuple[str, str], ...] = (
     ("q8_0", "f16"),
 )
 DEFAULT_WINDOW = 512  # llama-perplexity's default context
+DEFAULT_PROFILE_BINS = 8  # KL/top-1 by position: this many equal slices of the scored positions
+DEFAULT_SPEED_REPEATS = 5  # timed repeats of each speed test, after one untimed warm-up
 QUANTIZED = frozenset(CACHE_TYPE_NAMES) - {"f32", "f16", "bf16"}
 
 
@@ -147,6 +152,12 @@ class PairResult:
     kv_v_bytes: int | None = None
     flash_attn: bool | None = None
     seconds: float = 0.0
+    pp_samples: tuple[float, ...] = ()  # tokens/s of each timed repeat (median = pp_tokens_per_s)
+    tg_samples: tuple[float, ...] = ()
+    eval_tokens: int = 0  # tokens decoded by the quality evaluation (every window, in full)
+    eval_seconds: float = 0.0  # its wall time, scoring included
+    profile: tuple[ProfileBin, ...] = ()
+    retrieval: tuple[NeedleProbe, ...] = ()
 
     @property
     def label(self) -> str:
@@ -155,6 +166,24 @@ class PairResult:
     @property
     def pair(self) -> tuple[str, str]:
         return (self.type_k, self.type_v)
+
+    @property
+    def pp_spread(self) -> tuple[float, float] | None:
+        """(slowest, fastest) of the prompt-speed repeats; None when not repeated."""
+        return _spread(self.pp_samples)
+
+    @property
+    def tg_spread(self) -> tuple[float, float] | None:
+        return _spread(self.tg_samples)
+
+    @property
+    def eval_tokens_per_s(self) -> float:
+        """Throughput of the quality evaluation: tokens decoded and scored per second."""
+        return self.eval_tokens / self.eval_seconds if self.eval_seconds > 0 else math.nan
+
+    @property
+    def retrieval_passed(self) -> int:
+        return sum(p.passed for p in self.retrieval)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -175,6 +204,12 @@ class PairResult:
             "kv_v_bytes": self.kv_v_bytes,
             "flash_attn": self.flash_attn,
             "seconds": self.seconds,
+            "pp_samples": list(self.pp_samples),
+            "tg_samples": list(self.tg_samples),
+            "eval_tokens": self.eval_tokens,
+            "eval_seconds": self.eval_seconds,
+            "profile": [b.to_dict() for b in self.profile],
+            "retrieval": [p.to_dict() for p in self.retrieval],
         }
 
     @classmethod
@@ -205,7 +240,77 @@ class PairResult:
             kv_v_bytes=opt_int("kv_v_bytes"),
             flash_attn=None if fa is None else bool(fa),
             seconds=float(d.get("seconds", 0.0)),
+            pp_samples=tuple(float(x) for x in d.get("pp_samples", ())),
+            tg_samples=tuple(float(x) for x in d.get("tg_samples", ())),
+            eval_tokens=int(d.get("eval_tokens", 0)),
+            eval_seconds=float(d.get("eval_seconds", 0.0)),
+            profile=tuple(ProfileBin.from_dict(b) for b in d.get("profile", ())),
+            retrieval=tuple(NeedleProbe.from_dict(p) for p in d.get("retrieval", ())),
         )
+
+
+def _spread(samples: Sequence[float]) -> tuple[float, float] | None:
+    finite = [x for x in samples if math.isfinite(x)]
+    return (min(finite), max(finite)) if len(finite) > 1 else None
+
+
+def format_speed(median_: float, spread: tuple[float, float] | None, spec: str) -> str:
+    """"1234 (1200–1250)": the median and the slowest–fastest repeat (CLI and window)."""
+    if not math.isfinite(median_):
+        return "n/a"
+    text = format(median_, spec)
+    if spread is not None:
+        text += f" ({format(spread[0], spec)}–{format(spread[1], spec)})"
+    return text
+
+
+def median(samples: Sequence[float]) -> float:
+    finite = [x for x in samples if math.isfinite(x)]
+    return float(statistics.median(finite)) if finite else math.nan
+
+
+@dataclass(frozen=True)
+class ProfileBin:
+    """KL and top-1 agreement over one slice of positions in the window, pooled over every
+    window: where in a long context the cache type starts to cost."""
+
+    start: int  # first position (token index in the window) of the slice
+    end: int  # one past the last
+    kl_mean: float
+    top1_agreement: float
+    n: int  # scored predictions in the slice
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "kl_mean": self.kl_mean,
+                "top1_agreement": self.top1_agreement, "n": self.n}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProfileBin:
+        return cls(int(d["start"]), int(d["end"]), float(d["kl_mean"]),
+                   float(d["top1_agreement"]), int(d["n"]))
+
+
+@dataclass(frozen=True)
+class NeedleProbe:
+    """One retrieval probe: a fact hidden at ``depth`` (0 = start, 1 = end) of a filler text
+    that fills the context, asked for at the end; ``passed`` when the greedy answer names it."""
+
+    depth: float
+    position: int  # token index where the fact starts
+    context_tokens: int  # prompt length in tokens
+    expected: str
+    answer: str  # what the model wrote (the first few tokens)
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"depth": self.depth, "position": self.position,
+                "context_tokens": self.context_tokens, "expected": self.expected,
+                "answer": self.answer, "passed": self.passed}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NeedleProbe:
+        return cls(float(d["depth"]), int(d["position"]), int(d["context_tokens"]),
+                   str(d["expected"]), str(d["answer"]), bool(d["passed"]))
 
 
 @dataclass(frozen=True)
@@ -228,8 +333,9 @@ class Evaluation:
     """How the text was evaluated: identical for every pair of a run, by construction.
 
     Windows of ``window`` tokens (the first replaced by BOS where the model wants one), the
-    KV cache cleared between windows; the second half of each window is scored, so
-    ``tokens`` = windows * (window - window // 2 - 1) predictions per pair.
+    KV cache cleared between windows; positions from ``score_from`` on are scored (by default
+    the second half, as llama-perplexity does; 0 for a long-context profile), so ``tokens`` =
+    windows * (window - score_from - 1) predictions per pair.
     """
 
     window: int
@@ -239,6 +345,19 @@ class Evaluation:
     max_windows: int | None
     kl_method: str  # "full" (exact) or "top<k>" (top-k of the reference + the rest as one)
     reference_repeated: bool  # f16 was run twice: its KL row is a real run-to-run figure
+    score_from: int | None = None  # None: window // 2 (llama-perplexity)
+    n_threads: int = 0  # CPU threads of every decode (speed is comparable only at the same)
+    speed_repeats: int = 0
+    retrieval_ctx: int | None = None  # context the retrieval probes fill (None: not run)
+    sweep: str = ""  # the threshold a sweep searched for ("" when the pairs were given)
+
+    def __post_init__(self) -> None:
+        if self.score_from is None:  # spelled out: the JSON says which positions were scored
+            object.__setattr__(self, "score_from", self.window // 2)
+
+    @property
+    def first_scored(self) -> int:
+        return self.window // 2 if self.score_from is None else self.score_from
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -250,6 +369,11 @@ class Evaluation:
             "kl_method": self.kl_method,
             "reference": pair_label(*REFERENCE_PAIR),
             "reference_repeated": self.reference_repeated,
+            "score_from": self.first_scored,
+            "n_threads": self.n_threads,
+            "speed_repeats": self.speed_repeats,
+            "retrieval_ctx": self.retrieval_ctx,
+            "sweep": self.sweep,
         }
 
     @classmethod
@@ -263,6 +387,11 @@ class Evaluation:
             max_windows=None if mw is None else int(mw),
             kl_method=str(d["kl_method"]),
             reference_repeated=bool(d.get("reference_repeated", False)),
+            score_from=None if d.get("score_from") is None else int(d["score_from"]),
+            n_threads=int(d.get("n_threads", 0)),
+            speed_repeats=int(d.get("speed_repeats", 0)),
+            retrieval_ctx=None if d.get("retrieval_ctx") is None else int(d["retrieval_ctx"]),
+            sweep=str(d.get("sweep", "")),
         )
 
 
@@ -429,13 +558,15 @@ class CacheKey:
     window: int
     max_windows: int | None
     llama_cpp_version: str = field(default_factory=_llama_cpp_version)
+    score_from: int | None = None  # None: window // 2
 
     def digest(self) -> str:
         s = measurement_settings(self.settings).to_dict()
+        first = self.window // 2 if self.score_from is None else self.score_from
         blob = json.dumps(
             {"model": self.model.to_dict(), "settings": s, "text": self.text_sha256,
              "window": self.window, "max_windows": self.max_windows,
-             "llama_cpp": self.llama_cpp_version},
+             "llama_cpp": self.llama_cpp_version, "score_from": first},
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
@@ -446,7 +577,8 @@ class CacheKey:
     @classmethod
     def of_run(cls, run: MeasureRun) -> CacheKey:
         return cls(run.model, run.settings, run.text.sha256, run.evaluation.window,
-                   run.evaluation.max_windows, run.llama_cpp_version)
+                   run.evaluation.max_windows, run.llama_cpp_version,
+                   score_from=run.evaluation.first_scored)
 
 
 def load_cached(key: CacheKey) -> MeasureRun | None:
@@ -475,3 +607,33 @@ def save_cached(run: MeasureRun) -> MeasureRun:
             os.unlink(tmp)
         raise
     return merged
+
+
+def find_cached(model: ModelIdentity, settings: Settings,
+                text_sha256: str | None = None) -> MeasureRun | None:
+    """The newest cached run of this model file whose numbers apply to ``settings``: the same
+    flash-attention choice (it changes the numerics), the same llama.cpp and, when given, the
+    same text. Window and context may differ (the run says which it used). For the window,
+    which looks its model up without knowing how the user last measured it."""
+    folder = cache_dir()
+    want_fa = measurement_settings(settings).flash_attn
+    version = _llama_cpp_version()
+    best: MeasureRun | None = None
+    try:
+        paths = sorted(folder.glob("*.json"))
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            run = MeasureRun.from_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # another version's entry, or half a file: never fatal
+        if run.model != model or run.settings.flash_attn != want_fa or not run.results:
+            continue
+        if run.llama_cpp_version != version:
+            continue
+        if text_sha256 is not None and run.text.sha256 != text_sha256:
+            continue
+        if best is None or (run.created, len(run.results)) > (best.created, len(best.results)):
+            best = run
+    return best

@@ -51,6 +51,9 @@ class HostCpu:
     sve_cnt: int = 0
     cpu_flags: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
     source: str = "assumed: no extra CPU buffer types"
+    # why this build's extra-buffer kernels crash at the first decode ("" if they do not, or
+    # unchecked): kvgui.runtime.cpu_kernels checks it; llama.cpp then needs -nr
+    kernels_crash: str = ""
 
     def has(self, feature: str) -> bool:
         return feature in self.features
@@ -70,11 +73,13 @@ class HostCpu:
 
     def without_extra_buffers(self) -> HostCpu:
         """llama.cpp run with -nr / --no-repack (use_extra_bufts = false)."""
-        return replace(self, extra_buffers=(), source=self.source + ", --no-repack")
+        return replace(self, extra_buffers=(), source=self.source + ", --no-repack",
+                       kernels_crash="")
 
     def to_dict(self) -> dict[str, object]:
         return {"extra_buffers": list(self.extra_buffers), "features": sorted(self.features),
-                "sve_cnt": self.sve_cnt, "source": self.source}
+                "sve_cnt": self.sve_cnt, "source": self.source,
+                "kernels_crash": self.kernels_crash or None}
 
 
 def _preset(name: str, extra: tuple[str, ...], features: Iterable[str]) -> HostCpu:

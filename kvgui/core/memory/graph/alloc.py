@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kvgui.core.memory.graph import ops as ggml
+from kvgui.core.memory.graph import sym
 from kvgui.core.memory.graph.ir import Graph, Tensor
 from kvgui.core.memory.graph.sym import Dim, Mono, monomials
 
@@ -122,11 +123,14 @@ class Program:
 
     def scale(self, env: Mapping[str, int]) -> list[int]:
         """The value of each monomial for one shape (variable values ``env``)."""
+        values = dict(env)
         out = []
         for mono in self.monos:
             x = 1
             for v in mono:
-                x *= env[v]
+                if v not in values:  # a derived variable (GGML_PAD of a size): from the rest
+                    sym.with_derived(values, (v,))
+                x *= values[v]
             out.append(x)
         return out
 

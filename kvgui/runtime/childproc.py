@@ -1,0 +1,136 @@
+"""What every child process of kvgui shares: its environment, its command, how its end is told.
+
+kvgui starts llama.cpp in child processes (the chat worker, the measure worker, the dry run,
+llama-server, llama-fit-params) because llama.cpp aborts its whole process on a failed
+GGML_ASSERT and an out-of-memory load can kill it. Every one of them is started with
+``child_env()``, in its own process group (so a close kills it and anything it started), and
+its end is described by ``describe_exit`` with the last lines it wrote (``Tail``). The Qt
+runner (``kvgui.runtime.qt_process``) and the synchronous callers (``client``, ``dryrun``,
+``measure``) all use these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TAIL_LINES = 10
+_TAIL_LINE_CHARS = 500
+
+
+def package_root() -> str:
+    """The folder that holds the ``kvgui`` package (a checkout works uninstalled)."""
+    return str(Path(__file__).resolve().parents[2])
+
+
+def child_env(extra: Mapping[str, str] | None = None,
+              base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every kvgui child process.
+
+    - PYTHONPATH starts with this kvgui's folder, so ``python -m kvgui.runtime.…`` runs the
+      same code as the parent even from an uninstalled checkout;
+    - PYTHONUNBUFFERED: a Python child's stderr lines arrive as written, not at exit;
+    - GGML_NO_BACKTRACE: ggml_abort would otherwise attach gdb to print a backtrace (slow,
+      and it buries the one line that matters, "GGML_ASSERT(...) failed", under stack frames).
+    """
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (package_root(), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["GGML_NO_BACKTRACE"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def python_command(module: str, python: str | None = None,
+                   args: Sequence[str] = ()) -> list[str]:
+    """``python -m module args…`` with this interpreter (or ``python``)."""
+    return [python or sys.executable, "-m", module, *args]
+
+
+_SIGNAL_HINTS = {
+    "SIGKILL": " (killed - out of memory, or by the user)",
+    "SIGABRT": " (llama.cpp aborted: a failed assertion)",
+    "SIGSEGV": " (crashed)",
+}
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def describe_exit(returncode: int | None) -> str:
+    """'was killed by SIGKILL (…)', 'exited with status 3', for a finished process.
+
+    ``returncode`` as subprocess gives it: negative for a signal; None for a process that is
+    still running (it "stopped answering")."""
+    if returncode is None:
+        return "stopped answering"
+    if returncode < 0:
+        name = signal_name(-returncode)
+        return f"was killed by {name}{_SIGNAL_HINTS.get(name, '')}"
+    return f"exited with status {returncode}"
+
+
+class Tail:
+    """A child's last words: its log lines (events it sent) and its stderr lines, kept apart
+    because the two pipes are read independently (a backlog of log events must not push the
+    abort message, which comes on stderr, out of the window)."""
+
+    def __init__(self, n: int = TAIL_LINES) -> None:
+        self.log: deque[str] = deque(maxlen=n)
+        self.err: deque[str] = deque(maxlen=n)
+
+    def clear(self) -> None:
+        self.log.clear()
+        self.err.clear()
+
+    def add_err(self, line: str) -> None:
+        line = line.rstrip()
+        if line.strip():
+            self.err.append(line[:_TAIL_LINE_CHARS])
+
+    def lines(self) -> list[str]:
+        return [line for line in (*self.log, *self.err) if line.strip()]
+
+    def failure(self, what: str) -> str:
+        """``what`` plus the last lines, the form every death is reported in."""
+        lines = self.lines()
+        return what + ("; last log lines:\n" + "\n".join(lines) if lines else "")
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group led by ``pid`` (every child is started as its leader), or
+    the process alone where there are no groups (Windows)."""
+    if hasattr(os, "killpg"):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+            return
+        except ProcessLookupError:
+            return
+        except PermissionError:  # not the leader of a group of ours: the process alone
+            log.debug("killpg(%d) refused; killing the process", pid)
+    with contextlib.suppress(ProcessLookupError, OSError):
+        os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows: TerminateProcess
+
+
+def signal_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to the group led by ``pid`` (the process alone without groups)."""
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError, OSError) as exc:
+        log.debug("signal %d to %d: %s", sig, pid, exc)
