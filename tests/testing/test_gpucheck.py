@@ -280,8 +280,8 @@ def test_a_real_load_reports_each_phase_and_equals_the_estimate(tmp_path: Path) 
 
     path = write_tiny_model(tmp_path / "tiny.gguf")
     s = Settings(n_ctx=512, n_batch=128, n_ubatch=64, flash_attn=FlashAttn.ON)
+    s = s.replace(repack=False)  # -nr: see kvgui.runtime.cpu_kernels
     request = realload.request_for(path, s, decode_tokens=3)
-    request["model_params"]["use_extra_bufts"] = False  # -nr: see kvgui.runtime.cpu_kernels
     got = realload.run(request, timeout=60)
     assert got["error"] is None, got["log_tail"]
     phases = {p["phase"]: p for p in got["phases"]}
@@ -289,8 +289,5 @@ def test_a_real_load_reports_each_phase_and_equals_the_estimate(tmp_path: Path) 
     assert phases["prompt"]["tokens"] == 512 - 3 and phases["decode"]["tokens"] == 3
     assert phases["init"]["cuda"] is None  # no libcudart in a CPU build
     theirs = compare.llama_parts([BufferBytes(**b) for b in phases["decode"]["breakdown"]])
-    from dataclasses import replace
-
-    host = replace(probe_host_cpu(), extra_buffers=())
-    est = compare.estimate_for(load_model(path), s, [], host)
+    est = compare.estimate_for(load_model(path), s, [], probe_host_cpu())
     assert compare.all_equal(compare.exact_rows(theirs, compare.kvgui_parts(est)))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kvgui.core.config.settings import Settings
@@ -82,7 +82,11 @@ def kvgui_parts(est: Estimate, compute: Sequence[int] | None = None) -> dict[str
 
 def estimate_for(model: ModelInfo, s: Settings, gpus: Sequence[str], host: HostCpu | None,
                  memo: ModelMemo | None = None) -> Estimate:
-    """kvgui's estimate for these GPUs (no budget: nothing is judged) and this host."""
+    """kvgui's estimate for these GPUs (no budget: nothing is judged) and this host. A host
+    whose CPU kernels crash (kvgui.runtime.cpu_kernels) would be a refusal, with no figures:
+    the sizes do not depend on it, so it is left out here."""
+    if host is not None and host.kernels_crash:
+        host = replace(host, kernels_crash="")
     devices = [DeviceBudget(name, None) for name in gpus]
     return estimate(model, s, [*devices, cpu(None, host)], memo)
 

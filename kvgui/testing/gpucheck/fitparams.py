@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvgui.core.config.settings import ALL_LAYERS, Settings
-from kvgui.runtime.llama_params import ALL_GPU_LAYERS
 from kvgui.testing.rpc import FitParamsResult, parse_result
 
 log = logging.getLogger(__name__)
@@ -30,8 +29,8 @@ HOST_COMPUTE_BUFFERS = ("CUDA_Host", "CPU")  # the host's compute buffer type, b
 
 def args_for(model: Path, s: Settings) -> list[str]:
     """llama-fit-params' arguments for ``s`` (exactly these settings: -fit off)."""
-    ngl = ALL_GPU_LAYERS if s.n_gpu_layers == ALL_LAYERS else s.n_gpu_layers
-    args = ["-m", str(model), "-c", str(s.n_ctx), "-ngl", str(ngl),
+    ngl = "all" if s.n_gpu_layers == ALL_LAYERS else str(s.n_gpu_layers)
+    args = ["-m", str(model), "-c", str(s.n_ctx), "-ngl", ngl,
             "-b", str(s.n_batch), "-ub", str(s.n_ubatch), "-np", str(s.n_parallel),
             "-fa", s.flash_attn.value, "-ctk", s.type_k, "-ctv", s.type_v]
     if not s.kv_offload:
@@ -40,6 +39,8 @@ def args_for(model: Path, s: Settings) -> list[str]:
         args.append("-kvu")
     if s.swa_full:
         args.append("--swa-full")
+    if not s.repack:
+        args.append("-nr")
     return [*args, "-fit", "off", "-fitp", "on", "-v"]
 
 

@@ -186,11 +186,13 @@ def _child_main() -> int:
 def request_for(model: Path, settings: Any, prompt_tokens: int | None = None,
                 decode_tokens: int = 8) -> dict[str, Any]:
     """The child's request: llama.cpp's parameter fields as kvgui's launch sets them."""
-    from kvgui.runtime.dryrun import llama_params
+    from kvgui.core.commandline.llama_params import llama_params
 
-    mp, cp = llama_params(settings)
-    mp.pop("tensor_split", None)
-    return {"model": str(model), "model_params": mp, "context_params": cp,
+    params = llama_params(settings)
+    mp = dict(params.model)
+    if mp.pop("tensor_split", ()):
+        raise ValueError("the real load runs on one GPU: no tensor split")
+    return {"model": str(model), "model_params": mp, "context_params": dict(params.context),
             "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens}
 
 

@@ -316,8 +316,6 @@ def real_loads(runs: Sequence[tuple[str, Settings]], files: dict[str, Path], hos
     """Each run in its own child, against the estimate. ``no_repack``: the build crashes in
     its AMX/repack CPU kernels (kvgui.runtime.cpu_kernels): load as llama.cpp's -nr does,
     with no extra CPU buffer types, and estimate for a host without them."""
-    if no_repack:
-        host = replace(host, extra_buffers=())
     out: list[dict[str, Any]] = []
     for label, s in runs:
         rid = f"{label} | c={s.n_ctx} ngl={s.n_gpu_layers} k={s.type_k} v={s.type_v} " \
@@ -328,9 +326,9 @@ def real_loads(runs: Sequence[tuple[str, Settings]], files: dict[str, Path], hos
                         "phases": [], "error": "not run: the deadline had passed"})
             continue
         path = files[label]
-        request = realload.request_for(path, s)
         if no_repack:
-            request["model_params"]["use_extra_bufts"] = False
+            s = s.replace(repack=False)
+        request = realload.request_for(path, s)
         result = realload.run(request, timeout=min(left, 120.0), env=env)
         row: dict[str, Any] = {"id": rid, "model": label, "settings": compare.settings_json(s),
                                **result}
