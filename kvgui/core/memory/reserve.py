@@ -235,8 +235,10 @@ def n_cpu_moe(n_layers: int, cpu: int) -> tuple[tuple[str, int], ...]:
 
 
 def cuda_backend(index: int) -> Backend:
-    """A CUDA device: 128-byte alignment, offload_op from a batch of 32 (not verified here:
-    the CUDA flash-attention scratch in its alloc size is not modelled)."""
+    """A CUDA device: 128-byte alignment, offload_op from a batch of 32, flash attention's f16
+    scratch in its alloc size (Backend.alloc_size), all from ggml-cuda's source and not yet
+    measured (benchmarks/gpu_check.sh). Not modelled: ggml-cuda's row padding of quantized
+    tensors whose ne0 is no multiple of 512 (ggml_backend_cuda_buffer_type_get_alloc_size)."""
     return Backend(f"CUDA{index}", "cuda", Buft(f"CUDA{index}", False, index), alloc.CUDA_ALIGN,
                    offload_batch=32)
 
