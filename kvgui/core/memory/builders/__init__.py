@@ -25,6 +25,13 @@ from kvgui.core.memory.builders.qwen2 import Qwen2Graph
 from kvgui.core.memory.builders.qwen3 import Qwen3Graph
 from kvgui.core.memory.builders.qwen3moe import Qwen3MoeGraph
 
+# --- fam-moe ---
+# isort: off
+from kvgui.core.memory.builders import glm4moe
+from kvgui.core.memory.builders.glm4moe import Glm4MoeGraph
+# isort: on
+# --- end fam-moe ---
+
 if TYPE_CHECKING:
     from kvgui.core.model.info import ModelInfo
 
@@ -38,6 +45,9 @@ BUILDERS: dict[str, type[GraphContext]] = {
     "gpt-oss": OpenaiMoeGraph,
     "deepseek2": Deepseek2Graph,
     "lfm2": Lfm2Graph,
+    # --- fam-moe ---
+    "glm4moe": Glm4MoeGraph,
+    # --- end fam-moe ---
 }
 
 # load_arch_hparams, for what an architecture sets beyond the generic keys
@@ -46,6 +56,9 @@ HPARAMS: dict[str, Callable[[hp_mod.Hparams, ModelInfo], None]] = {
     "gemma3": gemma3.hparams,
     "deepseek2": deepseek2.hparams,
     "lfm2": lfm2.hparams,
+    # --- fam-moe ---
+    "glm4moe": glm4moe.hparams,
+    # --- end fam-moe ---
 }
 
 

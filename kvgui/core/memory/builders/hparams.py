@@ -77,6 +77,14 @@ class Hparams:
     n_swa: int = 0
     n_pos_per_embd_: int = 1
     keys: dict[str, object] = field(default_factory=dict)
+    # --- fam-moe ---
+    n_moe_layer_step: int = 0  # interleave_moe_layer_step (llama4, ernie4_5-moe)
+    n_no_rope_layer_step: int = 4  # llama4: every n-th layer has no RoPE
+    swa_off: bool = False  # llama4: a sliding_window key of 0 (LLAMA_SWA_TYPE_NONE)
+    n_ff_shexp: int = 0  # expert_shared_feed_forward_length
+    f_residual_scale: float = 0.0  # granite(moe): residual_scale
+    f_logit_scale: float = 0.0  # granite(moe): logit_scale
+    # --- end fam-moe ---
 
     def n_head(self, il: int = 0) -> int:
         return self.n_head_arr[il]
