@@ -53,7 +53,6 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "hunyuan-moe": (-0.2441, 0.0000),
     "internlm2": (-0.0391, 0.0000),
     "jamba": (-0.4378, 0.0195),
-    "llama4": (-0.1585, 0.0000),
     "mamba": (-0.0442, 0.0000),
     "mamba2": (-0.1235, 0.1389),
     "minicpm": (-0.0659, 0.0000),

@@ -27,8 +27,9 @@ from kvgui.core.memory.builders.qwen3moe import Qwen3MoeGraph
 
 # --- fam-moe ---
 # isort: off
-from kvgui.core.memory.builders import glm4moe
+from kvgui.core.memory.builders import glm4moe, llama4
 from kvgui.core.memory.builders.glm4moe import Glm4MoeGraph
+from kvgui.core.memory.builders.llama4 import Llama4Graph
 # isort: on
 # --- end fam-moe ---
 
@@ -47,6 +48,7 @@ BUILDERS: dict[str, type[GraphContext]] = {
     "lfm2": Lfm2Graph,
     # --- fam-moe ---
     "glm4moe": Glm4MoeGraph,
+    "llama4": Llama4Graph,
     # --- end fam-moe ---
 }
 
@@ -58,6 +60,7 @@ HPARAMS: dict[str, Callable[[hp_mod.Hparams, ModelInfo], None]] = {
     "lfm2": lfm2.hparams,
     # --- fam-moe ---
     "glm4moe": glm4moe.hparams,
+    "llama4": llama4.hparams,
     # --- end fam-moe ---
 }
 
