@@ -27,8 +27,9 @@ from kvgui.core.memory.builders.qwen3moe import Qwen3MoeGraph
 
 # --- fam-moe ---
 # isort: off
-from kvgui.core.memory.builders import glm4moe, llama4
+from kvgui.core.memory.builders import glm4moe, granitemoe, llama4
 from kvgui.core.memory.builders.glm4moe import Glm4MoeGraph
+from kvgui.core.memory.builders.granitemoe import GraniteGraph
 from kvgui.core.memory.builders.llama4 import Llama4Graph
 # isort: on
 # --- end fam-moe ---
@@ -49,6 +50,7 @@ BUILDERS: dict[str, type[GraphContext]] = {
     # --- fam-moe ---
     "glm4moe": Glm4MoeGraph,
     "llama4": Llama4Graph,
+    "granitemoe": GraniteGraph,
     # --- end fam-moe ---
 }
 
@@ -61,6 +63,7 @@ HPARAMS: dict[str, Callable[[hp_mod.Hparams, ModelInfo], None]] = {
     # --- fam-moe ---
     "glm4moe": glm4moe.hparams,
     "llama4": llama4.hparams,
+    "granitemoe": granitemoe.hparams,
     # --- end fam-moe ---
 }
 
