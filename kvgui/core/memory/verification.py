@@ -40,7 +40,6 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "deepseek2": (-0.2589, 0.0300),
     "dots1": (-0.0603, 0.0000),
     "ernie4_5": (-0.0885, 0.0035),
-    "ernie4_5-moe": (-0.1722, 0.0000),
     "exaone4": (-0.1840, 0.0000),
     "falcon-h1": (-0.1571, 0.0000),
     "gemma3n": (-0.1474, 0.0000),

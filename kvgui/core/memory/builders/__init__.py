@@ -27,7 +27,8 @@ from kvgui.core.memory.builders.qwen3moe import Qwen3MoeGraph
 
 # --- fam-moe ---
 # isort: off
-from kvgui.core.memory.builders import glm4moe, granitemoe, llama4
+from kvgui.core.memory.builders import ernie4_5_moe, glm4moe, granitemoe, llama4
+from kvgui.core.memory.builders.ernie4_5_moe import Ernie45MoeGraph
 from kvgui.core.memory.builders.glm4moe import Glm4MoeGraph
 from kvgui.core.memory.builders.granitemoe import GraniteGraph
 from kvgui.core.memory.builders.llama4 import Llama4Graph
@@ -51,6 +52,7 @@ BUILDERS: dict[str, type[GraphContext]] = {
     "glm4moe": Glm4MoeGraph,
     "llama4": Llama4Graph,
     "granitemoe": GraniteGraph,
+    "ernie4_5-moe": Ernie45MoeGraph,
     # --- end fam-moe ---
 }
 
@@ -64,6 +66,7 @@ HPARAMS: dict[str, Callable[[hp_mod.Hparams, ModelInfo], None]] = {
     "glm4moe": glm4moe.hparams,
     "llama4": llama4.hparams,
     "granitemoe": granitemoe.hparams,
+    "ernie4_5-moe": ernie4_5_moe.hparams,
     # --- end fam-moe ---
 }
 
