@@ -48,7 +48,6 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "granite": (-0.2027, 0.0000),
     "granitehybrid": (-0.0408, 0.0045),
     "hunyuan-dense": (-0.0292, 0.0000),
-    "hunyuan-moe": (-0.2441, 0.0000),
     "internlm2": (-0.0391, 0.0000),
     "jamba": (-0.4378, 0.0195),
     "mamba": (-0.0442, 0.0000),

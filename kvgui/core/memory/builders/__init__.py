@@ -31,6 +31,7 @@ from kvgui.core.memory.builders import ernie4_5_moe, glm4moe, granitemoe, llama4
 from kvgui.core.memory.builders.ernie4_5_moe import Ernie45MoeGraph
 from kvgui.core.memory.builders.glm4moe import Glm4MoeGraph
 from kvgui.core.memory.builders.granitemoe import GraniteGraph
+from kvgui.core.memory.builders.hunyuan_moe import HunyuanMoeGraph
 from kvgui.core.memory.builders.llama4 import Llama4Graph
 # isort: on
 # --- end fam-moe ---
@@ -53,6 +54,7 @@ BUILDERS: dict[str, type[GraphContext]] = {
     "llama4": Llama4Graph,
     "granitemoe": GraniteGraph,
     "ernie4_5-moe": Ernie45MoeGraph,
+    "hunyuan-moe": HunyuanMoeGraph,
     # --- end fam-moe ---
 }
 
