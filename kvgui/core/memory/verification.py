@@ -38,7 +38,6 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "cohere2": (-0.0385, 0.0000),
     "command-r": (-0.0466, 0.0000),
     "deepseek2": (-0.2589, 0.0300),
-    "dots1": (-0.0603, 0.0000),
     "ernie4_5": (-0.0885, 0.0035),
     "exaone4": (-0.1840, 0.0000),
     "falcon-h1": (-0.1571, 0.0000),

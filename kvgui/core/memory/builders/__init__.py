@@ -27,7 +27,8 @@ from kvgui.core.memory.builders.qwen3moe import Qwen3MoeGraph
 
 # --- fam-moe ---
 # isort: off
-from kvgui.core.memory.builders import ernie4_5_moe, glm4moe, granitemoe, llama4
+from kvgui.core.memory.builders import dots1, ernie4_5_moe, glm4moe, granitemoe, llama4
+from kvgui.core.memory.builders.dots1 import Dots1Graph
 from kvgui.core.memory.builders.ernie4_5_moe import Ernie45MoeGraph
 from kvgui.core.memory.builders.glm4moe import Glm4MoeGraph
 from kvgui.core.memory.builders.granitemoe import GraniteGraph
@@ -55,6 +56,7 @@ BUILDERS: dict[str, type[GraphContext]] = {
     "granitemoe": GraniteGraph,
     "ernie4_5-moe": Ernie45MoeGraph,
     "hunyuan-moe": HunyuanMoeGraph,
+    "dots1": Dots1Graph,
     # --- end fam-moe ---
 }
 
@@ -69,6 +71,7 @@ HPARAMS: dict[str, Callable[[hp_mod.Hparams, ModelInfo], None]] = {
     "llama4": llama4.hparams,
     "granitemoe": granitemoe.hparams,
     "ernie4_5-moe": ernie4_5_moe.hparams,
+    "dots1": dots1.hparams,
     # --- end fam-moe ---
 }
 
