@@ -27,7 +27,8 @@ from kvgui.core.memory.builders.qwen3moe import Qwen3MoeGraph
 
 # --- fam-moe ---
 # isort: off
-from kvgui.core.memory.builders import dots1, ernie4_5_moe, glm4moe, granitemoe, llama4
+from kvgui.core.memory.builders import bailingmoe2, dots1, ernie4_5_moe, glm4moe, granitemoe, llama4
+from kvgui.core.memory.builders.bailingmoe2 import BailingMoe2Graph
 from kvgui.core.memory.builders.dots1 import Dots1Graph
 from kvgui.core.memory.builders.ernie4_5_moe import Ernie45MoeGraph
 from kvgui.core.memory.builders.glm4moe import Glm4MoeGraph
@@ -57,6 +58,7 @@ BUILDERS: dict[str, type[GraphContext]] = {
     "ernie4_5-moe": Ernie45MoeGraph,
     "hunyuan-moe": HunyuanMoeGraph,
     "dots1": Dots1Graph,
+    "bailingmoe2": BailingMoe2Graph,
     # --- end fam-moe ---
 }
 
@@ -72,6 +74,7 @@ HPARAMS: dict[str, Callable[[hp_mod.Hparams, ModelInfo], None]] = {
     "granitemoe": granitemoe.hparams,
     "ernie4_5-moe": ernie4_5_moe.hparams,
     "dots1": dots1.hparams,
+    "bailingmoe2": bailingmoe2.hparams,
     # --- end fam-moe ---
 }
 
