@@ -25,6 +25,25 @@ from kvgui.core.memory.builders.qwen2 import Qwen2Graph
 from kvgui.core.memory.builders.qwen3 import Qwen3Graph
 from kvgui.core.memory.builders.qwen3moe import Qwen3MoeGraph
 
+# --- fam-dense ---
+from kvgui.core.memory.builders import glm4 as glm4_mod
+from kvgui.core.memory.builders import granite as granite_mod
+from kvgui.core.memory.builders import mistral3 as mistral3_mod
+from kvgui.core.memory.builders.apertus import ApertusGraph
+from kvgui.core.memory.builders.cohere2 import Cohere2Graph
+from kvgui.core.memory.builders.command_r import CommandRGraph
+from kvgui.core.memory.builders.ernie4_5 import Ernie45Graph
+from kvgui.core.memory.builders.exaone4 import Exaone4Graph
+from kvgui.core.memory.builders.hunyuan_dense import HunyuanDenseGraph
+from kvgui.core.memory.builders.internlm2 import Internlm2Graph
+from kvgui.core.memory.builders.olmo2 import Olmo2Graph
+from kvgui.core.memory.builders.phi3 import Phi3Graph
+from kvgui.core.memory.builders.seed_oss import SeedOssGraph
+from kvgui.core.memory.builders.smollm3 import Smollm3Graph
+from kvgui.core.memory.builders.starcoder2 import Starcoder2Graph
+
+# --- end fam-dense ---
+
 if TYPE_CHECKING:
     from kvgui.core.model.info import ModelInfo
 
@@ -38,6 +57,24 @@ BUILDERS: dict[str, type[GraphContext]] = {
     "gpt-oss": OpenaiMoeGraph,
     "deepseek2": Deepseek2Graph,
     "lfm2": Lfm2Graph,
+    # --- fam-dense ---
+    "phi3": Phi3Graph,
+    "mistral3": mistral3_mod.Mistral3Graph,
+    "exaone4": Exaone4Graph,
+    "olmo2": Olmo2Graph,
+    "smollm3": Smollm3Graph,
+    "cohere2": Cohere2Graph,
+    "command-r": CommandRGraph,
+    "granite": granite_mod.GraniteGraph,
+    "minicpm": granite_mod.GraniteGraph,
+    "glm4": glm4_mod.Glm4Graph,
+    "starcoder2": Starcoder2Graph,
+    "internlm2": Internlm2Graph,
+    "ernie4_5": Ernie45Graph,
+    "hunyuan-dense": HunyuanDenseGraph,
+    "seed_oss": SeedOssGraph,
+    "apertus": ApertusGraph,
+    # --- end fam-dense ---
 }
 
 # load_arch_hparams, for what an architecture sets beyond the generic keys
@@ -46,6 +83,11 @@ HPARAMS: dict[str, Callable[[hp_mod.Hparams, ModelInfo], None]] = {
     "gemma3": gemma3.hparams,
     "deepseek2": deepseek2.hparams,
     "lfm2": lfm2.hparams,
+    # --- fam-dense ---
+    "mistral3": mistral3_mod.hparams,
+    "minicpm": granite_mod.minicpm_hparams,
+    "glm4": glm4_mod.hparams,
+    # --- end fam-dense ---
 }
 
 
