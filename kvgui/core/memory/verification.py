@@ -61,7 +61,6 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "mistral3": (-0.0863, 0.0000),
     "nemotron_h": (-0.0580, 0.0000),
     "olmo2": (-0.1265, 0.0000),
-    "phi3": (-0.1148, 0.0625),
     "qwen35": (-0.0272, 0.0000),
     "qwen35moe": (-0.0238, 0.0000),
     "qwen3next": (-0.1064, 0.0000),
