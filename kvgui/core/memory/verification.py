@@ -58,7 +58,6 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "mamba2": (-0.1235, 0.1389),
     "minicpm": (-0.0659, 0.0000),
     "nemotron_h": (-0.0580, 0.0000),
-    "olmo2": (-0.1265, 0.0000),
     "qwen35": (-0.0272, 0.0000),
     "qwen35moe": (-0.0238, 0.0000),
     "qwen3next": (-0.1064, 0.0000),
