@@ -42,7 +42,6 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "falcon-h1": (-0.1571, 0.0000),
     "gemma3n": (-0.1474, 0.0000),
     "gemma4": (-0.0664, 0.0000),
-    "glm4": (-0.0250, 0.0000),
     "glm4moe": (-0.2042, 0.0070),
     "granitehybrid": (-0.0408, 0.0045),
     "granitemoe": (-0.1583, 0.0000),
