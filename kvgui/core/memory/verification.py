@@ -47,7 +47,6 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "granitemoe": (-0.1583, 0.0000),
     "hunyuan-dense": (-0.0292, 0.0000),
     "hunyuan-moe": (-0.2441, 0.0000),
-    "internlm2": (-0.0391, 0.0000),
     "jamba": (-0.4378, 0.0195),
     "llama4": (-0.1585, 0.0000),
     "mamba": (-0.0442, 0.0000),
