@@ -51,7 +51,6 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "llama4": (-0.1585, 0.0000),
     "mamba": (-0.0442, 0.0000),
     "mamba2": (-0.1235, 0.1389),
-    "minicpm": (-0.0659, 0.0000),
     "nemotron_h": (-0.0580, 0.0000),
     "qwen35": (-0.0272, 0.0000),
     "qwen35moe": (-0.0238, 0.0000),
