@@ -37,7 +37,6 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "bailingmoe2": (-0.1622, 0.0056),
     "deepseek2": (-0.2589, 0.0300),
     "dots1": (-0.0603, 0.0000),
-    "ernie4_5": (-0.0885, 0.0035),
     "ernie4_5-moe": (-0.1722, 0.0000),
     "falcon-h1": (-0.1571, 0.0000),
     "gemma3n": (-0.1474, 0.0000),
