@@ -44,7 +44,6 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "glm4moe": (-0.2042, 0.0070),
     "granitehybrid": (-0.0408, 0.0045),
     "granitemoe": (-0.1583, 0.0000),
-    "hunyuan-dense": (-0.0292, 0.0000),
     "hunyuan-moe": (-0.2441, 0.0000),
     "jamba": (-0.4378, 0.0195),
     "llama4": (-0.1585, 0.0000),
