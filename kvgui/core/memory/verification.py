@@ -33,7 +33,6 @@ UNVERIFIED = "unverified"  # an architecture kvgui has no fixture for
 # --swa-full, -ub 1024), CPU-only, BF16 fixtures. Replayed families are not listed: exact.
 # Re-measure with `python benchmarks/accuracy.py --json out.json` after changing compute.py.
 MEASURED_ERROR: dict[str, tuple[float, float]] = {
-    "apertus": (-0.0286, 0.0000),
     "bailingmoe2": (-0.1622, 0.0056),
     "deepseek2": (-0.2589, 0.0300),
     "dots1": (-0.0603, 0.0000),
