@@ -4,13 +4,15 @@ with the xIELU activation)."""
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 from kvgui.core.memory.builders.common import NORM_RMS, GraphContext, Result
 from kvgui.core.memory.graph import ops as ggml
 
 
 class ApertusGraph(GraphContext):
-    layer_names = {"attn_q_norm_b": "attn_q_norm.bias", "attn_k_norm_b": "attn_k_norm.bias"}
+    layer_names: ClassVar[dict[str, str]] = {"attn_q_norm_b": "attn_q_norm.bias",
+                                             "attn_k_norm_b": "attn_k_norm.bias"}
 
     def build(self) -> Result:
         ctx0, hp, model, cb = self.ctx0, self.hparams, self.model, self.cb

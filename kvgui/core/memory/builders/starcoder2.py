@@ -4,6 +4,7 @@ in this arch: LayerNorms with biases, biased projections, a GELU FFN without gat
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 from kvgui.core.memory.builders.common import FFN_GELU, FFN_SEQ, NORM, GraphContext, Result
 from kvgui.core.memory.graph import ops as ggml
@@ -11,7 +12,7 @@ from kvgui.core.memory.graph.ir import Loc
 
 
 class Starcoder2Graph(GraphContext):
-    layer_names = {"ffn_norm_b": "ffn_norm.bias"}
+    layer_names: ClassVar[dict[str, str]] = {"ffn_norm_b": "ffn_norm.bias"}
 
     def build(self) -> Result:
         ctx0, hp, model, cb = self.ctx0, self.hparams, self.model, self.cb
