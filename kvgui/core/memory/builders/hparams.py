@@ -82,8 +82,6 @@ class Hparams:
     n_no_rope_layer_step: int = 4  # llama4: every n-th layer has no RoPE
     swa_off: bool = False  # llama4: a sliding_window key of 0 (LLAMA_SWA_TYPE_NONE)
     n_ff_shexp: int = 0  # expert_shared_feed_forward_length
-    f_residual_scale: float = 0.0  # granite(moe): residual_scale
-    f_logit_scale: float = 0.0  # granite(moe): logit_scale
     # --- end fam-moe ---
 
     def n_head(self, il: int = 0) -> int:

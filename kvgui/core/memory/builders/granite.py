@@ -1,13 +1,11 @@
-"""src/models/granite.cpp: llama_model_granite::graph, which granite-moe.cpp's
-llama_model_granite_moe uses as its graph (``using graph = llama_model_granite::graph``):
-muP scales (embedding, attention, residual, logits), routed experts with an optional shared
-expert (Granite MoE Shared), dense FFN layers when the file has no experts.
+"""src/models/granite.cpp: llama_model_granite::graph (Granite 3.x dense and MoE; MiniCPM and
+granitemoe reuse it: models.h ``using graph = llama_model_granite::graph``). muP scales: the
+embeddings (build_inp_embd), each residual branch and the logits; RoPE switched per layer by
+rope_pattern (granite: every layer iff rope.scaling.finetuned, default true; minicpm: always).
 
-Granite MoE's load_arch_hparams leaves rope_pattern at its default (every layer ropes:
-hparams.has_rope is true) and has no deepstack mapping (deepstack_mapping_arr is empty, so
-no layer adds a projector stream). Dense Granite (granite.cpp's own load_arch_hparams, with
-rope_finetuned and Granite Vision's deepstack) is not built here.
-"""
+Granite Vision's deepstack injection (``deepstack_mapping``: views of a wider input
+embedding, n_embd_inp > n_embd) is not followed: such a file asserts here, and its compute
+buffer comes from the stage model."""
 
 from __future__ import annotations
 
@@ -27,31 +25,49 @@ from kvgui.core.memory.graph.ir import Tensor
 from kvgui.core.model.info import ModelInfo
 
 
-def hparams(hp: Hparams, model: ModelInfo) -> None:
-    """llama_model_granite_moe::load_arch_hparams (the muP scales; the shared expert)."""
-    hp.f_logit_scale = hp.key_float("logit_scale")
-    hp.f_residual_scale = hp.key_float("residual_scale")
-    hp.n_ff_shexp = hp.key_int("expert_shared_feed_forward_length")
+def minicpm_hparams(hp: Hparams, model: ModelInfo) -> None:
+    """llama_model_minicpm::load_arch_hparams: older MiniCPM files carry no scales, the
+    defaults stand in (embedding 12, residual 1.4/sqrt(n_layer), logits 256/n_embd)."""
+    hp.f_embedding_scale = hp.key_float("embedding_scale", 12.0)
 
 
 class GraniteGraph(GraphContext):
+    def _residual_scale(self) -> float:
+        hp = self.hparams
+        default = 1.4 / math.sqrt(hp.n_layer) if hp.arch == "minicpm" else 0.0
+        return hp.key_float("residual_scale", default)
+
+    def _logit_scale(self) -> float:
+        hp = self.hparams
+        if hp.arch == "minicpm":
+            return hp.key_float("logit_scale", 256.0 / hp.n_embd if hp.n_embd else 1.0)
+        return hp.key_float("logit_scale")  # required for granite
+
+    def _has_rope(self, il: int) -> bool:
+        """hparams.has_rope(il): rope_pattern filled with rope_finetuned (granite) or 1
+        (minicpm; granitemoe, whose load_arch_hparams never reads rope.scaling.finetuned)."""
+        if self.hparams.arch in ("minicpm", "granitemoe"):
+            return True
+        return bool(self.hparams.key("rope.scaling.finetuned", True))
+
     def build(self) -> Result:
-        ctx0, hp, model, cb = self.ctx0, self.hparams, self.model, self.cb
+        hp, model, cb = self.hparams, self.model, self.cb
+        ctx0 = self.ctx0
         n_embd_head = hp.n_embd_head_v()
         assert n_embd_head == hp.n_embd_head_k() and n_embd_head == self.n_rot
+        assert hp.key("deepstack_mapping") is None, "Granite Vision deepstack not followed"
 
         assert model.tok_embd is not None
         inpL = self.build_inp_embd(model.tok_embd)
 
-        # inp_pos - built only if rope enabled (hparams.has_rope(0): always for Granite MoE)
-        inp_pos = self.build_inp_pos()
+        # inp_pos - built only if rope enabled
+        inp_pos = self.build_inp_pos() if self._has_rope(0) else None
         inp_attn = self.build_attn_inp_kv()
 
         inp_out_ids = self.build_inp_out_ids()
 
         for il in self.layers():
             layer = model.layers[il]
-            # (no deepstack_mapping_arr: no projector stream is injected)
             inpSA = inpL
 
             # norm
@@ -81,22 +97,24 @@ class GraniteGraph(GraphContext):
         cur = self.build_lora_mm(model.output, cur, model.output_s)
 
         # For Granite architectures - scale logits
-        cur = ggml.scale(ctx0, cur, 1.0 / hp.f_logit_scale if hp.f_logit_scale else math.inf)
+        cur = ggml.scale(ctx0, cur, 1.0 / self._logit_scale())
         cb(cur, "result_output", -1)
         self.res.t_logits = cur
 
         return self.finish(cur)
 
-    def build_attention_layer(self, cur: Tensor, inp_pos: Tensor, inp_attn: InpAttnKV,
+    def build_attention_layer(self, cur: Tensor, inp_pos: Tensor | None, inp_attn: InpAttnKV,
                               n_embd_head: int, il: int) -> Tensor:
-        ctx0, hp, cb = self.ctx0, self.hparams, self.cb
-        layer = self.model.layers[il]
+        ctx0, hp, model, cb = self.ctx0, self.hparams, self.model, self.cb
+        layer = model.layers[il]
         Qcur, Kcur, Vcur = self.build_qkv(layer, cur, n_embd_head, hp.n_head(il),
                                           hp.n_head_kv(il), il)
 
-        rope_factors = layer.rope_freqs  # (no LongRoPE file in this family)
-        Qcur = ggml.rope_ext(ctx0, Qcur, inp_pos, rope_factors)
-        Kcur = ggml.rope_ext(ctx0, Kcur, inp_pos, rope_factors)
+        if self._has_rope(il):
+            assert inp_pos is not None
+            rope_factors = model.get_rope_factors(il)
+            Qcur = ggml.rope_ext(ctx0, Qcur, inp_pos, rope_factors)
+            Kcur = ggml.rope_ext(ctx0, Kcur, inp_pos, rope_factors)
 
         cb(Qcur, "Qcur", il)
         cb(Kcur, "Kcur", il)
@@ -110,12 +128,14 @@ class GraniteGraph(GraphContext):
         return cur
 
     def build_layer_ffn(self, cur: Tensor, inpSA: Tensor, il: int) -> Tensor:
-        ctx0, hp, cb = self.ctx0, self.hparams, self.cb
-        layer = self.model.layers[il]
+        ctx0, hp, model, cb = self.ctx0, self.hparams, self.model, self.cb
+        layer = model.layers[il]
+        f_residual_scale = self._residual_scale()
+        n_ff_shexp = hp.key_int("expert_shared_feed_forward_length", 0)
 
         # For Granite architectures - scale residual
-        if hp.f_residual_scale:
-            cur = ggml.scale(ctx0, cur, hp.f_residual_scale)
+        if f_residual_scale:
+            cur = ggml.scale(ctx0, cur, f_residual_scale)
         ffn_inp = ggml.add(ctx0, cur, inpSA)
         cb(ffn_inp, "ffn_inp", il)
 
@@ -137,8 +157,7 @@ class GraniteGraph(GraphContext):
 
             assert layer.ffn_up_exps is not None and layer.ffn_down_exps is not None
             moe_out = self.build_moe_ffn(cur, layer.ffn_gate_inp, None,
-                                         layer.ffn_up_exps, None,
-                                         layer.ffn_gate_exps, None,
+                                         layer.ffn_up_exps, None, layer.ffn_gate_exps, None,
                                          layer.ffn_down_exps, None, None,
                                          self.n_expert, self.n_expert_used,
                                          FFN_SILU, True, hp.expert_weights_scale,
@@ -146,7 +165,7 @@ class GraniteGraph(GraphContext):
             cb(moe_out, "ffn_moe_out", il)
 
             # For Granite MoE Shared
-            if hp.n_ff_shexp > 0:
+            if n_ff_shexp > 0:
                 ffn_shexp = self.build_ffn(cur,
                                            layer.ffn_up_shexp, None, None,
                                            layer.ffn_gate_shexp, None, None,
@@ -160,8 +179,8 @@ class GraniteGraph(GraphContext):
                 cur = moe_out
 
         # For Granite architectures - scale residual
-        if hp.f_residual_scale:
-            cur = ggml.scale(ctx0, cur, hp.f_residual_scale)
+        if f_residual_scale:
+            cur = ggml.scale(ctx0, cur, f_residual_scale)
         cur = ggml.add(ctx0, cur, ffn_inp)
         cb(cur, "ffn_out", il)
 
