@@ -48,6 +48,22 @@ HPARAMS: dict[str, Callable[[hp_mod.Hparams, ModelInfo], None]] = {
     "lfm2": lfm2.hparams,
 }
 
+# --- fam-hybrid ---
+def _register_hybrid() -> None:
+    """The hybrid, recurrent and special families (issue 13, branch fam-hybrid)."""
+    from kvgui.core.memory.builders import qwen3next
+
+    BUILDERS.update({
+        "qwen3next": qwen3next.Qwen3NextGraph,
+    })
+    HPARAMS.update({
+        "qwen3next": qwen3next.hparams,
+    })
+
+
+_register_hybrid()
+# --- end fam-hybrid ---
+
 
 def hparams_for(model: ModelInfo) -> hp_mod.Hparams:
     hp = hp_mod.from_model(model)
