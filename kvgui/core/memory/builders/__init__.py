@@ -51,13 +51,17 @@ HPARAMS: dict[str, Callable[[hp_mod.Hparams, ModelInfo], None]] = {
 # --- fam-hybrid ---
 def _register_hybrid() -> None:
     """The hybrid, recurrent and special families (issue 13, branch fam-hybrid)."""
-    from kvgui.core.memory.builders import qwen3next
+    from kvgui.core.memory.builders import qwen3next, qwen35
 
     BUILDERS.update({
         "qwen3next": qwen3next.Qwen3NextGraph,
+        "qwen35": qwen35.Qwen35Graph,
+        "qwen35moe": qwen35.Qwen35Graph,
     })
     HPARAMS.update({
         "qwen3next": qwen3next.hparams,
+        "qwen35": qwen35.hparams,
+        "qwen35moe": qwen35.hparams,
     })
 
 
