@@ -47,7 +47,6 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "glm4": (-0.0250, 0.0000),
     "glm4moe": (-0.2042, 0.0070),
     "granite": (-0.2027, 0.0000),
-    "granitehybrid": (-0.0408, 0.0045),
     "granitemoe": (-0.1583, 0.0000),
     "hunyuan-dense": (-0.0292, 0.0000),
     "hunyuan-moe": (-0.2441, 0.0000),

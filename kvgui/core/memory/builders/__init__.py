@@ -51,19 +51,21 @@ HPARAMS: dict[str, Callable[[hp_mod.Hparams, ModelInfo], None]] = {
 # --- fam-hybrid ---
 def _register_hybrid() -> None:
     """The hybrid, recurrent and special families (issue 13, branch fam-hybrid)."""
-    from kvgui.core.memory.builders import falcon_h1, qwen3next, qwen35
+    from kvgui.core.memory.builders import falcon_h1, granite_hybrid, qwen3next, qwen35
 
     BUILDERS.update({
         "qwen3next": qwen3next.Qwen3NextGraph,
         "qwen35": qwen35.Qwen35Graph,
         "qwen35moe": qwen35.Qwen35Graph,
         "falcon-h1": falcon_h1.FalconH1Graph,
+        "granitehybrid": granite_hybrid.GraniteHybridGraph,
     })
     HPARAMS.update({
         "qwen3next": qwen3next.hparams,
         "qwen35": qwen35.hparams,
         "qwen35moe": qwen35.hparams,
         "falcon-h1": falcon_h1.hparams,
+        "granitehybrid": granite_hybrid.hparams,
     })
 
 
