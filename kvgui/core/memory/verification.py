@@ -57,7 +57,6 @@ MEASURED_ERROR: dict[str, tuple[float, float]] = {
     "mamba2": (-0.1235, 0.1389),
     "minicpm": (-0.0659, 0.0000),
     "mistral3": (-0.0863, 0.0000),
-    "nemotron_h": (-0.0580, 0.0000),
     "olmo2": (-0.1265, 0.0000),
     "phi3": (-0.1148, 0.0625),
     "rwkv6": (-0.0000, 0.0000),

@@ -51,7 +51,13 @@ HPARAMS: dict[str, Callable[[hp_mod.Hparams, ModelInfo], None]] = {
 # --- fam-hybrid ---
 def _register_hybrid() -> None:
     """The hybrid, recurrent and special families (issue 13, branch fam-hybrid)."""
-    from kvgui.core.memory.builders import falcon_h1, granite_hybrid, qwen3next, qwen35
+    from kvgui.core.memory.builders import (
+        falcon_h1,
+        granite_hybrid,
+        nemotron_h,
+        qwen3next,
+        qwen35,
+    )
 
     BUILDERS.update({
         "qwen3next": qwen3next.Qwen3NextGraph,
@@ -59,6 +65,7 @@ def _register_hybrid() -> None:
         "qwen35moe": qwen35.Qwen35Graph,
         "falcon-h1": falcon_h1.FalconH1Graph,
         "granitehybrid": granite_hybrid.GraniteHybridGraph,
+        "nemotron_h": nemotron_h.NemotronHGraph,
     })
     HPARAMS.update({
         "qwen3next": qwen3next.hparams,
@@ -66,6 +73,7 @@ def _register_hybrid() -> None:
         "qwen35moe": qwen35.hparams,
         "falcon-h1": falcon_h1.hparams,
         "granitehybrid": granite_hybrid.hparams,
+        "nemotron_h": nemotron_h.hparams,
     })
 
 
