@@ -54,6 +54,8 @@ def _register_hybrid() -> None:
     from kvgui.core.memory.builders import (
         falcon_h1,
         granite_hybrid,
+        jamba,
+        mamba,
         nemotron_h,
         qwen3next,
         qwen35,
@@ -66,6 +68,9 @@ def _register_hybrid() -> None:
         "falcon-h1": falcon_h1.FalconH1Graph,
         "granitehybrid": granite_hybrid.GraniteHybridGraph,
         "nemotron_h": nemotron_h.NemotronHGraph,
+        "jamba": jamba.JambaGraph,
+        "mamba": mamba.MambaGraph,
+        "mamba2": mamba.MambaGraph,
     })
     HPARAMS.update({
         "qwen3next": qwen3next.hparams,
@@ -74,6 +79,9 @@ def _register_hybrid() -> None:
         "falcon-h1": falcon_h1.hparams,
         "granitehybrid": granite_hybrid.hparams,
         "nemotron_h": nemotron_h.hparams,
+        "jamba": jamba.hparams,
+        "mamba": mamba.hparams,
+        "mamba2": mamba.hparams,
     })
 
 
