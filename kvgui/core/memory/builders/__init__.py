@@ -53,6 +53,7 @@ def _register_hybrid() -> None:
     """The hybrid, recurrent and special families (issue 13, branch fam-hybrid)."""
     from kvgui.core.memory.builders import (
         falcon_h1,
+        gemma3n,
         granite_hybrid,
         jamba,
         mamba,
@@ -71,6 +72,7 @@ def _register_hybrid() -> None:
         "jamba": jamba.JambaGraph,
         "mamba": mamba.MambaGraph,
         "mamba2": mamba.MambaGraph,
+        "gemma3n": gemma3n.Gemma3nGraph,
     })
     HPARAMS.update({
         "qwen3next": qwen3next.hparams,
@@ -82,6 +84,7 @@ def _register_hybrid() -> None:
         "jamba": jamba.hparams,
         "mamba": mamba.hparams,
         "mamba2": mamba.hparams,
+        "gemma3n": gemma3n.hparams,
     })
 
 

@@ -213,6 +213,9 @@ class KVCache:
         self.type_k, self.type_v = cp.type_k, cp.type_v
         self.k: dict[int, Tensor] = {}
         self.v: dict[int, Tensor] = {}
+        # layer -> the earlier layer whose cache it reads (llama_memory_i::layer_reuse_cb:
+        # gemma3n / gemma4's last layers); set by the architecture (fam-hybrid)
+        self.reuse: dict[int, int] = {}
         self.n_embd_head_k_all = 0
         self.n_embd_head_v_all = 0
         for il in layers:
@@ -244,7 +247,7 @@ class KVCache:
         return self.size  # a reserve sees the whole cache (llama_kv_cache_context: init_full)
 
     def get_k(self, ctx: ggml.Context, il: int) -> Tensor:
-        k = self.k[il]
+        k = self.k[self.reuse.get(il, il)]
         hp = self.hparams
         n_embd_k_gqa = k.ne[0]
         rs = ggml.row_size
@@ -253,7 +256,7 @@ class KVCache:
                             rs(k.type, n_embd_k_gqa), rs(k.type, n_embd_k_gqa * self.size), 0)
 
     def get_v(self, ctx: ggml.Context, il: int) -> Tensor:
-        v = self.v[il]
+        v = self.v[self.reuse.get(il, il)]
         hp = self.hparams
         n_embd_v_gqa = v.ne[0]
         rs = ggml.row_size

@@ -612,3 +612,13 @@ def rwkv_wkv7(ctx: Context, r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tenso
     s_, h, n_tokens = k.ne[0], k.ne[1], k.ne[2]
     return _op(new_tensor(ctx, F32, (s_ * h, n_tokens + s_ * state.ne[1])), "RWKV_WKV7",
                r, w, k, v, a, b, state)
+
+
+def mean(ctx: Context, a: Tensor) -> Tensor:
+    """ggml_mean: [1, ne1, ne2, ne3], f32."""
+    return _op(new_tensor(ctx, F32, (1, a.ne[1], a.ne[2], a.ne[3])), "MEAN", a)
+
+
+def scale_bias(ctx: Context, a: Tensor, s: float, b: float) -> Tensor:
+    """ggml_scale_bias: x * s + b (a SCALE)."""
+    return _scale(ctx, a, s, False)
