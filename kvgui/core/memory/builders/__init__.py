@@ -54,6 +54,7 @@ def _register_hybrid() -> None:
     from kvgui.core.memory.builders import (
         falcon_h1,
         gemma3n,
+        gemma4,
         granite_hybrid,
         jamba,
         mamba,
@@ -73,6 +74,7 @@ def _register_hybrid() -> None:
         "mamba": mamba.MambaGraph,
         "mamba2": mamba.MambaGraph,
         "gemma3n": gemma3n.Gemma3nGraph,
+        "gemma4": gemma4.Gemma4Graph,
     })
     HPARAMS.update({
         "qwen3next": qwen3next.hparams,
@@ -85,6 +87,7 @@ def _register_hybrid() -> None:
         "mamba": mamba.hparams,
         "mamba2": mamba.hparams,
         "gemma3n": gemma3n.hparams,
+        "gemma4": gemma4.hparams,
     })
 
 
