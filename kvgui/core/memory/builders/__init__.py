@@ -61,6 +61,7 @@ def _register_hybrid() -> None:
         nemotron_h,
         qwen3next,
         qwen35,
+        rwkv,
     )
 
     BUILDERS.update({
@@ -75,6 +76,8 @@ def _register_hybrid() -> None:
         "mamba2": mamba.MambaGraph,
         "gemma3n": gemma3n.Gemma3nGraph,
         "gemma4": gemma4.Gemma4Graph,
+        "rwkv6": rwkv.Rwkv6Graph,
+        "rwkv7": rwkv.Rwkv7Graph,
     })
     HPARAMS.update({
         "qwen3next": qwen3next.hparams,
@@ -88,6 +91,8 @@ def _register_hybrid() -> None:
         "mamba2": mamba.hparams,
         "gemma3n": gemma3n.hparams,
         "gemma4": gemma4.hparams,
+        "rwkv6": rwkv.hparams,
+        "rwkv7": rwkv.hparams,
     })
 
 

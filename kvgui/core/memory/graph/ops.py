@@ -622,3 +622,13 @@ def mean(ctx: Context, a: Tensor) -> Tensor:
 def scale_bias(ctx: Context, a: Tensor, s: float, b: float) -> Tensor:
     """ggml_scale_bias: x * s + b (a SCALE)."""
     return _scale(ctx, a, s, False)
+
+
+def neg(ctx: Context, a: Tensor) -> Tensor:
+    return _unary(ctx, a, "NEG")
+
+
+def repeat(ctx: Context, a: Tensor, b: Tensor) -> Tensor:
+    """ggml_repeat: a new tensor of b's shape and a's type."""
+    _check(can_repeat(a, b), f"repeat: {a} does not repeat to {b}")
+    return _op(new_tensor(ctx, a.type, b.ne), "REPEAT", a)
