@@ -186,6 +186,7 @@ class Gemma3nGraph(GraphContext):
             corrected = self.altup_correct(predictions, attn_ffw_laurel_gated, il)
 
             first_prediction = view_2d_slice(ctx0, corrected, i_altup_act)
+            assert layer.altup_correct_scale is not None
             first_prediction = ggml.mul(ctx0, first_prediction, layer.altup_correct_scale)
             assert layer.per_layer_inp_gate is not None and layer.per_layer_proj is not None
             first_prediction = self.build_lora_mm(layer.per_layer_inp_gate, first_prediction)
