@@ -230,6 +230,30 @@ def test_compute_check_says_what_is_verified(monkeypatch: pytest.MonkeyPatch) ->
     assert simulates(_info("llama")) and not simulates(_info("jamba"))
 
 
+# --- fam-moe ---
+MOE_BUILT = ["glm4moe", "llama4", "granitemoe", "ernie4_5-moe", "hunyuan-moe", "dots1",
+             "bailingmoe2"]
+
+
+@pytest.mark.parametrize("key", MOE_BUILT)
+def test_moe_families_are_replayed_exactly(key: str) -> None:
+    """Each MoE family's builder reads every tensor of its file but the NextN block's (the
+    main graph never runs it), so its compute figure is the replay, shown as exact; the
+    dry-run tests (test_family_against_llama_cpp) hold the bytes."""
+    from kvgui.core.memory import builders, reserve
+
+    model = _info(key)
+    assert compute_check(model).status == EXACT, key
+    params = reserve.params_for(reserve.GraphKey(True, reserve.CacheKinds("f16", "f16"), 1,
+                                                 False, frozenset()))
+    _, graph = builders.build(model, params)
+    nextn = {name for name, _, _ in model.tensor_table
+             if name.startswith("blk.") and int(name.split(".")[1]) >= model.n_layer}
+    assert bool(nextn) == (key in ("glm4moe", "bailingmoe2"))  # the fixtures with one
+    assert not nextn & graph.model.used  # the NextN block is not in the main graph
+# --- end fam-moe ---
+
+
 def test_every_rule_names_a_llama_cpp_source_file() -> None:
     # the llama-cpp-python sdist's vendor/llama.cpp (DEVELOPERS.md), where one is unpacked
     src = Path(os.environ.get("KVGUI_LLAMA_CPP_SRC",
@@ -240,3 +264,24 @@ def test_every_rule_names_a_llama_cpp_source_file() -> None:
         if src.is_dir():
             for f in files:
                 assert (src / f).is_file(), (arch, f)
+
+
+# --- fam-dense ---
+# The dense families with a builder of their own (builders/<arch>.py, checked node for node
+# and byte for byte by tests/core/test_reserve_graphs.py): each reads every tensor of its
+# file, so its compute figure is the replay, not the stage model's measured range.
+DENSE_FAMILIES = [
+    "phi3", "phi3:phi-4", "mistral3", "exaone4", "olmo2", "olmo2:Olmo-3-7B-Instruct",
+    "smollm3", "cohere2", "command-r", "granite", "glm4", "starcoder2", "internlm2", "minicpm",
+    "ernie4_5", "hunyuan-dense", "seed_oss", "apertus",
+]
+
+
+@pytest.mark.parametrize("key", DENSE_FAMILIES)
+def test_dense_families_replay_their_own_graph(key: str) -> None:
+    from kvgui.core.memory.verification import MEASURED_ERROR
+
+    model = _info(key)
+    assert simulates(model), f"{key}: the builder leaves a tensor of the file unread"
+    assert compute_check(model).status == EXACT
+    assert model.arch not in MEASURED_ERROR, f"{model.arch} is exact: drop its measured range"

@@ -33,30 +33,7 @@ UNVERIFIED = "unverified"  # an architecture kvgui has no fixture for
 # --swa-full, -ub 1024), CPU-only, BF16 fixtures. Replayed families are not listed: exact.
 # Re-measure with `python benchmarks/accuracy.py --json out.json` after changing compute.py.
 MEASURED_ERROR: dict[str, tuple[float, float]] = {
-    "apertus": (-0.0286, 0.0000),
-    "bailingmoe2": (-0.1622, 0.0056),
-    "cohere2": (-0.0385, 0.0000),
-    "command-r": (-0.0466, 0.0000),
     "deepseek2": (-0.2589, 0.0300),
-    "dots1": (-0.0603, 0.0000),
-    "ernie4_5": (-0.0885, 0.0035),
-    "ernie4_5-moe": (-0.1722, 0.0000),
-    "exaone4": (-0.1840, 0.0000),
-    "glm4": (-0.0250, 0.0000),
-    "glm4moe": (-0.2042, 0.0070),
-    "granite": (-0.2027, 0.0000),
-    "granitemoe": (-0.1583, 0.0000),
-    "hunyuan-dense": (-0.0292, 0.0000),
-    "hunyuan-moe": (-0.2441, 0.0000),
-    "internlm2": (-0.0391, 0.0000),
-    "llama4": (-0.1585, 0.0000),
-    "minicpm": (-0.0659, 0.0000),
-    "mistral3": (-0.0863, 0.0000),
-    "olmo2": (-0.1265, 0.0000),
-    "phi3": (-0.1148, 0.0625),
-    "seed_oss": (-0.0000, 0.0125),
-    "smollm3": (-0.0152, 0.0000),
-    "starcoder2": (-0.0833, 0.2666),
 }
 # Replayed architectures whose replay still misses some settings (same measurement): none
 # since the graphs are rebuilt by builders/ (all 645 runs of the replayed families exact).

@@ -77,6 +77,12 @@ class Hparams:
     n_swa: int = 0
     n_pos_per_embd_: int = 1
     keys: dict[str, object] = field(default_factory=dict)
+    # --- fam-moe ---
+    n_moe_layer_step: int = 0  # interleave_moe_layer_step (llama4, ernie4_5-moe)
+    n_no_rope_layer_step: int = 4  # llama4: every n-th layer has no RoPE
+    swa_off: bool = False  # llama4: a sliding_window key of 0 (LLAMA_SWA_TYPE_NONE)
+    n_ff_shexp: int = 0  # expert_shared_feed_forward_length
+    # --- end fam-moe ---
     # fam-hybrid: state-space, linear attention and RWKV (each load_arch_hparams reads them)
     ssm_d_conv: int = 0
     ssm_d_inner: int = 0
@@ -84,7 +90,6 @@ class Hparams:
     ssm_dt_rank: int = 0
     ssm_n_group: int = 0
     ssm_dt_b_c_rms: bool = False
-    n_ff_shexp: int = 0
     f_residual_scale: float = 0.0
     f_logit_scale: float = 0.0
     token_shift_count: int = 2
