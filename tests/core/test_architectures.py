@@ -210,8 +210,14 @@ def test_layers_with_experts_and_nextn_blocks() -> None:
     assert not air.layers[46].has_kv and air.layer_weights[46] == 0
 
 
-def test_compute_check_says_what_is_verified() -> None:
+def test_compute_check_says_what_is_verified(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvgui.core.memory import builders, verification
+
     assert compute_check(_info("llama")).status == EXACT
+    assert compute_check(_info("jamba")).status == EXACT and simulates(_info("jamba"))
+    # a family without a builder shows the error measured for it (jamba's, before its builder)
+    monkeypatch.delitem(builders.BUILDERS, "jamba")
+    monkeypatch.setitem(verification.MEASURED_ERROR, "jamba", (-0.4378, 0.0195))
     jamba = compute_check(_info("jamba"))
     assert jamba.status == MEASURED and jamba.label == f"±{jamba.percent}%, not verified for jamba"
     est = estimate(_info("jamba"), Settings())

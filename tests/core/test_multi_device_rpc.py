@@ -174,3 +174,45 @@ def test_moe_expert_overrides_equal_llama_fit_params(
                             for x in v)
             assert str(n_splits) == splits[-1], what
 # --- end fam-moe ---
+
+
+# --- fam-hybrid ---
+# A hybrid of its own builder over two devices: falcon-h1 (attention and a Mamba-2 mixer in
+# every layer: KV cache and recurrent state on each layer's device, ssm_scan / ssm_conv beside
+# flash attention) by default; a Mamba-1 stack, Qwen3.5's gated delta net, Gemma 3n's shared
+# caches, RWKV-7 and granitehybrid (whose empty state-row copies on the second device leave
+# ggml's free list out of address order: alloc._run_scan) with KVGUI_TEST_ALL_FAMILIES=1.
+HYBRID_RPC_KEYS = ["falcon-h1"] if os.environ.get("KVGUI_TEST_ALL_FAMILIES") != "1" else \
+    ["falcon-h1", "mamba", "qwen35", "gemma3n", "rwkv7", "granitehybrid"]
+
+
+@pytest.mark.parametrize("key", HYBRID_RPC_KEYS)
+def test_hybrid_family_per_device_equals_llama_fit_params(
+        llama_tools: LlamaTools, tmp_path: Path, key: str) -> None:
+    from kvgui.core.model.archspec import ModelSpec
+    from kvgui.testing.arch_fixtures import fixtures
+    from kvgui.testing.rpc import RpcDevices, fit_params
+    from kvgui.testing.sparse_gguf import write_sparse_gguf
+
+    s0 = next(f.spec for f in fixtures() if f.key == key)
+    path = write_sparse_gguf(ModelSpec(s0.name, s0.arch, "BF16", s0.hp), tmp_path / "m.gguf")
+    model = load_model(path)
+    with RpcDevices(llama_tools, [24 * GiB, 24 * GiB]) as devs:
+        for ngl, ts, fa, ctype, nkvo in CASES:
+            r = fit_params(llama_tools, path, devs, ctx=8192, ngl=ngl, ts=ts, fa=fa, ctk=ctype,
+                           ctv=ctype, extra=("-nkvo",) if nkvo else ())
+            theirs = [r.compute_mib.get(f"RPC0[{e}]", 0.0) for e in devs.endpoints]
+            theirs.append(r.compute_mib["CPU"])
+            splits = re.findall(r"graph(?: \([^)]*\))?: nodes = [\d /]+, splits = (\d+)", r.log)
+            s = Settings(n_ctx=8192, n_gpu_layers=ngl, tensor_split=ts, type_k=ctype,
+                         type_v=ctype, kv_offload=not nkvo,
+                         flash_attn=FlashAttn.ON if fa == "on" else FlashAttn.OFF)
+            memo = ModelMemo(model)
+            ours = reserve.peaks(model, context_shape(model, s), fa == "on",
+                                 reserve.cache_kinds(model, ctype, ctype),
+                                 rpc_layout(model, s, 2), memo)
+            what = f"{key} -ngl {ngl} -ts {ts} -fa {fa} {ctype} nkvo={nkvo}"
+            assert [round(b / 2**20, 2) for b in ours] == pytest.approx(theirs, abs=0.0051), what
+            n_splits = next(r.n_splits for v in reserve.recordings(memo).splits.values()
+                            for r in v)
+            assert str(n_splits) == splits[-1], what

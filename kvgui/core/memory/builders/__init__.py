@@ -116,6 +116,57 @@ HPARAMS: dict[str, Callable[[hp_mod.Hparams, ModelInfo], None]] = {
     # --- end fam-moe ---
 }
 
+# --- fam-hybrid ---
+def _register_hybrid() -> None:
+    """The hybrid, recurrent and special families (issue 13, branch fam-hybrid)."""
+    from kvgui.core.memory.builders import (
+        falcon_h1,
+        gemma3n,
+        gemma4,
+        granite_hybrid,
+        jamba,
+        mamba,
+        nemotron_h,
+        qwen3next,
+        qwen35,
+        rwkv,
+    )
+
+    BUILDERS.update({
+        "qwen3next": qwen3next.Qwen3NextGraph,
+        "qwen35": qwen35.Qwen35Graph,
+        "qwen35moe": qwen35.Qwen35Graph,
+        "falcon-h1": falcon_h1.FalconH1Graph,
+        "granitehybrid": granite_hybrid.GraniteHybridGraph,
+        "nemotron_h": nemotron_h.NemotronHGraph,
+        "jamba": jamba.JambaGraph,
+        "mamba": mamba.MambaGraph,
+        "mamba2": mamba.MambaGraph,
+        "gemma3n": gemma3n.Gemma3nGraph,
+        "gemma4": gemma4.Gemma4Graph,
+        "rwkv6": rwkv.Rwkv6Graph,
+        "rwkv7": rwkv.Rwkv7Graph,
+    })
+    HPARAMS.update({
+        "qwen3next": qwen3next.hparams,
+        "qwen35": qwen35.hparams,
+        "qwen35moe": qwen35.hparams,
+        "falcon-h1": falcon_h1.hparams,
+        "granitehybrid": granite_hybrid.hparams,
+        "nemotron_h": nemotron_h.hparams,
+        "jamba": jamba.hparams,
+        "mamba": mamba.hparams,
+        "mamba2": mamba.hparams,
+        "gemma3n": gemma3n.hparams,
+        "gemma4": gemma4.hparams,
+        "rwkv6": rwkv.hparams,
+        "rwkv7": rwkv.hparams,
+    })
+
+
+_register_hybrid()
+# --- end fam-hybrid ---
+
 
 def hparams_for(model: ModelInfo) -> hp_mod.Hparams:
     hp = hp_mod.from_model(model)
