@@ -137,17 +137,27 @@ class Offload:
     n_gpus: int
     kv_offload: bool = True
     overrides: tuple[tuple[str, int], ...] = ()
+    # per GPU: 0 for a local device, else the alignment of an RPC server's device
+    rpc_alignment: tuple[int, ...] = ()
 
     def with_kv_offload(self, kv_offload: bool) -> Offload:
         return dataclasses.replace(self, kv_offload=kv_offload)
 
+    def is_rpc(self, gpu: int) -> bool:
+        return gpu < len(self.rpc_alignment) and self.rpc_alignment[gpu] > 0
+
     @functools.cached_property
     def layout(self) -> reserve.Layout:
-        """The scheduler's view: CUDA devices (their rules; other GPU kinds are taken alike),
-        the CPU last with its compute buffer in CUDA's pinned host memory; llama.cpp's backend
-        hints applied (an allocating reserve)."""
-        host = reserve.Buft("CUDA_Host", host=True) if self.n_gpus else reserve.CPU_BUFT
-        backends = tuple(reserve.cuda_backend(i) for i in range(self.n_gpus))
+        """The scheduler's view: local devices with CUDA's rules (other GPU kinds are taken
+        alike), RPC servers' devices with the RPC backend's, the CPU last with its compute
+        buffer in the first device's pinned host memory when it has one (a local GPU; an RPC
+        device has none: llama_context's "host buffer of the first device"); llama.cpp's
+        backend hints applied (an allocating reserve)."""
+        local_first = self.n_gpus > 0 and not self.is_rpc(0)
+        host = reserve.Buft("CUDA_Host", host=True) if local_first else reserve.CPU_BUFT
+        backends = tuple(
+            reserve.rpc_backend(i, alignment=self.rpc_alignment[i]) if self.is_rpc(i)
+            else reserve.cuda_backend(i) for i in range(self.n_gpus))
         return self.layout_with((*backends, reserve.cpu_backend(host)), pins=True)
 
     def layout_with(self, backends: tuple[reserve.Backend, ...], pins: bool) -> reserve.Layout:

@@ -220,11 +220,12 @@ def cpu_backend(buft: Buft = CPU_BUFT) -> Backend:
     return Backend("CPU", "cpu", buft, alloc.CPU_ALIGN)
 
 
-def rpc_backend(index: int, name: str = "") -> Backend:
-    """An RPC device served by ggml-rpc-server's CPU backend: its own buffers only, every op,
-    no offload_op, the CPU's alignment."""
+def rpc_backend(index: int, name: str = "", alignment: int = 0) -> Backend:
+    """An RPC device (ggml-rpc.cpp): its own buffers only, every op, no offload_op (the RPC
+    device interface has none), its server's alignment (GET_ALIGNMENT; ggml-rpc-server's CPU
+    backend: the CPU's)."""
     return Backend(name or f"RPC{index}", "rpc", Buft(name or f"RPC{index}", False, index),
-                   alloc.CPU_ALIGN)
+                   alignment or alloc.CPU_ALIGN)
 
 
 def n_cpu_moe(n_layers: int, cpu: int) -> tuple[tuple[str, int], ...]:
