@@ -12,7 +12,7 @@ The probe takes a few hundred milliseconds (longer on a busy machine) and twice 
 4 × the last-level cache (128 MiB to 1 GiB) of RAM for that time; its result is cached in the
 user cache dir (``$KVGUI_CACHE_DIR`` moves it), keyed by the CPU model, thread count and RAM
 size, so a changed machine is measured again.
-
+"""
 
 from __future__ import annotations
 
