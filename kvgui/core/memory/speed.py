@@ -31,7 +31,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kvgui.core.config.settings import Settings
 from kvgui.core.devices.device_budget import DeviceBudget
 from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.model import layer_rules
@@ -169,12 +168,13 @@ def _fmt(x: float) -> str:
     return f"{x:.0f}" if x >= 10 else f"{x:.1f}"
 
 
-def predict(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget],
+def predict(model: ModelInfo, kv_offload: bool, devices: Sequence[DeviceBudget],
             layer_device: Sequence[int], output_device: int,
             cpu_experts: Sequence[bool], kv_read: Sequence[int],
             memo: ModelMemo | None = None) -> SpeedPrediction:
     """The decode speed of one placement.
 
+    ``kv_offload``: the KV cache on the layers' devices (False: -nkvo, attention on the host);
     ``devices``: the GPUs in llama.cpp's order, then the host (as estimate() takes them);
     ``layer_device``/``output_device``: each layer's GPU (-1: the host) and the output's;
     ``cpu_experts``: per layer, its routed experts in host memory (--n-cpu-moe, -ot);
@@ -201,7 +201,7 @@ def predict(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget
     for il, dev in enumerate(layer_device):
         slot = cpu if dev < 0 else dev
         layer = model.layers[il]
-        if not settings.kv_offload and slot != cpu and layer.has_kv:
+        if not kv_offload and slot != cpu and layer.has_kv:
             path += [slot, cpu, slot]
         else:
             path.append(slot)
