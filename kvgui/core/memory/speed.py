@@ -27,6 +27,7 @@ hops of 10–60 µs locally (25 µs) and 0.15–2 ms to an RPC server (0.4 ms). 
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -209,7 +210,7 @@ def predict(model: ModelInfo, kv_offload: bool, devices: Sequence[DeviceBudget],
             path += [cpu, slot]
     path += [cpu if output_device < 0 else output_device, cpu]
     hops = rpc_hops = 0
-    for a, b in zip(path, path[1:], strict=False):
+    for a, b in itertools.pairwise(path):
         if a != b:
             hops += 1
             if (a != cpu and gpus[a].rpc) or (b != cpu and gpus[b].rpc):

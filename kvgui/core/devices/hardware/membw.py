@@ -16,6 +16,7 @@ size, so a changed machine is measured again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -54,10 +55,8 @@ def last_level_cache() -> int:
     """The largest CPU cache in bytes (sysconf, else sysfs; 32 MiB when neither says)."""
     best = 0
     for name in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
-        try:
+        with contextlib.suppress(ValueError, OSError, AttributeError):
             best = max(best, int(os.sysconf(name)))
-        except (ValueError, OSError, AttributeError):
-            pass
     base = Path("/sys/devices/system/cpu/cpu0/cache")
     if best <= 0 and base.is_dir():
         for idx in base.glob("index*"):
@@ -126,7 +125,6 @@ def measure(buffer_bytes: int | None = None, threads: int | None = None,
     for t in pool:
         t.join()
     elapsed = time.perf_counter() - t0
-    del src, dst
     return HostBandwidth(2 * size / best, size, n, elapsed)
 
 
