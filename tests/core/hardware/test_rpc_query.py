@@ -3,6 +3,7 @@ ggml-rpc-server on 127.0.0.1, and every failure as one line (a fake server in a 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -42,11 +43,8 @@ def fake_server() -> Iterator[Callable[[Callable[[socket.socket], None]], str]]:
                 conn, _ = srv.accept()
             except OSError:
                 return
-            with conn:
-                try:
-                    handler(conn)
-                except OSError:
-                    pass
+            with conn, contextlib.suppress(OSError):
+                handler(conn)
 
         t = threading.Thread(target=run, daemon=True)
         t.start()
