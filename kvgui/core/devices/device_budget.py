@@ -16,11 +16,14 @@ class DeviceBudget:
     ``split`` is this GPU's share of the layers (llama.cpp's --tensor-split); 0 = by budget.
     ``host`` (the CPU only): llama.cpp's CPU backend there, which decides the host buffer
     types the CPU weights take; None = this machine's, as the estimate guesses it.
+    ``buft``: llama.cpp's name of the device's buffer type, as -ot names it ("CUDA0",
+    "RPC0[host:port]"); "" = by its index among the local GPUs ("CUDA1", "Vulkan1" ...:
+    tensor_overrides.buffer_type_slots). An RPC device has no pinned host buffer type
+    (ggml-rpc's get_host_buffer_type is NULL), which changes where the CPU's weights go.
     ``bandwidth``: its memory bandwidth in bytes/s (a GPU's spec sheet, the host's probe; 0 =
     unknown), what the decode speed prediction divides the bytes read per token by.
-    ``rpc``: the ``HOST:PORT`` of the llama.cpp RPC server this device is on ("" = a local
-    device): llama.cpp's scheduler treats it as a GPU, with the RPC backend's rules (its
-    server's alignment, no op offload), and each hop to it crosses the network.
+    ``alignment``: an RPC device's buffer alignment as its server reports it (0: the CPU
+    backend's 32 bytes, what ggml-rpc-server serves by default).
     """
 
     name: str
@@ -28,9 +31,25 @@ class DeviceBudget:
     is_gpu: bool = True
     split: float = 0.0
     host: HostCpu | None = None
+    buft: str = ""
     bandwidth: float = 0.0
-    rpc: str = ""
-    alignment: int = 0  # an RPC device's buffer alignment, as its server reports it (0: 32)
+    alignment: int = 0
+
+    @property
+    def is_rpc(self) -> bool:
+        """An RPC server's device (ggml-rpc names its buffer types "RPC<n>[endpoint]")."""
+        return self.buft.startswith("RPC") and self.buft.endswith("]")
+
+    @property
+    def has_host_buffer(self) -> bool:
+        """Whether llama.cpp takes this GPU's pinned host buffer type for the CPU's weights
+        (make_cpu_buft_list: the first device that has one; RPC devices have none)."""
+        return self.is_gpu and not self.is_rpc
+
+    @property
+    def endpoint(self) -> str:
+        """An RPC device's server, HOST:PORT ("" for a local device)."""
+        return self.buft[self.buft.index("[") + 1:-1] if self.is_rpc else ""
 
 
 CPU_NAME = "CPU"

@@ -20,13 +20,7 @@ from kvgui.core.devices.hardware.cpu import HostCpu
 from kvgui.core.gguf import ggml_types
 from kvgui.core.memory import findings as fnd
 from kvgui.core.memory import host_buffers
-from kvgui.core.memory.compute import (
-    CPU_ALIGN,
-    Offload,
-    SlotLayers,
-    cache_graph,
-    compute_buffer,
-)
+from kvgui.core.memory.compute import Offload, SlotLayers, cache_graph, compute_buffer
 from kvgui.core.memory.findings import Code, Finding
 from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.memory.verification import ComputeCheck, compute_check
@@ -435,10 +429,7 @@ def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget],
         weights[out_dev] += model.tied_output_weights
     for il, w in enumerate(model.layer_weights):
         weights[slot(layer_dev[il])] += w
-    # the CPU weights' first buffer type is the first device's host buffer that has one (a
-    # local GPU's pinned memory; RPC devices have none: make_cpu_buft_list)
-    local = any(not g.rpc for g in gpus)
-    hosted = _host_weights(model, host, layer_dev, out_dev, gpus=local, mmap=s.mmap)
+    hosted = _host_weights(model, host, layer_dev, out_dev, gpus=bool(gpus), mmap=s.mmap)
     if model.tensors:  # a header without its tensor table keeps the plain sums
         weights[cpu] = hosted.total
     groups: dict[tuple[int, int, int, bool], int] = {}
@@ -466,14 +457,7 @@ def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget],
                       tuple((*k, n) for k, n in groups.items()),
                       tuple((*k, n) for k, n in groups_host.items()),
                       tuple(recurrent), tuple(recurrent_host), tuple(slots), hosted,
-                      Offload(tuple(layer_dev), out_dev, len(gpus),
-                              rpc_alignment=tuple((g.alignment or CPU_ALIGN) if g.rpc else 0
-                                                  for g in gpus)))
-
-def _gpu_key(gpus: Sequence[DeviceBudget]) -> tuple[tuple[float, int | None, str, int], ...]:
-    """What of the GPUs the placement depends on (the split by budget, RPC or local)."""
-    return tuple((g.split, g.budget, g.rpc, g.alignment) for g in gpus)
-
+                      Offload(tuple(layer_dev), out_dev, len(gpus)))
 
 def estimate(model: ModelInfo, settings: Settings,
              devices: Sequence[DeviceBudget] | None = None,
@@ -502,7 +486,8 @@ def estimate(model: ModelInfo, settings: Settings,
     refused = any(f.is_refusal for f in found)
     shape = context_shape(model, s)
     placed = memo.get("placement",
-                      (s.n_gpu_layers, s.tensor_split, _gpu_key(gpus), host, s.mmap),
+                      (s.n_gpu_layers, s.tensor_split, tuple((g.split, g.budget) for g in gpus),
+                       host, s.mmap),
                       lambda: _placement(model, s, gpus, host))
     n_slots = len(gpus) + 1
     cpu = n_slots - 1
@@ -522,7 +507,7 @@ def estimate(model: ModelInfo, settings: Settings,
                                       else placed.recurrent_host)]
 
     graph = cache_graph(model, s.type_k, s.type_v)
-    placement_key = (s.n_gpu_layers, s.tensor_split, _gpu_key(gpus))
+    placement_key = (s.n_gpu_layers, s.tensor_split, tuple((g.split, g.budget) for g in gpus))
     offload = placed.offload if s.kv_offload else placed.offload.with_kv_offload(False)
     compute = memo.get("compute", (placement_key, shape, fa, graph, s.kv_offload),
                        lambda: compute_buffer(model, shape, fa, placed.compute_slots, graph,

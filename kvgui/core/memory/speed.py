@@ -213,7 +213,7 @@ def predict(model: ModelInfo, kv_offload: bool, devices: Sequence[DeviceBudget],
     for a, b in itertools.pairwise(path):
         if a != b:
             hops += 1
-            if (a != cpu and gpus[a].rpc) or (b != cpu and gpus[b].rpc):
+            if (a != cpu and gpus[a].is_rpc) or (b != cpu and gpus[b].is_rpc):
                 rpc_hops += 1
     local_hops = hops - rpc_hops
 
