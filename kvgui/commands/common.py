@@ -235,10 +235,17 @@ def catalog_listing() -> str:
                      for e in load_catalog())
 
 
-def plan(args: argparse.Namespace) -> Any:
+def plan(args: argparse.Namespace, *, bandwidth: bool = False) -> Any:
     """The BudgetPlan of the hardware flags, with the installed llama.cpp's CPU backend (its
-    extra buffer types, and whether its kernels survive a decode: see runtime.cpu_kernels)."""
+    extra buffer types, and whether its kernels survive a decode: see runtime.cpu_kernels).
+    ``bandwidth``: with the host RAM's bandwidth (probed once, then cached: membw.py)."""
     from kvgui.core.devices.budget import plan_from_args
     from kvgui.runtime.llama_backend import probe_host_cpu
 
-    return plan_from_args(args, host=probe_host_cpu())
+    host_bw = 0.0
+    if bandwidth:
+        from kvgui.core.devices.hardware.membw import host_bandwidth
+
+        found = host_bandwidth()
+        host_bw = found.bytes_per_s if found else 0.0
+    return plan_from_args(args, host=probe_host_cpu(), host_bandwidth=host_bw)
