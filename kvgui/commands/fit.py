@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                      "kv_at_shown": at.kv, "beyond_trained": beyond,
                      "unbounded": n >= MAX_CONTEXT})
     ngl = max_gpu_layers(model, settings, devices, memo) if plan.gpus else 0
-    result = {
+    result: dict[str, Any] = {
         "model": model.name, "n_ctx_train": trained,
         "budget": [{"name": d.name, "total": d.total, "reserved": d.reserved,
                     "budget": d.budget, "is_gpu": d.is_gpu} for d in plan.views],
@@ -85,10 +85,9 @@ def run(args: argparse.Namespace) -> int:
         if (settings.type_k, settings.type_v) not in pairs:
             pairs.append((settings.type_k, settings.type_v))
         planned = run_planner(model, settings, devices, pairs=pairs, memo=memo)
-        result["plan"] = planned.to_json()
-        result["plan"]["commands"] = {
+        result["plan"] = {**planned.to_json(), "commands": {
             name: _flags(c.settings) for name, c in (("fastest", planned.fastest),
-                                                      ("longest", planned.longest)) if c}
+                                                      ("longest", planned.longest)) if c}}
     fitting = [r for r in rows if r.get("max_ctx")]
     status = exit_status.FITS if fitting else (
         exit_status.REFUSED if all(r.get("refused") for r in rows) else exit_status.OVER)

@@ -176,7 +176,7 @@ class _Search:
         self._layer_devs: dict[int, tuple[tuple[int, ...], int]] = {}
         self._kv: dict[tuple[Pair, int, bool], tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self._compute: dict[tuple[object, ...], tuple[int, ...]] = {}
-        self._rep_ngl: dict[tuple[object, ...], int] | None = None
+        self._rep_ngl: dict[tuple[tuple[tuple[bool, bool], ...], bool], int] | None = None
         self._fa: dict[Pair, bool] = {}
         self._best_memo: dict[tuple[Pair, int, bool], Placement | None] = {}
         self._shape: dict[int, tuple[int, int, int]] = {}
@@ -283,7 +283,7 @@ class _Search:
         return w
 
     # the representative placement of a candidate's kind
-    def kind(self, p: Placement) -> tuple[object, ...]:
+    def kind(self, p: Placement) -> tuple[tuple[tuple[bool, bool], ...], bool, bool, bool]:
         devs, out = self.layer_devices(p.n_gpu_layers)
         holds = tuple((any(d == g for d in devs), out == g) for g in range(len(self.gpus)))
         cpu_layers = any(d < 0 for d in devs)
@@ -526,11 +526,13 @@ def plan(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget], 
                 pair, min(units, lo + 1) * N_CTX_PAD, nkvo) is None:
             reach.append(pair)  # as far as the best so far, not further
             continue
-        c = _last_true(lo, units, lambda u, pair=pair: search.best(
-            pair, u * N_CTX_PAD, nkvo) is not None) * N_CTX_PAD
-        if c > best_ctx:
-            best_ctx, reach = c, [pair]
-        elif c == best_ctx:
+        def reaches(u: int, pair: Pair = pair) -> bool:
+            return search.best(pair, u * N_CTX_PAD, nkvo) is not None
+
+        reached = _last_true(lo, units, reaches) * N_CTX_PAD
+        if reached > best_ctx:
+            best_ctx, reach = reached, [pair]
+        elif reached == best_ctx:
             reach.append(pair)
     longest = None
     reach.sort(key=lambda pair: -search.speed(search.best(pair, best_ctx, nkvo),  # type: ignore[arg-type]
@@ -541,9 +543,9 @@ def plan(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget], 
             break
     if longest is None and reach and verify:  # the bound was optimistic at the very end
         pair = reach[0]
-        for c in range(best_ctx - N_CTX_PAD, max(N_CTX_PAD, best_ctx - 16 * N_CTX_PAD) - 1,
-                       -N_CTX_PAD):
-            longest = settle(search.best(pair, c, nkvo), pair, c)
+        for ctx in range(best_ctx - N_CTX_PAD, max(N_CTX_PAD, best_ctx - 16 * N_CTX_PAD) - 1,
+                         -N_CTX_PAD):
+            longest = settle(search.best(pair, ctx, nkvo), pair, ctx)
             if longest is not None:
                 break
     return Plan(n_ctx, fastest, longest, tuple(by_pair), cap, search.judged,

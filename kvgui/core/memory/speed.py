@@ -220,9 +220,9 @@ def predict(model: ModelInfo, kv_offload: bool, devices: Sequence[DeviceBudget],
     reads: list[DeviceRead] = []
     slow = fast = nominal = 0.0
     for slot in range(n):
-        dev = gpus[slot] if slot < cpu else host
+        budget = gpus[slot] if slot < cpu else host
         is_gpu = slot < cpu
-        bw = dev.bandwidth if dev is not None else 0.0
+        bw = budget.bandwidth if budget is not None else 0.0
         assumed = bw <= 0
         if assumed:
             bw = ASSUMED_GPU_BANDWIDTH if is_gpu else ASSUMED_HOST_BANDWIDTH
@@ -231,7 +231,7 @@ def predict(model: ModelInfo, kv_offload: bool, devices: Sequence[DeviceBudget],
         total = weights[slot] + kv
         if not total and slot < cpu:
             continue
-        name = dev.name if dev is not None else "CPU"
+        name = budget.name if budget is not None else "CPU"
         secs = total / (bw * eff[1])
         reads.append(DeviceRead(name, is_gpu, weights[slot], kv, bw, assumed, secs))
         nominal += secs
