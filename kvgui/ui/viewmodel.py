@@ -65,6 +65,8 @@ class ControlsState:
     refused_v: Mapping[str, str] = field(default_factory=dict)
     refusal: str = ""  # why llama.cpp refuses the current settings ("" if it accepts them)
     fixable: bool = False
+    gpu_names: tuple[str, ...] = ()  # the plan's GPUs in llama.cpp's order (split / main GPU)
+    n_expert_layers: int = 0  # MoE layers with routed experts (0: not a MoE model)
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,8 @@ class CompareRow:
     current: bool = False
     error: str = ""
     all_devices: int = 0  # everything llama.cpp allocates, on every device
+    speed: str = ""  # predicted decode speed at this context ("41 t/s"), "" when not fitting
+    speed_tip: str = ""  # the range, the placement it is for, what it assumes
 
     @property
     def label(self) -> str:
@@ -251,3 +255,43 @@ class Snapshot:
     @property
     def verdict(self) -> Verdict | None:
         return self.estimate.verdict if self.estimate else None
+
+
+@dataclass(frozen=True)
+class ChoiceView:
+    """One of the planner's choices as the window lists it, with the settings it applies."""
+
+    title: str  # "Fastest at 32K", "Longest context"
+    summary: str  # "q8_0 · every layer on the GPU · 32K"
+    speed: str  # "41 t/s (29–49)"
+    detail: str  # the tooltip: the placement, memory per device, what the speed assumes
+    changes: Mapping[str, object]  # Settings changes that apply it
+    current: bool = False  # the settings are this choice already
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """The planner's answer for the current settings and budget."""
+
+    choices: tuple[ChoiceView, ...]
+    note: str = ""  # how it was found / why nothing was
+
+
+def placement_text(n_gpu_layers: int, n_layers: int, n_cpu_moe: int, n_moe: int,
+                   kv_offload: bool) -> str:
+    """"every layer on the GPU", "30 of 49 layers on the GPU, experts of 12 on the CPU"."""
+    if n_gpu_layers < 0 or n_gpu_layers >= n_layers:
+        text = "every layer on the GPU"
+    elif n_gpu_layers == 0:
+        text = "every layer on the CPU"
+    else:
+        text = f"{n_gpu_layers} of {n_layers} layers on the GPU"
+    if n_moe and n_gpu_layers != 0:
+        k = n_moe if n_cpu_moe < 0 else min(n_cpu_moe, n_moe)
+        if k >= n_moe:
+            text += ", all experts on the CPU"
+        elif k:
+            text += f", experts of {k} layers on the CPU"
+    if not kv_offload:
+        text += ", KV cache in RAM"
+    return text

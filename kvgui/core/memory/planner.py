@@ -469,13 +469,14 @@ def _last_true(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
 def plan(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget], *,
          n_ctx: int | None = None, pairs: Sequence[Pair] | None = None,
          memo: ModelMemo | None = None, longest_cap: int | None = None,
-         nkvo: bool = True, verify: bool = True) -> Plan:
+         nkvo: bool = True, verify: bool = True, verify_pairs: Sequence[Pair] = ()) -> Plan:
     """The fastest placement of each pair at ``n_ctx`` (default: the settings'), the fastest
     of them, and the longest context any pair reaches (up to ``longest_cap``, default the
     trained context) with its fastest placement. ``devices``: the GPUs then the host, as
     estimate() takes them, each with its bandwidth (speed.py). ``verify``: estimate the
     chosen placements exactly (and step them where the estimate disagrees); without it the
-    choices are the search's (``Choice.verified`` False)."""
+    choices are the search's (``Choice.verified`` False); ``verify_pairs``: these pairs'
+    choices in ``by_pair`` are made exact too (the window's current pair)."""
     t0 = time.perf_counter()
     memo = ModelMemo(model) if memo is None else memo.for_model(model)
     search = _Search(model, settings, devices, memo)
@@ -502,11 +503,14 @@ def plan(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget], 
     by_pair: list[tuple[Pair, Choice | None]] = []
     for pair in pairs:
         p = search.best(pair, n_ctx, nkvo) if pair in usable else None
-        by_pair.append((pair, None if p is None else search.choice(p, pair, n_ctx, None)))
+        if p is not None and pair in verify_pairs:
+            by_pair.append((pair, settle(p, pair, n_ctx)))
+        else:
+            by_pair.append((pair, None if p is None else search.choice(p, pair, n_ctx, None)))
     fastest: Choice | None = None
     for c in sorted((c for _, c in by_pair if c is not None),
                     key=lambda c: -c.speed.tokens_per_s):
-        fastest = settle(c.placement, c.pair, n_ctx)
+        fastest = c if c.verified or not verify else settle(c.placement, c.pair, n_ctx)
         if fastest is not None:
             by_pair = [(pair, fastest if pair == fastest.pair else other)
                        for pair, other in by_pair]
@@ -558,3 +562,19 @@ def estimate_refused(model: ModelInfo, s: Settings, memo: ModelMemo) -> bool:
         "check", (s.type_k, s.type_v, s.flash_attn, s.swa_full,
                   est_mod.beyond_trained(model, s) and s.n_ctx),
         lambda: est_mod.check(model, s)))
+
+
+def placement_of(model: ModelInfo, s: Settings) -> Placement:
+    """The placement a Settings object describes (--cpu-moe: every layer's experts)."""
+    n = len(model.layers)
+    k = n if s.n_cpu_moe < 0 else min(s.n_cpu_moe, n)
+    return Placement(s.n_gpu_layers, k, s.kv_offload)
+
+
+def predict_speed(model: ModelInfo, s: Settings, devices: Sequence[DeviceBudget],
+                  memo: ModelMemo | None = None) -> SpeedPrediction:
+    """The predicted decode speed of exactly these settings (their pair, context and
+    placement; the user's -ot overrides are not counted: only --n-cpu-moe's experts)."""
+    memo = ModelMemo(model) if memo is None else memo.for_model(model)
+    search = _Search(model, s, devices, memo)
+    return search.speed(placement_of(model, s), (s.type_k, s.type_v), s.n_ctx)
