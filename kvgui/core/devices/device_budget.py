@@ -16,6 +16,10 @@ class DeviceBudget:
     ``split`` is this GPU's share of the layers (llama.cpp's --tensor-split); 0 = by budget.
     ``host`` (the CPU only): llama.cpp's CPU backend there, which decides the host buffer
     types the CPU weights take; None = this machine's, as the estimate guesses it.
+    ``buft``: llama.cpp's name of the device's buffer type, as -ot names it ("CUDA0",
+    "RPC0[host:port]"); "" = by its index among the local GPUs ("CUDA1", "Vulkan1" ...:
+    tensor_overrides.buffer_type_slots). An RPC device has no pinned host buffer type
+    (ggml-rpc's get_host_buffer_type is NULL), which changes where the CPU's weights go.
     """
 
     name: str
@@ -23,6 +27,18 @@ class DeviceBudget:
     is_gpu: bool = True
     split: float = 0.0
     host: HostCpu | None = None
+    buft: str = ""
+
+    @property
+    def is_rpc(self) -> bool:
+        """An RPC server's device (ggml-rpc names its buffer types "RPC<n>[endpoint]")."""
+        return self.buft.startswith("RPC") and self.buft.endswith("]")
+
+    @property
+    def has_host_buffer(self) -> bool:
+        """Whether llama.cpp takes this GPU's pinned host buffer type for the CPU's weights
+        (make_cpu_buft_list: the first device that has one; RPC devices have none)."""
+        return self.is_gpu and not self.is_rpc
 
 
 CPU_NAME = "CPU"
