@@ -300,7 +300,7 @@ def resolve(s: Settings, gpus: Sequence[DeviceBudget], tensor_names: Iterable[st
                 fix={"override_tensor": _without(s, pattern, buft)}))
             continue
         if buft not in slots:
-            known = ", ".join(sorted(slots, key=lambda b: (slots[b], b)))
+            known = _known_names(gpus)
             found.append(fnd.refusal(
                 Code.OT_UNKNOWN_BUFFER_TYPE,
                 f"{shown}: no device here has the buffer type {buft!r} (llama.cpp stops at "
@@ -332,6 +332,21 @@ def resolve(s: Settings, gpus: Sequence[DeviceBudget], tensor_names: Iterable[st
     if names:
         rules = [r for k, r in enumerate(rules) if k in used]
     return Resolved(tuple(rules), tuple(found), MappingProxyType(assigned), given=True)
+
+
+def _known_names(gpus: Sequence[DeviceBudget]) -> str:
+    """The buffer type names of these devices, for a message: each GPU's own, or CUDA<k>
+    with the other backends' spelling of the same index."""
+    names = [CPU_BUFT_NAME]
+    k = 0
+    for g in gpus:
+        if g.buft:
+            names.append(g.buft)
+        else:
+            names.append(f"CUDA{k} (or {', '.join(p + str(k) for p in GPU_BUFT_PREFIXES[1:])}"
+                         " by its backend)")
+            k += 1
+    return ", ".join(names)
 
 
 def _without(s: Settings, pattern: str, buft: str) -> tuple[tuple[str, str], ...]:
