@@ -404,9 +404,9 @@ def _child_main() -> int:
             try:
                 mp = model_params(lc, params, keep, no_alloc=True, load_mode=LOAD_MODE_NONE)
             except LaunchRefused as exc:  # no RPC in this build, an unknown buffer type
-                for i in range(index, len(request["runs"])):
-                    send({"index": i, "ok": False, "error": str(exc), "log": ""})
-                return 0
+                send({"index": index, "ok": False, "error": str(exc), "log": ""})
+                model_key = None
+                continue
             t_load = time.perf_counter()
             model = lc.llama_model_load_from_file(request["model"].encode(), mp)
             load_s = time.perf_counter() - t_load

@@ -250,17 +250,7 @@ class _Reader:
             self.values["mmap"] = key == "mmap"
             self.extras.pop("load_mode", None)
         elif key == "override_tensor":
-            # arg.cpp parse_tensor_buffer_overrides: entries split at ',', each at its
-            # first '=' (an entry without one: "invalid value")
-            for entry in v.split(","):
-                pattern, eq, buft = entry.partition("=")
-                if not eq:
-                    raise CommandParseError(
-                        f"{flag}: {entry!r} is not PATTERN=BUFFER_TYPE (llama.cpp: invalid "
-                        "value)")
-                if not buft:
-                    raise CommandParseError(f"{flag}: {entry!r} names no buffer type")
-                self.overrides.append(("ot", (pattern, buft)))
+            self.overrides += [("ot", o) for o in parse_override_tensor(flag, v)]
         elif key == "cpu_moe":
             self.overrides.append(("moe", ALL_MOE_LAYERS))
         elif key == "n_cpu_moe":
@@ -278,29 +268,7 @@ class _Reader:
             self.rpc += [e for e in servers if e not in self.rpc]
 
     def override_values(self) -> dict[str, Any]:
-        """override_tensor and n_cpu_moe for the overrides read, in llama.cpp's order.
-
-        Settings applies override_tensor first, then n_cpu_moe. Every --n-cpu-moe and
-        --cpu-moe overrides to the CPU, so they merge into the widest; where one came before
-        an -ot entry to another buffer type, the order decides which wins, and those are
-        written out as the -ot entries llama.cpp made of them (common.h
-        llm_add_n_cpu_ffn_overrides), in their place."""
-        if not self.overrides:
-            return {}
-        last_other = max((i for i, (kind, value) in enumerate(self.overrides)
-                          if kind == "ot" and value[1] != "CPU"), default=-1)
-        explicit: list[tuple[str, str]] = []
-        n_cpu_moe = 0
-        for i, (kind, value) in enumerate(self.overrides):
-            if kind == "ot":
-                explicit.append(value)
-            elif i < last_other:
-                explicit += n_cpu_moe_overrides(value)
-            elif value == ALL_MOE_LAYERS or n_cpu_moe == ALL_MOE_LAYERS:
-                n_cpu_moe = ALL_MOE_LAYERS
-            else:
-                n_cpu_moe = max(n_cpu_moe, value)
-        return {"override_tensor": tuple(explicit), "n_cpu_moe": n_cpu_moe}
+        return override_values(self.overrides)
 
     def _gpu_layers(self, flag: str, v: str) -> None:
         if v == "auto":
@@ -314,6 +282,49 @@ class _Reader:
         # arg.cpp: "auto" is -1, "all" (and any value <= -2) is every layer.
         self.ngl_auto = n == -1
         self.values["n_gpu_layers"] = ALL_LAYERS if n < 0 else n
+
+
+def override_values(events: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """override_tensor and n_cpu_moe for overrides read in llama.cpp's order: ("ot",
+    (pattern, buft)) per -ot entry, ("moe", N) per --n-cpu-moe N (ALL_MOE_LAYERS:
+    --cpu-moe); empty when there are none.
+
+    Settings applies override_tensor first, then n_cpu_moe. Every --n-cpu-moe and
+    --cpu-moe overrides to the CPU, so they merge into the widest; where one came before an
+    -ot entry to another buffer type, the order decides which wins, and those are written
+    out as the -ot entries llama.cpp made of them (common.h llm_add_n_cpu_ffn_overrides), in
+    their place."""
+    if not events:
+        return {}
+    last_other = max((i for i, (kind, value) in enumerate(events)
+                      if kind == "ot" and value[1] != "CPU"), default=-1)
+    explicit: list[tuple[str, str]] = []
+    n_cpu_moe = 0
+    for i, (kind, value) in enumerate(events):
+        if kind == "ot":
+            explicit.append(value)
+        elif i < last_other:
+            explicit += n_cpu_moe_overrides(value)
+        elif value == ALL_MOE_LAYERS or n_cpu_moe == ALL_MOE_LAYERS:
+            n_cpu_moe = ALL_MOE_LAYERS
+        else:
+            n_cpu_moe = max(n_cpu_moe, value)
+    return {"override_tensor": tuple(explicit), "n_cpu_moe": n_cpu_moe}
+
+
+def parse_override_tensor(flag: str, value: str) -> list[tuple[str, str]]:
+    """An -ot value's (pattern, buffer type) entries, as arg.cpp's
+    parse_tensor_buffer_overrides splits it (at every ',', each entry at its first '=')."""
+    out = []
+    for entry in value.split(","):
+        pattern, eq, buft = entry.partition("=")
+        if not eq:
+            raise CommandParseError(
+                f"{flag}: {entry!r} is not PATTERN=BUFFER_TYPE (llama.cpp: invalid value)")
+        if not buft:
+            raise CommandParseError(f"{flag}: {entry!r} names no buffer type")
+        out.append((pattern, buft))
+    return out
 
 
 def _flash_attn(flag: str, value: str | None) -> FlashAttn:

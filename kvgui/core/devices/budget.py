@@ -593,12 +593,11 @@ def add_budget_args(parser: argparse.ArgumentParser) -> None:
         "--ram", metavar="SIZE", help="host RAM for CPU layers (default: what is available now)"
     )
     g.add_argument(
-        "--rpc",
+        "--rpc-mem",
         action="append",
-        metavar="HOST:PORT[=SIZE]",
-        help="llama.cpp RPC servers (ggml-rpc-server) to plan for, as llama.cpp's --rpc "
-        "takes them (comma-separated; they come before the local GPUs): their memory is "
-        "asked from each server, or give it as HOST:PORT=24GiB",
+        metavar="SIZE",
+        help="the memory of each --rpc server, in order (24GiB,16GiB), for servers kvgui "
+        "cannot ask (default: each server is asked, as llama.cpp asks it)",
     )
     g.add_argument(
         "--gpu-bandwidth",
@@ -713,8 +712,7 @@ def choice_from_args(args: argparse.Namespace,
     if sum(bool(x) for x in (gpu_spec, models, vrams)) > 1:
         raise UsageError("--gpu, --gpu-model and --vram are alternatives: give one of them")
     r = reserve_from_args(args)
-    rpc = tuple(spec.text if spec.memory is None else f"{spec.endpoint}={spec.memory}"
-                for spec in parse_rpc_specs(getattr(args, "rpc", None)))
+    rpc = _rpc_from_args(args)
     base = HardwareChoice(desktop=r.other_apps, embedding=r.embedding,
                           embedding_name=r.embedding_name, mmproj=r.mmproj, margin=r.margin,
                           ram=_size("--ram", getattr(args, "ram", None)),
@@ -733,6 +731,26 @@ def choice_from_args(args: argparse.Namespace,
         picked = _pick_detected(gpu_spec, report)
         return replace(base, cpu_only=picked.cpu_only, detected_list=picked.detected_list)
     return base
+
+
+def _rpc_from_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """--rpc's servers (llama.cpp's flag, Settings.rpc_servers), each with its --rpc-mem
+    size when given: "HOST:PORT" or "HOST:PORT=BYTES"."""
+    endpoints: list[str] = []
+    for value in getattr(args, "rpc_servers", None) or []:
+        for e in ([value] if isinstance(value, str) else value):
+            for part in e.split(","):
+                if part.strip() and part.strip() not in endpoints:
+                    endpoints.append(part.strip())
+    sizes = [_size("--rpc-mem", v) for v in _multiples(getattr(args, "rpc_mem", None))]
+    if len(sizes) > len(endpoints):
+        raise UsageError(f"--rpc-mem: {len(sizes)} sizes for {len(endpoints)} RPC servers "
+                         "(give one per --rpc server, in order)")
+    out = []
+    for i, ep in enumerate(endpoints):
+        out.append(f"{ep}={sizes[i]}" if i < len(sizes) else ep)
+    parse_rpc_specs(out)  # each endpoint checked as llama.cpp reads it
+    return tuple(out)
 
 
 def _bandwidth(text: str | None) -> float:

@@ -130,13 +130,17 @@ class SlotLayers:
 class Offload:
     """Where llama.cpp puts the layers (llama_model::load_tensors): the GPU of each layer (-1:
     the CPU), the output layer's, how many GPUs, and the KV cache on the GPUs or not (-nkvo).
-    ``overrides``: tensor buffer overrides (-ot, --n-cpu-moe) as (regex, GPU or -1)."""
+    ``overrides``: tensor buffer overrides (-ot, --n-cpu-moe) as (regex, GPU or -1).
+    ``extra_weights``: the host's weights in CPU extra buffer types (CPU_REPACK, AMX)."""
 
     layer_device: tuple[int, ...]
     output_device: int
     n_gpus: int
     kv_offload: bool = True
     overrides: tuple[tuple[str, int], ...] = ()
+    extra_weights: frozenset[str] = frozenset()
+    # overrides were given, even if none matches (llama_model::has_tensor_overrides)
+    overridden: bool = False
     # per GPU: 0 for a local device, else the alignment of an RPC server's device
     rpc_alignment: tuple[int, ...] = ()
 
@@ -170,10 +174,11 @@ class Offload:
         output = cpu if self.output_device < 0 else self.output_device
         full = output != cpu and all(b != cpu for b in layers)
         overrides = tuple((p, cpu if d < 0 else d) for p, d in self.overrides)
-        parallel = self.n_gpus > 1 and full and self.kv_offload and not overrides
+        parallel = self.n_gpus > 1 and full and self.kv_offload and not overrides \
+            and not self.overridden
         return reserve.Layout(backends, layers, output, self.kv_offload,
                               GGML_SCHED_MAX_COPIES if parallel else 1, full, pins,
-                              overrides)
+                              overrides, self.extra_weights)
 
 
 def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,

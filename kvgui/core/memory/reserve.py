@@ -212,6 +212,9 @@ def peak(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
 # --- several devices: the scheduler's split graph, one buffer per backend ----------------
 
 CPU_BUFT = Buft("CPU", host=True)
+# CPU_REPACK / AMX: the CPU backend's extra buffer types (ggml_backend_cpu_device_supports_buft
+# takes them), which ggml does not count as host memory (ggml_backend_buft_is_host: no is_host)
+CPU_EXTRA_BUFT = Buft("CPU_REPACK", host=True, extra=True)
 
 
 def cpu_backend(buft: Buft = CPU_BUFT) -> Backend:
@@ -267,6 +270,9 @@ class Layout:
     # tensor buffer type overrides (-ot PATTERN=BUFT, --n-cpu-moe): (regex searched in the
     # weight's name, the backend whose buffer type it gets), the first match wins
     overrides: tuple[tuple[str, int], ...] = ()
+    # the host's weights llama.cpp put in a CPU extra buffer type (CPU_REPACK, AMX: is_host
+    # NULL): the CPU backend reads them, but no GPU offloads an op on them
+    extra_weights: frozenset[str] = frozenset()
 
     @property
     def cpu(self) -> int:
@@ -275,9 +281,11 @@ class Layout:
     def buft_of(self, t: Tensor) -> Buft:
         loc = t.loc
         assert loc is not None
+        if loc.weight and t.name in self.extra_weights:
+            return CPU_EXTRA_BUFT
         if loc.weight:
             for pattern, backend in self.overrides:
-                if re.search(pattern, t.name):
+                if _compiled(pattern).search(t.name):
                     return CPU_BUFT if backend == self.cpu else self.backends[backend].buft
         if loc.kind == "input":
             b = self.cpu
@@ -288,6 +296,12 @@ class Layout:
         else:  # the KV cache or recurrent state of layer il
             b = self.layer_backend[loc.il] if self.offload_kqv else self.cpu
         return CPU_BUFT if b == self.cpu else self.backends[b].buft
+
+
+@functools.lru_cache(maxsize=8192)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    """An override's regex, compiled once (re's own cache holds 512: --n-cpu-moe 999 is more)."""
+    return re.compile(pattern)
 
 
 @dataclass
