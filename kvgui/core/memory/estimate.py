@@ -527,24 +527,15 @@ def estimate(model: ModelInfo, settings: Settings,
     devices = devices or ()
     gpus = [d for d in devices if d.is_gpu]
     cpu_budget = next((d.budget for d in devices if not d.is_gpu), None)
-    host = next((d.host for d in devices if not d.is_gpu and d.host is not None), None) \
-        or this_host()
     s = settings
-    crash = host.kernels_crash if s.repack and host.extra_buffers else ""
-    if not s.repack:  # -nr: llama.cpp uses no extra CPU buffer types
-        host = host.without_extra_buffers()
-    fa = resolve_flash_attn(model, s)
-    if ggml_types.is_quantized(s.type_v) and s.flash_attn is FlashAttn.AUTO:
-        fa = True
+    host, crash = _host_of(devices, s)
+    fa = _flash_attn(model, s)
     found = list(memo.get("check", (s.type_k, s.type_v, s.flash_attn, s.swa_full,
                                     beyond_trained(model, s) and s.n_ctx),
                           lambda: check(model, s)))
     refused = any(f.is_refusal for f in found)
     shape = context_shape(model, s)
-    placement_key = (s.n_gpu_layers, s.tensor_split,
-                     tuple((g.split, g.budget, g.buft, g.alignment) for g in gpus), host, s.mmap,
-                     s.override_tensor, s.n_cpu_moe)
-    placed = memo.get("placement", placement_key, lambda: _placement(model, s, gpus, host))
+    placement_key, placed = _placed(model, s, gpus, host, memo)
     found += placed.findings
     refused = refused or any(f.is_refusal for f in placed.findings)
     n_slots = len(gpus) + 1
@@ -564,11 +555,7 @@ def estimate(model: ModelInfo, settings: Settings,
     state = [n * per_state for n in (placed.recurrent if s.kv_offload
                                       else placed.recurrent_host)]
 
-    graph = cache_graph(model, s.type_k, s.type_v)
-    offload = placed.offload if s.kv_offload else placed.offload.with_kv_offload(False)
-    compute = memo.get("compute", (placement_key, shape, fa, graph, s.kv_offload),
-                       lambda: compute_buffer(model, shape, fa, placed.compute_slots, graph,
-                                              offload, memo=memo))
+    compute = _compute(model, s, shape, fa, placement_key, placed, memo)
     output = model.n_vocab * s.n_parallel * 4  # logits for one token per sequence, host memory
 
     out: list[DeviceMemory] = []
@@ -594,6 +581,60 @@ def estimate(model: ModelInfo, settings: Settings,
             "the rest run on the CPU, much slower", field="n_gpu_layers"))
     return Estimate(model, s, shape, fa, n_gpu_layers, tuple(out), tuple(found),
                     placed.host.buffers, host)
+
+
+def _host_of(devices: Sequence[DeviceBudget], s: Settings) -> tuple[HostCpu, str]:
+    """The CPU backend the host's weights are placed for (-nr: no extra buffer types), and
+    why its kernels would abort llama.cpp ("" when they would not)."""
+    host = next((d.host for d in devices if not d.is_gpu and d.host is not None), None) \
+        or this_host()
+    crash = host.kernels_crash if s.repack and host.extra_buffers else ""
+    if not s.repack:  # -nr: llama.cpp uses no extra CPU buffer types
+        host = host.without_extra_buffers()
+    return host, crash
+
+
+def _flash_attn(model: ModelInfo, s: Settings) -> bool:
+    fa = resolve_flash_attn(model, s)
+    if ggml_types.is_quantized(s.type_v) and s.flash_attn is FlashAttn.AUTO:
+        fa = True
+    return fa
+
+
+def _placed(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget], host: HostCpu,
+            memo: ModelMemo) -> tuple[tuple[Any, ...], _Placement]:
+    # the budgets only split the layers between several GPUs (one GPU's size changes no
+    # placement: a search over budgets reuses the placements and compute buffers)
+    split_by = (lambda g: g.budget) if len(gpus) > 1 else (lambda g: None)
+    placement_key = (s.n_gpu_layers, s.tensor_split,
+                     tuple((g.split, split_by(g), g.buft, g.alignment) for g in gpus), host,
+                     s.mmap, s.override_tensor, s.n_cpu_moe)
+    return placement_key, memo.get("placement", placement_key,
+                                   lambda: _placement(model, s, gpus, host))
+
+
+def _compute(model: ModelInfo, s: Settings, shape: ContextShape, fa: bool,
+             placement_key: tuple[Any, ...], placed: _Placement,
+             memo: ModelMemo) -> list[int]:
+    graph = cache_graph(model, s.type_k, s.type_v)
+    offload = placed.offload if s.kv_offload else placed.offload.with_kv_offload(False)
+    return memo.get("compute", (placement_key, shape, fa, graph, s.kv_offload),
+                    lambda: compute_buffer(model, shape, fa, placed.compute_slots, graph,
+                                           offload, memo=memo))
+
+
+def compute_buffers(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget],
+                    memo: ModelMemo) -> tuple[int, ...]:
+    """The compute buffer of each device (GPUs, host last), exactly as estimate() has it
+    and from the same memo entries, without the rest of the estimate (the planner's
+    representatives: compute is all it needs of them)."""
+    memo = memo.for_model(model)
+    gpus = [d for d in devices if d.is_gpu]
+    host, _ = _host_of(devices, settings)
+    placement_key, placed = _placed(model, settings, gpus, host, memo)
+    shape = context_shape(model, settings)
+    return tuple(_compute(model, settings, shape, _flash_attn(model, settings),
+                          placement_key, placed, memo))
 
 
 def this_host() -> HostCpu:

@@ -31,6 +31,7 @@ host memory) is searched the same way and kept where its prediction is faster.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from kvgui.core.gguf import ggml_types
 from kvgui.core.memory import estimate as est_mod
 from kvgui.core.memory import speed as speed_mod
 from kvgui.core.memory.compute import cache_graph
-from kvgui.core.memory.estimate import Estimate, context_shape, estimate
+from kvgui.core.memory.estimate import Estimate, compute_buffers, context_shape, estimate
 from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, MAX_CONTEXT
 from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.memory.speed import SpeedPrediction
@@ -173,8 +174,14 @@ class _Search:
         self.L = self.t.n_layer
         self.n_slots = len(self.gpus) + 1
         self.judged = 0
-        self._layer_devs: dict[int, tuple[tuple[int, ...], int]] = {}
-        self._kv: dict[tuple[Pair, int, bool], tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        # where the layers go per -ngl: shared by every search of one GPU (no split)
+        self._shared_devs: dict[int, tuple[tuple[int, ...], int]] = memo.get(
+            "planner_layer_devices", (base.tensor_split, len(self.gpus) <= 1 and
+                                      len(self.gpus)), dict)
+        self._layer_devs: dict[int, tuple[tuple[int, ...], int]] = (
+            dict(self._shared_devs) if len(self.gpus) <= 1 else {})
+        self._kv_at: dict[tuple[int, bool, Pair, int], tuple[list[int], list[int]]] = {}
+        self._kinds: dict[Pair, tuple[object, bool]] = {}
         self._compute: dict[tuple[object, ...], tuple[int, ...]] = {}
         self._rep_ngl: dict[tuple[tuple[tuple[bool, bool], ...], bool], int] | None = None
         self._fa: dict[Pair, bool] = {}
@@ -183,6 +190,9 @@ class _Search:
         self._rows: dict[tuple[int, bool, Pair], tuple[tuple[int, ...], ...]] = {}
         self._weights: dict[tuple[int, int], list[int]] = {}
         self._speed: dict[tuple[Placement, Pair, int], SpeedPrediction] = {}
+        self._routes: dict[Placement, speed_mod.Route] = {}
+        self._reps: dict[Placement, Placement] = {}
+        self._templates: dict[tuple[Pair, Placement], Settings] = {}
 
     # where the layers are, per -ngl
     def layer_devices(self, ngl: int) -> tuple[tuple[int, ...], int]:
@@ -191,16 +201,23 @@ class _Search:
             s = self.base.replace(n_gpu_layers=ngl)
             devs, out, _ = est_mod._layer_devices(self.model, s, self.gpus)
             hit = self._layer_devs[ngl] = (tuple(devs), out)
+            if len(self.gpus) <= 1:  # no split: the same for every budget
+                self._shared_devs[ngl] = hit
         return hit
 
     def settings(self, pair: Pair, n_ctx: int, p: Placement) -> Settings:
-        return p.apply(self.base.replace(type_k=pair[0], type_v=pair[1], n_ctx=n_ctx), self.L)
+        key = (pair, p)
+        t = self._templates.get(key)
+        if t is None:
+            t = self._templates[key] = p.apply(
+                self.base.replace(type_k=pair[0], type_v=pair[1]), self.L)
+        return t if t.n_ctx == n_ctx else _with_ctx(t, n_ctx)
 
     def shape(self, n_ctx: int) -> tuple[int, int, int]:
         """(cells per stream of a full-attention layer, streams, cells of a sliding one)."""
         hit = self._shape.get(n_ctx)
         if hit is None:
-            sh = context_shape(self.model, self.base.replace(n_ctx=n_ctx))
+            sh = context_shape(self.model, _with_ctx(self.base, n_ctx))
             hit = self._shape[n_ctx] = (sh.n_ctx_seq, sh.n_stream, sh.swa_cells)
         return hit
 
@@ -235,6 +252,13 @@ class _Search:
 
     def kv(self, p: Placement, pair: Pair, n_ctx: int) -> tuple[list[int], list[int]]:
         """Per slot: the KV cache and state held, and what one sequence reads per token."""
+        key = (p.n_gpu_layers, p.kv_offload, pair, n_ctx)
+        hit = self._kv_at.get(key)
+        if hit is None:
+            hit = self._kv_at[key] = self._kv(p, pair, n_ctx)
+        return hit
+
+    def _kv(self, p: Placement, pair: Pair, n_ctx: int) -> tuple[list[int], list[int]]:
         full, swa, state = self.kv_rows(p, pair)
         n_ctx_seq, n_stream, swa_cells = self.shape(n_ctx)
         n_par = max(1, self.base.n_parallel)
@@ -292,6 +316,12 @@ class _Search:
         return (holds, cpu_layers, gpu_experts_on_cpu, p.kv_offload)
 
     def representative(self, p: Placement) -> Placement:
+        hit = self._reps.get(p)
+        if hit is None:
+            hit = self._reps[p] = self._representative(p)
+        return hit
+
+    def _representative(self, p: Placement) -> Placement:
         if self._rep_ngl is None:
             # the smallest -ngl of each device pattern: its buffers are the largest seen
             self._rep_ngl = {}
@@ -313,11 +343,14 @@ class _Search:
     def compute(self, p: Placement, pair: Pair, n_ctx: int) -> tuple[int, ...]:
         rep = self.representative(p)
         # the cache types change the graph only by their kind (compute.cache_graph)
-        key = (rep, cache_graph(self.model, *pair), self.flash_attn(pair), n_ctx)
+        kinds = self._kinds.get(pair)
+        if kinds is None:
+            kinds = self._kinds[pair] = (cache_graph(self.model, *pair), self.flash_attn(pair))
+        key = (rep, kinds, n_ctx)
         hit = self._compute.get(key)
         if hit is None:
-            e = estimate(self.model, self.settings(pair, n_ctx, rep), self.devices, self.memo)
-            hit = self._compute[key] = tuple(d.compute for d in e.devices)
+            hit = self._compute[key] = compute_buffers(
+                self.model, self.settings(pair, n_ctx, rep), self.devices, self.memo)
         return hit
 
     def judge(self, p: Placement, pair: Pair, n_ctx: int) -> tuple[bool, list[int]]:
@@ -376,11 +409,14 @@ class _Search:
         key = (p, pair, n_ctx)
         hit = self._speed.get(key)
         if hit is None:
-            devs, out = self.layer_devices(p.n_gpu_layers)
+            r = self._routes.get(p)
+            if r is None:
+                devs, out = self.layer_devices(p.n_gpu_layers)
+                r = self._routes[p] = speed_mod.route(
+                    self.model, p.kv_offload, self.devices, devs, out,
+                    self.cpu_experts(devs, p.n_cpu_moe), self.memo)
             _, read = self.kv(p, pair, n_ctx)
-            hit = self._speed[key] = speed_mod.predict(
-                self.model, p.kv_offload, self.devices, devs, out,
-                self.cpu_experts(devs, p.n_cpu_moe), read, self.memo)
+            hit = self._speed[key] = speed_mod.timing(r, self.devices, read)
         return hit
 
     def counts(self, p: Placement) -> tuple[int, int]:
@@ -444,6 +480,25 @@ class _Search:
         return Placement(ngl - 1, p.n_cpu_moe, p.kv_offload)
 
 
+def _with_ctx(s: Settings, n_ctx: int) -> Settings:
+    """``s`` at another context, without Settings' validation of every field again (the
+    search makes thousands of these; a context in 256 steps up to MAX_CONTEXT is valid)."""
+    t = copy.copy(s)
+    object.__setattr__(t, "n_ctx", n_ctx)
+    return t
+
+
+def _search_for(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget],
+                memo: ModelMemo) -> _Search:
+    """The search state of these settings and budget, kept in the memo: what one search
+    worked out (placements, KV rows, representatives' buffers, each pair's best at each
+    context) serves the next, at another context or for another pair."""
+    base = settings.replace(n_ctx=N_CTX_PAD, type_k="f16", type_v="f16",
+                            n_gpu_layers=ALL_LAYERS, n_cpu_moe=0, kv_offload=True)
+    return memo.get("planner_search", (base, tuple(devices)),
+                    lambda: _Search(model, base, devices, memo))
+
+
 def _first_true(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
     """The smallest x in [lo, hi] with ok(x), given ok(hi) and ok monotone."""
     while lo < hi:
@@ -479,7 +534,8 @@ def plan(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget], 
     choices in ``by_pair`` are made exact too (the window's current pair)."""
     t0 = time.perf_counter()
     memo = ModelMemo(model) if memo is None else memo.for_model(model)
-    search = _Search(model, settings, devices, memo)
+    search = _search_for(model, settings, devices, memo)
+    search.judged = 0
     n_ctx = settings.n_ctx if n_ctx is None else n_ctx
     pairs = tuple(pairs) if pairs else COMMON_CACHE_PAIRS
     # settings llama.cpp refuses for a pair (a block size, a quantized V without FA) are

@@ -169,6 +169,16 @@ def _fmt(x: float) -> str:
     return f"{x:.0f}" if x >= 10 else f"{x:.1f}"
 
 
+@dataclass(frozen=True)
+class Route:
+    """What a placement makes one token do, whatever the context: the weight bytes each
+    slot (GPUs, host last) reads, and the moves between devices."""
+
+    weights: tuple[int, ...]
+    hops: int
+    rpc_hops: int
+
+
 def predict(model: ModelInfo, kv_offload: bool, devices: Sequence[DeviceBudget],
             layer_device: Sequence[int], output_device: int,
             cpu_experts: Sequence[bool], kv_read: Sequence[int],
@@ -181,9 +191,16 @@ def predict(model: ModelInfo, kv_offload: bool, devices: Sequence[DeviceBudget],
     ``cpu_experts``: per layer, its routed experts in host memory (--n-cpu-moe, -ot);
     ``kv_read``: per device slot (GPUs, host last), the KV cache and state one sequence reads
     per token at a full context (the estimate's KV per device over its streams)."""
+    r = route(model, kv_offload, devices, layer_device, output_device, cpu_experts, memo)
+    return timing(r, devices, kv_read)
+
+
+def route(model: ModelInfo, kv_offload: bool, devices: Sequence[DeviceBudget],
+          layer_device: Sequence[int], output_device: int, cpu_experts: Sequence[bool],
+          memo: ModelMemo | None = None) -> Route:
+    """The context-free half of predict(): weights read per slot, hops."""
     tr = traffic(model, memo)
     gpus = [d for d in devices if d.is_gpu]
-    host = next((d for d in devices if not d.is_gpu), None)
     n = len(gpus) + 1
     cpu = n - 1
     weights = [0] * n
@@ -215,6 +232,17 @@ def predict(model: ModelInfo, kv_offload: bool, devices: Sequence[DeviceBudget],
             hops += 1
             if (a != cpu and gpus[a].is_rpc) or (b != cpu and gpus[b].is_rpc):
                 rpc_hops += 1
+    return Route(tuple(weights), hops, rpc_hops)
+
+
+def timing(r: Route, devices: Sequence[DeviceBudget], kv_read: Sequence[int]
+           ) -> SpeedPrediction:
+    """The context's half of predict(): each slot's reads over its bandwidth, the hops."""
+    gpus = [d for d in devices if d.is_gpu]
+    host = next((d for d in devices if not d.is_gpu), None)
+    n = len(gpus) + 1
+    cpu = n - 1
+    weights, hops, rpc_hops = r.weights, r.hops, r.rpc_hops
     local_hops = hops - rpc_hops
 
     reads: list[DeviceRead] = []
