@@ -171,3 +171,21 @@ def _timed(f) -> float:
     t = time.perf_counter()
     f()
     return time.perf_counter() - t
+
+
+def test_split_mode_none_uses_the_main_gpu_only(llama8b) -> None:
+    """-sm none -mg 1: llama.cpp keeps only the main GPU; the other holds nothing, and the
+    planner plans for that one GPU. A -mg past the GPUs is llama.cpp's load failure."""
+    from kvgui.core.config.settings import SplitMode
+    from kvgui.core.memory.findings import Code
+
+    devices = [DeviceBudget("A", 4 * GiB), DeviceBudget("B", 24 * GiB), cpu(64 * GiB)]
+    s = Settings(n_ctx=8192, split_mode=SplitMode.NONE, main_gpu=1)
+    e = estimate(llama8b, s, devices)
+    one = estimate(llama8b, Settings(n_ctx=8192), [devices[1], devices[2]])
+    assert e.devices[0].total == 0 and e.devices[1] == one.devices[0] and e.fits
+    p = planner.plan(llama8b, s, devices, pairs=[("f16", "f16")])
+    assert p.fastest is not None and p.fastest.required[0] == 0
+    assert p.fastest.settings.n_gpu_layers == ALL_LAYERS
+    bad = estimate(llama8b, s.replace(main_gpu=2), devices)
+    assert bad.refused and bad.has(Code.MAIN_GPU_INVALID)

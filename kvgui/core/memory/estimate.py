@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple
 
-from kvgui.core.config.settings import N_CTX_PAD, FlashAttn, Settings
+from kvgui.core.config.settings import N_CTX_PAD, FlashAttn, Settings, SplitMode
 from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget
 from kvgui.core.devices.hardware import cpu as host_cpu
 from kvgui.core.devices.hardware.cpu import HostCpu
@@ -525,14 +525,15 @@ def estimate(model: ModelInfo, settings: Settings,
     same model (a slider sweep, a fit search) pass one and cost a few microseconds each."""
     memo = ModelMemo(model) if memo is None else memo.for_model(model)
     devices = devices or ()
-    gpus = [d for d in devices if d.is_gpu]
+    all_gpus = [d for d in devices if d.is_gpu]
     cpu_budget = next((d.budget for d in devices if not d.is_gpu), None)
     s = settings
+    gpus, split_found = _split_devices(all_gpus, s)
     host, crash = _host_of(devices, s)
     fa = _flash_attn(model, s)
     found = list(memo.get("check", (s.type_k, s.type_v, s.flash_attn, s.swa_full,
                                     beyond_trained(model, s) and s.n_ctx),
-                          lambda: check(model, s)))
+                          lambda: check(model, s))) + split_found
     refused = any(f.is_refusal for f in found)
     shape = context_shape(model, s)
     placement_key, placed = _placed(model, s, gpus, host, memo)
@@ -562,6 +563,9 @@ def estimate(model: ModelInfo, settings: Settings,
     for i, g in enumerate(gpus):
         out.append(DeviceMemory(g.name, True, g.budget, placed.weights[i], kv_k[i], kv_v[i],
                                 compute[i], 0, state[i]))
+    if len(gpus) < len(all_gpus):  # -sm none: the other GPUs hold nothing
+        used = dict(zip((id(g) for g in gpus), out, strict=True))
+        out = [used.get(id(g)) or DeviceMemory(g.name, True, g.budget) for g in all_gpus]
     out.append(DeviceMemory(CPU_NAME, False, cpu_budget, placed.weights[cpu], kv_k[cpu],
                             kv_v[cpu], compute[cpu], output, state[cpu],
                             placed.host.mapped, placed.host.mapped_idle))
@@ -581,6 +585,30 @@ def estimate(model: ModelInfo, settings: Settings,
             "the rest run on the CPU, much slower", field="n_gpu_layers"))
     return Estimate(model, s, shape, fa, n_gpu_layers, tuple(out), tuple(found),
                     placed.host.buffers, host)
+
+
+def _split_devices(gpus: list[DeviceBudget], s: Settings) -> tuple[list[DeviceBudget],
+                                                                     list[Finding]]:
+    """The GPUs llama.cpp loads onto: with -sm none only the main GPU (src/llama.cpp: "if
+    using single GPU mode, remove all except the main GPU"; a -mg past them fails the load);
+    with -sm row every matrix is split by rows over the GPUs, which kvgui does not follow
+    (it shows -sm layer's figures and says so)."""
+    if not gpus or s.split_mode is SplitMode.LAYER:
+        return gpus, []
+    if s.split_mode is SplitMode.NONE:
+        if s.main_gpu >= len(gpus):
+            return gpus, [fnd.refusal(
+                Code.MAIN_GPU_INVALID,
+                f"-mg {s.main_gpu}: there are {len(gpus)} devices (0-{len(gpus) - 1}); "
+                "llama.cpp fails the load ('invalid value for main_gpu')", field="main_gpu",
+                fix={"main_gpu": 0})]
+        return [gpus[s.main_gpu]], []
+    if len(gpus) > 1:
+        return gpus, [fnd.note(
+            Code.SPLIT_ROW_UNMODELED,
+            f"-sm {s.split_mode.value}: llama.cpp splits each matrix across the GPUs; kvgui "
+            "shows the figures of -sm layer (the totals are close, the per-GPU shares not)")]
+    return gpus, []
 
 
 def _host_of(devices: Sequence[DeviceBudget], s: Settings) -> tuple[HostCpu, str]:
@@ -629,7 +657,7 @@ def compute_buffers(model: ModelInfo, settings: Settings, devices: Sequence[Devi
     and from the same memo entries, without the rest of the estimate (the planner's
     representatives: compute is all it needs of them)."""
     memo = memo.for_model(model)
-    gpus = [d for d in devices if d.is_gpu]
+    gpus, _ = _split_devices([d for d in devices if d.is_gpu], settings)
     host, _ = _host_of(devices, settings)
     placement_key, placed = _placed(model, settings, gpus, host, memo)
     shape = context_shape(model, settings)

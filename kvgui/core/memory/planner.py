@@ -32,11 +32,18 @@ host memory) is searched the same way and kept where its prediction is faster.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from kvgui.core.config.settings import ALL_LAYERS, ALL_MOE_LAYERS, N_CTX_PAD, Settings
+from kvgui.core.config.settings import (
+    ALL_LAYERS,
+    ALL_MOE_LAYERS,
+    N_CTX_PAD,
+    Settings,
+    SplitMode,
+)
 from kvgui.core.devices.device_budget import DeviceBudget
 from kvgui.core.gguf import ggml_types
 from kvgui.core.memory import estimate as est_mod
@@ -534,6 +541,16 @@ def plan(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget], 
     choices in ``by_pair`` are made exact too (the window's current pair)."""
     t0 = time.perf_counter()
     memo = ModelMemo(model) if memo is None else memo.for_model(model)
+    all_devices = list(devices)
+    gpus = [d for d in all_devices if d.is_gpu]
+    if settings.split_mode is SplitMode.NONE and gpus:  # only the main GPU is used
+        if settings.main_gpu >= len(gpus):
+            return Plan(settings.n_ctx if n_ctx is None else n_ctx, None, None,
+                        tuple((p, None) for p in (pairs or COMMON_CACHE_PAIRS)), 0, 0, 0.0)
+        devices = [gpus[settings.main_gpu], *(d for d in all_devices if not d.is_gpu)]
+    user = settings
+    if len(devices) < len(all_devices):  # searched as that GPU alone, given back as -sm none
+        settings = settings.replace(split_mode=SplitMode.LAYER, main_gpu=0)
     search = _search_for(model, settings, devices, memo)
     search.judged = 0
     n_ctx = settings.n_ctx if n_ctx is None else n_ctx
@@ -608,6 +625,21 @@ def plan(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget], 
             longest = settle(search.best(pair, ctx, nkvo), pair, ctx)
             if longest is not None:
                 break
+    if len(devices) < len(all_devices):  # -sm none: the other GPUs need nothing
+        used = [all_devices.index(d) for d in devices]
+
+        def widen(c: Choice | None) -> Choice | None:
+            if c is None:
+                return None
+            req = [0] * len(all_devices)
+            for i, r in zip(used, c.required, strict=True):
+                req[i] = r
+            s = c.settings.replace(split_mode=user.split_mode, main_gpu=user.main_gpu)
+            exact = estimate(model, s, all_devices, memo) if c.verified else None
+            return dataclasses.replace(c, settings=s, required=tuple(req), estimate=exact)
+
+        fastest, longest = widen(fastest), widen(longest)
+        by_pair = [(p, widen(c)) for p, c in by_pair]
     return Plan(n_ctx, fastest, longest, tuple(by_pair), cap, search.judged,
                 time.perf_counter() - t0)
 
