@@ -100,6 +100,8 @@ def fit_placed(model: ModelInfo, choice: FitChoice) -> Placed:
         if not m or not buft.startswith("CPU"):
             continue
         il = int(m.group(1))
+        if il >= len(model.layers):  # fit.cpp also names the output layer's index: no tensor
+            continue
         if "exps" in m.group(2) and "(up|down|gate_up|gate)" in m.group(2):
             full.add(il)  # LAYER_FRACTION_MOE: every expert tensor of the layer
         else:
