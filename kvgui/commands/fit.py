@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             name: _flags(c.settings) for name, c in (("fastest", planned.fastest),
                                                       ("longest", planned.longest)) if c}}
     fitting = [r for r in rows if r.get("max_ctx")]
+    # the status is of the settings given (-ngl, --n-cpu-moe…); the plan is advice beside it
     status = exit_status.FITS if fitting else (
         exit_status.REFUSED if all(r.get("refused") for r in rows) else exit_status.OVER)
     if args.json:
