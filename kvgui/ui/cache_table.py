@@ -2,7 +2,7 @@
 
 Each row: the pair, its bar for the main device at the current context, the total and the
 predicted decode speed, the largest context that fits (under the placement chosen: the
-settings', or under auto the planner's for that pair), and a one-line quality note with its
+user's, or under auto the planner's for the current pair), and a one-line quality note with its
 source in the tooltip
 (measured on this model when it has been, coloured by the user's threshold; else published,
 muted).

@@ -47,8 +47,8 @@ from kvgui.core.devices.hardware.rpc import RpcServerInfo
 from kvgui.core.devices.hardware.types import GpuInfo
 from kvgui.core.errors import UsageError
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
-from kvgui.core.memory.estimate import Estimate, Verdict, estimate
-from kvgui.core.memory.findings import Finding, first_fix, refusals
+from kvgui.core.memory.estimate import Estimate, Verdict, estimate, refusals_of
+from kvgui.core.memory.findings import Finding, first_fix
 from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, kv_room, max_context, max_gpu_layers
 from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.memory.planner import Choice, Plan, predict_speed
@@ -446,7 +446,7 @@ class Controller(QObject):
         changes: dict[str, Any] = {"type_k": type_k, "type_v": type_v}
         if self.model is not None:
             trial = self.settings.replace(**changes)
-            fix = first_fix(self.findings_for(trial))
+            fix = first_fix(self.refusals_for(trial))
             if fix and set(fix) - {"type_k", "type_v"}:  # never undo the choice itself
                 changes.update({k: v for k, v in fix.items() if k not in changes})
         self.update_settings(**changes)
@@ -455,9 +455,16 @@ class Controller(QObject):
         """Make the one change that lets llama.cpp accept the settings."""
         if self.model is None:
             return
-        fix = first_fix(self.findings_for(self.settings))
+        fix = first_fix(self.refusals_for(self.settings))
         if fix:
             self.update_settings(**fix)
+
+    def refusals_for(self, settings: Settings) -> tuple[Finding, ...]:
+        """What llama.cpp would refuse of ``settings`` on the current plan: the estimate's
+        refusals without its compute buffers (cheap for any placement)."""
+        if self.model is None:
+            return ()
+        return refusals_of(self.model, settings, self.plan.devices(), self._caches.memo)
 
     def findings_for(self, settings: Settings) -> tuple[Finding, ...]:
         """What the estimate says of ``settings`` on the current plan (the model's rules, the
@@ -477,8 +484,8 @@ class Controller(QObject):
         for i, name in enumerate(("type_k", "type_v")):
             for t in CACHE_TYPE_NAMES:
                 trial = s.replace(**{name: t})
-                base = {f.code for f in refusals(self.findings_for(trial.replace(**{name: "f16"})))}
-                own = [f for f in refusals(self.findings_for(trial)) if f.code not in base]
+                base = {f.code for f in self.refusals_for(trial.replace(**{name: "f16"}))}
+                own = [f for f in self.refusals_for(trial) if f.code not in base]
                 if own:
                     out[i][t] = own[0].message
         return out
@@ -528,7 +535,7 @@ class Controller(QObject):
         changes: dict[str, Any] = {"type_k": type_k, "type_v": type_v}
         trial = self.settings.replace(**changes)
         if self.model is not None:
-            fix = first_fix(self.findings_for(trial))
+            fix = first_fix(self.refusals_for(trial))
             if fix:
                 changes.update(fix)
                 trial = trial.replace(**fix)
@@ -728,21 +735,12 @@ class Controller(QObject):
         return ContextLimit(raw, self.trained())
 
     def _pair_settings(self, pair: tuple[str, str]) -> Settings:
-        """A table row's settings: the current ones with its cache types; under auto-fit
-        with the placement the planner chose for that pair at this context (so no row's
-        figures depend on which row is selected)."""
-        s = self.settings.replace(type_k=pair[0], type_v=pair[1])
-        if self.ngl_mode == NGL_AUTO and self.planned is not None and self.model is not None:
-            c = self.planned.for_pair(pair)
-            if c is not None:
-                s = c.placement.apply(s, len(self.model.layers))
-        return s
+        """A table row's settings: the current ones (the chosen placement: the user's, or
+        under auto the planner's for the current pair) with the row's cache types."""
+        return self.settings.replace(type_k=pair[0], type_v=pair[1])
 
     def _fits_by_pair(self) -> dict[tuple[str, str], ContextLimit]:
-        placements = tuple((p, self._pair_settings(p).n_gpu_layers,
-                            self._pair_settings(p).n_cpu_moe, self._pair_settings(p).kv_offload)
-                           for p in self.pairs()) if self.ngl_mode == NGL_AUTO else ()
-        key = (self._key(), placements)
+        key = self._key()
         hit = self._caches.fits.get(key)
         if hit is None:
             hit = {pair: self.limit_for(self._pair_settings(pair)).raw for pair in self.pairs()}
@@ -825,30 +823,30 @@ class Controller(QObject):
         and the longest context (planner.py); the current pair's choice is exact."""
         assert self.model is not None
         cur = (self.settings.type_k, self.settings.type_v)
+        # under auto the current pair's choice is run, so it is made exact; the others are
+        # the search's (what a click on one gives is then estimated like any setting)
+        auto = self.ngl_mode == NGL_AUTO
         return run_planner(self.model, self.settings, self.plan.devices(),
-                           pairs=self.pairs(), memo=self._caches.memo, verify_pairs=(cur,))
+                           pairs=self.pairs(), memo=self._caches.memo, verify=False,
+                           verify_pairs=(cur,) if auto else ())
 
     def _speed_cell(self, pair: tuple[str, str], est: Estimate) -> tuple[str, str]:
-        """A table row's predicted speed: under auto, the planner's fastest placement for
-        the pair; else the current placement's, when it fits."""
+        """A table row's predicted speed under the chosen placement (when it fits), and in
+        the tooltip the pair's own fastest placement where that differs."""
         m = self.model
         if m is None or est.refused:
             return "", ""
-        if self.ngl_mode == NGL_AUTO and self.planned is not None:
-            c = self.planned.for_pair(pair)
-            if c is None:
-                return "", "no placement fits at this context"
-            sp, s = c.speed, c.settings
-        else:
-            if est.fits is False:
-                return "", "does not fit with this placement"
-            s = est.settings
-            sp = predict_speed(m, s, self.plan.devices(), self._caches.memo)
+        if est.fits is False:
+            return "", "does not fit with this placement"
+        s = est.settings
+        sp = predict_speed(m, s, self.plan.devices(), self._caches.memo)
         where = placement_text(s.n_gpu_layers, len(m.layers) + 1, s.n_cpu_moe,
                                sum(layer.experts for layer in m.layers), s.kv_offload)
-        tip = (f"Predicted decode speed {sp.text} with {where} "
-               "(the planner's)" if self.ngl_mode == NGL_AUTO else
-               f"Predicted decode speed {sp.text} with {where}")
+        tip = f"Predicted decode speed {sp.text} with {where}"
+        c = self.planned.for_pair(pair) if self.planned is not None else None
+        if c is not None and c.placement.apply(s, len(m.layers)) != s:
+            tip += (f"; its fastest placement here, {c.placement.describe(len(m.layers))}: "
+                    f"{c.speed.text}")
         return f"{sp.tokens_per_s:.0f} t/s" if sp.tokens_per_s >= 10 else \
             f"{sp.tokens_per_s:.1f} t/s", tip + "<br>" + _speed_detail(sp)
 

@@ -611,6 +611,30 @@ def _split_devices(gpus: list[DeviceBudget], s: Settings) -> tuple[list[DeviceBu
     return gpus, []
 
 
+def refusals_of(model: ModelInfo, settings: Settings,
+                devices: Sequence[DeviceBudget] | None = None,
+                memo: ModelMemo | None = None) -> tuple[Finding, ...]:
+    """What llama.cpp would refuse of these settings — estimate()'s refusals, from the same
+    rules and memo entries — without sizing the compute buffers (a control that marks every
+    cache type asks this 18 times per change; a new placement's buffers cost a scheduler
+    replay each)."""
+    memo = ModelMemo(model) if memo is None else memo.for_model(model)
+    devices = devices or ()
+    s = settings
+    gpus, found = _split_devices([d for d in devices if d.is_gpu], s)
+    host, crash = _host_of(devices, s)
+    found = list(memo.get("check", (s.type_k, s.type_v, s.flash_attn, s.swa_full,
+                                    beyond_trained(model, s) and s.n_ctx),
+                          lambda: check(model, s))) + found
+    _, placed = _placed(model, s, gpus, host, memo)
+    found += placed.findings
+    found += host_buffers.findings(placed.host, host, flash_attn=_flash_attn(model, s))
+    if crash and any(p.buffer not in ("CPU", "CPU_Mapped") for p in placed.host.placed):
+        found.append(fnd.refusal(Code.LLAMA_ABORTS, crash, field="repack",
+                                 fix={"repack": False}))
+    return tuple(f for f in found if f.is_refusal)
+
+
 def _host_of(devices: Sequence[DeviceBudget], s: Settings) -> tuple[HostCpu, str]:
     """The CPU backend the host's weights are placed for (-nr: no extra buffer types), and
     why its kernels would abort llama.cpp ("" when they would not)."""

@@ -385,7 +385,11 @@ class _Search:
             return self._best_memo[key]
         on = self._best(pair, n_ctx, True)
         found = [on] if on is not None else []
-        if nkvo and self.gpus and on != Placement(ALL_LAYERS, 0, True):
+        if nkvo and self.gpus and on != Placement(ALL_LAYERS, 0, True) and (
+                on is None or self.speed(Placement(ALL_LAYERS, 0, False), pair, n_ctx
+                                         ).tokens_per_s > self.speed(on, pair, n_ctx).tokens_per_s):
+            # (-nkvo at its best, every weight on the GPUs, must beat what was found: the
+            # cache read from RAM at every token is what it costs)
             off = self._best(pair, n_ctx, False)
             if off is not None:
                 found.append(off)
