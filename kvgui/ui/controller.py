@@ -622,7 +622,8 @@ class Controller(QObject):
             n_layers=len(self.model.layers) + 1 if self.model else 1,
             refused_k=refused_k, refused_v=refused_v,
             refusal="; ".join(f.message for f in refused),
-            fixable=any(f.fix for f in refused))
+            fixable=any(f.fix for f in refused),
+            moe_layers=self.model.n_layer if self.model and self.model.n_expert else 0)
 
     def _fit_settings(self, s: Settings) -> Settings:
         """The settings "fits up to" searches with: under auto-fit, every layer on the GPU
