@@ -81,6 +81,7 @@ def test_json_shape_and_cache(tiny: Path, capsys: pytest.CaptureFixture[str]) ->
         (["--types", "q4_0", "-fa", "off"], "needs flash attention"),
         (["--ctx", "512"], "larger than the context"),
         (["--text", "/nonexistent/text.txt"], "No such file"),
+        (["--text", "/dev/zero"], "not a regular file"),  # read until the kernel killed it
         (["--kv-budget", "lots"], "not a size"),
     ],
 )
@@ -95,3 +96,20 @@ def test_bad_input_is_one_line_and_status_2(tiny: Path, capsys: pytest.CaptureFi
 def test_missing_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["measure", str(tmp_path / "none.gguf")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_a_text_larger_than_the_cap_is_refused_without_reading_it(
+        tiny: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import os
+
+    from kvgui.runtime.measure import MAX_TEXT_BYTES
+
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:  # sparse: the size without the disk
+        f.truncate(MAX_TEXT_BYTES + 1)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it would block for ever
+    for path, message in ((big, "larger than 64 MiB"), (fifo, "not a regular file")):
+        assert main(["measure", str(tiny), *BASE, "--text", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err

@@ -96,11 +96,24 @@ def test_icons_are_renders_of_the_svg(qapp, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def bundle() -> Path:
-    env = dict(os.environ, PYTHON=sys.executable)
-    proc = subprocess.run(["bash", str(ROOT / "packaging" / "build.sh")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    """dist/kvgui, built once per test run. Under xdist every worker gets its own module-scoped
+    fixture: unguarded, two workers ran PyInstaller into the same dist/ at once and one of them
+    failed on a file the other had just removed. So the build holds a lock, and a worker that
+    finds the bundle already built by this run (xdist's run id, shared by its workers) reuses it."""
+    import fcntl
+
     exe = ROOT / "dist" / "kvgui" / ("kvgui.exe" if os.name == "nt" else "kvgui")
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID", f"pid-{os.getpid()}")
+    (ROOT / "build").mkdir(exist_ok=True)
+    stamp = ROOT / "build" / "bundle-run-id"
+    with open(ROOT / "build" / "bundle.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (exe.is_file() and stamp.is_file() and stamp.read_text() == run_id):
+            env = dict(os.environ, PYTHON=sys.executable)
+            proc = subprocess.run(["bash", str(ROOT / "packaging" / "build.sh")], cwd=ROOT,
+                                  env=env, capture_output=True, text=True, timeout=1800)
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            stamp.write_text(run_id)
     assert exe.is_file()
     return exe
 

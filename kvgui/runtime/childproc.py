@@ -134,3 +134,54 @@ def signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
     except (ProcessLookupError, PermissionError, OSError) as exc:
         log.debug("signal %d to %d: %s", sig, pid, exc)
+
+
+STOPPED_GRACE_S = 10.0  # a child stopped (SIGSTOP, a debugger) this long is ended
+
+
+def is_stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP/SIGTSTP, or held by a tracer): it then answers
+    nothing and would be waited for forever. Linux reads /proc; elsewhere psutil, if there."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        state = stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3]
+        return state in (b"T", b"t")
+    except FileNotFoundError:
+        if sys.platform.startswith("linux"):
+            return False  # gone: its end is reported elsewhere
+    except (OSError, ValueError):
+        return False
+    try:
+        import psutil
+
+        return bool(psutil.Process(pid).status() in (psutil.STATUS_STOPPED,
+                                                     psutil.STATUS_TRACING_STOP))
+    except Exception:  # not installed, gone, or not allowed: no verdict
+        return False
+
+
+class StoppedWatch:
+    """Tells when a child has been stopped for ``grace_s``: polled by every waiting loop (the
+    CLI's worker client, measure, the Qt runner), so a stopped child is ended with a reason
+    instead of waited for without end (issue 18: "a stopped worker makes the CLI wait")."""
+
+    def __init__(self, grace_s: float = STOPPED_GRACE_S) -> None:
+        self.grace_s = grace_s
+        self._since: float | None = None
+
+    def verdict(self, pid: int | None) -> str | None:
+        """None while the child runs (or was stopped for less than the grace); else why it is
+        to be ended."""
+        import time
+
+        if pid is None or not is_stopped(pid):
+            self._since = None
+            return None
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        if now - self._since < self.grace_s:
+            return None
+        return (f"was stopped (SIGSTOP or a debugger) and did not resume within "
+                f"{self.grace_s:g} s, so it was ended")

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvgui.core.config.settings import Settings
-from kvgui.runtime.childproc import Tail, child_env, describe_exit, kill_group, python_command
+from kvgui.runtime.childproc import (
+    StoppedWatch,
+    Tail,
+    child_env,
+    describe_exit,
+    kill_group,
+    python_command,
+)
 from kvgui.runtime.protocol import Message, ProtocolError, Sampling, decode, encode, message
 
 if TYPE_CHECKING:
@@ -95,6 +102,7 @@ class WorkerClient:
         self._tail = Tail()
         self._write_lock = threading.Lock()
         self._err_thread: threading.Thread | None = None
+        self._stopped = StoppedWatch()
         self.started: Message | None = None
         self.loaded: Message | None = None
 
@@ -212,11 +220,21 @@ class WorkerClient:
             f"the llama.cpp worker {describe_exit(self._proc.poll())}"))
 
     def next_event(self, timeout: float | None = None) -> Message:
-        """The next event (``log`` included); WorkerError if the worker died, TimeoutError."""
-        try:
-            msg = self._events.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"no answer from the llama.cpp worker in {timeout:g} s") from None
+        """The next event (``log`` included); WorkerError if the worker died or was stopped
+        (SIGSTOP) past the grace, TimeoutError after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            try:
+                msg = self._events.get(timeout=1.0 if left is None else max(0.0, min(1.0, left)))
+                break
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"no answer from the llama.cpp worker in {timeout:g} s") from None
+                if why := self._stopped.verdict(self.pid):
+                    self.kill()
+                    raise WorkerError(f"the llama.cpp worker {why}") from None
         if msg is _EOF:
             self._events.put(_EOF)  # every later call reports the death too
             raise self._died()

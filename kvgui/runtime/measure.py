@@ -60,7 +60,13 @@ from kvgui.core.quality.results import (
     pair_label,
     pair_problem,
 )
-from kvgui.runtime.childproc import child_env, describe_exit, kill_group, python_command
+from kvgui.runtime.childproc import (
+    StoppedWatch,
+    child_env,
+    describe_exit,
+    kill_group,
+    python_command,
+)
 from kvgui.runtime.protocol import ProtocolError, decode, encode
 
 SAMPLE_TEXT_NAME = "sample (public domain)"
@@ -113,9 +119,29 @@ class Retrieval:
                 "seed": self.seed, "n_ctx": self.n_ctx}
 
 
-def read_text_file(path: str | os.PathLike[str]) -> str:
-    """A user's text file as UTF-8 (undecodable bytes replaced); OSError if unreadable."""
-    return Path(path).read_bytes().decode("utf-8", "replace")
+MAX_TEXT_BYTES = 64 << 20  # ~16M tokens of text: far more than any context measures
+
+
+def read_text_file(path: str | os.PathLike[str], limit: int = MAX_TEXT_BYTES) -> str:
+    """A user's text file as UTF-8 (undecodable bytes replaced); OSError (with ``strerror``
+    the one-line reason) if unreadable, not a regular file, or larger than ``limit``.
+
+    ``measure --text /dev/zero`` once read until the kernel killed it at 24 GB, and a FIFO
+    blocks at open for ever: only a regular file is opened, and never more than the limit
+    is read (a file growing while read is cut at the limit too)."""
+    import errno
+    import stat
+
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or folder): "
+                      "measure reads a text file")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit >> 20} MiB: measure reads at most "
+                      f"{limit >> 20} MiB of text (cut the file)")
+    return data.decode("utf-8", "replace")
 
 
 @dataclass(frozen=True)
@@ -412,6 +438,8 @@ def _pump(
     on_result: Callable[[PairResult], None] | None,
     cancel: threading.Event | None,
 ) -> None:
+    stopped = StoppedWatch()
+    quiet_since = time.monotonic()
     while True:
         if cancel is not None and cancel.is_set():
             kill_group(proc.pid)
@@ -419,7 +447,13 @@ def _pump(
         try:
             line = lines.get(timeout=0.05)
         except queue.Empty:
+            if time.monotonic() - quiet_since >= 1.0:  # /proc once a second, not 20 times
+                quiet_since = time.monotonic()
+                if why := stopped.verdict(proc.pid):
+                    kill_group(proc.pid)
+                    raise MeasureError(f"the measure worker {why}", builder.run()) from None
             continue
+        quiet_since = time.monotonic()
         if line is None:
             return
         try:

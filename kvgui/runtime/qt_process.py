@@ -28,7 +28,14 @@ from PySide6.QtCore import (
 )
 
 from kvgui import qtfix
-from kvgui.runtime.childproc import Tail, child_env, describe_exit, kill_group, signal_group
+from kvgui.runtime.childproc import (
+    StoppedWatch,
+    Tail,
+    child_env,
+    describe_exit,
+    kill_group,
+    signal_group,
+)
 from kvgui.runtime.protocol import Message, ProtocolError, decode, encode
 
 log = logging.getLogger(__name__)
@@ -79,6 +86,12 @@ class ChildProcess(QObject):
         self._watchdog = QTimer(self)
         self._watchdog.setSingleShot(True)
         self._watchdog.timeout.connect(self._on_hang)
+        # a child stopped by SIGSTOP (or a debugger) is ended after a grace, with that reason
+        self._stopped = StoppedWatch()
+        self._stopped_why = ""
+        self._state_timer = QTimer(self)
+        self._state_timer.setInterval(1000)
+        self._state_timer.timeout.connect(self._check_stopped)
         self.program: str = ""
         app = QCoreApplication.instance()
         if app is not None:
@@ -232,6 +245,9 @@ class ChildProcess(QObject):
     def _on_started(self) -> None:
         if self._proc is not None:
             self._pid = int(self._proc.processId()) or None
+        self._stopped = StoppedWatch(self._stopped.grace_s)
+        self._stopped_why = ""
+        self._state_timer.start()
         if self._silence_s > 0:
             self._watchdog.start(int(self._silence_s * 1000))
 
@@ -300,6 +316,18 @@ class ChildProcess(QObject):
             self.exited.emit(Exit(None, f"could not be started: {why}", (), self._expected))
         proc.deleteLater()
 
+    def _check_stopped(self) -> None:
+        if not self.running:
+            self._state_timer.stop()
+            return
+        why = self._stopped.verdict(self.pid)
+        if why:
+            log.warning("%s %s", self.program, why)
+            self._hung = True
+            self._stopped_why = why
+            self._state_timer.stop()
+            self._kill_group()
+
     def _on_hang(self) -> None:
         if self.running:
             log.warning("%s wrote nothing for %.0f s: killing it", self.program,
@@ -316,7 +344,10 @@ class ChildProcess(QObject):
             exit_code, status = proc.exitCode(), proc.exitStatus()
         # Qt reports the signal number as the exit code of a crashed process (Unix)
         code = -exit_code if status == QProcess.ExitStatus.CrashExit else exit_code
-        if self._hung:
+        self._state_timer.stop()
+        if self._hung and self._stopped_why:
+            what = self._stopped_why
+        elif self._hung:
             what = f"stopped answering (nothing for {self._silence_s:g} s) and was killed"
         else:
             what = describe_exit(code)

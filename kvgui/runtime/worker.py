@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 from kvgui.core.commandline.llama_params import llama_cpp_python_kwargs, llama_params
 from kvgui.core.config.settings import Settings
 from kvgui.core.model.chat_formats import format_choices, usual_format
+from kvgui.runtime import chat_template
 from kvgui.runtime.llama_structs import pointer_model_fields, scalar_model_fields, set_fields
 from kvgui.runtime.protocol import (
     PROTOCOL_VERSION,
@@ -234,6 +235,7 @@ def load(model_path: str, settings: Settings, channel: Channel, requests: Reques
             channel.send("progress", fraction=round(float(fraction), 4))
         return not requests.shutdown  # False aborts the load
 
+    chat_template.install()  # the GGUF's template, rendered under a budget (see the module)
     model_set, context_set = explicit_fields(settings)
     model_set["progress_callback"] = on_progress
     # the RPC servers registered and the -ot / --n-cpu-moe array made (Llama() takes
@@ -416,12 +418,20 @@ class Chat:
             self.conversation.system = str(request["system"]) or None
         text = str(request.get("text", ""))
         dropped = 0
+        stops = self._stop_mark
+        render_budget = chat_template.RenderBudget(
+            should_stop=lambda: self.requests.stops > stops)
         while True:
             self._stats = TurnStats()
             self._llama_cpp.llama_perf_context_reset(self.llm.ctx)
             try:
-                reply, finish = self._stream(text, sampling)
+                with chat_template.budget(render_budget):
+                    reply, finish = self._stream(text, sampling)
                 break
+            except chat_template.TemplateFailure as exc:
+                self.llm.reset()
+                self.channel.send("failed", message=str(exc), fatal=False, stage="template")
+                return
             except ValueError as exc:
                 if not str(exc).startswith("Requested tokens"):
                     self._turn_failed(exc)
@@ -528,10 +538,18 @@ def _template_info(llm: Any) -> dict[str, Any]:
     meta = dict(getattr(llm, "metadata", {}) or {})
     arch = meta.get("general.architecture")
     pre = meta.get("tokenizer.ggml.pre")
-    return {"chat_template": bool(meta.get("tokenizer.chat_template")),
+    source = meta.get("tokenizer.chat_template")
+    error = chat_template.Template(str(source)).error if source else None
+    formats = format_choices(arch, pre)
+    if error is not None and str(llm.chat_format) == "chat_template.default":
+        # a template that cannot compile would fail every turn: chat in the architecture's
+        # usual format instead, and say so (the window shows the error; Template picks)
+        llm.chat_format = formats[0] if formats else "llama-2"
+    return {"chat_template": bool(source),
+            "template_error": None if error is None else str(error),
             "architecture": arch,
             "usual_format": usual_format(arch, pre),
-            "formats": format_choices(arch, pre)}
+            "formats": formats}
 
 
 def _exact_buffers(llm: Any) -> list[dict[str, Any]] | None:
@@ -571,6 +589,7 @@ def _serve(channel: Channel, requests: Requests, log: LogCapture) -> int:
     import llama_cpp
 
     chat = Chat(llm, channel, requests)
+    template = _template_info(llm)  # first: it may change the chat format
     channel.send(
         "loaded",
         log=log.take_text(),
@@ -581,7 +600,7 @@ def _serve(channel: Channel, requests: Requests, log: LogCapture) -> int:
         n_ctx_train=int(llama_cpp.llama_model_n_ctx_train(llm.model)),
         n_layer=int(llama_cpp.llama_model_n_layer(llm.model)),
         chat_format=str(llm.chat_format),
-        **_template_info(llm),
+        **template,
         gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
         exact=_exact_buffers(llm),
     )

@@ -50,6 +50,7 @@ from kvgui.core.sizes import format_bytes
 from kvgui.runtime.protocol import Sampling
 from kvgui.runtime.qt_worker import FAILED, GENERATING, IDLE, READY, QtWorker
 from kvgui.ui import theme
+from kvgui.ui.labels import plain_label
 from kvgui.ui.memory_bar import MemoryBar
 from kvgui.ui.viewmodel import BarRow
 
@@ -214,10 +215,10 @@ class ChatPanel(QWidget):
     # -- layout --------------------------------------------------------------------------
 
     def _build(self) -> None:
-        self.settings_label = QLabel("no model launched")
+        self.settings_label = plain_label("no model launched")
         self.settings_label.setObjectName("subhead")
         self.settings_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.status_label = QLabel("")
+        self.status_label = plain_label("")
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.backend_box = QComboBox()
@@ -267,7 +268,7 @@ class ChatPanel(QWidget):
         self.context_bar.setFormat("context: %v / %m tokens")
         self.context_bar.setRange(0, 1)
         self.context_bar.setValue(0)
-        self.stats_label = QLabel("")
+        self.stats_label = plain_label("")
         self.stats_label.setObjectName("muted")
 
         # sampling
@@ -482,7 +483,8 @@ class ChatPanel(QWidget):
         self.loaded = loaded
         self._show_template(loaded)
         if loaded.get("openai_url"):
-            self.url_label.setText(f"llama-server: OpenAI API at <b>{loaded['openai_url']}</b>"
+            url = html.escape(str(loaded["openai_url"]))
+            self.url_label.setText(f"llama-server: OpenAI API at <b>{url}</b>"
                                    f" · {html.escape(str(loaded.get('tool', '')))}")
             self.url_label.show()
         self._set_status(f"ready - loaded in {float(loaded.get('load_s', 0)):.1f} s, "
@@ -494,12 +496,25 @@ class ChatPanel(QWidget):
         self.format_box.clear()
         formats = [str(f) for f in loaded.get("formats") or []]
         has_template = loaded.get("chat_template", True)
+        broken = loaded.get("template_error")
         usual = loaded.get("usual_format")
-        if has_template:
+        if has_template and not broken:
             self.format_box.addItem("the GGUF's template", GGUF_TEMPLATE)
         for f in formats:
             self.format_box.addItem(f + ("  (usual for this model)" if f == usual else ""), f)
+        if broken:  # still choosable, to see its error again; the worker chats in another
+            self.format_box.addItem("the GGUF's template (broken)", "chat_template.default")
+            chosen = self.format_box.findData(loaded.get("chat_format"))
+            self.format_box.setCurrentIndex(max(chosen, 0))
         self.format_box.setEnabled(self.mode == "chat" and self.format_box.count() > 1)
+        if broken:
+            self.notice_label.setText(
+                f"<b>This GGUF's chat template cannot be used</b>: {html.escape(str(broken))}"
+                f". Chatting uses the <b>{html.escape(str(loaded.get('chat_format')))}</b> "
+                "format instead; pick another in Template, or Completion mode.")
+            self.notice_label.setStyleSheet(f"color: {theme.current().warn.name()};")
+            self.notice_label.show()
+            return
         if has_template:
             self.notice_label.hide()
             return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QMimeData, Qt, Signal
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
     QDialog,
@@ -20,7 +20,12 @@ from PySide6.QtWidgets import (
 )
 
 from kvgui.core.commandline.arg_table import split_for_tool
-from kvgui.core.commandline.parse import CommandParseError, ParsedCommand, parse_command
+from kvgui.core.commandline.parse import (
+    MAX_COMMAND_CHARS,
+    CommandParseError,
+    ParsedCommand,
+    parse_command,
+)
 from kvgui.core.config.settings import Settings
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Settings))  # every one: none is dropped
@@ -50,6 +55,24 @@ def describe(parsed: ParsedCommand) -> str:
     return "\n".join(lines) or "nothing kvgui models is set by this command"
 
 
+class CommandEdit(QPlainTextEdit):
+    """The paste box. A paste that would make the text longer than any command kvgui reads
+    is not inserted (laying out a 1 MB line froze the dialog for seconds, 140 s before the
+    parser's own cap); ``refused`` says why, and the text already there stays."""
+
+    refused = Signal(str)
+
+    def insertFromMimeData(self, source: QMimeData) -> None:
+        if source.hasText():
+            incoming = len(source.text())
+            if len(self.toPlainText()) + incoming > MAX_COMMAND_CHARS:
+                self.refused.emit(f"Not pasted: {incoming:,} characters; kvgui reads a "
+                                  f"command of up to {MAX_COMMAND_CHARS:,} (paste a single "
+                                  "command)")
+                return
+        super().insertFromMimeData(source)
+
+
 class ImportDialog(QDialog):
     def __init__(self, base: Settings, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -57,7 +80,7 @@ class ImportDialog(QDialog):
         self.resize(720, 400)
         self._base = base
         self.parsed: ParsedCommand | None = None
-        self.edit = QPlainTextEdit()
+        self.edit = CommandEdit()
         self.edit.setPlaceholderText("llama-server -m model.gguf -c 32768 -ctk q8_0 -ctv q8_0 "
                                      "-fa on -ngl 99")
         self.edit.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
@@ -76,6 +99,7 @@ class ImportDialog(QDialog):
         lay.addWidget(self.preview)
         lay.addWidget(self.box)
         self.edit.textChanged.connect(self.reparse)
+        self.edit.refused.connect(self.preview.setText)
         self.reparse()
 
     def reparse(self) -> None:

@@ -74,6 +74,7 @@ from kvgui.runtime.measure import (
 )
 from kvgui.runtime.qt_measure import MeasureProcess
 from kvgui.ui import theme
+from kvgui.ui.labels import plain_label
 from kvgui.ui.plotstyle import quiet_plot
 
 _RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
@@ -229,13 +230,13 @@ class MeasurePanel(QWidget):
 
     def _build(self) -> None:
         outer = QVBoxLayout(self)
-        self.model_label = QLabel("No model: open one in the main window.")
+        self.model_label = plain_label("No model: open one in the main window.")
         self.model_label.setObjectName("cardTitle")
         self.model_label.setWordWrap(True)
         self.model_label.setTextFormat(Qt.TextFormat.PlainText)
         self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         outer.addWidget(self.model_label)
-        self.settings_label = QLabel()
+        self.settings_label = plain_label()
         self.settings_label.setObjectName("muted")
         self.settings_label.setWordWrap(True)
         outer.addWidget(self.settings_label)
@@ -327,7 +328,7 @@ class MeasurePanel(QWidget):
         self.progress.setRange(0, 1000)
         self.progress.setTextVisible(False)
         outer.addWidget(self.progress)
-        self.status = QLabel("Choose a model to measure.")
+        self.status = plain_label("Choose a model to measure.")
         self.status.setWordWrap(True)
         outer.addWidget(self.status)
 

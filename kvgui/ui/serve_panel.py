@@ -9,6 +9,7 @@ process group; so does closing the window.
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from PySide6.QtCore import Qt
@@ -33,6 +34,7 @@ from kvgui.core.sizes import format_bytes
 from kvgui.runtime.llama_log import LOGGED_PRECISION_BYTES
 from kvgui.runtime.qt_server import ServerProcess
 from kvgui.ui import theme
+from kvgui.ui.labels import plain_label
 
 PARTS = (("weights", "Weights"), ("kv", "KV cache"), ("compute", "Compute"),
          ("output", "Output"))
@@ -71,7 +73,7 @@ class ServePanel(QWidget):
         self.tool_label = QLabel("")
         self.tool_label.setWordWrap(True)
         self.tool_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.status_label = QLabel("")
+        self.status_label = plain_label("")
         self.status_label.setWordWrap(True)
         self.command_edit = QPlainTextEdit()
         self.command_edit.setReadOnly(True)
@@ -121,7 +123,8 @@ class ServePanel(QWidget):
         """Start llama-server (``tool``: a probed ``llama_bin.ToolInfo``)."""
         self.tool, self.model_path, self.settings, self.estimate = \
             tool, str(model_path), settings, estimate
-        self.tool_label.setText(f"<b>{tool.path}</b><br>{tool.summary()}")
+        self.tool_label.setText(f"<b>{html.escape(str(tool.path))}</b><br>"
+                                f"{html.escape(tool.summary())}")
         self.table.setRowCount(0)
         self.log_view.clear()
         self.url_label.setText("")

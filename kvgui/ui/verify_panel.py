@@ -17,6 +17,7 @@ from kvgui.core.memory.estimate import PARTS
 from kvgui.core.sizes import format_bytes
 from kvgui.runtime.qt_dryrun import DryRunProcess
 from kvgui.ui import theme
+from kvgui.ui.labels import plain_label
 
 # every part of the estimate, then the KV sum and the total
 ROWS = (*PARTS, ("kv", "KV cache"), ("total", "Total"))
@@ -29,7 +30,7 @@ VerifyRunner = DryRunProcess
 class VerifyPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.title = QLabel()
+        self.title = plain_label()
         self.title.setTextFormat(Qt.TextFormat.PlainText)  # llama.cpp's reason is its text
         self.title.setObjectName("cardTitle")
         self.grid = QGridLayout()

@@ -16,7 +16,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kvgui.runtime.childproc import child_env, describe_exit, package_root
+from kvgui.runtime.childproc import (
+    StoppedWatch,
+    child_env,
+    describe_exit,
+    is_stopped,
+    package_root,
+)
 from kvgui.runtime.protocol import message
 from kvgui.runtime.qt_process import ChildProcess, Exit
 
@@ -115,6 +121,41 @@ def test_a_silent_child_is_killed_by_the_hang_timeout(qtbot) -> None:
     end = _wait_exit(qtbot, proc)
     assert end.hung and 0.4 < time.monotonic() - t0 < 5
     assert end.description == "stopped answering (nothing for 0.5 s) and was killed"
+
+
+def test_a_stopped_child_is_ended_with_that_reason(qtbot) -> None:
+    """SIGSTOP (issue 18, case 11): a stopped child answers nothing, forever; after the grace
+    it is killed and the reason says it was stopped, not "exit code 9"."""
+    proc = ChildProcess()
+    proc._stopped = StoppedWatch(0.5)
+    proc.start(_py("import time; time.sleep(60)"))
+    qtbot.waitUntil(lambda: proc.pid is not None, timeout=5_000)
+    os.kill(proc.pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    end = _wait_exit(qtbot, proc)
+    assert end.hung and time.monotonic() - t0 < 5
+    assert end.description.startswith("was stopped (SIGSTOP"), end.description
+
+
+def test_is_stopped_reads_the_process_state() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert not is_stopped(child.pid)
+        os.kill(child.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not is_stopped(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert is_stopped(child.pid)
+        watch = StoppedWatch(0.2)
+        assert watch.verdict(child.pid) is None  # the grace starts now
+        time.sleep(0.3)
+        assert "did not resume within 0.2 s" in (watch.verdict(child.pid) or "")
+        os.kill(child.pid, signal.SIGCONT)
+        time.sleep(0.1)
+        assert watch.verdict(child.pid) is None
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_output_keeps_a_watched_child_alive(qtbot) -> None:

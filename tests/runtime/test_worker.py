@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -262,6 +263,66 @@ def test_token_events_carry_the_context_used(loaded: WorkerClient) -> None:
         if msg["type"] == "token":
             pasts.append(msg["n_past"])
     assert pasts and pasts == sorted(pasts) and 0 < pasts[-1] <= msg["n_past"]
+
+
+# -- hostile chat templates (issue 18, case 5) ----------------------------------------------
+
+def test_a_template_that_runs_forever_is_stopped_and_the_model_stays(tmp_path) -> None:
+    """Nested range(100000) loops ran past 120 s with Stop ignored: now Stop ends the render
+    at once with a message that it is the template's, and the next turn still works."""
+    from kvgui.testing.tiny_model import write_tiny_model
+
+    spin = ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+            "{% for m in messages %}{{ m.content }}{% endfor %}")
+    path = write_tiny_model(tmp_path / "spin.gguf", chat_template=spin)
+    with WorkerClient() as client:
+        loaded = client.load(str(path), Settings(n_ctx=512))
+        assert loaded["template_error"] is None
+        client.send("chat", text="hi", sampling=Sampling(max_tokens=2, seed=1).to_dict())
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        client.send("stop")
+        failed = client._expect("failed", 30)
+        assert time.monotonic() - t0 < 5
+        assert failed["stage"] == "template" and "was stopped" in failed["message"]
+        client.send("chat", text="hi", mode="completion",
+                    sampling=Sampling(max_tokens=2, seed=1).to_dict())
+        assert client._expect("finished", 30)["mode"] == "completion"
+
+
+def test_a_template_with_a_syntax_error_still_loads_and_says_where(tmp_path) -> None:
+    from kvgui.testing.tiny_model import write_tiny_model
+
+    path = write_tiny_model(tmp_path / "broken.gguf",
+                            chat_template="{% for m in messages %}\n{{ m.content }\n{% endfor %}")
+    with WorkerClient() as client:
+        loaded = client.load(str(path), Settings(n_ctx=512))
+        assert "syntax error (line 2" in loaded["template_error"]
+        assert loaded["chat_format"] != "chat_template.default"  # the arch's format instead
+        client.send("chat", text="hi", sampling=Sampling(max_tokens=2, seed=1).to_dict())
+        assert client._expect("finished", 30)["chat_format"] == loaded["chat_format"]
+        client.send("chat", text="hi", chat_format="chat_template.default",
+                    sampling=Sampling(max_tokens=2, seed=1).to_dict())
+        failed = client._expect("failed", 30)
+        assert failed["stage"] == "template" and "line 2" in failed["message"]
+
+
+def test_a_stopped_worker_is_ended_instead_of_waited_for(tiny: str) -> None:
+    """A SIGSTOPped worker made the CLI wait with no timeout (issue 18, case 11)."""
+    import signal
+
+    from kvgui.runtime.childproc import StoppedWatch
+
+    client = WorkerClient()
+    client._stopped = StoppedWatch(0.5)
+    with client:
+        client.load(tiny, Settings(n_ctx=256))
+        assert client.pid is not None
+        os.kill(client.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(WorkerError, match="was stopped"):
+            client.chat("hi", sampling=Sampling(max_tokens=4, seed=1))
+        assert time.monotonic() - t0 < 5
 
 
 def test_tensor_overrides_reach_llama_cpp(tiny: str) -> None:

@@ -63,3 +63,51 @@ def test_only_values_that_apply_are_saved(qtbot, tmp_path: Path) -> None:
     win.close()
     assert load_config().config.settings == Settings()
     save_config(AppConfig())
+
+
+def test_a_megabyte_paste_into_import_is_refused_at_once(qtbot) -> None:
+    """A 1 MB pasted command froze Import for 140 s (issue 18, case 8): the paste is not
+    inserted, the reason is shown, and what was typed before stays."""
+    import time
+
+    from PySide6.QtCore import QMimeData
+
+    from kvgui.ui.import_dialog import ImportDialog
+
+    dialog = ImportDialog(Settings())
+    qtbot.addWidget(dialog)
+    dialog.edit.setPlainText("llama-cli -m a.gguf -c 8192")
+    mime = QMimeData()
+    mime.setText("llama-cli -m a.gguf " + "-c 4096 " * 130_000)
+    t0 = time.monotonic()
+    dialog.edit.insertFromMimeData(mime)
+    assert time.monotonic() - t0 < 0.5
+    assert dialog.preview.text().startswith("Not pasted: 1,040,020 characters")
+    assert dialog.edit.toPlainText() == "llama-cli -m a.gguf -c 8192"
+    small = QMimeData()
+    small.setText(" -ngl 10")
+    dialog.edit.moveCursor(dialog.edit.textCursor().MoveOperation.End)
+    dialog.edit.insertFromMimeData(small)
+    assert dialog.parsed is not None and dialog.parsed.settings.n_gpu_layers == 10
+
+
+def test_chat_measure_and_serve_show_a_hostile_path_as_plain_text(qtbot, tmp_path: Path) -> None:
+    """A path or message from elsewhere is data in every panel, not HTML (issue 18, case 2)."""
+    from PySide6.QtCore import Qt
+
+    from kvgui.ui.chat_window import ChatPanel
+    from kvgui.ui.measure_panel import MeasurePanel
+    from kvgui.ui.serve_panel import ServePanel
+
+    hostile = str(tmp_path / '<b style="color:green">FITS ✔</b>.gguf')
+    chat = ChatPanel()
+    qtbot.addWidget(chat)
+    chat.settings_label.setText(hostile)
+    measure = MeasurePanel()
+    qtbot.addWidget(measure)
+    serve = ServePanel()
+    qtbot.addWidget(serve)
+    for label in (chat.settings_label, chat.status_label, chat.stats_label,
+                  measure.model_label, measure.status, serve.status_label):
+        assert label.textFormat() == Qt.TextFormat.PlainText
+    assert chat.settings_label.text() == hostile
