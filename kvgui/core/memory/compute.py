@@ -141,17 +141,24 @@ class Offload:
     extra_weights: frozenset[str] = frozenset()
     # overrides were given, even if none matches (llama_model::has_tensor_overrides)
     overridden: bool = False
+    # per GPU: an RPC server's device (its own buffers, no offload_op, no host buffer type)
+    rpc: tuple[bool, ...] = ()
 
     def with_kv_offload(self, kv_offload: bool) -> Offload:
         return dataclasses.replace(self, kv_offload=kv_offload)
 
     @functools.cached_property
     def layout(self) -> reserve.Layout:
-        """The scheduler's view: CUDA devices (their rules; other GPU kinds are taken alike),
-        the CPU last with its compute buffer in CUDA's pinned host memory; llama.cpp's backend
-        hints applied (an allocating reserve)."""
-        host = reserve.Buft("CUDA_Host", host=True) if self.n_gpus else reserve.CPU_BUFT
-        backends = tuple(reserve.cuda_backend(i) for i in range(self.n_gpus))
+        """The scheduler's view: CUDA devices (their rules; other GPU kinds are taken alike)
+        and RPC devices, the CPU last with its compute buffer in the first device's pinned
+        host memory (CUDA's; an RPC device has none); llama.cpp's backend hints applied (an
+        allocating reserve)."""
+        rpc = (self.rpc + (False,) * self.n_gpus)[:self.n_gpus]
+        # the CPU's compute buffer in the first device's host buffer type, if it has one
+        host = reserve.Buft("CUDA_Host", host=True) if self.n_gpus and not rpc[0] \
+            else reserve.CPU_BUFT
+        backends = tuple(reserve.rpc_backend(i) if rpc[i] else reserve.cuda_backend(i)
+                         for i in range(self.n_gpus))
         return self.layout_with((*backends, reserve.cpu_backend(host)), pins=True)
 
     def layout_with(self, backends: tuple[reserve.Backend, ...], pins: bool) -> reserve.Layout:

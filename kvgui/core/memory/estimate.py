@@ -504,7 +504,8 @@ def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget],
                       tuple((*k, n) for k, n in groups_host.items()),
                       tuple(recurrent), tuple(recurrent_host), tuple(slots_), hosted,
                       Offload(tuple(layer_dev), out_dev, len(gpus), True, rules.layout_rules,
-                              extra, rules.given), tuple(found))
+                              extra, rules.given, tuple(g.is_rpc for g in gpus)),
+                      tuple(found))
 
 
 def estimate(model: ModelInfo, settings: Settings,
