@@ -280,3 +280,22 @@ def test_shared_experts_stay_with_their_layer() -> None:
     moved = experts(m, range(m.n_layer))
     assert moved and base.devices[0].weights - e.devices[0].weights == moved
     assert any("shexp" in t.name for t in m.tensors)
+
+
+def test_rpc_servers_are_devices_before_the_gpus(qwen3moe: ModelInfo, memo: ModelMemo) -> None:
+    """--rpc: each server's device comes first (llama.cpp's order), -ot can name it, and its
+    unknown memory makes the default split a guess (a note), which -ts removes."""
+    s = Settings(rpc_servers=("10.0.0.2:50052",), tensor_split=(1.0, 1.0),
+                 override_tensor=((r"blk\.(4[0-7])\.ffn_.*_exps", "RPC0[10.0.0.2:50052]"),))
+    e = estimate(qwen3moe, s, [gpu(), cpu(None, AVX2)], memo)
+    assert [d.name for d in e.devices] == ["RPC 10.0.0.2:50052", "GPU", "CPU"]
+    assert not e.refused and not e.has(Code.RPC_MEMORY_UNKNOWN)
+    base = estimate(qwen3moe, s.replace(override_tensor=()), [gpu(), cpu(None, AVX2)], memo)
+    moved = experts(qwen3moe, range(40, 48))  # layers 24-47 are the local GPU's (-ts 1,1)
+    assert e.devices[0].weights - base.devices[0].weights == moved
+    assert base.devices[1].weights - e.devices[1].weights == moved
+    guess = estimate(qwen3moe, s.replace(tensor_split=()), [gpu(), cpu(None, AVX2)], memo)
+    assert guess.has(Code.RPC_MEMORY_UNKNOWN)
+    given = [DeviceBudget("box", 8 * GiB, buft="RPC0[10.0.0.2:50052]"), gpu()]
+    assert [d.name for d in estimate(qwen3moe, s, [*given, cpu(None, AVX2)], memo).devices] \
+        == ["box", "GPU", "CPU"]  # a plan that has the server's device keeps it

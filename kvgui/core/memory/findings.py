@@ -52,6 +52,7 @@ class Code(str, Enum):
     OT_NO_MATCH = "override-tensor-no-match"  # an -ot pattern no weight's name matches
     CPU_MOE_NO_EXPERTS = "cpu-moe-no-experts"  # --n-cpu-moe on a dense model: ignored
     CPU_OVERRIDE_MMAP = "cpu-override-with-mmap"  # llama.cpp's "consider --load-mode none"
+    RPC_MEMORY_UNKNOWN = "rpc-memory-unknown"  # the split by free memory of an RPC device
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
