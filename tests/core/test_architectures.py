@@ -234,3 +234,24 @@ def test_every_rule_names_a_llama_cpp_source_file() -> None:
         if src.is_dir():
             for f in files:
                 assert (src / f).is_file(), (arch, f)
+
+
+# --- fam-dense ---
+# The dense families with a builder of their own (builders/<arch>.py, checked node for node
+# and byte for byte by tests/core/test_reserve_graphs.py): each reads every tensor of its
+# file, so its compute figure is the replay, not the stage model's measured range.
+DENSE_FAMILIES = [
+    "phi3", "phi3:phi-4", "mistral3", "exaone4", "olmo2", "olmo2:Olmo-3-7B-Instruct",
+    "smollm3", "cohere2", "command-r", "granite", "glm4", "starcoder2", "internlm2", "minicpm",
+    "ernie4_5", "hunyuan-dense", "seed_oss", "apertus",
+]
+
+
+@pytest.mark.parametrize("key", DENSE_FAMILIES)
+def test_dense_families_replay_their_own_graph(key: str) -> None:
+    from kvgui.core.memory.verification import MEASURED_ERROR
+
+    model = _info(key)
+    assert simulates(model), f"{key}: the builder leaves a tensor of the file unread"
+    assert compute_check(model).status == EXACT
+    assert model.arch not in MEASURED_ERROR, f"{model.arch} is exact: drop its measured range"

@@ -6,6 +6,7 @@ the scheduler's split count (kvgui's must be equal).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -83,3 +84,42 @@ def test_experts_on_the_cpu_equal_llama_fit_params(
     ours = reserve.peaks(model, context_shape(model, s), True, reserve.CacheKinds("f16", "f16"),
                          layout)
     assert [round(b / 2**20, 2) for b in ours] == pytest.approx(theirs, abs=0.0051)
+
+
+# --- fam-dense ---
+# A dense family of its own builder over two devices: phi3 (fused qkv, LongRoPE factor tables
+# duplicated into every layer's buffer, the output on the last device) by default; cohere2
+# (two caches, token_embd duplicated as the output) and granite with KVGUI_TEST_ALL_FAMILIES=1.
+DENSE_RPC_KEYS = ["phi3"] if os.environ.get("KVGUI_TEST_ALL_FAMILIES") != "1" else \
+    ["phi3", "cohere2", "granite"]
+
+
+@pytest.mark.parametrize("key", DENSE_RPC_KEYS)
+def test_dense_family_per_device_equals_llama_fit_params(
+        llama_tools: LlamaTools, tmp_path: Path, key: str) -> None:
+    from kvgui.testing.arch_fixtures import fixtures
+    from kvgui.testing.rpc import RpcDevices, fit_params
+    from kvgui.testing.sparse_gguf import write_sparse_gguf
+
+    spec = next(f.spec for f in fixtures() if f.key == key)
+    path = write_sparse_gguf(spec, tmp_path / "model.gguf")
+    model = load_model(path)
+    with RpcDevices(llama_tools, [24 * GiB, 24 * GiB]) as devs:
+        for ngl, ts, fa, ctype, nkvo in CASES:
+            r = fit_params(llama_tools, path, devs, ctx=8192, ngl=ngl, ts=ts, fa=fa, ctk=ctype,
+                           ctv=ctype, extra=("-nkvo",) if nkvo else ())
+            theirs = [r.compute_mib.get(f"RPC0[{e}]", 0.0) for e in devs.endpoints]
+            theirs.append(r.compute_mib["CPU"])
+            splits = re.findall(r"graph(?: \([^)]*\))?: nodes = [\d /]+, splits = (\d+)", r.log)
+            s = Settings(n_ctx=8192, n_gpu_layers=ngl, tensor_split=ts, type_k=ctype,
+                         type_v=ctype, kv_offload=not nkvo,
+                         flash_attn=FlashAttn.ON if fa == "on" else FlashAttn.OFF)
+            memo = ModelMemo(model)
+            ours = reserve.peaks(model, context_shape(model, s), fa == "on",
+                                 reserve.cache_kinds(model, ctype, ctype),
+                                 rpc_layout(model, s, 2), memo)
+            what = f"{key} -ngl {ngl} -ts {ts} -fa {fa} {ctype} nkvo={nkvo}"
+            assert [round(b / 2**20, 2) for b in ours] == pytest.approx(theirs, abs=0.0051), what
+            n_splits = next(r.n_splits for v in reserve.recordings(memo).splits.values()
+                            for r in v)
+            assert str(n_splits) == splits[-1], what

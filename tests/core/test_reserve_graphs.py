@@ -6,6 +6,7 @@ it, ubatches of 1, 7 and 1024 tokens.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,5 +38,72 @@ def test_graph_and_compute_equal_llama_cpp(sparse_model: Callable[[str], Path],
     assert sum(r.llama_compute is not None for r in rows) >= len(MATRIX) - 1
     for r in rows:
         assert r.equal, (f"{label} {r.settings}: llama.cpp {r.llama_compute} B "
+                         f"{r.llama_nodes} nodes, kvgui {r.ours} B {r.our_nodes} nodes "
+                         f"{r.error}")
+
+
+# --- fam-dense ---
+# The dense families' builders (builders/<arch>.py), node for node and byte for byte: phi3
+# (fused qkv, one SWIGLU over a fused ffn_up, LongRoPE factors) by default, every one with
+# KVGUI_TEST_ALL_FAMILIES=1 (each a header-faithful file from kvgui.testing.arch_fixtures).
+DENSE_KEYS = ["phi3"] if os.environ.get("KVGUI_TEST_ALL_FAMILIES") != "1" else [
+    "phi3", "phi3:phi-4", "mistral3", "exaone4", "olmo2", "olmo2:Olmo-3-7B-Instruct",
+    "smollm3", "cohere2", "command-r", "granite", "glm4", "starcoder2", "internlm2", "minicpm",
+    "ernie4_5", "hunyuan-dense", "seed_oss", "apertus",
+]
+
+
+@pytest.mark.parametrize("key", DENSE_KEYS)
+def test_dense_family_graph_equals_llama_cpp(tmp_path: Path, key: str) -> None:
+    pytest.importorskip("gguf")
+    from kvgui.testing.arch_fixtures import fixtures
+    from kvgui.testing.sparse_gguf import write_sparse_gguf
+
+    spec = next(f.spec for f in fixtures() if f.key == key)
+    rows = compare(write_sparse_gguf(spec, tmp_path / "model.gguf"), MATRIX)
+    assert sum(r.llama_compute is not None for r in rows) >= len(MATRIX) - 1
+    for r in rows:
+        assert r.equal, (f"{key} {r.settings}: llama.cpp {r.llama_compute} B "
+                         f"{r.llama_nodes} nodes, kvgui {r.ours} B {r.our_nodes} nodes "
+                         f"{r.error}")
+
+
+def _dense_variant(key: str, metadata: dict[str, object] | None = None,
+                   **hp: object) -> object:
+    """A fixture's header with config numbers (``hp``) or header keys changed: the paths of a
+    builder its family's fixture does not take."""
+    from kvgui.core.model.archspec import Header, ModelSpec, build_header
+    from kvgui.testing.arch_fixtures import fixtures
+
+    s = next(f.spec for f in fixtures() if f.key == key)
+    h = build_header(ModelSpec(s.name, s.arch, s.quant, {**s.hp, **hp}))
+    return Header({**h.metadata, **(metadata or {})}, h.tensors)
+
+
+DENSE_VARIANTS = {
+    "mistral3 attention temperature": ("mistral3", {
+        "mistral3.attention.temperature_scale": 0.1,
+        "mistral3.rope.scaling.original_context_length": 8192}, {}),
+    "granite without rope": ("granite", {"granite.rope.scaling.finetuned": False}, {}),
+    "command-r 64 layers, q/k norms": ("command-r", {}, {"num_hidden_layers": 64}),
+    "cohere2 64 layers (Command A)": ("cohere2", {}, {"num_hidden_layers": 64}),
+    "glm4 M-RoPE": ("glm4", {"glm4.rope.dimension_sections": [8, 12, 12, 0]}, {}),
+    "exaone4 30 layers, one cache": ("exaone4", {}, {"num_hidden_layers": 30}),
+}
+
+
+@pytest.mark.skipif(os.environ.get("KVGUI_TEST_ALL_FAMILIES") != "1",
+                    reason="KVGUI_TEST_ALL_FAMILIES=1 runs the dense builders' variants")
+@pytest.mark.parametrize("name", list(DENSE_VARIANTS))
+def test_dense_variant_graph_equals_llama_cpp(tmp_path: Path, name: str) -> None:
+    pytest.importorskip("gguf")
+    from kvgui.testing.sparse_gguf import write_sparse_gguf
+
+    key, metadata, hp = DENSE_VARIANTS[name]
+    path = write_sparse_gguf(_dense_variant(key, metadata, **hp), tmp_path / "model.gguf")
+    rows = compare(path, MATRIX)
+    assert sum(r.llama_compute is not None for r in rows) >= len(MATRIX) - 1
+    for r in rows:
+        assert r.equal, (f"{name} {r.settings}: llama.cpp {r.llama_compute} B "
                          f"{r.llama_nodes} nodes, kvgui {r.ours} B {r.our_nodes} nodes "
                          f"{r.error}")

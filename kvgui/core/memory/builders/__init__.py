@@ -14,16 +14,33 @@ from typing import TYPE_CHECKING
 
 from kvgui.core.memory.builders import deepseek2, gemma2, gemma3, lfm2
 from kvgui.core.memory.builders import hparams as hp_mod
+from kvgui.core.memory.builders.apertus import ApertusGraph
+from kvgui.core.memory.builders.cohere2 import Cohere2Graph
+from kvgui.core.memory.builders.command_r import CommandRGraph
 from kvgui.core.memory.builders.common import GraphContext, GraphParams, Result
 from kvgui.core.memory.builders.deepseek2 import Deepseek2Graph
+from kvgui.core.memory.builders.ernie4_5 import Ernie45Graph
+from kvgui.core.memory.builders.exaone4 import Exaone4Graph
 from kvgui.core.memory.builders.gemma2 import Gemma2Graph
 from kvgui.core.memory.builders.gemma3 import Gemma3Graph
+from kvgui.core.memory.builders.glm4 import Glm4Graph
+from kvgui.core.memory.builders.glm4 import hparams as glm4_hparams
+from kvgui.core.memory.builders.granite import GraniteGraph, minicpm_hparams
+from kvgui.core.memory.builders.hunyuan_dense import HunyuanDenseGraph
+from kvgui.core.memory.builders.internlm2 import Internlm2Graph
 from kvgui.core.memory.builders.lfm2 import Lfm2Graph
 from kvgui.core.memory.builders.llama import LlamaGraph
+from kvgui.core.memory.builders.mistral3 import Mistral3Graph
+from kvgui.core.memory.builders.mistral3 import hparams as mistral3_hparams
+from kvgui.core.memory.builders.olmo2 import Olmo2Graph
 from kvgui.core.memory.builders.openai_moe import OpenaiMoeGraph
+from kvgui.core.memory.builders.phi3 import Phi3Graph
 from kvgui.core.memory.builders.qwen2 import Qwen2Graph
 from kvgui.core.memory.builders.qwen3 import Qwen3Graph
 from kvgui.core.memory.builders.qwen3moe import Qwen3MoeGraph
+from kvgui.core.memory.builders.seed_oss import SeedOssGraph
+from kvgui.core.memory.builders.smollm3 import Smollm3Graph
+from kvgui.core.memory.builders.starcoder2 import Starcoder2Graph
 
 if TYPE_CHECKING:
     from kvgui.core.model.info import ModelInfo
@@ -38,6 +55,24 @@ BUILDERS: dict[str, type[GraphContext]] = {
     "gpt-oss": OpenaiMoeGraph,
     "deepseek2": Deepseek2Graph,
     "lfm2": Lfm2Graph,
+    # --- fam-dense ---
+    "phi3": Phi3Graph,
+    "mistral3": Mistral3Graph,
+    "exaone4": Exaone4Graph,
+    "olmo2": Olmo2Graph,
+    "smollm3": Smollm3Graph,
+    "cohere2": Cohere2Graph,
+    "command-r": CommandRGraph,
+    "granite": GraniteGraph,
+    "minicpm": GraniteGraph,
+    "glm4": Glm4Graph,
+    "starcoder2": Starcoder2Graph,
+    "internlm2": Internlm2Graph,
+    "ernie4_5": Ernie45Graph,
+    "hunyuan-dense": HunyuanDenseGraph,
+    "seed_oss": SeedOssGraph,
+    "apertus": ApertusGraph,
+    # --- end fam-dense ---
 }
 
 # load_arch_hparams, for what an architecture sets beyond the generic keys
@@ -46,6 +81,11 @@ HPARAMS: dict[str, Callable[[hp_mod.Hparams, ModelInfo], None]] = {
     "gemma3": gemma3.hparams,
     "deepseek2": deepseek2.hparams,
     "lfm2": lfm2.hparams,
+    # --- fam-dense ---
+    "mistral3": mistral3_hparams,
+    "minicpm": minicpm_hparams,
+    "glm4": glm4_hparams,
+    # --- end fam-dense ---
 }
 
 

@@ -149,6 +149,21 @@ class Weights:
     def output_s(self) -> Tensor | None:
         return self.tensor(self.model_names["output_s"], Loc("output"))
 
+    # --- fam-dense ---
+    def get_rope_factors(self, il: int) -> Tensor | None:
+        """llama_model::get_rope_factors: the layer's rope_freqs, else LongRoPE's long or
+        short factor table (rope_factors_long / _short.weight, one tensor duplicated into
+        each layer's buffer). Which of the two is read depends on n_ctx_seq against
+        n_ctx_orig_yarn; both have the same shape and buffer, so the graph plans alike with
+        either: the short one stands for both, and the long one counts as read."""
+        loc = Loc("layer", il)
+        freqs = self.tensor("rope_freqs.weight", loc)
+        if freqs is not None:
+            return freqs
+        long = self.tensor("rope_factors_long.weight", loc)
+        short = self.tensor("rope_factors_short.weight", loc)
+        return short if short is not None else long
+
 
 class LayerWeights:
     """``model.layers[il]``: its fields by llama.cpp's names (LAYER_TENSORS)."""

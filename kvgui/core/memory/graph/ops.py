@@ -435,6 +435,12 @@ def softplus(ctx: Context, a: Tensor) -> Tensor:
     return _unary(ctx, a, "SOFTPLUS")
 
 
+def xielu(ctx: Context, a: Tensor, alpha_n: float, alpha_p: float, beta: float,
+          eps: float) -> Tensor:
+    """ggml_xielu: a unary op on a new tensor (fam-dense)."""
+    return _unary(ctx, a, "XIELU")
+
+
 def _glu(ctx: Context, a: Tensor, b: Tensor | None, kind: str) -> Tensor:
     ne = a.ne if b is not None else (a.ne[0] // 2, a.ne[1], a.ne[2], a.ne[3])
     t = new_tensor(ctx, a.type, ne)
@@ -486,6 +492,12 @@ def group_norm(ctx: Context, a: Tensor, n_groups: int, eps: float) -> Tensor:
 
 def rope_ext(ctx: Context, a: Tensor, b: Tensor, c: Tensor | None, *_: float) -> Tensor:
     """ggml_rope_ext (the rope parameters change nothing that is planned)."""
+    return _op(dup_tensor(ctx, a), "ROPE", a, b, c)
+
+
+def rope_multi(ctx: Context, a: Tensor, b: Tensor, c: Tensor | None, *_: object) -> Tensor:
+    """ggml_rope_multi (M-RoPE: ggml_rope_impl as rope_ext, the sections are parameters;
+    fam-dense)."""
     return _op(dup_tensor(ctx, a), "ROPE", a, b, c)
 
 

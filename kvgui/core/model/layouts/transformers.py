@@ -239,12 +239,12 @@ def _m_phi3(h: Hp, m: dict[str, Any]) -> None:
 
 def _t_command_r(h: Hp) -> Shapes:
     # src/models/command-r.cpp: output tied to token_embd, no ffn_norm (parallel block),
-    # q/k norms only for >= 64 layers
+    # q/k norms only for >= 64 layers (command-r only: cohere2.cpp loads none, Command A)
     out: Shapes = []
     io(h, out, output=False)
     for i in range(h.n_layer):
         norm(out, i, "attn_norm", h.n_embd)
-        if h.n_layer >= 64:
+        if h.n_layer >= 64 and h.arch == "command-r":
             out += [(f"blk.{i}.attn_q_norm.weight", (h.head_dim, h.n_head)),
                     (f"blk.{i}.attn_k_norm.weight", (h.head_dim, h.n_head_kv))]
         attn(out, i, h.n_embd, h.n_embd, h.kv_dim, n_o=h.n_embd)

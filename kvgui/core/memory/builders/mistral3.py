@@ -1,0 +1,138 @@
+"""src/models/mistral3.cpp: llama_model_mistral3::graph (Mistral Small 3.x, Ministral 3,
+Devstral: llama's layers without the kq norm, with Llama 4's optional attention temperature
+scaling of the query)."""
+
+from __future__ import annotations
+
+import math
+
+from kvgui.core.memory.builders.common import (
+    FFN_PAR,
+    FFN_SILU,
+    NORM_RMS,
+    GraphContext,
+    Result,
+)
+from kvgui.core.memory.builders.hparams import GATING_SOFTMAX, Hparams
+from kvgui.core.memory.graph import ops as ggml
+from kvgui.core.model.info import ModelInfo
+
+
+def hparams(hp: Hparams, model: ModelInfo) -> None:
+    """load_arch_hparams: the optional attention temperature scale (an input tensor when
+    set)."""
+    hp.f_attn_temp_scale = hp.key_float("attention.temperature_scale", 0.0)
+
+
+class Mistral3Graph(GraphContext):
+    def build(self) -> Result:
+        ctx0, hp, model, cb = self.ctx0, self.hparams, self.model, self.cb
+        n_embd_head = hp.n_embd_head_v()
+        assert n_embd_head == hp.n_embd_head_k() and n_embd_head == self.n_rot
+
+        assert model.tok_embd is not None
+        inpL = self.build_inp_embd(model.tok_embd)
+
+        # inp_pos - contains the positions
+        inp_pos = self.build_inp_pos()
+
+        # (optional) temperature tuning
+        inp_attn_scale = None
+        if hp.f_attn_temp_scale != 0.0:
+            inp_attn_scale = self.build_inp_attn_scale()
+
+        inp_attn = self.build_attn_inp_kv()
+
+        kq_scale = 1.0 / math.sqrt(n_embd_head) if hp.f_attention_scale == 0.0 \
+            else hp.f_attention_scale
+
+        inp_out_ids = self.build_inp_out_ids()
+
+        for il in self.layers():
+            layer = model.layers[il]
+            inpSA = inpL
+
+            # norm
+            cur = self.build_norm(inpL, layer.attn_norm, None, NORM_RMS, il)
+            cb(cur, "attn_norm", il)
+
+            # self-attention
+            # rope freq factors for llama3; may return nullptr for llama2 and other models
+            rope_factors = model.get_rope_factors(il)
+
+            # compute Q and K and RoPE them
+            Qcur, Kcur, Vcur = self.build_qkv(layer, cur, n_embd_head, self.n_head,
+                                              self.n_head_kv, il)
+
+            Qcur = ggml.rope_ext(ctx0, Qcur, inp_pos, rope_factors)
+            Kcur = ggml.rope_ext(ctx0, Kcur, inp_pos, rope_factors)
+
+            cb(Qcur, "Qcur", il)
+            cb(Kcur, "Kcur", il)
+            cb(Vcur, "Vcur", il)
+
+            if inp_attn_scale is not None:
+                # apply llama 4 temperature scaling
+                Qcur = ggml.mul(ctx0, Qcur, inp_attn_scale)
+                cb(Qcur, "Qcur_attn_temp_scaled", il)
+
+            cur = self.build_attn(inp_attn, layer.wo, layer.wo_b, layer.wo_s, Qcur, Kcur, Vcur,
+                                  None, None, None, kq_scale, il)
+            cb(cur, "attn_out", il)
+
+            if il == self.n_layer - 1:
+                cur = ggml.get_rows(ctx0, cur, inp_out_ids)
+                inpSA = ggml.get_rows(ctx0, inpSA, inp_out_ids)
+            ffn_inp = ggml.add(ctx0, cur, inpSA)
+            cb(ffn_inp, "ffn_inp", il)
+
+            if layer.ffn_gate_inp is None:
+                # feed-forward network (non-MoE)
+                cur = self.build_norm(ffn_inp, layer.ffn_norm, None, NORM_RMS, il)
+                cb(cur, "ffn_norm", il)
+
+                cur = self.build_ffn(cur,
+                                     layer.ffn_up, layer.ffn_up_b, layer.ffn_up_s,
+                                     layer.ffn_gate, layer.ffn_gate_b, layer.ffn_gate_s,
+                                     layer.ffn_down, layer.ffn_down_b, layer.ffn_down_s,
+                                     None, FFN_SILU, FFN_PAR, il)
+                cb(cur, "ffn_out", il)
+            else:
+                # MoE branch
+                cur = self.build_norm(ffn_inp, layer.ffn_norm, None, NORM_RMS, il)
+                cb(cur, "ffn_norm", il)
+
+                assert layer.ffn_up_exps is not None and layer.ffn_down_exps is not None
+                cur = self.build_moe_ffn(cur, layer.ffn_gate_inp, None,
+                                         layer.ffn_up_exps, None, layer.ffn_gate_exps, None,
+                                         layer.ffn_down_exps, None, None,
+                                         self.n_expert, self.n_expert_used,
+                                         FFN_SILU, True, hp.expert_weights_scale,
+                                         GATING_SOFTMAX, il,
+                                         None, None,
+                                         layer.ffn_up_exps_s, layer.ffn_gate_exps_s,
+                                         layer.ffn_down_exps_s)
+                cb(cur, "ffn_moe_out", il)
+            cur = ggml.add(ctx0, cur, ffn_inp)
+            cb(cur, "ffn_out", il)
+
+            cur = self.build_cvec(cur, il)
+            cb(cur, "l_out", il)
+
+            # input for next layer
+            inpL = cur
+        cur = inpL
+
+        cur = self.build_norm(cur, model.output_norm, None, NORM_RMS, -1)
+
+        cb(cur, "result_norm", -1)
+        self.res.t_embd = cur
+
+        # lm_head
+        assert model.output is not None
+        cur = self.build_lora_mm(model.output, cur, model.output_s)
+
+        cb(cur, "result_output", -1)
+        self.res.t_logits = cur
+
+        return self.finish(cur)
