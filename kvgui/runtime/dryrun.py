@@ -390,9 +390,14 @@ def _child_main() -> int:
     model_size: int | None = None
     load_s = 0.0
     keep: list[Any] = []
+    failed: dict[str, tuple[str, str]] = {}  # model fields that did not load: why, the log
     for index, run in enumerate(request["runs"]):
         t0 = time.perf_counter()
         key = json.dumps([run["model"], run.get("rpc_servers", [])], sort_keys=True)
+        if key in failed:
+            reason, log_text = failed[key]
+            send({"index": index, "ok": False, "error": reason, "log": log_text})
+            continue
         if key != model_key:
             if model is not None:
                 lc.llama_model_free(model)
@@ -417,9 +422,12 @@ def _child_main() -> int:
                 reason = "llama.cpp could not load the model"
                 if errors:
                     reason += ": " + _one_line(errors[0])
-                for i in range(index, len(request["runs"])):
-                    send({"index": i, "ok": False, "error": reason, "log": model_log})
-                return 0
+                # (the runs with the same model fields fail alike; others may load: an -ot
+                # pattern std::regex rejects fails only its own runs)
+                failed[key] = (reason, model_log)
+                send({"index": index, "ok": False, "error": reason, "log": model_log})
+                model_key = None
+                continue
             model_size = int(lc.llama_model_size(model))
         cap.clear()
         cp = context_params(lc, LlamaParams(run["model"], run["context"]))

@@ -31,12 +31,8 @@ from typing import Any, BinaryIO
 from kvgui.core.commandline.llama_params import llama_cpp_python_kwargs, llama_params
 from kvgui.core.config.settings import Settings
 from kvgui.core.model.chat_formats import format_choices, usual_format
-<<<<<<< HEAD
-from kvgui.runtime.llama_structs import pointer_model_fields, scalar_model_fields, set_fields
-=======
 from kvgui.runtime import chat_template
-from kvgui.runtime.llama_structs import scalar_model_fields, set_fields
->>>>>>> main
+from kvgui.runtime.llama_structs import pointer_model_fields, scalar_model_fields, set_fields
 from kvgui.runtime.protocol import (
     PROTOCOL_VERSION,
     Message,

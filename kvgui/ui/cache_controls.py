@@ -24,7 +24,14 @@ from PySide6.QtWidgets import (
 from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings, SplitMode
 from kvgui.core.gguf import ggml_types
 from kvgui.ui import theme
-from kvgui.ui.viewmodel import NGL_ALL, NGL_AUTO, NGL_N, ControlsState
+from kvgui.ui.viewmodel import (
+    NGL_ALL,
+    NGL_AUTO,
+    NGL_N,
+    ControlsState,
+    experts_on_cpu,
+    n_cpu_moe_for,
+)
 
 __all__ = ["NGL_ALL", "NGL_AUTO", "NGL_N", "CacheControls"]
 
@@ -79,6 +86,15 @@ class CacheControls(QWidget):
         self.ngl = QSpinBox()
         self.ngl.setRange(0, 999)
         self.ngl.setToolTip("Layers on the GPU, counting the output layer as llama.cpp does")
+        self.experts_cpu = QSpinBox()
+        self.experts_cpu.setRange(0, 1)
+        self.experts_cpu.setSpecialValueText("none")
+        self.experts_cpu.setSuffix(" layers")
+        self.experts_cpu.setToolTip(
+            "MoE expert weights kept in host RAM (--n-cpu-moe N: those of the first N layers; "
+            "all of them: --cpu-moe). The rest of each layer stays on the GPU; the experts "
+            "are read from RAM, so decoding slows with each layer, but far less than moving "
+            "whole layers off the GPU (-ngl)")
         self.n_batch = QSpinBox()
         self.n_batch.setRange(1, 1 << 16)
         self.n_batch.setToolTip("Logical batch (-b): tokens submitted per decode call")
@@ -138,6 +154,7 @@ class CacheControls(QWidget):
         ngl.addWidget(self.ngl_mode, 1)
         ngl.addWidget(self.ngl)
         form.addRow("GPU layers", ngl)
+        form.addRow("Experts on the CPU", self.experts_cpu)
         self._split_label = QLabel("Split over GPUs")
         form.addRow(self._split_label, self.split_mode)
         self._main_label = QLabel("Main GPU")
@@ -146,6 +163,7 @@ class CacheControls(QWidget):
             combo.setSizeAdjustPolicy(
                 QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(14)
+        self._form = form
         self.adv_toggle = QToolButton()
         self.adv_toggle.setText("Advanced")
         self.adv_toggle.setCheckable(True)
@@ -180,6 +198,7 @@ class CacheControls(QWidget):
         self.fa.activated.connect(lambda _i: self._edit(flash_attn=self.fa.currentData()))
         self.ngl_mode.activated.connect(self._ngl_mode_changed)
         self.ngl.valueChanged.connect(lambda v: self._edit(n_gpu_layers=v))
+        self.experts_cpu.valueChanged.connect(self._experts_changed)
         self.n_batch.valueChanged.connect(lambda v: self._edit(n_batch=v))
         self.n_ubatch.valueChanged.connect(lambda v: self._edit(n_ubatch=v))
         self.n_parallel.valueChanged.connect(lambda v: self._edit(n_parallel=v))
@@ -222,6 +241,14 @@ class CacheControls(QWidget):
         self.ngl.setValue(state.ngl_value if s.n_gpu_layers == ALL_LAYERS or
                           state.ngl_mode != NGL_N else s.n_gpu_layers)
         self.ngl.setEnabled(state.ngl_mode == NGL_N)
+        moe = state.moe_layers
+        self._form.setRowVisible(self.experts_cpu, bool(moe))
+        self.experts_cpu.setMaximum(max(moe, 1))
+        self.experts_cpu.setValue(experts_on_cpu(s.n_cpu_moe, moe))
+        # under auto the planner chooses these with -ngl: shown, not edited
+        auto = state.ngl_mode == NGL_AUTO
+        self.experts_cpu.setEnabled(not auto)
+        self.kv_offload.setEnabled(not auto)
         self.n_batch.setValue(s.n_batch)
         self.n_ubatch.setValue(s.n_ubatch)
         self.n_parallel.setValue(s.n_parallel)
@@ -268,9 +295,17 @@ class CacheControls(QWidget):
     def _ngl_mode_changed(self, _i: int) -> None:
         mode = self.ngl_mode.currentData()
         self.ngl.setEnabled(mode == NGL_N)
+        self.experts_cpu.setEnabled(mode != NGL_AUTO)
+        self.kv_offload.setEnabled(mode != NGL_AUTO)
         if self._updating:
             return
         self.nglModeChanged.emit(mode)
+
+    def _experts_changed(self, value: int) -> None:
+        moe = self._state.moe_layers if self._state else 0
+        self.experts_cpu.setSuffix(" layers (all: --cpu-moe)" if moe and value >= moe
+                                   else " layers")
+        self._edit(n_cpu_moe=n_cpu_moe_for(value, moe))
 
     def _edit(self, **changes: object) -> None:
         if not self._updating:

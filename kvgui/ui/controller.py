@@ -700,8 +700,7 @@ class Controller(QObject):
             refusal="; ".join(f.message for f in refused),
             fixable=any(f.fix for f in refused),
             gpu_names=tuple(g.name for g in self.plan.gpus),
-            n_expert_layers=sum(layer.experts for layer in self.model.layers)
-            if self.model else 0)
+            moe_layers=self.model.n_layer if self.model and self.model.n_expert else 0)
 
     def _fit_settings(self, s: Settings) -> Settings:
         """The settings "fits up to" searches with: the chosen placement (-ngl,

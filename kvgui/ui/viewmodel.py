@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from kvgui.core.config.settings import N_CTX_PAD, Settings
+from kvgui.core.config.settings import ALL_MOE_LAYERS, N_CTX_PAD, Settings
 from kvgui.core.devices.budget import BudgetPlan, DevicePlan
 from kvgui.core.memory.estimate import PARTS, Estimate, Verdict
 from kvgui.core.quality.notes import QualityNote
@@ -66,7 +66,21 @@ class ControlsState:
     refusal: str = ""  # why llama.cpp refuses the current settings ("" if it accepts them)
     fixable: bool = False
     gpu_names: tuple[str, ...] = ()  # the plan's GPUs in llama.cpp's order (split / main GPU)
-    n_expert_layers: int = 0  # MoE layers with routed experts (0: not a MoE model)
+    # the layers whose MoE experts --n-cpu-moe can keep on the CPU: the model's layers, or 0
+    # for a model without experts (the control is hidden)
+    moe_layers: int = 0
+
+
+def experts_on_cpu(n_cpu_moe: int, moe_layers: int) -> int:
+    """The "experts on the CPU" control's value for Settings.n_cpu_moe: a number of layers
+    (--cpu-moe and anything at or past the model's layers count as all of them)."""
+    return moe_layers if n_cpu_moe == ALL_MOE_LAYERS else min(n_cpu_moe, moe_layers)
+
+
+def n_cpu_moe_for(value: int, moe_layers: int) -> int:
+    """Settings.n_cpu_moe for the control's value: every layer is --cpu-moe (what llama.cpp
+    users write for "all"), fewer the number."""
+    return ALL_MOE_LAYERS if moe_layers and value >= moe_layers else max(value, 0)
 
 
 @dataclass(frozen=True)

@@ -184,35 +184,36 @@ def test_n_cpu_moe_moves_exactly_the_first_layers_experts(qwen3moe: ModelInfo,
         assert e.kv == base.kv  # the KV cache stays with its layer
     every = estimate(qwen3moe, Settings(n_cpu_moe=ALL_MOE_LAYERS), devices, memo)
     assert every.devices[0].weights == base.devices[0].weights - experts(qwen3moe, range(48))
-    assert estimate(qwen3moe, Settings(n_cpu_moe=48), devices).devices == every.devices
+    assert estimate(qwen3moe, Settings(n_cpu_moe=48), devices, memo).devices == every.devices
     assert estimate(qwen3moe, Settings(n_cpu_moe=999), devices, memo).devices == every.devices
 
 
-def test_ot_is_the_same_as_the_overrides_n_cpu_moe_makes(qwen3moe: ModelInfo) -> None:
+def test_ot_is_the_same_as_the_overrides_n_cpu_moe_makes(qwen3moe: ModelInfo,
+                                                         memo: ModelMemo) -> None:
     devices = [gpu(), cpu(None, AVX2)]
-    a = estimate(qwen3moe, Settings(n_cpu_moe=6), devices)
-    b = estimate(qwen3moe, Settings(override_tensor=n_cpu_moe_overrides(6)), devices)
+    a = estimate(qwen3moe, Settings(n_cpu_moe=6), devices, memo)
+    b = estimate(qwen3moe, Settings(override_tensor=n_cpu_moe_overrides(6)), devices, memo)
     c = estimate(qwen3moe, Settings(override_tensor=((r"blk\.[0-5]\.ffn_.*_exps", "CPU"),)),
                  devices)
     assert a.devices == b.devices == c.devices
     assert a.host_buffers == b.host_buffers == c.host_buffers
 
 
-def test_the_first_matching_override_wins(qwen3moe: ModelInfo) -> None:
+def test_the_first_matching_override_wins(qwen3moe: ModelInfo, memo: ModelMemo) -> None:
     devices = [gpu(), cpu(None, PRESETS["none"])]
     s = Settings(n_cpu_moe=4, override_tensor=((r"blk\.0\.ffn_up_exps", "CUDA0"),))
     assert tensor_overrides(s)[0] == (r"blk\.0\.ffn_up_exps", "CUDA0")
-    e = estimate(qwen3moe, s, devices)
-    base = estimate(qwen3moe, Settings(), devices)
+    e = estimate(qwen3moe, s, devices, memo)
+    base = estimate(qwen3moe, Settings(), devices, memo)
     up0 = next(-(-t.nbytes // 32) * 32 for t in qwen3moe.tensors
                if t.name == "blk.0.ffn_up_exps.weight")
     assert base.devices[0].weights - e.devices[0].weights == experts(qwen3moe, range(4)) - up0
 
 
-def test_overrides_to_a_gpu_take_cpu_layers_there(qwen3moe: ModelInfo) -> None:
+def test_overrides_to_a_gpu_take_cpu_layers_there(qwen3moe: ModelInfo, memo: ModelMemo) -> None:
     """-ngl 10 and the attention of every CPU layer on the GPU (an -ot to CUDA0)."""
     devices = [gpu(), cpu(None, PRESETS["none"])]
-    base = estimate(qwen3moe, Settings(n_gpu_layers=10), devices)
+    base = estimate(qwen3moe, Settings(n_gpu_layers=10), devices, memo)
     attn = re.compile(r"attn_(q|k|v|output)\.weight")
     e = estimate(qwen3moe, Settings(n_gpu_layers=10, override_tensor=((r"attn_", "CUDA0"),)),
                  devices)
@@ -232,9 +233,10 @@ def test_overrides_to_a_gpu_take_cpu_layers_there(qwen3moe: ModelInfo) -> None:
     ([gpu()], False, "GPU_Host"),  # -lm none: pinned host memory
 ])
 def test_experts_on_the_cpu_take_llama_cpps_host_buffer_types(
-        qwen3moe: ModelInfo, gpus: list[DeviceBudget], mmap: bool, expert_buffer: str) -> None:
+        qwen3moe: ModelInfo, memo: ModelMemo, gpus: list[DeviceBudget], mmap: bool,
+        expert_buffer: str) -> None:
     s = Settings(n_cpu_moe=ALL_MOE_LAYERS, mmap=mmap)
-    e = estimate(qwen3moe, s, [*gpus, cpu(None, AVX2)])
+    e = estimate(qwen3moe, s, [*gpus, cpu(None, AVX2)], memo)
     buffers = dict(e.host_buffers)
     placed = {p.weight.name: p.buffer for p in _placement(qwen3moe, s, gpus, AVX2).host.placed}
     gate_up = [n for n in placed if re.search(r"ffn_(gate|up)_exps", n)]
@@ -247,20 +249,20 @@ def test_experts_on_the_cpu_take_llama_cpps_host_buffer_types(
             if not t.name.startswith("token_embd") and not EXPS.search(t.name))
 
 
-def test_findings(qwen3moe: ModelInfo) -> None:
+def test_findings(qwen3moe: ModelInfo, memo: ModelMemo) -> None:
     devices = [gpu(), cpu(None, AVX2)]
     bad = estimate(qwen3moe, Settings(override_tensor=(("(?i)exps", "CPU"), ("x", "CUDA0"))),
                    devices)
     assert bad.refused and [f.code for f in bad.refusals] == [Code.OT_BAD_REGEX]
     assert bad.refusals[0].fix == {"override_tensor": (("x", "CUDA0"),)}
-    unknown = estimate(qwen3moe, Settings(override_tensor=(("exps", "CUDA1"),)), devices)
+    unknown = estimate(qwen3moe, Settings(override_tensor=(("exps", "CUDA1"),)), devices, memo)
     assert [f.code for f in unknown.refusals] == [Code.OT_UNKNOWN_BUFFER_TYPE]
     assert "CUDA0" in unknown.refusals[0].message
     none = estimate(qwen3moe, Settings(override_tensor=(("nothing_is_called_so", "CPU"),)),
                     devices)
     assert none.has(Code.OT_NO_MATCH) and not none.refused
-    assert estimate(qwen3moe, Settings(n_cpu_moe=4), devices).has(Code.CPU_OVERRIDE_MMAP)
-    assert not estimate(qwen3moe, Settings(n_cpu_moe=4, mmap=False), devices).has(
+    assert estimate(qwen3moe, Settings(n_cpu_moe=4), devices, memo).has(Code.CPU_OVERRIDE_MMAP)
+    assert not estimate(qwen3moe, Settings(n_cpu_moe=4, mmap=False), devices, memo).has(
         Code.CPU_OVERRIDE_MMAP)
     dense = model("Llama-3.1-8B-Instruct Q4_K_M")
     d = estimate(dense, Settings(n_cpu_moe=8), devices)
@@ -278,3 +280,22 @@ def test_shared_experts_stay_with_their_layer() -> None:
     moved = experts(m, range(m.n_layer))
     assert moved and base.devices[0].weights - e.devices[0].weights == moved
     assert any("shexp" in t.name for t in m.tensors)
+
+
+def test_rpc_servers_are_devices_before_the_gpus(qwen3moe: ModelInfo, memo: ModelMemo) -> None:
+    """--rpc: each server's device comes first (llama.cpp's order), -ot can name it, and its
+    unknown memory makes the default split a guess (a note), which -ts removes."""
+    s = Settings(rpc_servers=("10.0.0.2:50052",), tensor_split=(1.0, 1.0),
+                 override_tensor=((r"blk\.(4[0-7])\.ffn_.*_exps", "RPC0[10.0.0.2:50052]"),))
+    e = estimate(qwen3moe, s, [gpu(), cpu(None, AVX2)], memo)
+    assert [d.name for d in e.devices] == ["RPC 10.0.0.2:50052", "GPU", "CPU"]
+    assert not e.refused and not e.has(Code.RPC_MEMORY_UNKNOWN)
+    base = estimate(qwen3moe, s.replace(override_tensor=()), [gpu(), cpu(None, AVX2)], memo)
+    moved = experts(qwen3moe, range(40, 48))  # layers 24-47 are the local GPU's (-ts 1,1)
+    assert e.devices[0].weights - base.devices[0].weights == moved
+    assert base.devices[1].weights - e.devices[1].weights == moved
+    guess = estimate(qwen3moe, s.replace(tensor_split=()), [gpu(), cpu(None, AVX2)], memo)
+    assert guess.has(Code.RPC_MEMORY_UNKNOWN)
+    given = [DeviceBudget("box", 8 * GiB, buft="RPC0[10.0.0.2:50052]"), gpu()]
+    assert [d.name for d in estimate(qwen3moe, s, [*given, cpu(None, AVX2)], memo).devices] \
+        == ["box", "GPU", "CPU"]  # a plan that has the server's device keeps it

@@ -30,6 +30,8 @@ def test_auto_mode_runs_the_planners_placement(qtbot, window) -> None:
     c.flush()
     s = c.settings
     assert s.n_gpu_layers == ALL_LAYERS and 0 < s.n_cpu_moe < 48  # experts first
+    cc = window.cache_controls
+    assert cc.experts_cpu.value() == s.n_cpu_moe and not cc.experts_cpu.isEnabled()
     est = c.snapshot.estimate
     assert est is not None and est.fits  # what auto chose is the estimate's "fits"
     assert not estimate(c.model, s.replace(n_cpu_moe=s.n_cpu_moe - 1), c.plan.devices(),
@@ -75,7 +77,7 @@ def test_rpc_servers_with_typed_memory_are_devices_first(qtbot, window) -> None:
     panel.rpc.setText("192.0.2.7:50052=6GiB")
     panel.rpc.editingFinished.emit()
     c.flush()
-    assert [g.name for g in c.plan.gpus][0] == "RPC0 (192.0.2.7:50052)"
+    assert c.plan.gpus[0].name == "RPC0 (192.0.2.7:50052)"
     assert c.settings.rpc_servers == ("192.0.2.7:50052",)  # exported as --rpc
     assert window.bar.rows[0].label == "RPC0 (192.0.2.7:50052)"
     panel.rpc.setText("not an endpoint")

@@ -224,12 +224,12 @@ def plan_rpc(specs: Sequence[RpcSpec], servers: Mapping[str, RpcServerInfo],
                 raise UsageError(f"RPC server {spec.endpoint}: its memory is unknown: kvgui "
                                  "could not ask it; give it as HOST:PORT=SIZE")
             sizes = [(d.total, d.free, d.alignment) for d in info.devices]
-        for total, free, align in sizes:
-            n = len(plans)
-            plans.append(DevicePlan(
+        for ind, (total, free, align) in enumerate(sizes):
+            n = len(plans)  # ggml-rpc: devices RPC<n> over all servers, buffer types
+            plans.append(DevicePlan(  # RPC<index on its server>[endpoint]
                 f"RPC{n} ({spec.endpoint})", total,
                 reserve.items(in_use=max(0, total - free), first=n == 0),
-                detected=spec.memory is None, buft=f"RPC{n}[{spec.endpoint}]",
+                detected=spec.memory is None, buft=f"RPC{ind}[{spec.endpoint}]",
                 alignment=align))
     return plans
 

@@ -55,5 +55,20 @@ class DeviceBudget:
 CPU_NAME = "CPU"
 
 
+def rpc_device(endpoint: str, budget: int | None = None) -> DeviceBudget:
+    """The device of a ggml-rpc-server at ``endpoint`` (one device per server, as
+    ggml-rpc-server serves by default: its buffer type is "RPC0[endpoint]")."""
+    return DeviceBudget(f"RPC {endpoint}", budget, buft=f"RPC0[{endpoint}]")
+
+
+def with_rpc_devices(gpus: list[DeviceBudget], endpoints: tuple[str, ...]) -> list[DeviceBudget]:
+    """The GPUs llama.cpp uses with --rpc: each server's device first, in --rpc's order
+    (llama_model_load_from_file puts RPC devices before the local GPUs), unless the list
+    already has it (by its buffer type); its memory unknown unless the caller's had it."""
+    have = {g.buft for g in gpus if g.buft}
+    added = [rpc_device(e) for e in endpoints if f"RPC0[{e}]" not in have]
+    return added + gpus
+
+
 def cpu(budget: int | None = None, host: HostCpu | None = None) -> DeviceBudget:
     return DeviceBudget(CPU_NAME, budget, is_gpu=False, host=host)

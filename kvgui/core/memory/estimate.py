@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any, NamedTuple
 
 from kvgui.core.config.settings import N_CTX_PAD, FlashAttn, Settings, SplitMode
-from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget
+from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget, with_rpc_devices
 from kvgui.core.devices.hardware import cpu as host_cpu
 from kvgui.core.devices.hardware.cpu import HostCpu
 from kvgui.core.gguf import ggml_types
@@ -525,7 +525,7 @@ def estimate(model: ModelInfo, settings: Settings,
     same model (a slider sweep, a fit search) pass one and cost a few microseconds each."""
     memo = ModelMemo(model) if memo is None else memo.for_model(model)
     devices = devices or ()
-    all_gpus = [d for d in devices if d.is_gpu]
+    all_gpus = with_rpc_devices([d for d in devices if d.is_gpu], settings.rpc_servers)
     cpu_budget = next((d.budget for d in devices if not d.is_gpu), None)
     s = settings
     gpus, split_found = _split_devices(all_gpus, s)
@@ -577,6 +577,12 @@ def estimate(model: ModelInfo, settings: Settings,
     checked = memo.get("compute_check", on_gpu, lambda: compute_check(model, on_gpu))
     if not checked.verified and not refused:
         found.append(fnd.note(Code.COMPUTE_NOT_VERIFIED, f"compute buffer: {checked.label}"))
+    unknown = [g.name for g in gpus if g.is_rpc and g.budget is None and not g.split]
+    if unknown and len(gpus) > 1 and not s.tensor_split:
+        found.append(fnd.note(
+            Code.RPC_MEMORY_UNKNOWN,
+            f"llama.cpp splits the layers by each device's free memory, which kvgui does not "
+            f"know for {', '.join(unknown)}: the split shown is a guess; -ts sets it"))
     n_gpu_layers = placed.n_gpu_layers
     if gpus and n_gpu_layers < len(model.layers) + 1:
         found.append(fnd.warning(

@@ -54,6 +54,7 @@ class Code(str, Enum):
     CPU_MOE_NO_EXPERTS = "cpu-moe-no-experts"  # --n-cpu-moe on a dense model: ignored
     CPU_OVERRIDE_MMAP = "cpu-override-with-mmap"  # llama.cpp's "consider --load-mode none"
     SPLIT_ROW_UNMODELED = "split-row-unmodeled"  # -sm row: matrices split by rows, not followed
+    RPC_MEMORY_UNKNOWN = "rpc-memory-unknown"  # the split by free memory of an RPC device
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
