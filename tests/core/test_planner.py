@@ -189,3 +189,22 @@ def test_split_mode_none_uses_the_main_gpu_only(llama8b) -> None:
     assert p.fastest.settings.n_gpu_layers == ALL_LAYERS
     bad = estimate(llama8b, s.replace(main_gpu=2), devices)
     assert bad.refused and bad.has(Code.MAIN_GPU_INVALID)
+
+
+def test_a_commands_own_overrides_are_kept_and_counted(qwen3moe) -> None:
+    """-ot exps=CPU (every expert in RAM, the way many run a MoE): the planner keeps the
+    rule, counts what it pins where it pins it, and places the rest."""
+    memo = ModelMemo(qwen3moe)
+    devices = card(8)
+    s = Settings(n_ctx=16384, override_tensor=(("exps", "CPU"),))
+    p = planner.plan(qwen3moe, s, devices, memo=memo, pairs=[("f16", "f16")])
+    c = p.fastest
+    assert c is not None and c.verified and c.settings.override_tensor == (("exps", "CPU"),)
+    assert c.settings.n_gpu_layers == ALL_LAYERS  # the dense part of a 30B MoE fits 7 GiB
+    search = planner._Search(qwen3moe, s, devices, memo)
+    pl = planner.Placement(ALL_LAYERS)
+    e = estimate(qwen3moe, search.settings(("f16", "f16"), 16384, pl), devices, memo)
+    assert search.weights(pl)[0] == e.devices[0].weights
+    # every expert is read from the host: its share of the token's bytes is the CPU's
+    sp = search.speed(pl, ("f16", "f16"), 16384)
+    assert sp.devices[-1].weights > sp.devices[0].weights

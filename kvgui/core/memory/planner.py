@@ -48,12 +48,14 @@ from kvgui.core.devices.device_budget import DeviceBudget
 from kvgui.core.gguf import ggml_types
 from kvgui.core.memory import estimate as est_mod
 from kvgui.core.memory import speed as speed_mod
+from kvgui.core.memory import tensor_overrides
 from kvgui.core.memory.compute import cache_graph
 from kvgui.core.memory.estimate import Estimate, compute_buffers, context_shape, estimate
 from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, MAX_CONTEXT
 from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.memory.speed import SpeedPrediction
-from kvgui.core.model.info import ModelInfo
+from kvgui.core.model import layer_rules
+from kvgui.core.model.info import ModelInfo, weight_group
 
 Pair = tuple[str, str]
 
@@ -143,7 +145,9 @@ class Plan:
 @dataclass(frozen=True)
 class _Tables:
     """Per layer, what a placement moves: stored weight bytes (dense, routed experts) and
-    the cache shape; outside the layers: input (host), output, other (host)."""
+    outside the layers: input (host), output, other (host) — each as the estimate counts it
+    (padded to the weights' alignment); and what the user's own -ot rules pin to a device
+    whatever the placement (slot -1: the host), which moves with nothing."""
 
     dense: tuple[int, ...]
     experts: tuple[int, ...]
@@ -153,17 +157,78 @@ class _Tables:
     other: int
     n_layer: int
     moe: bool
+    pinned: tuple[tuple[int, int], ...] = ()  # (slot, bytes) held there by -ot
+    pinned_read: tuple[tuple[int, int], ...] = ()  # (slot, bytes a token reads there)
+    traffic: speed_mod.LayerTraffic | None = None  # the reads of what is not pinned
 
 
-def _tables(model: ModelInfo, memo: ModelMemo) -> _Tables:
-    def make() -> _Tables:
-        tr = speed_mod.traffic(model, memo)
-        experts = tr.experts if model.tensors else tuple(0 for _ in model.layers)
-        dense = tuple(w - e for w, e in zip(model.layer_weights, experts, strict=True))
-        return _Tables(dense, experts, model.input_weights, model.output_weights,
-                       model.tied_output_weights, model.other_weights, len(model.layers),
-                       any(experts))
-    return memo.get("planner_tables", None, make)
+def _tables(model: ModelInfo, memo: ModelMemo, base: Settings,
+            gpus: Sequence[DeviceBudget]) -> _Tables:
+    """The model's weights by what moves them, for these -ot rules (none: kept per model)."""
+    if not base.override_tensor or not model.tensors:
+        return memo.get("planner_tables", None, lambda: _make_tables(model, memo, None))
+    rules = tensor_overrides.resolve(base.replace(n_cpu_moe=0), gpus,
+                                     (t.name for t in model.tensors), n_expert=model.n_expert)
+    return _make_tables(model, memo, rules)
+
+
+def _make_tables(model: ModelInfo, memo: ModelMemo,
+                 rules: tensor_overrides.Resolved | None) -> _Tables:
+    tr = speed_mod.traffic(model, memo)
+    n_all = len(model.layers)
+    if not model.tensors:  # a header without its tensor table: the layers' sums
+        return _Tables(tuple(model.layer_weights), tuple(0 for _ in model.layers),
+                       model.input_weights, model.output_weights, model.tied_output_weights,
+                       model.other_weights, n_all, False)
+    align = layer_rules.WEIGHT_ALIGNMENT
+    names = layer_rules.output_tensors(model.arch)
+    dense = [0] * n_all
+    experts = [0] * n_all
+    r_dense = [0] * n_all
+    r_experts = [0] * n_all
+    outside = {"input": 0, "output": 0, "other": 0}
+    r_outside = {"input": 0, "output": 0, "other": 0}
+    pinned: dict[int, int] = {}
+    pinned_read: dict[int, int] = {}
+    has_output = any(t.name == "output.weight" for t in model.tensors)
+    for t in model.tensors:
+        group = weight_group(t.name, n_all, model.n_layer, names)
+        if group == "skip":
+            continue
+        size = -(-t.nbytes // align) * align
+        expert = isinstance(group, int) and bool(speed_mod.EXPERT_TENSOR.search(t.name))
+        if group == "input":
+            rows = t.shape[1] if len(t.shape) > 1 else 1
+            read = t.nbytes // max(rows, 1)
+        elif expert:
+            read = int(t.nbytes * tr.active)
+        else:
+            read = t.nbytes
+        slot = rules.slot(t.name, -2) if rules else -2  # -2: no rule matched
+        if slot != -2:
+            pinned[slot] = pinned.get(slot, 0) + size
+            pinned_read[slot] = pinned_read.get(slot, 0) + read
+            continue
+        if isinstance(group, int):
+            (experts if expert else dense)[group] += size
+            (r_experts if expert else r_dense)[group] += t.nbytes if expert else read
+        else:
+            key = str(group) if group in outside else "other"
+            outside[key] += size
+            r_outside[key] += read
+    embd = next((t for t in model.tensors if t.name == "token_embd.weight"), None)
+    if not has_output and embd is not None:
+        r_outside["output"] += embd.nbytes  # a tied head reads the embedding matrix whole
+    if rules is None:  # the estimate's own per-model sums where nothing is pinned
+        dense_t = tuple(w - e for w, e in zip(model.layer_weights, experts, strict=True))
+        return _Tables(dense_t, tuple(experts), model.input_weights, model.output_weights,
+                       model.tied_output_weights, model.other_weights, n_all, any(experts))
+    traffic = speed_mod.LayerTraffic(tuple(r_dense), tuple(r_experts), tr.active,
+                                     r_outside["input"], r_outside["output"],
+                                     r_outside["other"])
+    return _Tables(tuple(dense), tuple(experts), outside["input"], outside["output"],
+                   model.tied_output_weights, outside["other"], n_all, any(experts),
+                   tuple(sorted(pinned.items())), tuple(sorted(pinned_read.items())), traffic)
 
 
 class _Search:
@@ -177,7 +242,7 @@ class _Search:
         self.gpus = [d for d in devices if d.is_gpu]
         self.host = next((d for d in devices if not d.is_gpu), None)
         self.memo = memo
-        self.t = _tables(model, memo)
+        self.t = _tables(model, memo, base, self.gpus)
         self.L = self.t.n_layer
         self.n_slots = len(self.gpus) + 1
         self.judged = 0
@@ -311,6 +376,8 @@ class _Search:
             slot = cpu if d < 0 else d
             w[slot] += self.t.dense[il]
             w[cpu if il < p.n_cpu_moe else slot] += self.t.experts[il]
+        for slot, nbytes in self.t.pinned:  # the user's -ot, whatever the placement
+            w[cpu if slot < 0 else slot] += nbytes
         return w
 
     # the representative placement of a candidate's kind
@@ -425,7 +492,8 @@ class _Search:
                 devs, out = self.layer_devices(p.n_gpu_layers)
                 r = self._routes[p] = speed_mod.route(
                     self.model, p.kv_offload, self.devices, devs, out,
-                    self.cpu_experts(devs, p.n_cpu_moe), self.memo)
+                    self.cpu_experts(devs, p.n_cpu_moe), self.memo, self.t.traffic,
+                    self.t.pinned_read)
             _, read = self.kv(p, pair, n_ctx)
             hit = self._speed[key] = speed_mod.timing(r, self.devices, read)
         return hit

@@ -197,13 +197,18 @@ def predict(model: ModelInfo, kv_offload: bool, devices: Sequence[DeviceBudget],
 
 def route(model: ModelInfo, kv_offload: bool, devices: Sequence[DeviceBudget],
           layer_device: Sequence[int], output_device: int, cpu_experts: Sequence[bool],
-          memo: ModelMemo | None = None) -> Route:
-    """The context-free half of predict(): weights read per slot, hops."""
-    tr = traffic(model, memo)
+          memo: ModelMemo | None = None, tr: LayerTraffic | None = None,
+          pinned_read: Sequence[tuple[int, int]] = ()) -> Route:
+    """The context-free half of predict(): weights read per slot, hops. ``tr``: the reads
+    of what the placement moves (default: the whole model's), ``pinned_read``: (slot, bytes)
+    read where the user's -ot rules keep tensors (slot -1: the host)."""
+    tr = tr or traffic(model, memo)
     gpus = [d for d in devices if d.is_gpu]
     n = len(gpus) + 1
     cpu = n - 1
     weights = [0] * n
+    for slot, nbytes in pinned_read:
+        weights[cpu if slot < 0 else slot] += nbytes
     weights[cpu] += tr.input_read + tr.other
     weights[cpu if output_device < 0 else output_device] += tr.output_read
     for il, dev in enumerate(layer_device):
