@@ -76,7 +76,7 @@ class CacheControls(QWidget):
                            "Without it the V cache is stored transposed and padded.")
         self.ngl_mode = QComboBox()
         self.ngl_mode.addItem("all layers", NGL_ALL)
-        self.ngl_mode.addItem("auto (fastest that fits)", NGL_AUTO)
+        self.ngl_mode.addItem("auto (fastest)", NGL_AUTO)
         self.ngl_mode.addItem("number:", NGL_N)
         self.ngl_mode.setToolTip("GPU layers (-ngl): 'all' offloads every layer; 'auto' lets "
                                  "the planner pick the fastest placement that fits at this "

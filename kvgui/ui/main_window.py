@@ -182,8 +182,11 @@ class MainWindow(QMainWindow):
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setMinimumWidth(390)
-        scroll.setMaximumWidth(470)
+        # wide enough for the cards and a vertical scroll bar (a taller column must scroll,
+        # not clip its fields on the right)
+        scroll.setMinimumWidth(max(390, left.minimumSizeHint().width()
+                                   + scroll.verticalScrollBar().sizeHint().width() + 2))
+        scroll.setMaximumWidth(max(470, scroll.minimumWidth()))
 
         # right column
         right = QWidget()
