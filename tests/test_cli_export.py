@@ -135,3 +135,42 @@ def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> 
     capsys.readouterr()
     code, _, err = _run(capsys, MODEL, "-o", "/nonexistent-dir/x.sh")
     assert code == 2 and err.startswith("kvgui export: cannot write")
+
+
+# (kvgui's flags, the llama-cli flags after -c/-ngl): kvgui's CLI reads -ot, --cpu-moe,
+# --n-cpu-moe in order as llama.cpp does, and exports them in Settings' order
+OFFLOAD_FLAGS = [
+    (["--n-cpu-moe", "12"], ["--n-cpu-moe", "12"]),
+    (["-ncmoe", "4", "-cmoe"], ["--cpu-moe"]),
+    (["-ot", r"blk\.(4[0-7])\.ffn_.*_exps=CPU", "-ot", "output=CUDA0"],
+     ["-ot", r"blk\.(4[0-7])\.ffn_.*_exps=CPU,output=CUDA0"]),
+    (["-ot", "a=CUDA0", "--n-cpu-moe", "2"], ["-ot", "a=CUDA0", "--n-cpu-moe", "2"]),
+    # --n-cpu-moe before an -ot to a GPU: its overrides are spelled out, the order kept
+    (["--n-cpu-moe", "1", "-ot", "exps=CUDA0"],
+     ["-ot", r"blk\.0\.ffn_(up|down|gate|gate_up)_(ch|)exps=CPU,exps=CUDA0"]),
+    (["--rpc", "10.0.0.2:50052", "--rpc", "10.0.0.3:50052,10.0.0.2:50052"],
+     ["--rpc", "10.0.0.2:50052,10.0.0.3:50052"]),
+]
+
+
+@pytest.mark.parametrize(("flags", "exported"), OFFLOAD_FLAGS)
+def test_offload_flags_round_trip(capsys: pytest.CaptureFixture[str], flags: list[str],
+                                  exported: list[str]) -> None:
+    code, out, err = _run(capsys, MODEL, *flags, "--shell", "posix")
+    assert code == 0 and err == ""
+    argv = split_command(out, "posix")
+    assert argv == ["llama-cli", "-m", MODEL, "-c", "4096", "-ngl", "all", *exported]
+    # and llama.cpp's reading of the export is the Settings kvgui read from its own flags
+    assert parse_command(out, "posix").settings == parse_command(
+        " ".join(["llama-cli", "-m", "m", *[f"'{f}'" for f in flags]]), "posix").settings
+
+
+@pytest.mark.parametrize("flags", [
+    ["-ot", "exps"], ["-ot", "a=CPU,"], ["--n-cpu-moe", "-1"], ["--n-cpu-moe", "x"],
+    ["--rpc", "nohost"], ["--rpc", "h:70000"],
+])
+def test_bad_offload_flags_exit_2(capsys: pytest.CaptureFixture[str], flags: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["export", MODEL, *flags])
+    assert info.value.code == 2
+    capsys.readouterr()

@@ -11,8 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from kvgui.cli import UsageError
+from kvgui.core.commandline.parse import (
+    CommandParseError,
+    override_values,
+    parse_override_tensor,
+)
 from kvgui.core.config import limits
-from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings, SplitMode
+from kvgui.core.config.settings import ALL_LAYERS, ALL_MOE_LAYERS, FlashAttn, Settings, SplitMode
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 from kvgui.core.gguf.reader import GGUFError
 from kvgui.core.model.info import ModelInfo, load_model
@@ -131,6 +136,54 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
                    "cores)")
     g.add_argument("-nr", "--no-repack", dest="no_repack", action="store_true",
                    help="no repacked weight buffers for the CPU (AMX, …)")
+    g.add_argument("-ot", "--override-tensor", dest="tensor_overrides", action=_Override,
+                   kind="ot", metavar="PATTERN=BUFT,…",
+                   help="weights whose name the regex PATTERN matches go to the buffer type "
+                   "BUFT (CPU, CUDA0, RPC0[host:port] …); the first match wins")
+    g.add_argument("-cmoe", "--cpu-moe", dest="tensor_overrides", action=_Override,
+                   kind="cpu-moe", nargs=0, help="keep every layer's MoE experts on the CPU")
+    g.add_argument("-ncmoe", "--n-cpu-moe", dest="tensor_overrides", action=_Override,
+                   kind="moe", metavar="N",
+                   help="keep the MoE experts of the first N layers on the CPU")
+    g.add_argument("--rpc", dest="rpc_servers", action="append", metavar="HOST:PORT,…",
+                   type=_rpc_servers,
+                   help="llama.cpp RPC servers (ggml-rpc-server) as devices, before the GPUs")
+
+
+def _rpc_servers(text: str) -> tuple[str, ...]:
+    """--rpc: host:port endpoints, comma-separated, as ggml-rpc reads them."""
+    try:
+        return limits.check_rpc_servers(text.split(","), "--rpc")
+    except limits.LimitError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--rpc: ")) from None
+
+
+class _Override(argparse.Action):
+    """-ot, --cpu-moe and --n-cpu-moe into one list in the order given: llama.cpp appends
+    them to one list and takes the first match (parse.override_values)."""
+
+    def __init__(self, *args: Any, kind: str, **kwargs: Any) -> None:
+        kwargs.setdefault("default", [])
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        events = list(getattr(namespace, self.dest, None) or [])
+        flag = option_string or "-ot"
+        try:
+            if self.kind == "ot":
+                events += [("ot", o) for o in parse_override_tensor(flag, str(values))]
+            elif self.kind == "cpu-moe":
+                events.append(("moe", ALL_MOE_LAYERS))
+            else:
+                n = limits.parse_int(str(values), flag)
+                if n < 0:
+                    raise limits.LimitError(f"{flag}: a number of layers is 0 or more, not {n}")
+                events.append(("moe", limits.parse_checked(str(values), "n_cpu_moe", flag)))
+        except (CommandParseError, limits.LimitError) as exc:
+            raise argparse.ArgumentError(self, str(exc).removeprefix(f"{flag}: ")) from None
+        setattr(namespace, self.dest, events)
 
 
 def settings_from_args(args: argparse.Namespace, model: ModelInfo | None = None) -> Settings:
@@ -161,6 +214,9 @@ def settings_from_args(args: argparse.Namespace, model: ModelInfo | None = None)
             n_threads=getattr(args, "n_threads", _DEFAULTS.n_threads),
             mlock=getattr(args, "load_mode", None) in ("mlock", "mmap+mlock"),
             repack=not getattr(args, "no_repack", False),
+            **override_values(getattr(args, "tensor_overrides", None) or []),
+            rpc_servers=tuple(e for value in getattr(args, "rpc_servers", None) or []
+                              for e in value),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -235,10 +291,17 @@ def catalog_listing() -> str:
                      for e in load_catalog())
 
 
-def plan(args: argparse.Namespace) -> Any:
+def plan(args: argparse.Namespace, *, bandwidth: bool = False) -> Any:
     """The BudgetPlan of the hardware flags, with the installed llama.cpp's CPU backend (its
-    extra buffer types, and whether its kernels survive a decode: see runtime.cpu_kernels)."""
+    extra buffer types, and whether its kernels survive a decode: see runtime.cpu_kernels).
+    ``bandwidth``: with the host RAM's bandwidth (probed once, then cached: membw.py)."""
     from kvgui.core.devices.budget import plan_from_args
     from kvgui.runtime.llama_backend import probe_host_cpu
 
-    return plan_from_args(args, host=probe_host_cpu())
+    host_bw = 0.0
+    if bandwidth:
+        from kvgui.core.devices.hardware.membw import host_bandwidth
+
+        found = host_bandwidth()
+        host_bw = found.bytes_per_s if found else 0.0
+    return plan_from_args(args, host=probe_host_cpu(), host_bandwidth=host_bw)

@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction, help_text: str) -> None:
     p.add_argument("--quants", action="store_true",
                    help="MODEL is a Hugging Face repo: plan every quant in it (reads only the "
                    "headers), per K/V pair")
+    p.add_argument("--no-plan", dest="plan", action="store_false",
+                   help="skip the planner (the fastest placement: -ngl, --n-cpu-moe, -nkvo, "
+                   "with a predicted decode speed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         return run_quants(args)
     model = open_model(args.model, catalog=True)
     settings = settings_from_args(args, model)
-    plan = common_plan(args)
+    plan = common_plan(args, bandwidth=args.plan)
+    settings = settings.replace(rpc_servers=plan.rpc_servers)
     devices = plan.devices()
     if not any(d.budget is not None for d in devices):
         raise UsageError("no memory budget: pass --vram SIZE, --gpu INDEX or --gpu-model NAME")
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                      "kv_at_shown": at.kv, "beyond_trained": beyond,
                      "unbounded": n >= MAX_CONTEXT})
     ngl = max_gpu_layers(model, settings, devices, memo) if plan.gpus else 0
-    result = {
+    result: dict[str, Any] = {
         "model": model.name, "n_ctx_train": trained,
         "budget": [{"name": d.name, "total": d.total, "reserved": d.reserved,
                     "budget": d.budget, "is_gpu": d.is_gpu} for d in plan.views],
@@ -73,7 +77,19 @@ def run(args: argparse.Namespace) -> int:
                            "n_gpu_layers": ngl, "all": ngl == -1,
                            "of": len(model.layers) + 1},
     }
+    planned = None
+    if args.plan:
+        from kvgui.core.memory.planner import plan as run_planner
+
+        pairs = list(COMMON_CACHE_PAIRS)
+        if (settings.type_k, settings.type_v) not in pairs:
+            pairs.append((settings.type_k, settings.type_v))
+        planned = run_planner(model, settings, devices, pairs=pairs, memo=memo)
+        result["plan"] = {**planned.to_json(), "commands": {
+            name: _flags(c.settings) for name, c in (("fastest", planned.fastest),
+                                                      ("longest", planned.longest)) if c}}
     fitting = [r for r in rows if r.get("max_ctx")]
+    # the status is of the settings given (-ngl, --n-cpu-moe…); the plan is advice beside it
     status = exit_status.FITS if fitting else (
         exit_status.REFUSED if all(r.get("refused") for r in rows) else exit_status.OVER)
     if args.json:
@@ -114,4 +130,48 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"at -c {settings.n_ctx} ({settings.type_k}/{settings.type_v}): "
               f"-ngl {ngl} of {len(model.layers) + 1} layers fit")
+    if planned is not None:
+        _print_plan(model, planned)
     return status
+
+
+def _flags(s: Any) -> list[str]:
+    from kvgui.core.commandline.export import llama_cli_args
+
+    return llama_cli_args(s, "model.gguf")[3:]
+
+
+def _label(pair: tuple[str, str]) -> str:
+    return pair[0] if pair[0] == pair[1] else f"{pair[0]}/{pair[1]}"
+
+
+def _print_plan(model: Any, planned: Any) -> None:
+    from kvgui.core.commandline.shellquote import render
+
+    n = len(model.layers)
+    print()
+    print("Plan: the fastest way to run it (decode speed predicted from the bytes each device "
+          "reads per token over its memory bandwidth; the range is the kernels' efficiency)")
+    for title, c in ((f"fastest at -c {planned.n_ctx}", planned.fastest),
+                     ("longest context", planned.longest)):
+        if c is None:
+            print(f"  {title}: nothing fits")
+            continue
+        where = f"{c.cpu_layers} of {n + 1} layers on the CPU" if c.cpu_layers else \
+            "every layer on the GPU"
+        if c.cpu_expert_layers:
+            where += f", experts of {c.cpu_expert_layers} layers on the CPU"
+        ctx = f" {format_tokens(c.n_ctx)} ({c.n_ctx:,})," if title.startswith("longest") else ""
+        print(f"  {title}:{ctx} {_label(c.pair)}, {c.placement.describe(n)}: {c.speed.text} "
+              f"— {where}")
+        print(f"      {render(_flags(c.settings))}")
+    print(f"  per K/V pair at -c {planned.n_ctx}:")
+    for pair, c in planned.by_pair:
+        if c is None:
+            print(f"    {_label(pair):<14}does not fit")
+            continue
+        mem = " + ".join(format_bytes(r) for r in c.required)
+        print(f"    {_label(pair):<14}{c.placement.describe(n):<28}{c.speed.text:>18}   {mem}")
+    if planned.fastest is not None:
+        for a in planned.fastest.speed.assumptions:
+            print(f"  · {a}")

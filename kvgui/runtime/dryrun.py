@@ -20,7 +20,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from kvgui.core.commandline.llama_params import LOAD_MODE_NONE, LlamaParams, llama_params
@@ -76,8 +75,10 @@ class DryRunUnavailable(DryRunError):
 def run_request(settings: Settings) -> dict[str, Any]:
     """One run of the child's request: the translation's fields, as JSON values."""
     params = llama_params(settings)
-    return {"model": dict(params.model) | {"tensor_split": list(params.model["tensor_split"])},
-            "context": dict(params.context)}
+    return {"model": dict(params.model) | {
+        "tensor_split": list(params.model["tensor_split"]),
+        "tensor_buft_overrides": [list(o) for o in params.model["tensor_buft_overrides"]]},
+        "context": dict(params.context), "rpc_servers": list(params.rpc_servers)}
 
 
 def _tail(text: str, n: int = _TAIL_LINES) -> str:
@@ -268,31 +269,9 @@ def _import_bindings() -> Any:
 
 def _load_ggml(lc: Any) -> Any:
     """libggml-base (dev and buffer-type queries) and libggml (device registry), as loaded."""
-    import ctypes
+    from kvgui.runtime.llama_structs import ggml_api
 
-    from llama_cpp._ctypes_extensions import load_shared_library
-
-    lib_dir = Path(lc.__file__).parent / "lib"
-    base = load_shared_library("ggml-base", lib_dir)
-    reg = load_shared_library("ggml", lib_dir)
-    vp, cp = ctypes.c_void_p, ctypes.c_char_p
-    table: list[tuple[Any, str, Any, list[Any]]] = [
-        (base, "ggml_backend_buft_name", cp, [vp]),
-        (base, "ggml_backend_buft_is_host", ctypes.c_bool, [vp]),
-        (base, "ggml_backend_buft_get_device", vp, [vp]),
-        (base, "ggml_backend_dev_name", cp, [vp]),
-        (base, "ggml_backend_dev_description", cp, [vp]),
-        (base, "ggml_backend_dev_type", ctypes.c_int, [vp]),
-        (base, "ggml_backend_dev_memory", None, [vp, ctypes.POINTER(ctypes.c_size_t),
-                                                  ctypes.POINTER(ctypes.c_size_t)]),
-        (reg, "ggml_backend_dev_count", ctypes.c_size_t, []),
-        (reg, "ggml_backend_dev_get", vp, [ctypes.c_size_t]),
-    ]
-    for lib, name, res, args in table:
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = res, args
-
-    return SimpleNamespace(**{name: getattr(lib, name) for lib, name, _, _ in table})
+    return ggml_api(lc)
 
 
 _DEV_TYPES = ("cpu", "gpu", "igpu", "accel", "meta")
@@ -388,7 +367,7 @@ def _child_main() -> int:
         return 1
 
     from kvgui.runtime.llama_log import LlamaLogCapture, error_lines
-    from kvgui.runtime.llama_structs import context_params, model_params
+    from kvgui.runtime.llama_structs import LaunchRefused, context_params, model_params
 
     t_import = time.perf_counter() - t_start
 
@@ -411,17 +390,28 @@ def _child_main() -> int:
     model_size: int | None = None
     load_s = 0.0
     keep: list[Any] = []
+    failed: dict[str, tuple[str, str]] = {}  # model fields that did not load: why, the log
     for index, run in enumerate(request["runs"]):
         t0 = time.perf_counter()
-        key = json.dumps(run["model"], sort_keys=True)
+        key = json.dumps([run["model"], run.get("rpc_servers", [])], sort_keys=True)
+        if key in failed:
+            reason, log_text = failed[key]
+            send({"index": index, "ok": False, "error": reason, "log": log_text})
+            continue
         if key != model_key:
             if model is not None:
                 lc.llama_model_free(model)
                 model = None
             cap.clear()
-            params = LlamaParams(run["model"], run["context"])
+            params = LlamaParams(run["model"], run["context"],
+                                 tuple(run.get("rpc_servers", ())))
             # only metadata: simulate the allocations (no_alloc needs the load without mmap)
-            mp = model_params(lc, params, keep, no_alloc=True, load_mode=LOAD_MODE_NONE)
+            try:
+                mp = model_params(lc, params, keep, no_alloc=True, load_mode=LOAD_MODE_NONE)
+            except LaunchRefused as exc:  # no RPC in this build, an unknown buffer type
+                send({"index": index, "ok": False, "error": str(exc), "log": ""})
+                model_key = None
+                continue
             t_load = time.perf_counter()
             model = lc.llama_model_load_from_file(request["model"].encode(), mp)
             load_s = time.perf_counter() - t_load
@@ -432,9 +422,12 @@ def _child_main() -> int:
                 reason = "llama.cpp could not load the model"
                 if errors:
                     reason += ": " + _one_line(errors[0])
-                for i in range(index, len(request["runs"])):
-                    send({"index": i, "ok": False, "error": reason, "log": model_log})
-                return 0
+                # (the runs with the same model fields fail alike; others may load: an -ot
+                # pattern std::regex rejects fails only its own runs)
+                failed[key] = (reason, model_log)
+                send({"index": index, "ok": False, "error": reason, "log": model_log})
+                model_key = None
+                continue
             model_size = int(lc.llama_model_size(model))
         cap.clear()
         cp = context_params(lc, LlamaParams(run["model"], run["context"]))

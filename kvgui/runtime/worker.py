@@ -32,7 +32,7 @@ from kvgui.core.commandline.llama_params import llama_cpp_python_kwargs, llama_p
 from kvgui.core.config.settings import Settings
 from kvgui.core.model.chat_formats import format_choices, usual_format
 from kvgui.runtime import chat_template
-from kvgui.runtime.llama_structs import scalar_model_fields, set_fields
+from kvgui.runtime.llama_structs import pointer_model_fields, scalar_model_fields, set_fields
 from kvgui.runtime.protocol import (
     PROTOCOL_VERSION,
     Message,
@@ -189,8 +189,9 @@ def llama_kwargs(model_path: str, settings: Settings) -> dict[str, Any]:
 
 
 def explicit_fields(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The struct fields written over what ``Llama()`` made of its keywords: all of them
-    (tensor_split, a pointer, comes from the constructor's own array)."""
+    """The struct fields written over what ``Llama()`` made of its keywords: all of them but
+    the pointers (tensor_split comes from the constructor's own array; the tensor overrides'
+    array is made in the child, ``load``)."""
     params = llama_params(settings)
     return scalar_model_fields(params), dict(params.context)
 
@@ -237,6 +238,11 @@ def load(model_path: str, settings: Settings, channel: Channel, requests: Reques
     chat_template.install()  # the GGUF's template, rendered under a budget (see the module)
     model_set, context_set = explicit_fields(settings)
     model_set["progress_callback"] = on_progress
+    # the RPC servers registered and the -ot / --n-cpu-moe array made (Llama() takes
+    # neither); tensor_split's array is the constructor's own, from its keyword
+    pointers = pointer_model_fields(llama_cpp.llama_cpp, llama_params(settings), _KEEPALIVE)
+    pointers.pop("tensor_split", None)
+    model_set.update(pointers)
     # verbose=True prints the metadata and chat template through Python's sys.stderr: drop
     # that, so stderr carries only what matters when the process dies (ggml's abort line).
     with _explicit_params(model_set, context_set), \

@@ -97,19 +97,23 @@ def compare(path: str | Path, matrix: Sequence[Settings]) -> list[Row]:
     return rows
 
 
-def rpc_layout(model: ModelInfo, s: Settings, n_devices: int,
-               n_cpu_moe: int = 0) -> reserve.Layout:
+def rpc_layout(model: ModelInfo, s: Settings, n_devices: int, n_cpu_moe: int = 0,
+               endpoints: Sequence[str] = ()) -> reserve.Layout:
     """The scheduler's view of ``n_devices`` ggml-rpc-server devices of equal size for these
-    settings (-ngl, -ts, -nkvo, --n-cpu-moe), as llama-fit-params sizes it (no_alloc: without
-    llama.cpp's backend hints)."""
+    settings (-ngl, -ts, -nkvo, --n-cpu-moe, -ot), as llama-fit-params sizes it (no_alloc:
+    without llama.cpp's backend hints). The placement is the estimate's own (tensor overrides
+    included); ``endpoints`` name the devices' buffer types ("RPC0[host:port]") for an -ot
+    that names them."""
     from kvgui.core.devices.device_budget import DeviceBudget
     from kvgui.core.memory import estimate
-    from kvgui.core.memory.compute import Offload
 
-    gpus = [DeviceBudget(f"RPC{i}", 1 << 34) for i in range(n_devices)]
-    layer_dev, out_dev, _ = estimate._layer_devices(model, s, gpus)
-    cpu_moe = tuple((p, -1) for p, _ in reserve.n_cpu_moe(n_cpu_moe, -1))
-    offload = Offload(tuple(layer_dev), out_dev, n_devices, s.kv_offload, cpu_moe)
+    if n_cpu_moe:
+        s = s.replace(n_cpu_moe=n_cpu_moe)
+    gpus = [DeviceBudget(f"RPC{i}", 1 << 34,
+                         buft=f"RPC0[{endpoints[i] if endpoints else f'rpc{i}:1'}]")
+            for i in range(n_devices)]
+    offload = estimate._placement(model, s, gpus, estimate.this_host()).offload
+    offload = offload.with_kv_offload(s.kv_offload)
     backends = tuple(reserve.rpc_backend(i) for i in range(n_devices))
     return offload.layout_with((*backends, reserve.cpu_backend()), pins=False)
 

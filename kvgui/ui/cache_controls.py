@@ -21,10 +21,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings
+from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings, SplitMode
 from kvgui.core.gguf import ggml_types
 from kvgui.ui import theme
-from kvgui.ui.viewmodel import NGL_ALL, NGL_AUTO, NGL_N, ControlsState
+from kvgui.ui.viewmodel import (
+    NGL_ALL,
+    NGL_AUTO,
+    NGL_N,
+    ControlsState,
+    experts_on_cpu,
+    n_cpu_moe_for,
+)
 
 __all__ = ["NGL_ALL", "NGL_AUTO", "NGL_N", "CacheControls"]
 
@@ -69,14 +76,25 @@ class CacheControls(QWidget):
                            "Without it the V cache is stored transposed and padded.")
         self.ngl_mode = QComboBox()
         self.ngl_mode.addItem("all layers", NGL_ALL)
-        self.ngl_mode.addItem("auto-fit", NGL_AUTO)
+        self.ngl_mode.addItem("auto (fastest)", NGL_AUTO)
         self.ngl_mode.addItem("number:", NGL_N)
-        self.ngl_mode.setToolTip("GPU layers (-ngl): 'all' offloads every layer; 'auto-fit' "
-                                 "picks the most that fit the budget at this context; or set a "
-                                 "number. Layers left on the CPU run much slower.")
+        self.ngl_mode.setToolTip("GPU layers (-ngl): 'all' offloads every layer; 'auto' lets "
+                                 "the planner pick the fastest placement that fits at this "
+                                 "context (-ngl, a MoE's experts on the CPU with --n-cpu-moe, "
+                                 "-nkvo); or set a number. Layers left on the CPU run much "
+                                 "slower.")
         self.ngl = QSpinBox()
         self.ngl.setRange(0, 999)
         self.ngl.setToolTip("Layers on the GPU, counting the output layer as llama.cpp does")
+        self.experts_cpu = QSpinBox()
+        self.experts_cpu.setRange(0, 1)
+        self.experts_cpu.setSpecialValueText("none")
+        self.experts_cpu.setSuffix(" layers")
+        self.experts_cpu.setToolTip(
+            "MoE expert weights kept in host RAM (--n-cpu-moe N: those of the first N layers; "
+            "all of them: --cpu-moe). The rest of each layer stays on the GPU; the experts "
+            "are read from RAM, so decoding slows with each layer, but far less than moving "
+            "whole layers off the GPU (-ngl)")
         self.n_batch = QSpinBox()
         self.n_batch.setRange(1, 1 << 16)
         self.n_batch.setToolTip("Logical batch (-b): tokens submitted per decode call")
@@ -94,6 +112,19 @@ class CacheControls(QWidget):
         self.kv_offload = QCheckBox("KV cache on the GPU (uncheck for -nkvo)")
         self.kv_offload.setToolTip("With -nkvo the KV cache stays in host RAM")
         self.kv_unified = QCheckBox("one unified KV cache for all sequences (-kvu)")
+        self.split_mode = QComboBox()
+        for label, mode in (("by layers (-sm layer)", SplitMode.LAYER),
+                            ("by rows (-sm row)", SplitMode.ROW),
+                            ("main GPU only (-sm none)", SplitMode.NONE)):
+            self.split_mode.addItem(label, mode)
+        self.split_mode.setToolTip("How llama.cpp spreads the model over several GPUs: whole "
+                                   "layers per GPU (the default), each matrix split by rows "
+                                   "(CUDA; kvgui shows the layer split's figures), or "
+                                   "everything on the main GPU")
+        self.main_gpu = QComboBox()
+        self.main_gpu.setToolTip("-mg: the GPU that holds everything with -sm none (and the "
+                                 "KV cache and small tensors with -sm row)")
+        self._gpu_names: tuple[str, ...] = ()
         self.repack = QCheckBox("repacked CPU weights, AMX (uncheck for -nr)")
         self.repack.setToolTip("llama.cpp copies CPU weights into faster layouts (AMX, "
                                "CPU_REPACK) where the CPU has the kernels; -nr / --no-repack "
@@ -123,6 +154,16 @@ class CacheControls(QWidget):
         ngl.addWidget(self.ngl_mode, 1)
         ngl.addWidget(self.ngl)
         form.addRow("GPU layers", ngl)
+        form.addRow("Experts on the CPU", self.experts_cpu)
+        self._split_label = QLabel("Split over GPUs")
+        form.addRow(self._split_label, self.split_mode)
+        self._main_label = QLabel("Main GPU")
+        form.addRow(self._main_label, self.main_gpu)
+        for combo in (self.split_mode, self.main_gpu):
+            combo.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(14)
+        self._form = form
         self.adv_toggle = QToolButton()
         self.adv_toggle.setText("Advanced")
         self.adv_toggle.setCheckable(True)
@@ -157,6 +198,7 @@ class CacheControls(QWidget):
         self.fa.activated.connect(lambda _i: self._edit(flash_attn=self.fa.currentData()))
         self.ngl_mode.activated.connect(self._ngl_mode_changed)
         self.ngl.valueChanged.connect(lambda v: self._edit(n_gpu_layers=v))
+        self.experts_cpu.valueChanged.connect(self._experts_changed)
         self.n_batch.valueChanged.connect(lambda v: self._edit(n_batch=v))
         self.n_ubatch.valueChanged.connect(lambda v: self._edit(n_ubatch=v))
         self.n_parallel.valueChanged.connect(lambda v: self._edit(n_parallel=v))
@@ -164,6 +206,9 @@ class CacheControls(QWidget):
         self.kv_offload.toggled.connect(lambda v: self._edit(kv_offload=v))
         self.kv_unified.toggled.connect(lambda v: self._edit(kv_unified=v))
         self.repack.toggled.connect(lambda v: self._edit(repack=v))
+        self.split_mode.activated.connect(
+            lambda _i: self._edit(split_mode=self.split_mode.currentData()))
+        self.main_gpu.activated.connect(lambda i: self._edit(main_gpu=i))
         self._state: ControlsState | None = None
         self.set_state(ControlsState(settings or Settings(), NGL_ALL, 0, 1))
 
@@ -196,6 +241,14 @@ class CacheControls(QWidget):
         self.ngl.setValue(state.ngl_value if s.n_gpu_layers == ALL_LAYERS or
                           state.ngl_mode != NGL_N else s.n_gpu_layers)
         self.ngl.setEnabled(state.ngl_mode == NGL_N)
+        moe = state.moe_layers
+        self._form.setRowVisible(self.experts_cpu, bool(moe))
+        self.experts_cpu.setMaximum(max(moe, 1))
+        self.experts_cpu.setValue(experts_on_cpu(s.n_cpu_moe, moe))
+        # under auto the planner chooses these with -ngl: shown, not edited
+        auto = state.ngl_mode == NGL_AUTO
+        self.experts_cpu.setEnabled(not auto)
+        self.kv_offload.setEnabled(not auto)
         self.n_batch.setValue(s.n_batch)
         self.n_ubatch.setValue(s.n_ubatch)
         self.n_parallel.setValue(s.n_parallel)
@@ -203,6 +256,16 @@ class CacheControls(QWidget):
         self.kv_offload.setChecked(s.kv_offload)
         self.kv_unified.setChecked(s.kv_unified)
         self.repack.setChecked(s.repack)
+        if state.gpu_names != self._gpu_names:
+            self._gpu_names = state.gpu_names
+            self.main_gpu.clear()
+            for i, name in enumerate(state.gpu_names):
+                self.main_gpu.addItem(f"{i}: {name}")
+        several = len(state.gpu_names) > 1
+        for w in (self._split_label, self.split_mode, self._main_label, self.main_gpu):
+            w.setVisible(several)
+        self.split_mode.setCurrentIndex(self.split_mode.findData(s.split_mode))
+        self.main_gpu.setCurrentIndex(min(s.main_gpu, max(0, self.main_gpu.count() - 1)))
         self._mark_refused(state)
         if state.refusal:
             self.banner.setText("llama.cpp would refuse this: " + state.refusal)
@@ -232,9 +295,17 @@ class CacheControls(QWidget):
     def _ngl_mode_changed(self, _i: int) -> None:
         mode = self.ngl_mode.currentData()
         self.ngl.setEnabled(mode == NGL_N)
+        self.experts_cpu.setEnabled(mode != NGL_AUTO)
+        self.kv_offload.setEnabled(mode != NGL_AUTO)
         if self._updating:
             return
         self.nglModeChanged.emit(mode)
+
+    def _experts_changed(self, value: int) -> None:
+        moe = self._state.moe_layers if self._state else 0
+        self.experts_cpu.setSuffix(" layers (all: --cpu-moe)" if moe and value >= moe
+                                   else " layers")
+        self._edit(n_cpu_moe=n_cpu_moe_for(value, moe))
 
     def _edit(self, **changes: object) -> None:
         if not self._updating:

@@ -1,7 +1,9 @@
 """All cache types side by side: one stacked bar per common K/V pair, on one shared scale.
 
-Each row: the pair, its bar for the main device at the current context, the total, the
-largest context that fits, and a one-line quality note with its source in the tooltip
+Each row: the pair, its bar for the main device at the current context, the total and the
+predicted decode speed, the largest context that fits (under the placement chosen: the
+user's, or under auto the planner's for the current pair), and a one-line quality note with its
+source in the tooltip
 (measured on this model when it has been, coloured by the user's threshold; else published,
 muted).
 Painted as one widget (not 40 labels) so a slider step repaints it in well under a
@@ -104,6 +106,8 @@ class CacheTypeTable(QWidget):
         scale = max((scale_of(r.bar) for r in self._rows if r.bar), default=1)
         bold = p.font()
         bold.setBold(True)
+        small = p.font()
+        small.setPointSizeF(bold.pointSizeF() * 0.88)
         right = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
         for i, r in enumerate(self._rows):
             if r.bar is None:
@@ -118,6 +122,12 @@ class CacheTypeTable(QWidget):
                                 f"What llama.cpp allocates on {r.bar.label} with this cache "
                                 f"type (the big bar's figure); on every device: "
                                 f"{format_bytes(r.all_devices)}"))
+            if r.speed:
+                p.setFont(small)
+                p.setPen(t.muted)
+                rect = QRectF(total_x, y + 24, TOTAL_W - 6, 18)
+                p.drawText(rect, right, r.speed)
+                hits.append(HitArea(rect, r.speed_tip))
         p.end()
         self._hits = hits
 
@@ -193,7 +203,8 @@ class CacheTypeTable(QWidget):
                 p.setPen(t.ok if r.note.within else t.over)
             else:
                 p.setPen(t.muted)
-            note_rect = QRectF(bar_x, y + 24, w - bar_x - 8, 18)
+            # (the total column's second line shows the predicted speed)
+            note_rect = QRectF(bar_x, y + 24, total_x - bar_x - 8, 18)
             p.drawText(note_rect, left, fm_small.elidedText(r.note.text,
                                                             Qt.TextElideMode.ElideRight,
                                                             note_rect.width()))

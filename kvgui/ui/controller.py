@@ -43,13 +43,16 @@ from kvgui.core.devices.budget import (
     plan_hardware,
 )
 from kvgui.core.devices.hardware.cpu import HostCpu
+from kvgui.core.devices.hardware.rpc import RpcServerInfo
 from kvgui.core.devices.hardware.types import GpuInfo
 from kvgui.core.errors import UsageError
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
-from kvgui.core.memory.estimate import Estimate, Verdict, estimate
-from kvgui.core.memory.findings import Finding, first_fix, refusals
+from kvgui.core.memory.estimate import Estimate, Verdict, estimate, refusals_of
+from kvgui.core.memory.findings import Finding, first_fix
 from kvgui.core.memory.fit import COMMON_CACHE_PAIRS, kv_room, max_context, max_gpu_layers
 from kvgui.core.memory.memo import ModelMemo
+from kvgui.core.memory.planner import Choice, Plan, predict_speed
+from kvgui.core.memory.planner import plan as run_planner
 from kvgui.core.model.info import ModelInfo
 from kvgui.core.quality.advice import QualityThreshold, cheapest_within, describe_choice
 from kvgui.core.quality.notes import QualityNote, note_for
@@ -63,19 +66,22 @@ from kvgui.core.quality.results import (
     pair_label,
     recommend,
 )
-from kvgui.core.sizes import format_bytes
+from kvgui.core.sizes import format_bytes, format_tokens
 from kvgui.ui.viewmodel import (
     MIN_CTX,
     NGL_ALL,
     NGL_AUTO,
     NGL_N,
+    ChoiceView,
     CompareRow,
     ContextLimit,
     ControlsState,
     Curves,
     Headline,
+    PlanView,
     QualityAdvice,
     Snapshot,
+    placement_text,
     rows_from_estimate,
     snap,
 )
@@ -122,6 +128,9 @@ class HardwareState:
     reasons: tuple[str, ...] = ()
     advice: tuple[str, ...] = ()
     host_cpu: HostCpu | None = None  # the installed llama.cpp's CPU backend (its buffers)
+    host_bandwidth: float = 0.0  # the host RAM's measured bandwidth, bytes/s (0: unknown)
+    # what each RPC server answered (devices/hardware/rpc.py), by endpoint
+    rpc_info: dict[str, RpcServerInfo] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,7 +153,9 @@ class Controller(QObject):
     loadingChanged = Signal(bool)
     loadFailed = Signal(str, str)  # source, one-line reason
     message = Signal(str)
+    choicesReady = Signal(object)  # PlanView: the planner's choices
     _loaded = Signal(int, object, object, str)  # token, ModelInfo | None, error | None, source
+    _rpc_answered = Signal(object, object, str)  # HardwareChoice, {endpoint: info}, error
 
     def __init__(self, config: AppConfig | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -172,6 +183,9 @@ class Controller(QObject):
         self.threshold: QualityThreshold = self.config.quality_threshold
         self.measured: MeasureRun | None = None
         self._measured_key: tuple[Any, ...] | None = None
+        self.planned: Plan | None = None  # the planner's last answer
+        self.plan_view = PlanView(())
+        self._rpc_answered.connect(self._on_rpc_answered)
 
     # --- model -------------------------------------------------------------------------
     def set_model(self, model: ModelInfo | None, source: str = "") -> None:
@@ -432,7 +446,7 @@ class Controller(QObject):
         changes: dict[str, Any] = {"type_k": type_k, "type_v": type_v}
         if self.model is not None:
             trial = self.settings.replace(**changes)
-            fix = first_fix(self.findings_for(trial))
+            fix = first_fix(self.refusals_for(trial))
             if fix and set(fix) - {"type_k", "type_v"}:  # never undo the choice itself
                 changes.update({k: v for k, v in fix.items() if k not in changes})
         self.update_settings(**changes)
@@ -441,9 +455,16 @@ class Controller(QObject):
         """Make the one change that lets llama.cpp accept the settings."""
         if self.model is None:
             return
-        fix = first_fix(self.findings_for(self.settings))
+        fix = first_fix(self.refusals_for(self.settings))
         if fix:
             self.update_settings(**fix)
+
+    def refusals_for(self, settings: Settings) -> tuple[Finding, ...]:
+        """What llama.cpp would refuse of ``settings`` on the current plan: the estimate's
+        refusals without its compute buffers (cheap for any placement)."""
+        if self.model is None:
+            return ()
+        return refusals_of(self.model, settings, self.plan.devices(), self._caches.memo)
 
     def findings_for(self, settings: Settings) -> tuple[Finding, ...]:
         """What the estimate says of ``settings`` on the current plan (the model's rules, the
@@ -463,8 +484,8 @@ class Controller(QObject):
         for i, name in enumerate(("type_k", "type_v")):
             for t in CACHE_TYPE_NAMES:
                 trial = s.replace(**{name: t})
-                base = {f.code for f in refusals(self.findings_for(trial.replace(**{name: "f16"})))}
-                own = [f for f in refusals(self.findings_for(trial)) if f.code not in base]
+                base = {f.code for f in self.refusals_for(trial.replace(**{name: "f16"}))}
+                own = [f for f in self.refusals_for(trial) if f.code not in base]
                 if own:
                     out[i][t] = own[0].message
         return out
@@ -514,7 +535,7 @@ class Controller(QObject):
         changes: dict[str, Any] = {"type_k": type_k, "type_v": type_v}
         trial = self.settings.replace(**changes)
         if self.model is not None:
-            fix = first_fix(self.findings_for(trial))
+            fix = first_fix(self.refusals_for(trial))
             if fix:
                 changes.update(fix)
                 trial = trial.replace(**fix)
@@ -534,11 +555,49 @@ class Controller(QObject):
 
     # --- hardware ----------------------------------------------------------------------
     def set_hardware_choice(self, choice: HardwareChoice) -> None:
+        try:
+            specs = choice.rpc_specs
+        except UsageError as exc:
+            self.message.emit(one_line(exc))
+            return
+        unknown = [sp.endpoint for sp in specs
+                   if sp.memory is None and sp.endpoint not in self.hardware.rpc_info]
+        if unknown:
+            self._ask_rpc(choice, unknown)
+            return
         plan = self._make_plan(choice)
         if plan is None:
             return  # the message says why; the plan stays as it was
         self.config.hardware = choice
         self._set_plan(plan)
+
+    def _ask_rpc(self, choice: HardwareChoice, endpoints: Sequence[str]) -> None:
+        """Ask RPC servers for their memory off the GUI thread (a timeout each), then plan
+        with ``choice``; a server that does not answer is one message, the plan unchanged."""
+        self.message.emit(f"Asking {', '.join(endpoints)} for its memory…")
+
+        def work() -> None:
+            from kvgui.core.devices.hardware.rpc import RpcQueryError, query_server
+
+            found: dict[str, RpcServerInfo] = {}
+            try:
+                for ep in endpoints:
+                    found[ep] = query_server(ep)
+            except RpcQueryError as exc:
+                self._rpc_answered.emit(choice, found,
+                                        f"{exc} (or type its memory: HOST:PORT=24GiB)")
+                return
+            self._rpc_answered.emit(choice, found, "")
+
+        threading.Thread(target=work, name="kvgui-rpc", daemon=True).start()
+
+    def _on_rpc_answered(self, choice: HardwareChoice, found: dict[str, RpcServerInfo],
+                         error: str) -> None:
+        self.hardware.rpc_info.update(found)
+        if error:
+            self.message.emit(error)
+            return
+        self.set_hardware_choice(choice)
 
     def set_hardware_state(self, state: HardwareState) -> None:
         self.hardware = state
@@ -564,7 +623,8 @@ class Controller(QObject):
         hw = self.hardware
         try:
             return plan_hardware(choice, hw.detected, hw.ram_available, self.settings.tensor_split,
-                                 host=hw.host_cpu)
+                                 host=hw.host_cpu, rpc_servers=hw.rpc_info,
+                                 host_bandwidth=hw.host_bandwidth)
         except (UsageError, ValueError) as exc:
             self.message.emit(one_line(exc))
             return None
@@ -573,6 +633,9 @@ class Controller(QObject):
         if plan == self.plan:
             return
         self.plan = plan
+        if plan.rpc_servers != self.settings.rpc_servers:  # exported as --rpc
+            self.settings = self.settings.replace(rpc_servers=plan.rpc_servers)
+            self.settingsChanged.emit(self.settings)
         self.planChanged.emit(plan)
         self.recompute(full=True)
 
@@ -596,12 +659,25 @@ class Controller(QObject):
     def _flush(self) -> None:
         full, self._full_pending = self._full_pending, False
         controls = full
-        if self.ngl_mode == NGL_AUTO and self.model is not None:
-            ngl = max_gpu_layers(self.model, self.settings, self.plan.devices(),
-                                 self._caches.memo)
-            if ngl != self.settings.n_gpu_layers:
-                self.settings = self.settings.replace(n_gpu_layers=ngl)
-                controls = True
+        if self.model is not None:
+            self.planned = self._run_planner()
+            if self.ngl_mode == NGL_AUTO:
+                chosen = self.planned.for_pair((self.settings.type_k, self.settings.type_v))
+                if chosen is not None:
+                    p = chosen.placement.apply(self.settings, len(self.model.layers))
+                    if p != self.settings:
+                        self.settings = p
+                        controls = True
+                else:  # nothing fits: as many layers as the budget would hold at all
+                    ngl = max_gpu_layers(self.model, self.settings, self.plan.devices(),
+                                         self._caches.memo)
+                    if ngl != self.settings.n_gpu_layers:
+                        self.settings = self.settings.replace(n_gpu_layers=ngl)
+                        controls = True
+        else:
+            self.planned = None
+        self.plan_view = self._plan_view()
+        self.choicesReady.emit(self.plan_view)
         if full:
             self.curves = self._compute_curves()
             self.curvesReady.emit(self.curves)
@@ -622,12 +698,15 @@ class Controller(QObject):
             n_layers=len(self.model.layers) + 1 if self.model else 1,
             refused_k=refused_k, refused_v=refused_v,
             refusal="; ".join(f.message for f in refused),
-            fixable=any(f.fix for f in refused))
+            fixable=any(f.fix for f in refused),
+            gpu_names=tuple(g.name for g in self.plan.gpus),
+            moe_layers=self.model.n_layer if self.model and self.model.n_expert else 0)
 
     def _fit_settings(self, s: Settings) -> Settings:
-        """The settings "fits up to" searches with: under auto-fit, every layer on the GPU
-        (else the answer would change with which pair is selected)."""
-        return s.replace(n_gpu_layers=ALL_LAYERS) if self.ngl_mode == NGL_AUTO else s
+        """The settings "fits up to" searches with: the chosen placement (-ngl,
+        --n-cpu-moe, -nkvo as the planner or the user set them), each pair's context
+        stretched as far as that placement allows."""
+        return s
 
     def _key(self) -> tuple[Any, ...]:
         s = self._fit_settings(self.settings).replace(n_ctx=N_CTX_PAD, type_k="f16",
@@ -654,13 +733,16 @@ class Controller(QObject):
                           memo=self._caches.memo)
         return ContextLimit(raw, self.trained())
 
+    def _pair_settings(self, pair: tuple[str, str]) -> Settings:
+        """A table row's settings: the current ones (the chosen placement: the user's, or
+        under auto the planner's for the current pair) with the row's cache types."""
+        return self.settings.replace(type_k=pair[0], type_v=pair[1])
+
     def _fits_by_pair(self) -> dict[tuple[str, str], ContextLimit]:
         key = self._key()
         hit = self._caches.fits.get(key)
         if hit is None:
-            hit = {pair: self.limit_for(self.settings.replace(type_k=pair[0], type_v=pair[1])
-                                        ).raw
-                   for pair in self.pairs()}
+            hit = {pair: self.limit_for(self._pair_settings(pair)).raw for pair in self.pairs()}
             self._caches.fits = {key: hit}
         return {pair: ContextLimit(raw, self.trained()) for pair, raw in hit.items()}
 
@@ -722,16 +804,103 @@ class Controller(QObject):
         cur = (s.type_k, s.type_v)
         for pair in self.pairs():
             pe = est if pair == cur else estimate(
-                self.model, s.replace(type_k=pair[0], type_v=pair[1]), devices, memo)
+                self.model, self._pair_settings(pair), devices, memo)
             prow = rows_from_estimate(pe, plan.views)
             main = prow[0] if prow else None
+            speed, speed_tip = self._speed_cell(pair, pe)
             compare.append(CompareRow(
                 pair[0], pair[1], None if pe.refused else main,
                 main.used if main else pe.total, fits.get(pair, ContextLimit(None)),
                 self.note_for(*pair), pair == cur, pe.errors[0] if pe.errors else "",
-                pe.total))
+                pe.total, speed, speed_tip))
         return Snapshot(s.n_ctx, est, rows, tuple(compare), plan, _headline(est, rows, plan),
                         self.quality_advice())
+
+    # --- the planner ---------------------------------------------------------------
+    def _run_planner(self) -> Plan:
+        """The fastest placement of each table pair at this context, the fastest of them
+        and the longest context (planner.py); the current pair's choice is exact."""
+        assert self.model is not None
+        cur = (self.settings.type_k, self.settings.type_v)
+        # under auto the current pair's choice is run, so it is made exact; the others are
+        # the search's (what a click on one gives is then estimated like any setting)
+        auto = self.ngl_mode == NGL_AUTO
+        return run_planner(self.model, self.settings, self.plan.devices(),
+                           pairs=self.pairs(), memo=self._caches.memo, verify=False,
+                           verify_pairs=(cur,) if auto else ())
+
+    def _speed_cell(self, pair: tuple[str, str], est: Estimate) -> tuple[str, str]:
+        """A table row's predicted speed under the chosen placement (when it fits), and in
+        the tooltip the pair's own fastest placement where that differs."""
+        m = self.model
+        if m is None or est.refused:
+            return "", ""
+        if est.fits is False:
+            return "", "does not fit with this placement"
+        s = est.settings
+        sp = predict_speed(m, s, self.plan.devices(), self._caches.memo)
+        where = placement_text(s.n_gpu_layers, len(m.layers) + 1, s.n_cpu_moe,
+                               sum(layer.experts for layer in m.layers), s.kv_offload)
+        tip = f"Predicted decode speed {sp.text} with {where}"
+        c = self.planned.for_pair(pair) if self.planned is not None else None
+        if c is not None and c.placement.apply(s, len(m.layers)) != s:
+            tip += (f"; its fastest placement here, {c.placement.describe(len(m.layers))}: "
+                    f"{c.speed.text}")
+        return f"{sp.tokens_per_s:.0f} t/s" if sp.tokens_per_s >= 10 else \
+            f"{sp.tokens_per_s:.1f} t/s", tip + "<br>" + _speed_detail(sp)
+
+    def _choice_view(self, title: str, c: Choice) -> ChoiceView:
+        m = self.model
+        assert m is not None
+        s = c.settings
+        n_moe = sum(layer.experts for layer in m.layers)
+        where = placement_text(s.n_gpu_layers, len(m.layers) + 1, s.n_cpu_moe, n_moe,
+                               s.kv_offload)
+        pair = pair_label(s.type_k, s.type_v)
+        summary = f"{pair} · {format_tokens(s.n_ctx)} · {where}"
+        mem = ", ".join(f"{d.name} {format_bytes(r)}"
+                        for d, r in zip(self.plan.views, c.required, strict=False))
+        detail = (f"<b>{pair}, {format_tokens(s.n_ctx)}: {c.placement.describe(len(m.layers))}"
+                  f"</b><br>needs {mem}<br>" + _speed_detail(c.speed))
+        changes: dict[str, object] = {
+            "n_ctx": s.n_ctx, "type_k": s.type_k, "type_v": s.type_v,
+            "n_gpu_layers": s.n_gpu_layers, "n_cpu_moe": s.n_cpu_moe,
+            "kv_offload": s.kv_offload}
+        cur = self.settings
+        current = all(getattr(cur, k) == v for k, v in changes.items())
+        return ChoiceView(title, summary, c.speed.text, detail, changes, current)
+
+    def _plan_view(self) -> PlanView:
+        p = self.planned
+        if self.model is None or p is None:
+            return PlanView((), "")
+        if not any(d.budget is not None for d in self.plan.devices()):
+            return PlanView((), "no budget to plan for")
+        cur = (self.settings.type_k, self.settings.type_v)
+        out: list[ChoiceView] = []
+        mine = p.for_pair(cur)
+        if mine is not None:
+            title = "Auto: this cache, fastest" if self.ngl_mode == NGL_AUTO else \
+                "This cache, fastest placement"
+            out.append(self._choice_view(title, mine))
+        if p.fastest is not None and (mine is None or p.fastest.pair != mine.pair):
+            out.append(self._choice_view(f"Fastest at {format_tokens(p.n_ctx)}", p.fastest))
+        if p.longest is not None:
+            out.append(self._choice_view("Longest context", p.longest))
+        note = f"{p.candidates} placements judged in {p.seconds * 1000:.0f} ms"
+        if not out:
+            note = "nothing fits this budget at this context, with any cache type"
+        return PlanView(tuple(out), note)
+
+    def apply_choice(self, index: int) -> None:
+        """Use one of the planner's choices (context, cache types, placement)."""
+        choices = self.plan_view.choices
+        if not 0 <= index < len(choices):
+            return
+        changes = dict(choices[index].changes)
+        if self.ngl_mode == NGL_ALL and changes.get("n_gpu_layers") != ALL_LAYERS:
+            self.ngl_mode = NGL_N
+        self.update_settings(**changes)
 
     def headline(self) -> tuple[str, str, str]:
         """(verdict, detail, state) for the big label; state is ok / over / error / none."""
@@ -761,6 +930,16 @@ def _headline(est: Estimate, rows: Sequence[Any], plan: BudgetPlan) -> Headline:
         detail += f" · {est.n_gpu_layers} of {len(est.model.layers) + 1} layers on the GPU"
     return Headline(f"Fits — {format_bytes(main.headroom)} to spare {where}".strip(), detail,
                     "ok")
+
+
+def _speed_detail(sp: Any) -> str:
+    """What a speed prediction is made of, for a tooltip."""
+    reads = "; ".join(
+        f"{d.name} reads {format_bytes(d.total)} at {d.bandwidth / 1e9:.0f} GB/s"
+        + (" (assumed)" if d.assumed else "") for d in sp.devices)
+    hops = f"; {sp.hops} moves between devices per token" if sp.hops else ""
+    return (f"per token: {reads}{hops}<br>range {sp.text}; assumes: "
+            + "; ".join(sp.assumptions))
 
 
 def preset_blurb_unmeasured(preset: Preset) -> str:

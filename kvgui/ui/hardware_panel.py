@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -30,12 +31,14 @@ from kvgui.core.devices.budget import (
     HW_CUSTOM,
     HW_DETECTED,
     HardwareChoice,
+    parse_rpc_specs,
 )
 from kvgui.core.devices.budget import (
     EMBEDDING_PRESETS as CORE_EMBEDDINGS,
 )
 from kvgui.core.devices.hardware.types import GpuInfo
-from kvgui.core.sizes import GiB, format_bytes
+from kvgui.core.errors import UsageError
+from kvgui.core.sizes import GiB, format_bytes, parse_size
 
 # the same embedding models, with the same sizes, as the CLI's --reserve-embedding
 EMBEDDING_PRESETS: tuple[tuple[str, int, str], ...] = (
@@ -43,6 +46,12 @@ EMBEDDING_PRESETS: tuple[tuple[str, int, str], ...] = (
     *((f"{e.name} ≈ {format_bytes(e.f16_bytes(), 1)}", e.f16_bytes(), e.name)
       for e in CORE_EMBEDDINGS.values()),
 )
+
+
+def _rpc_text(spec: str) -> str:
+    """A HardwareChoice.rpc entry as typed: HOST:PORT or HOST:PORT=24GiB."""
+    ep, eq, size = spec.partition("=")
+    return f"{ep}={format_bytes(parse_size(size))}".replace(" ", "") if eq else ep
 
 
 def _gib_spin(tip: str, maximum: float = 1024.0) -> QDoubleSpinBox:
@@ -107,6 +116,18 @@ class HardwarePanel(QWidget):
         self.margin.valueChanged.connect(self._emit)
         self.reserve_total = QLabel()
         self.reserve_total.setObjectName("muted")
+        self.rpc = QLineEdit()
+        self.rpc.setPlaceholderText("host:port[=24GiB], …")
+        self.rpc.setToolTip("llama.cpp RPC servers (ggml-rpc-server on other machines) to "
+                            "plan for, as llama.cpp's --rpc takes them: their devices come "
+                            "before this machine's GPUs. kvgui asks each server for its "
+                            "memory; add =SIZE for one it cannot reach from here. Exported "
+                            "as --rpc.")
+        self.rpc.editingFinished.connect(self._rpc_edited)
+        self.rpc_error = QLabel()
+        self.rpc_error.setObjectName("errorText")
+        self.rpc_error.setWordWrap(True)
+        self.rpc_error.hide()
 
         form = QFormLayout()
         form.setHorizontalSpacing(14)
@@ -117,6 +138,8 @@ class HardwarePanel(QWidget):
         self._custom_row = QLabel("Memory")
         form.addRow(self._custom_row, self.custom)
         form.addRow("", self.live)
+        form.addRow("RPC servers", self.rpc)
+        form.addRow("", self.rpc_error)
         title = QLabel("RESERVE")
         title.setObjectName("cardTitle")
         title.setToolTip("Memory set aside before llama.cpp: it comes off the budget")
@@ -174,6 +197,9 @@ class HardwarePanel(QWidget):
         self.embedding.setCurrentIndex(e)
         self.mmproj.setValue(choice.mmproj / GiB)
         self.margin.setValue(choice.margin / GiB)
+        text = ", ".join(_rpc_text(r) for r in choice.rpc)
+        if text != self.rpc.text():
+            self.rpc.setText(text)
         self._updating = False
         self._sync_visibility()
 
@@ -197,7 +223,25 @@ class HardwarePanel(QWidget):
             embedding_name=next((name for _l, n, name in EMBEDDING_PRESETS
                                  if n == int(self.embedding.currentData() or 0)),
                                 "embedding model"),
-            mmproj=int(self.mmproj.value() * GiB), margin=int(self.margin.value() * GiB))
+            mmproj=int(self.mmproj.value() * GiB), margin=int(self.margin.value() * GiB),
+            rpc=self._rpc_specs())
+
+    def _rpc_specs(self) -> tuple[str, ...]:
+        """The RPC field as HardwareChoice.rpc ("HOST:PORT" or "HOST:PORT=BYTES"); the last
+        valid value while the text does not read (the error says why)."""
+        try:
+            specs = parse_rpc_specs(self.rpc.text())
+        except UsageError as exc:
+            self.rpc_error.setText(str(exc))
+            self.rpc_error.show()
+            return self._choice.rpc
+        self.rpc_error.hide()
+        return tuple(sp.endpoint if sp.memory is None else f"{sp.endpoint}={sp.memory}"
+                     for sp in specs)
+
+    def _rpc_edited(self) -> None:
+        if self._rpc_specs() != self._choice.rpc:
+            self._emit()
 
     def _sync_visibility(self) -> None:
         mode = (self.target.currentData() or (HW_DETECTED, 0))[0]

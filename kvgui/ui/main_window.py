@@ -59,6 +59,7 @@ from kvgui.ui.hardware_panel import HardwarePanel
 from kvgui.ui.launch_actions import LaunchActions
 from kvgui.ui.memory_bar import MemoryBar
 from kvgui.ui.model_panel import ModelPanel
+from kvgui.ui.plan_panel import PlanPanel
 from kvgui.ui.quality_bar import QualityBar
 from kvgui.ui.verify_panel import VerifyPanel, VerifyRunner
 from kvgui.ui.viewmodel import ControlsState, Curves, Snapshot
@@ -102,6 +103,7 @@ def app_icon() -> QIcon:
 
 class _Detected(QObject):
     ready = Signal(object)  # HardwareReport, or the exception detection raised
+    bandwidth = Signal(float)  # the host RAM's measured bandwidth, bytes/s
 
 
 class MainWindow(QMainWindow):
@@ -116,6 +118,7 @@ class MainWindow(QMainWindow):
         self._verify = VerifyRunner(self)
         self._det = _Detected(self)  # made here, in the GUI thread; the worker only emits
         self._det.ready.connect(self._on_detected)
+        self._det.bandwidth.connect(self.set_host_bandwidth)
         self._shown_rest: Any = None
         self.setWindowTitle("kvgui — will it fit?")
         self.setWindowIcon(app_icon())
@@ -147,6 +150,7 @@ class MainWindow(QMainWindow):
         self.quality_bar.set_threshold(self.ctl.threshold)
         self.plot = ContextPlot()
         self.verify_panel = VerifyPanel()
+        self.plan_panel = PlanPanel()
         self.headline = QLabel()
         self.headline.setObjectName("headline")
         self.headline.setToolTip("Fits when everything llama.cpp allocates on each device "
@@ -178,8 +182,11 @@ class MainWindow(QMainWindow):
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setMinimumWidth(390)
-        scroll.setMaximumWidth(470)
+        # wide enough for the cards and a vertical scroll bar (a taller column must scroll,
+        # not clip its fields on the right)
+        scroll.setMinimumWidth(max(390, left.minimumSizeHint().width()
+                                   + scroll.verticalScrollBar().sizeHint().width() + 2))
+        scroll.setMaximumWidth(max(470, scroll.minimumWidth()))
 
         # right column
         right = QWidget()
@@ -199,6 +206,13 @@ class MainWindow(QMainWindow):
         vl.addWidget(self.warnings)
         vl.addWidget(self.verify_panel)
         rl.addWidget(verdict)
+        plan_card, _ = card("PLAN · THE FASTEST WAY TO RUN IT (PREDICTED DECODE SPEED)",
+                            self.plan_panel)
+        plan_card.setToolTip("The planner searches context × cache types × GPU layers × "
+                             "experts on the CPU × -nkvo for this budget; the speed is "
+                             "predicted from the bytes each device reads per token over its "
+                             "memory bandwidth (hover a row for what it assumes)")
+        rl.addWidget(plan_card)
         rl.addWidget(card("", self.ctx)[0])
         split = QSplitter(Qt.Orientation.Horizontal)
         tcard, tl = card("EVERY CACHE TYPE AT THIS CONTEXT")
@@ -367,6 +381,8 @@ class MainWindow(QMainWindow):
         c.message.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.ctx.ctxChanged.connect(c.set_n_ctx)
         self.table.pairChosen.connect(c.choose_pair)
+        c.choicesReady.connect(self.plan_panel.set_view)
+        self.plan_panel.choiceApplied.connect(c.apply_choice)
         self.quality_bar.thresholdChanged.connect(self._on_threshold)
         self.cache_controls.settingsEdited.connect(lambda changes: c.update_settings(**changes))
         self.cache_controls.nglModeChanged.connect(c.set_ngl_mode)
@@ -421,6 +437,14 @@ class MainWindow(QMainWindow):
                 log.warning("hardware detection failed", exc_info=True)
                 report = exc
             self._det.ready.emit(report)
+            try:  # the host RAM's bandwidth, for the speed prediction (cached after once)
+                from kvgui.core.devices.hardware.membw import host_bandwidth
+
+                found = host_bandwidth()
+                if found is not None:
+                    self._det.bandwidth.emit(found.bytes_per_s)
+            except Exception:  # the prediction then says it assumed a bandwidth
+                log.warning("host bandwidth probe failed", exc_info=True)
 
         threading.Thread(target=work, name="kvgui-detect", daemon=True).start()
 
@@ -430,13 +454,20 @@ class MainWindow(QMainWindow):
         gpus = tuple(report.gpus)
         ram = report.system.available if report.system else None
         reasons = tuple(report.reasons)
-        self.ctl.set_hardware_state(HardwareState(gpus, ram, reasons, tuple(report.advice),
-                                                  report.host_cpu))
+        self.ctl.set_hardware_state(HardwareState(
+            gpus, ram, reasons, tuple(report.advice), report.host_cpu,
+            self.ctl.hardware.host_bandwidth, self.ctl.hardware.rpc_info))
         self.hw_panel.set_detected(gpus, reasons)
         if report.advice:
             self.statusBar().showMessage(report.advice[0], 15000)
         if gpus:
             self._poll.start()
+
+    def set_host_bandwidth(self, bytes_per_s: float) -> None:
+        """The host RAM's measured bandwidth (the speed prediction's host figure)."""
+        from dataclasses import replace as dc_replace
+
+        self.ctl.set_hardware_state(dc_replace(self.ctl.hardware, host_bandwidth=bytes_per_s))
 
     def _on_detected(self, report: Any) -> None:
         if isinstance(report, Exception):

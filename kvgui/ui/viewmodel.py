@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from kvgui.core.config.settings import N_CTX_PAD, Settings
+from kvgui.core.config.settings import ALL_MOE_LAYERS, N_CTX_PAD, Settings
 from kvgui.core.devices.budget import BudgetPlan, DevicePlan
 from kvgui.core.memory.estimate import PARTS, Estimate, Verdict
 from kvgui.core.quality.notes import QualityNote
@@ -65,6 +65,22 @@ class ControlsState:
     refused_v: Mapping[str, str] = field(default_factory=dict)
     refusal: str = ""  # why llama.cpp refuses the current settings ("" if it accepts them)
     fixable: bool = False
+    gpu_names: tuple[str, ...] = ()  # the plan's GPUs in llama.cpp's order (split / main GPU)
+    # the layers whose MoE experts --n-cpu-moe can keep on the CPU: the model's layers, or 0
+    # for a model without experts (the control is hidden)
+    moe_layers: int = 0
+
+
+def experts_on_cpu(n_cpu_moe: int, moe_layers: int) -> int:
+    """The "experts on the CPU" control's value for Settings.n_cpu_moe: a number of layers
+    (--cpu-moe and anything at or past the model's layers count as all of them)."""
+    return moe_layers if n_cpu_moe == ALL_MOE_LAYERS else min(n_cpu_moe, moe_layers)
+
+
+def n_cpu_moe_for(value: int, moe_layers: int) -> int:
+    """Settings.n_cpu_moe for the control's value: every layer is --cpu-moe (what llama.cpp
+    users write for "all"), fewer the number."""
+    return ALL_MOE_LAYERS if moe_layers and value >= moe_layers else max(value, 0)
 
 
 @dataclass(frozen=True)
@@ -176,6 +192,8 @@ class CompareRow:
     current: bool = False
     error: str = ""
     all_devices: int = 0  # everything llama.cpp allocates, on every device
+    speed: str = ""  # predicted decode speed at this context ("41 t/s"), "" when not fitting
+    speed_tip: str = ""  # the range, the placement it is for, what it assumes
 
     @property
     def label(self) -> str:
@@ -251,3 +269,43 @@ class Snapshot:
     @property
     def verdict(self) -> Verdict | None:
         return self.estimate.verdict if self.estimate else None
+
+
+@dataclass(frozen=True)
+class ChoiceView:
+    """One of the planner's choices as the window lists it, with the settings it applies."""
+
+    title: str  # "Fastest at 32K", "Longest context"
+    summary: str  # "q8_0 · every layer on the GPU · 32K"
+    speed: str  # "41 t/s (29–49)"
+    detail: str  # the tooltip: the placement, memory per device, what the speed assumes
+    changes: Mapping[str, object]  # Settings changes that apply it
+    current: bool = False  # the settings are this choice already
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """The planner's answer for the current settings and budget."""
+
+    choices: tuple[ChoiceView, ...]
+    note: str = ""  # how it was found / why nothing was
+
+
+def placement_text(n_gpu_layers: int, n_layers: int, n_cpu_moe: int, n_moe: int,
+                   kv_offload: bool) -> str:
+    """"every layer on the GPU", "30 of 49 layers on the GPU, experts of 12 on the CPU"."""
+    if n_gpu_layers < 0 or n_gpu_layers >= n_layers:
+        text = "every layer on the GPU"
+    elif n_gpu_layers == 0:
+        text = "every layer on the CPU"
+    else:
+        text = f"{n_gpu_layers} of {n_layers} layers on the GPU"
+    if n_moe and n_gpu_layers != 0:
+        k = n_moe if n_cpu_moe < 0 else min(n_cpu_moe, n_moe)
+        if k >= n_moe:
+            text += ", all experts on the CPU"
+        elif k:
+            text += f", experts of {k} layers on the CPU"
+    if not kv_offload:
+        text += ", KV cache in RAM"
+    return text

@@ -77,6 +77,32 @@ def test_full_lists_every_setting() -> None:
     ]
 
 
+# (Settings, the flags they add after -c/-ngl, for llama-cli and llama-server alike)
+OFFLOAD_EXPORTS = [
+    (Settings(n_cpu_moe=8), ["--n-cpu-moe", "8"]),
+    (Settings(n_cpu_moe=-1), ["--cpu-moe"]),
+    (Settings(override_tensor=((r"blk\.(2[0-9])\.ffn_.*_exps", "CPU"),)),
+     ["-ot", r"blk\.(2[0-9])\.ffn_.*_exps=CPU"]),
+    (Settings(override_tensor=(("a", "CUDA0"), ("b", "CPU")), n_cpu_moe=4),
+     ["-ot", "a=CUDA0,b=CPU", "--n-cpu-moe", "4"]),
+    # --rpc first: arg.cpp resolves an -ot buffer type among the devices registered so far
+    (Settings(rpc_servers=("127.0.0.1:50052", "box:50053"),
+              override_tensor=(("exps", "RPC0[box:50053]"),)),
+     ["--rpc", "127.0.0.1:50052,box:50053", "-ot", "exps=RPC0[box:50053]"]),
+    (Settings(n_gpu_layers=30, n_cpu_moe=2, tensor_split=(1.0, 1.0)),
+     ["-ts", "1,1", "--n-cpu-moe", "2"]),
+]
+
+
+@pytest.mark.parametrize(("settings", "flags"), OFFLOAD_EXPORTS)
+def test_offload_flags(settings: Settings, flags: list[str]) -> None:
+    ngl = ngl_arg(settings.n_gpu_layers)
+    assert llama_cli_args(settings, MODEL) == [
+        "llama-cli", "-m", MODEL, "-c", "4096", "-ngl", ngl, *flags]
+    assert llama_server_args(settings, MODEL) == [
+        "llama-server", "-m", MODEL, "-c", "4096", "-ngl", ngl, "-np", "1", *flags]
+
+
 def test_program_and_extra_args() -> None:
     args = llama_cli_args(Settings(), MODEL, program="./build/bin/llama-cli",
                           extra_args=["--temp", "0.7", "--jinja"])

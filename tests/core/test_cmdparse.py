@@ -9,7 +9,15 @@ from hypothesis import strategies as st
 from kvgui.core.commandline.export import llama_cli_args, llama_server_args
 from kvgui.core.commandline.parse import CommandParseError, parse_args, parse_command
 from kvgui.core.commandline.shellquote import render
-from kvgui.core.config.settings import ALL_LAYERS, AUTO_THREADS, FlashAttn, Settings, SplitMode
+from kvgui.core.config.settings import (
+    ALL_LAYERS,
+    ALL_MOE_LAYERS,
+    AUTO_THREADS,
+    FlashAttn,
+    Settings,
+    SplitMode,
+    n_cpu_moe_overrides,
+)
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 
 
@@ -82,13 +90,65 @@ def test_gpu_layers(value: str, layers: int, auto: bool) -> None:
 
 def test_unknown_flags_are_kept_in_order_with_their_values() -> None:
     p = parse_command(
-        "llama-server -m a.gguf --temp 0.7 -c 4096 --jinja --top-k 40 -ot exps=CPU "
-        "--reasoning-budget -1 --override-tensor=x=CPU"
+        "llama-server -m a.gguf --temp 0.7 -c 4096 --jinja --top-k 40 -ncffn 2 "
+        "--reasoning-budget -1 --n-cpu-ffn=3"
     )
-    assert p.unknown == ["--temp", "0.7", "--jinja", "--top-k", "40", "-ot", "exps=CPU",
-                         "--reasoning-budget", "-1", "--override-tensor=x=CPU"]
+    assert p.unknown == ["--temp", "0.7", "--jinja", "--top-k", "40", "-ncffn", "2",
+                         "--reasoning-budget", "-1", "--n-cpu-ffn=3"]
     assert p.settings.n_ctx == 4096
-    assert sum("ignores it" in w for w in p.warnings) == 2  # -ot and --override-tensor
+    assert sum("ignores it" in w for w in p.warnings) == 2  # -ncffn and --n-cpu-ffn
+
+
+# (command's override flags, override_tensor, n_cpu_moe): arg.cpp appends every -ot entry,
+# --cpu-moe and --n-cpu-moe to one list in the order given; llama.cpp takes the first match
+OVERRIDE_IMPORTS = [
+    ("-ot exps=CPU", (("exps", "CPU"),), 0),
+    ("--override-tensor=a=CPU,b=CUDA0 -ot c=CPU", (("a", "CPU"), ("b", "CUDA0"), ("c", "CPU")), 0),
+    ("--n-cpu-moe 8", (), 8),
+    ("-ncmoe 4 --n-cpu-moe 8 -ncmoe 2", (), 8),  # each adds its layers' overrides
+    ("--cpu-moe", (), -1),
+    ("--n-cpu-moe 8 -cmoe", (), -1),
+    ("-ot x=CUDA0 --n-cpu-moe 2", (("x", "CUDA0"),), 2),
+    ("-ot x=CPU --n-cpu-moe 2", (("x", "CPU"),), 2),
+    ("--n-cpu-moe 2 -ot x=CPU", (("x", "CPU"),), 2),  # all to the CPU: order cannot matter
+    # --n-cpu-moe before an -ot to a GPU: its overrides keep their place, spelled out
+    ("--n-cpu-moe 2 -ot x=CUDA0 --n-cpu-moe 3",
+     ((r"blk\.0\.ffn_(up|down|gate|gate_up)_(ch|)exps", "CPU"),
+      (r"blk\.1\.ffn_(up|down|gate|gate_up)_(ch|)exps", "CPU"), ("x", "CUDA0")), 3),
+    ("-cmoe -ot x=RPC0[h:1]", ((r"\.ffn_(up|down|gate|gate_up)_(ch|)exps", "CPU"),
+                              ("x", "RPC0[h:1]")), 0),
+    ("-ot =CPU", (("", "CPU"),), 0),  # an empty regex: every tensor
+]
+
+
+@pytest.mark.parametrize(("flags", "override_tensor", "n_cpu_moe"), OVERRIDE_IMPORTS)
+def test_tensor_overrides_import_in_llama_cpps_order(
+        flags: str, override_tensor: tuple[tuple[str, str], ...], n_cpu_moe: int) -> None:
+    p = parse_command(f"llama-cli -m a.gguf {flags}")
+    assert p.settings.override_tensor == override_tensor
+    assert p.settings.n_cpu_moe == n_cpu_moe
+    assert p.unknown == [] and not any("ignores it" in w for w in p.warnings)
+
+
+def test_tensor_overrides_from_the_environment_come_before_the_command_line() -> None:
+    p = parse_command("LLAMA_ARG_N_CPU_MOE=3 LLAMA_ARG_OVERRIDE_TENSOR=e=CUDA0 "
+                      "LLAMA_ARG_RPC=h:50052 llama-cli -m a.gguf -ot z=CUDA1 --rpc g:1,h:50052")
+    # the environment in arg.cpp's registration order (-ot before --n-cpu-moe), then argv:
+    # the experts of layers 0-2 go to the CPU before the -ot z=CUDA1 is searched
+    assert p.settings.override_tensor == (
+        ("e", "CUDA0"), *n_cpu_moe_overrides(3), ("z", "CUDA1"))
+    assert p.settings.n_cpu_moe == 0
+    assert p.settings.rpc_servers == ("h:50052", "g:1")  # each server registered once
+
+
+@pytest.mark.parametrize("flags", [
+    "-ot exps", "-ot a=CPU,", "-ot a=", "--n-cpu-moe -1", "--n-cpu-moe x", "--n-cpu-moe 5000",
+    "--rpc ''", "--rpc host", "--rpc host:0", "--rpc host:99999", "--rpc ::1:50052",
+    "--rpc h:1,", "-ot", "--rpc",
+])
+def test_bad_override_and_rpc_values_are_refused(flags: str) -> None:
+    with pytest.raises(CommandParseError):
+        parse_command(f"llama-cli -m a.gguf {flags}")
 
 
 def test_extras() -> None:
@@ -215,6 +275,13 @@ SETTINGS = st.builds(
     n_threads=st.sampled_from([AUTO_THREADS, 1, 6, 64]),
     mlock=st.booleans(),
     repack=st.booleans(),
+    n_cpu_moe=st.sampled_from([0, 1, 8, 48, ALL_MOE_LAYERS]),
+    override_tensor=st.lists(st.tuples(
+        st.sampled_from([r"exps", r"blk\.(1[0-9])\.ffn_.*_exps", r"^output\.weight$", "",
+                         r"attn_(q|k)\b", "模 $x"]),
+        st.sampled_from(["CPU", "CUDA0", "RPC0[127.0.0.1:50052]"])), max_size=3).map(tuple),
+    rpc_servers=st.lists(st.sampled_from(["127.0.0.1:50052", "gpu-box:50053", "10.0.0.2:1"]),
+                         max_size=2, unique=True).map(tuple),
 )
 # (control characters other than tab and line breaks: refused for sh and cmd, see shellquote)
 TEXT = st.text(st.one_of(st.characters(blacklist_categories=["Cs", "Cc"]),

@@ -20,8 +20,9 @@ from kvgui.core.config.settings import FlashAttn, Settings, SplitMode
 # llama-cli with no flags but -m/-c (-ngl all: kvgui's default): every field it sets.
 LLAMA_CLI_MODEL_DEFAULTS = {
     "n_gpu_layers": -2, "split_mode": 1, "main_gpu": 0, "load_mode": -1, "lazy_mode": 1,
-    "tensor_split": (), "vocab_only": False, "check_tensors": False, "use_extra_bufts": True,
-    "no_host": False, "no_alloc": False, "load_mtp": False,
+    "tensor_split": (), "tensor_buft_overrides": (), "vocab_only": False,
+    "check_tensors": False, "use_extra_bufts": True, "no_host": False, "no_alloc": False,
+    "load_mtp": False,
 }
 LLAMA_CLI_CONTEXT_DEFAULTS = {
     "n_ctx": 4096, "n_batch": 2048, "n_ubatch": 512, "n_seq_max": 1, "n_rs_seq": 0,
@@ -54,6 +55,14 @@ CHANGES = [
     ("mlock", True, {"model": {"load_mode": 3}}),
     ("repack", False, {"model": {"use_extra_bufts": False}}),
     ("n_outputs_max", 4, {"context": {"n_outputs_max": 4}}),
+    # arg.cpp llm_add_n_cpu_ffn_overrides: blk\.{il} + LLM_FFN_EXPS_REGEX, to the CPU
+    ("n_cpu_moe", 2, {"model": {"tensor_buft_overrides": (
+        (r"blk\.0\.ffn_(up|down|gate|gate_up)_(ch|)exps", "CPU"),
+        (r"blk\.1\.ffn_(up|down|gate|gate_up)_(ch|)exps", "CPU"))}}),
+    ("override_tensor", (("exps", "CUDA0"),),
+     {"model": {"tensor_buft_overrides": (("exps", "CUDA0"),)}}),
+    # registered as backends before the load (arg.cpp add_rpc_devices): no struct field
+    ("rpc_servers", ("127.0.0.1:50052",), {}),
     # flags kvgui passes on to llama.cpp's tools as given: no struct field (export_notes says
     # they are not part of an in-process load)
     ("extra_args", ("--jinja", "-t", "8"), {}),
@@ -112,6 +121,31 @@ def test_settings_validation_of_the_new_fields() -> None:
     assert Settings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
 
 
+@pytest.mark.parametrize("bad", [
+    {"n_cpu_moe": -2}, {"n_cpu_moe": 4096}, {"n_cpu_moe": True},
+    {"override_tensor": "exps=CPU"}, {"override_tensor": (("exps",),)},
+    {"override_tensor": (("a,b", "CPU"),)}, {"override_tensor": (("a=b", "CPU"),)},
+    {"override_tensor": (("a", ""),)}, {"override_tensor": (("a", 3),)},
+    # with the terminator, more than llama_max_tensor_buft_overrides()
+    {"override_tensor": (("a", "CPU"),) * 100, "n_cpu_moe": 4000},
+    {"rpc_servers": "h:1"}, {"rpc_servers": ("h",)}, {"rpc_servers": ("h:0",)},
+    {"rpc_servers": ("::1:50052",)}, {"rpc_servers": ("h:1,g:2",)},
+    {"rpc_servers": tuple(f"h:{i}" for i in range(1, 18))},
+])
+def test_offload_settings_are_checked(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        Settings(**bad)  # type: ignore[arg-type]
+
+
+def test_offload_settings_round_trip_and_normalise() -> None:
+    s = Settings(n_cpu_moe=-1, override_tensor=[["exps", "CPU"], ("x", "RPC0[h:1]")],  # type: ignore[arg-type]
+                 rpc_servers=["h:1", "g:2", "h:1"])  # type: ignore[arg-type]
+    assert s.override_tensor == (("exps", "CPU"), ("x", "RPC0[h:1]"))
+    assert s.rpc_servers == ("h:1", "g:2")  # llama.cpp registers a server once
+    assert Settings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    assert Settings(override_tensor=(("", "CPU"),) * 4095).n_cpu_moe == 0  # the most allowed
+
+
 # --- every consumer is generated from the translation ----------------------------------------
 
 def _snippet_kwargs(code: str) -> dict[str, object]:
@@ -142,6 +176,10 @@ NOT_APPLICABLE = {
     ("chat worker Llama()", "repack"): "written on the struct (chat worker structs)",
     ("llama-cli", "kv_unified"): "llama-cli has no -kvu (export_notes says so)",
     ("chat worker structs", "tensor_split"): "a pointer: Llama()'s own array carries it",
+    # pointers and registrations the worker makes in its child (pointer_model_fields)
+    **{(consumer, name): "made in the child process (llama_structs.pointer_model_fields)"
+       for consumer in ("chat worker Llama()", "chat worker structs")
+       for name in ("n_cpu_moe", "override_tensor", "rpc_servers")},
     ("chat worker Llama()", "n_outputs_max"): "written on the struct (chat worker structs)",
     ("python snippet", "n_outputs_max"): "no keyword; llama-cli's 0 is llama-cpp-python's",
     ("llama-cli", "n_outputs_max"): "no flag: llama-cli always uses n_batch",
@@ -170,7 +208,8 @@ def test_chat_worker_writes_every_translated_field() -> None:
     p = lp.llama_params(s)
     model, context = worker.explicit_fields(s)
     assert context == dict(p.context)
-    assert model == {k: v for k, v in p.model.items() if k != "tensor_split"}
+    assert model == {k: v for k, v in p.model.items()
+                     if k not in ("tensor_split", "tensor_buft_overrides")}
 
 
 def test_dry_run_request_is_the_translation() -> None:
@@ -180,7 +219,8 @@ def test_dry_run_request_is_the_translation() -> None:
     req = json.loads(json.dumps(dryrun.run_request(s)))
     p = lp.llama_params(s)
     assert req["context"] == dict(p.context)
-    assert req["model"] == dict(p.model) | {"tensor_split": [1.0, 2.0]}
+    assert req["model"] == dict(p.model) | {"tensor_split": [1.0, 2.0],
+                                            "tensor_buft_overrides": []}
     assert req["model"]["split_mode"] == 0 and req["model"]["main_gpu"] == 1  # not hard-coded
 
 
@@ -213,3 +253,21 @@ def test_export_emits_the_new_fields(settings: Settings, flags: list[str]) -> No
         joined = " ".join(argv)
         assert " ".join(flags) in joined
     assert "-t" not in llama_cli_args(Settings(), "m.gguf", full=True)  # -t -1: every CPU
+
+
+@pytest.mark.parametrize("settings", [
+    Settings(n_cpu_moe=3, override_tensor=(("exps", "CPU"), ("x", "RPC0[h:1]"))),
+    Settings(n_cpu_moe=-1),
+    Settings(override_tensor=((r"blk\.[0-9]\.ffn", "CPU"),), rpc_servers=("h:1", "g:2")),
+])
+def test_snippet_tensor_overrides_are_the_translation(settings: Settings) -> None:
+    """The snippet's TENSOR_OVERRIDES / RPC_SERVERS (evaluated) are the structs' values."""
+    code = python_snippet(settings, "m.gguf")
+    head = code.split("import ctypes", 1)[0]
+    ns: dict[str, object] = {}
+    exec(head.replace("from llama_cpp import Llama", ""), ns)  # the snippet's own text
+    p = lp.llama_params(settings)
+    assert tuple(ns["TENSOR_OVERRIDES"]) == p.model["tensor_buft_overrides"]  # type: ignore[arg-type]
+    assert tuple(ns["RPC_SERVERS"]) == p.rpc_servers  # type: ignore[arg-type]
+    compile(code, "snippet", "exec")
+    assert "import ctypes" not in python_snippet(Settings(), "m.gguf")

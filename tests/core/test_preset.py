@@ -76,6 +76,14 @@ def _doc(**changes: Any) -> str:
         (_doc(**{"settings.flash_attn": "yes"}), "settings.flash_attn must be on, off or auto"),
         (_doc(**{"settings.type_k": "q3_k"}), "settings.type_k must be one of"),
         (_doc(**{"settings.tensor_split": "3,1"}), "settings.tensor_split must be a list"),
+        (_doc(**{"settings.n_cpu_moe": -2}), "n_cpu_moe must be at least -1"),
+        (_doc(**{"settings.n_cpu_moe": "all"}), "settings.n_cpu_moe must be a whole number"),
+        (_doc(**{"settings.override_tensor": "exps=CPU"}), "override_tensor must be a list"),
+        (_doc(**{"settings.override_tensor": [["exps"]]}), "is not a .pattern, buffer type"),
+        (_doc(**{"settings.override_tensor": [["a,b", "CPU"]]}), "holds a ',' or '='"),
+        (_doc(**{"settings.override_tensor": [["a", ""]]}), "is not a buffer type name"),
+        (_doc(**{"settings.rpc_servers": "h:1"}), "rpc_servers must be a list"),
+        (_doc(**{"settings.rpc_servers": ["h"]}), "is not host:port"),
         (_doc(**{"settings.n_ctxx": 5}), "unknown field 'n_ctxx'"),
         (_doc(extras=[]), "'extras' must be an object"),
         (_doc(extras={"port": "80"}), "extras.port has the wrong type"),
@@ -132,6 +140,12 @@ SETTINGS = st.builds(
     kv_unified=st.booleans(),
     mmap=st.booleans(),
     tensor_split=st.lists(st.floats(0, 100, allow_nan=False), max_size=4).map(tuple),
+    n_cpu_moe=st.integers(-1, 100),
+    override_tensor=st.lists(st.tuples(st.text().filter(lambda t: not set(t) & set(",=")),
+                                       st.sampled_from(["CPU", "CUDA1", "RPC0[h:1]"])),
+                             max_size=3).map(tuple),
+    rpc_servers=st.lists(st.sampled_from(["h:1", "10.0.0.2:50052"]), max_size=2,
+                         unique=True).map(tuple),
 )
 TEXT = st.text(st.characters(blacklist_categories=["Cs"]))
 

@@ -323,3 +323,19 @@ def test_a_stopped_worker_is_ended_instead_of_waited_for(tiny: str) -> None:
         with pytest.raises(WorkerError, match="was stopped"):
             client.chat("hi", sampling=Sampling(max_tokens=4, seed=1))
         assert time.monotonic() - t0 < 5
+
+
+def test_tensor_overrides_reach_llama_cpp(tiny: str) -> None:
+    """-ot reaches llama_model_params.tensor_buft_overrides: llama.cpp warns about CPU
+    overrides with mmap, fails the load on a pattern std::regex rejects (as the estimate's
+    OT_BAD_REGEX says), and an RPC server is refused by a build without RPC."""
+    with WorkerClient() as client:
+        loaded = client.load(tiny, Settings(n_ctx=256, override_tensor=(("ffn_", "CPU"),)))
+    assert "tensor overrides to CPU are used with mmap enabled" in loaded["log"]
+    with WorkerClient() as client, pytest.raises(WorkerError):
+        client.load(tiny, Settings(n_ctx=256, override_tensor=(("(?i)ffn", "CPU"),)))
+    import llama_cpp
+
+    if not llama_cpp.llama_supports_rpc():
+        with WorkerClient() as client, pytest.raises(WorkerError, match="without RPC support"):
+            client.load(tiny, Settings(n_ctx=256, rpc_servers=("127.0.0.1:1",)))

@@ -134,17 +134,22 @@ def test_fits_up_to_is_capped_at_the_trained_context(qtbot, open_model, window,
     assert window.plot.curves.xs[-1] <= 2 * trained  # the plot stays around the trained context
 
 
-def test_auto_fit_limits_do_not_depend_on_the_selected_row(qtbot, open_model, window,
-                                                          model_file) -> None:
+def test_auto_fit_limits_are_under_the_chosen_placement(qtbot, open_model, window,
+                                                        model_file) -> None:
+    """Under auto the planner places the selected pair; every row's "fits up to" is then
+    the longest context under that placement (issue 12: the table follows the chosen
+    placement), the same figure max_context gives for it."""
     open_model(window, model_file)
-    window.ctl.set_hardware_choice(HardwareChoice(mode=HW_CUSTOM, custom_bytes=6 * GiB))
-    window.ctl.set_ngl_mode(NGL_AUTO)
-    window.ctl.flush()
-    before = {(r.type_k, r.type_v): r.limit.raw for r in window.table.rows}
-    window.ctl.choose_pair("q4_0", "q4_0")
-    window.ctl.flush()
-    after = {(r.type_k, r.type_v): r.limit.raw for r in window.table.rows}
-    assert before == after
+    c = window.ctl
+    c.set_hardware_choice(HardwareChoice(mode=HW_CUSTOM, custom_bytes=6 * GiB))
+    c.set_ngl_mode(NGL_AUTO)
+    for pair in (("f16", "f16"), ("q4_0", "q4_0")):
+        c.choose_pair(*pair)
+        c.flush()
+        for r in window.table.rows:
+            s = c.settings.replace(type_k=r.type_k, type_v=r.type_v)
+            assert r.limit.raw == max_context(c.model, s, c.plan.devices(),
+                                              memo=c._caches.memo), (pair, r.label)
 
 
 def test_imported_flags_survive_to_the_export(qtbot, open_model, window, model_file) -> None:

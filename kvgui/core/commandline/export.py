@@ -21,7 +21,15 @@ from kvgui.core.commandline.llama_params import (
     llama_params,
     load_mode_arg,
 )
-from kvgui.core.config.settings import ALL_LAYERS, AUTO_THREADS, FlashAttn, Settings, SplitMode
+from kvgui.core.config.settings import (
+    ALL_LAYERS,
+    ALL_MOE_LAYERS,
+    AUTO_THREADS,
+    FFN_EXPS_REGEX,
+    FlashAttn,
+    Settings,
+    SplitMode,
+)
 
 LLAMA_CLI = "llama-cli"
 LLAMA_SERVER = "llama-server"
@@ -95,6 +103,7 @@ def _settings_args(s: Settings, *, server: bool, full: bool) -> list[str]:
         args += ["-lm", mode]  # this llama.cpp has --load-mode instead of --no-mmap/--mlock
     if s.tensor_split:
         args += ["-ts", tensor_split_arg(s.tensor_split)]
+    args += tensor_override_args(s)
     if full or s.split_mode is not SplitMode.LAYER:
         args += ["-sm", s.split_mode.value]
     if full or s.main_gpu != d.main_gpu:
@@ -105,6 +114,23 @@ def _settings_args(s: Settings, *, server: bool, full: bool) -> list[str]:
         args.append("-nr")
     elif full:
         args.append("--repack")
+    return args
+
+
+def tensor_override_args(s: Settings) -> list[str]:
+    """--rpc, -ot, --cpu-moe / --n-cpu-moe, in this order: arg.cpp looks an -ot buffer type up
+    among the devices registered when it reads the -ot (an RPC server's only after its
+    --rpc), and appends the overrides in the order given, which is Settings' order (the -ot
+    entries first, then the experts of --n-cpu-moe: the first match wins)."""
+    args: list[str] = []
+    if s.rpc_servers:
+        args += ["--rpc", ",".join(s.rpc_servers)]
+    if s.override_tensor:
+        args += ["-ot", ",".join(f"{pattern}={buft}" for pattern, buft in s.override_tensor)]
+    if s.n_cpu_moe == ALL_MOE_LAYERS:
+        args.append("--cpu-moe")
+    elif s.n_cpu_moe:
+        args += ["--n-cpu-moe", str(s.n_cpu_moe)]
     return args
 
 
@@ -226,6 +252,90 @@ _SNIPPET_COMMENTS = {
 }
 
 
+# The part of a snippet that sets what Llama() has no keyword for: RPC servers registered as
+# arg.cpp's add_rpc_devices does, and llama_model_params.tensor_buft_overrides (-ot,
+# --n-cpu-moe) as a NULL-terminated array with each device's buffer type, written on the
+# struct as llama-cpp-python creates its model (kvgui's own worker does the same:
+# kvgui.runtime.llama_structs).
+_SNIPPET_STRUCTS = '''\
+import ctypes
+import pathlib
+
+import llama_cpp
+import llama_cpp._internals
+from llama_cpp._ctypes_extensions import load_shared_library
+
+_lib = pathlib.Path(llama_cpp.__file__).parent / "lib"
+_base, _ggml = load_shared_library("ggml-base", _lib), load_shared_library("ggml", _lib)
+_vp = ctypes.c_void_p
+for _f, _res, _args in (
+        (_base.ggml_backend_dev_buffer_type, _vp, [_vp]),
+        (_base.ggml_backend_buft_name, ctypes.c_char_p, [_vp]),
+        (_base.ggml_backend_reg_get_proc_address, _vp, [_vp, ctypes.c_char_p]),
+        (_ggml.ggml_backend_dev_count, ctypes.c_size_t, []),
+        (_ggml.ggml_backend_dev_get, _vp, [ctypes.c_size_t]),
+        (_ggml.ggml_backend_reg_by_name, _vp, [ctypes.c_char_p]),
+        (_ggml.ggml_backend_register, None, [_vp])):
+    _f.restype, _f.argtypes = _res, _args
+
+if RPC_SERVERS:  # llama-cli's --rpc
+    if not llama_cpp.llama_supports_rpc():
+        raise SystemExit("this llama-cpp-python has no RPC backend: reinstall it with "
+                         "CMAKE_ARGS=-DGGML_RPC=on, or use llama-cli / llama-server --rpc")
+    _reg = _ggml.ggml_backend_reg_by_name(b"RPC")
+    _add = ctypes.CFUNCTYPE(_vp, ctypes.c_char_p)(
+        _base.ggml_backend_reg_get_proc_address(_reg, b"ggml_backend_rpc_add_server"))
+    for _endpoint in RPC_SERVERS:
+        _ggml.ggml_backend_register(_add(_endpoint.encode()))
+
+
+class _BuftOverride(ctypes.Structure):  # llama.h llama_model_tensor_buft_override
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", _vp)]
+
+
+_bufts = {}
+for _i in range(_ggml.ggml_backend_dev_count()):
+    _buft = _base.ggml_backend_dev_buffer_type(_ggml.ggml_backend_dev_get(_i))
+    if _buft:
+        _bufts[_base.ggml_backend_buft_name(_buft).decode()] = _buft
+_overrides = (_BuftOverride * (len(TENSOR_OVERRIDES) + 1))()  # NULL-terminated
+for _i, (_pattern, _name) in enumerate(TENSOR_OVERRIDES):
+    _overrides[_i].pattern, _overrides[_i].buft = _pattern.encode(), _bufts[_name]
+
+
+class _Model(llama_cpp._internals.LlamaModel):
+    def __init__(self, *, path_model, params, verbose=True):
+        if TENSOR_OVERRIDES:
+            params.tensor_buft_overrides = ctypes.cast(_overrides, _vp)
+        super().__init__(path_model=path_model, params=params, verbose=verbose)
+
+
+llama_cpp._internals.LlamaModel = _Model
+
+'''
+
+
+def _snippet_model_params(s: Settings) -> list[str]:
+    """The snippet's lines for RPC servers and tensor overrides, or none when unset."""
+    if not (s.rpc_servers or s.override_tensor or s.n_cpu_moe):
+        return []
+    lines = [f"RPC_SERVERS = {list(s.rpc_servers)!r}"]
+    what = [f"-ot {','.join(f'{p}={b}' for p, b in s.override_tensor)}"] \
+        if s.override_tensor else []
+    overrides = repr([tuple(o) for o in s.override_tensor])
+    if s.n_cpu_moe == ALL_MOE_LAYERS:
+        what.append("--cpu-moe")
+        overrides += f" + [({FFN_EXPS_REGEX!r}, 'CPU')]"
+    elif s.n_cpu_moe:
+        what.append(f"--n-cpu-moe {s.n_cpu_moe}")
+        overrides += (f" + [(rf'blk\\.{{il}}{FFN_EXPS_REGEX}', 'CPU') "
+                      f"for il in range({s.n_cpu_moe})]")
+    if what:
+        lines.append(f"# {'; '.join(what)} (the first matching pattern wins)")
+    lines += [f"TENSOR_OVERRIDES = {overrides}", ""]
+    return lines + _SNIPPET_STRUCTS.splitlines() + [""]
+
+
 def python_snippet(
     settings: Settings,
     model_path: str,
@@ -248,9 +358,9 @@ def python_snippet(
     kwargs = llama_cpp_python_kwargs(llama_params(s), flash_attn_resolved=flash_attn_resolved)
     if s.n_threads == AUTO_THREADS:
         del kwargs["n_threads"], kwargs["n_threads_batch"]
-    lines = [
-        "from llama_cpp import Llama",
-        "",
+    lines = ["from llama_cpp import Llama", ""]
+    lines += _snippet_model_params(s)
+    lines += [
         "llm = Llama(",
         f"    model_path={_py_str(model_path)},",
     ]

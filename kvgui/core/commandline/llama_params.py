@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from kvgui.core.config.settings import ALL_LAYERS, AUTO_THREADS, FlashAttn, Settings
+from kvgui.core.config.settings import (
+    ALL_LAYERS,
+    AUTO_THREADS,
+    FlashAttn,
+    Settings,
+    tensor_overrides,
+)
 from kvgui.core.gguf.ggml_types import by_name
 
 # arg.cpp: `-ngl all` stores -2 (llama.h: a negative n_gpu_layers means every layer). The one
@@ -76,12 +82,19 @@ class LlamaParams:
     """``model``: llama_model_params fields; ``context``: llama_context_params fields.
 
     Values are plain Python (ints for enums and ggml types, a tuple for tensor_split, which
-    the caller turns into a ``float[llama_max_devices()]``); pointers and callbacks are the
-    caller's (progress callback, devices list).
+    the caller turns into a ``float[llama_max_devices()]``, and for tensor_buft_overrides,
+    (pattern, buffer type name) pairs the caller turns into the NULL-terminated
+    ``llama_model_tensor_buft_override`` array with each name's buffer type); other pointers
+    and callbacks are the caller's (progress callback, devices list).
+
+    ``rpc_servers``: not a struct field in this llama.cpp: llama-cli registers each server as
+    a backend before loading (arg.cpp add_rpc_devices: ggml_backend_rpc_add_server, then
+    ggml_backend_register), and llama_model_load_from_file then puts its devices first.
     """
 
     model: Mapping[str, Any]
     context: Mapping[str, Any]
+    rpc_servers: tuple[str, ...] = ()
 
 
 def server_settings(settings: Settings) -> Settings:
@@ -103,6 +116,9 @@ def llama_params(settings: Settings) -> LlamaParams:
         "load_mode": load_mode(s),
         "lazy_mode": LAZY_MODE_AUTO,
         "tensor_split": tuple(float(x) for x in s.tensor_split),
+        # -ot, then --cpu-moe / --n-cpu-moe: arg.cpp appends them in this order when kvgui's
+        # export writes them so (Settings.n_cpu_moe)
+        "tensor_buft_overrides": tensor_overrides(s),
         "vocab_only": False,
         "check_tensors": False,
         "use_extra_bufts": s.repack,  # !no_extra_bufts (-nr)
@@ -141,7 +157,7 @@ def llama_params(settings: Settings) -> LlamaParams:
         "swa_full": s.swa_full,
         "kv_unified": s.kv_unified,
     }
-    return LlamaParams(MappingProxyType(model), MappingProxyType(context))
+    return LlamaParams(MappingProxyType(model), MappingProxyType(context), s.rpc_servers)
 
 
 # --- llama-cpp-python's Llama() -------------------------------------------------------------

@@ -17,7 +17,14 @@ from typing import Any
 
 from kvgui.core.commandline.shellquote import ShellSyntaxError, guess_shell, split_command
 from kvgui.core.config import limits
-from kvgui.core.config.settings import ALL_LAYERS, FlashAttn, Settings, SplitMode
+from kvgui.core.config.settings import (
+    ALL_LAYERS,
+    ALL_MOE_LAYERS,
+    FlashAttn,
+    Settings,
+    SplitMode,
+    n_cpu_moe_overrides,
+)
 from kvgui.core.gguf.ggml_types import CACHE_TYPE_NAMES
 
 
@@ -89,6 +96,11 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], bool, str | None]] = {
     "no_repack": (("-nr", "--no-repack"), False, None),
     "mmap": (("--mmap",), False, "LLAMA_ARG_MMAP"),  # older llama.cpp
     "no_mmap": (("--no-mmap",), False, "LLAMA_ARG_NO_MMAP"),  # older llama.cpp
+    # in arg.cpp's registration order: the environment is read in that order
+    "rpc": (("--rpc",), True, "LLAMA_ARG_RPC"),
+    "override_tensor": (("-ot", "--override-tensor"), True, "LLAMA_ARG_OVERRIDE_TENSOR"),
+    "cpu_moe": (("-cmoe", "--cpu-moe"), False, "LLAMA_ARG_CPU_MOE"),
+    "n_cpu_moe": (("-ncmoe", "--n-cpu-moe"), True, "LLAMA_ARG_N_CPU_MOE"),
 }
 # recognised, but passed on as given rather than modelled (Settings.extra_args)
 _PASSED_ON = frozenset({"host", "port"})
@@ -97,8 +109,7 @@ _BY_ENV = {env: key for key, (_, _, env) in _OPTIONS.items() if env}
 
 # Flags kvgui keeps but does not model that change where memory goes.
 _MEMORY_FLAGS = frozenset({
-    "-ot", "--override-tensor", "-cmoe", "--cpu-moe", "-ncmoe", "--n-cpu-moe", "-ncffn",
-    "--n-cpu-ffn", "-dev", "--device",
+    "-ncffn", "--n-cpu-ffn", "-dev", "--device",
     "--kv-unified-per-slot", "-md", "--model-draft", "-mm", "--mmproj", "-fitt",
     "--fit-target", "-fitc", "--fit-ctx", "--no-host",
 })
@@ -135,6 +146,10 @@ class _Reader:
         self.ctx_zero = False
         self.ngl_auto = False
         self.base = base
+        # the tensor overrides in llama.cpp's order: ("ot", (pattern, buft)) per -ot entry,
+        # ("moe", N) per --n-cpu-moe N (ALL_MOE_LAYERS: --cpu-moe); each flag appends
+        self.overrides: list[tuple[str, Any]] = []
+        self.rpc: list[str] = []
 
     def _int(self, flag: str, value: str, limit: str | None = None) -> int:
         """A whole number as llama.cpp reads it (ASCII digits), within ``limit``'s range."""
@@ -234,6 +249,26 @@ class _Reader:
         elif key in ("mmap", "no_mmap"):
             self.values["mmap"] = key == "mmap"
             self.extras.pop("load_mode", None)
+        elif key == "override_tensor":
+            self.overrides += [("ot", o) for o in parse_override_tensor(flag, v)]
+        elif key == "cpu_moe":
+            self.overrides.append(("moe", ALL_MOE_LAYERS))
+        elif key == "n_cpu_moe":
+            n = self._int(flag, v)
+            if n < 0:
+                raise CommandParseError(f"{flag}: a number of layers is 0 or more, got {n} "
+                                        "(llama.cpp: invalid value)")
+            self.overrides.append(("moe", self._int(flag, v, "n_cpu_moe")))
+        elif key == "rpc":
+            # arg.cpp add_rpc_devices: every --rpc registers its servers, each once
+            try:
+                servers = limits.check_rpc_servers(v.split(","), flag)
+            except limits.LimitError as exc:
+                raise CommandParseError(str(exc)) from None
+            self.rpc += [e for e in servers if e not in self.rpc]
+
+    def override_values(self) -> dict[str, Any]:
+        return override_values(self.overrides)
 
     def _gpu_layers(self, flag: str, v: str) -> None:
         if v == "auto":
@@ -247,6 +282,49 @@ class _Reader:
         # arg.cpp: "auto" is -1, "all" (and any value <= -2) is every layer.
         self.ngl_auto = n == -1
         self.values["n_gpu_layers"] = ALL_LAYERS if n < 0 else n
+
+
+def override_values(events: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """override_tensor and n_cpu_moe for overrides read in llama.cpp's order: ("ot",
+    (pattern, buft)) per -ot entry, ("moe", N) per --n-cpu-moe N (ALL_MOE_LAYERS:
+    --cpu-moe); empty when there are none.
+
+    Settings applies override_tensor first, then n_cpu_moe. Every --n-cpu-moe and
+    --cpu-moe overrides to the CPU, so they merge into the widest; where one came before an
+    -ot entry to another buffer type, the order decides which wins, and those are written
+    out as the -ot entries llama.cpp made of them (common.h llm_add_n_cpu_ffn_overrides), in
+    their place."""
+    if not events:
+        return {}
+    last_other = max((i for i, (kind, value) in enumerate(events)
+                      if kind == "ot" and value[1] != "CPU"), default=-1)
+    explicit: list[tuple[str, str]] = []
+    n_cpu_moe = 0
+    for i, (kind, value) in enumerate(events):
+        if kind == "ot":
+            explicit.append(value)
+        elif i < last_other:
+            explicit += n_cpu_moe_overrides(value)
+        elif value == ALL_MOE_LAYERS or n_cpu_moe == ALL_MOE_LAYERS:
+            n_cpu_moe = ALL_MOE_LAYERS
+        else:
+            n_cpu_moe = max(n_cpu_moe, value)
+    return {"override_tensor": tuple(explicit), "n_cpu_moe": n_cpu_moe}
+
+
+def parse_override_tensor(flag: str, value: str) -> list[tuple[str, str]]:
+    """An -ot value's (pattern, buffer type) entries, as arg.cpp's
+    parse_tensor_buffer_overrides splits it (at every ',', each entry at its first '=')."""
+    out = []
+    for entry in value.split(","):
+        pattern, eq, buft = entry.partition("=")
+        if not eq:
+            raise CommandParseError(
+                f"{flag}: {entry!r} is not PATTERN=BUFFER_TYPE (llama.cpp: invalid value)")
+        if not buft:
+            raise CommandParseError(f"{flag}: {entry!r} names no buffer type")
+        out.append((pattern, buft))
+    return out
 
 
 def _flash_attn(flag: str, value: str | None) -> FlashAttn:
@@ -299,8 +377,16 @@ def parse_args(argv: Sequence[str], *, base: Settings | None = None) -> ParsedCo
     tokens = tokens[first:]
     if env:
         reader.extras["env"] = dict(env)
+    # arg.cpp reads the environment option by option in its registration order; only the
+    # overrides' order can change a result (they append), so they go last, in that order
+    overriding = ("rpc", "override_tensor", "cpu_moe", "n_cpu_moe")
     for name, value in env.items():
-        _apply_env(reader, name, value)
+        if _BY_ENV.get(name) not in overriding:
+            _apply_env(reader, name, value)
+    for option in overriding:
+        env_name = _OPTIONS[option][2]
+        if env_name in env:
+            _apply_env(reader, env_name, env[env_name])
 
     unknown: list[str] = []
     kept: list[str] = []  # what goes on to llama.cpp as given: the unknown flags, --host …
@@ -351,6 +437,9 @@ def parse_args(argv: Sequence[str], *, base: Settings | None = None) -> ParsedCo
             kept += [name, inline or ""]
 
     values = dict(reader.values)
+    values.update(reader.override_values())
+    if reader.rpc:
+        values["rpc_servers"] = tuple(reader.rpc)
     if kept:
         values["extra_args"] = tuple(kept)
     given = set(values)

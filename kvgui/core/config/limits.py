@@ -30,6 +30,10 @@ LLAMA_MAX_DEVICES = 16
 # src/llama-hparams.h
 LLAMA_MAX_LAYERS = 512
 LLAMA_MAX_EXPERTS = 1024
+# src/llama.cpp llama_max_tensor_buft_overrides(): common/arg.cpp pads the overrides to this
+# many with the NULL terminator; a list already this long gets no terminator and
+# common_model_params_to_llama's GGML_ASSERT aborts, so at most one fewer are usable
+LLAMA_MAX_TENSOR_BUFT_OVERRIDES = 4096
 
 
 class LimitError(ValueError):
@@ -63,6 +67,9 @@ LIMITS: dict[str, Limit] = {
     "n_threads": Limit(1, GGML_MAX_N_THREADS, "ggml's most threads (GGML_MAX_N_THREADS)"),
     "port": Limit(0, 65535, "the largest TCP port"),
     "main_gpu": Limit(0, LLAMA_MAX_DEVICES - 1, "llama.cpp's most devices (llama_max_devices)"),
+    # -1: --cpu-moe (every layer); N adds N overrides, one per layer
+    "n_cpu_moe": Limit(-1, LLAMA_MAX_TENSOR_BUFT_OVERRIDES - 1,
+                       "llama.cpp's most tensor overrides (llama_max_tensor_buft_overrides)"),
 }
 
 
@@ -117,6 +124,66 @@ def check_tensor_split(split: Sequence[Any], name: str = "tensor_split") -> tupl
         if not math.isfinite(f) or f < 0:
             raise LimitError(f"{name} entries must be finite and not negative, not {f!r}")
         out.append(f)
+    return tuple(out)
+
+
+def check_override_tensor(value: Any, name: str = "override_tensor") -> tuple[
+        tuple[str, str], ...]:
+    """-ot entries as (pattern, buffer type) string pairs that a command line can carry.
+
+    arg.cpp's parse_tensor_buffer_overrides splits the value at every ',' and each entry at
+    its first '=', so a pattern holds neither (a regex like ``{1,2}`` cannot be written in an
+    -ot), and a buffer type name is never empty. Whether the pattern is a regex llama.cpp
+    compiles and the buffer type one of its devices' is for the estimate to say (findings:
+    it depends on the devices)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+        raise LimitError(f"{name} must be a list of (pattern, buffer type) pairs, "
+                         f"not {_show(value)}")
+    out = []
+    for entry in value:
+        if isinstance(entry, (str, bytes)) or not isinstance(entry, (tuple, list)) \
+                or len(entry) != 2 or not all(isinstance(x, str) for x in entry):
+            raise LimitError(f"{name}: {_show(entry)} is not a (pattern, buffer type) pair")
+        pattern, buft = entry
+        if "," in pattern or "=" in pattern:
+            raise LimitError(f"{name}: the pattern {pattern!r} holds a ',' or '=', which "
+                             "llama.cpp's -ot reads as separators")
+        if not buft or "," in buft:
+            raise LimitError(f"{name}: {buft!r} is not a buffer type name")
+        out.append((pattern, buft))
+    return tuple(out)
+
+
+def check_override_count(n_override_tensor: int, n_cpu_moe: int) -> None:
+    """All overrides together (each -ot entry, one per --n-cpu-moe layer, one for
+    --cpu-moe) within llama_max_tensor_buft_overrides() less its terminator."""
+    total = n_override_tensor + (1 if n_cpu_moe < 0 else n_cpu_moe)
+    if total > LLAMA_MAX_TENSOR_BUFT_OVERRIDES - 1:
+        raise LimitError(f"{total} tensor overrides (-ot entries and --n-cpu-moe layers) are "
+                         f"more than llama.cpp's {LLAMA_MAX_TENSOR_BUFT_OVERRIDES - 1}")
+
+
+_ENDPOINT = re.compile(r"([^:,\s]+):([0-9]+)")
+
+
+def check_rpc_servers(value: Any, name: str = "rpc_servers") -> tuple[str, ...]:
+    """--rpc endpoints as ggml-rpc's parse_endpoint reads them: the host up to the first ':'
+    (so no IPv6 literal), then a port std::stoi reads whole, within TCP's range; a list
+    joined by ',' on the command line. The same endpoint twice is one server, registered
+    once (ggml-rpc's reg_map, ggml-backend-reg's register_backend), so it is kept once here
+    too, at its first place."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+        raise LimitError(f"{name} must be a list of host:port strings, not {_show(value)}")
+    out: list[str] = []
+    for entry in value:
+        m = _ENDPOINT.fullmatch(entry) if isinstance(entry, str) else None
+        if m is None or not 0 < int(m.group(2)) <= 65535:
+            raise LimitError(f"{name}: {_show(entry)} is not host:port (a port 1-65535)")
+        if entry not in out:
+            out.append(entry)
+    if len(out) > LLAMA_MAX_DEVICES:
+        raise LimitError(f"{name}: {len(out)} servers; llama.cpp takes at most "
+                         f"{LLAMA_MAX_DEVICES} devices (llama_max_devices)")
     return tuple(out)
 
 

@@ -15,7 +15,7 @@ import argparse
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget
@@ -23,6 +23,7 @@ from kvgui.core.devices.gpu_catalog import CatalogGpu, find_gpu, search_gpus, to
 from kvgui.core.devices.hardware import apple
 from kvgui.core.devices.hardware.cpu import PRESETS, HostCpu
 from kvgui.core.devices.hardware.cpu import preset as host_preset
+from kvgui.core.devices.hardware.rpc import RpcServerInfo
 from kvgui.core.devices.hardware.types import GpuInfo, HardwareReport, SystemMemory
 from kvgui.core.errors import UsageError
 from kvgui.core.sizes import GiB, format_bytes, parse_size
@@ -123,6 +124,9 @@ class DevicePlan:
     unified: bool = False
     is_gpu: bool = True
     host: HostCpu | None = None  # the host's llama.cpp CPU backend (None: this machine's)
+    bandwidth: float = 0.0  # bytes/s: spec sheet (GPU), probe (host); 0 = unknown
+    buft: str = ""  # llama.cpp's buffer type name where it is not the local GPUs' default
+    alignment: int = 0  # an RPC device's, as its server reports it
 
     @property
     def reserved(self) -> int:
@@ -132,28 +136,102 @@ class DevicePlan:
     def budget(self) -> int | None:
         return None if self.total is None else max(0, self.total - self.reserved)
 
+    @property
+    def is_rpc(self) -> bool:
+        return self.buft.startswith("RPC")
+
     def device(self) -> DeviceBudget:
         return DeviceBudget(self.name, self.budget, is_gpu=self.is_gpu, split=self.split,
-                            host=self.host)
+                            host=self.host, buft=self.buft, bandwidth=self.bandwidth,
+                            alignment=self.alignment)
 
 
 GpuPlan = DevicePlan  # a GPU's plan (is_gpu=True)
 
 
 def plan_detected(gpu: GpuInfo, reserve: Reserve, *, first: bool = True) -> DevicePlan:
-    """A real GPU: its total minus what is in use now (unless overridden) and the reserve."""
+    """A real GPU: its total minus what is in use now (unless overridden) and the reserve;
+    its bandwidth from the catalog entry of its name (0 when the catalog lacks it)."""
+    entry = find_gpu(gpu.name)
     return DevicePlan(gpu.name, gpu.total, reserve.items(in_use=gpu.in_use, first=first),
-                      detected=True, unified=gpu.unified)
+                      detected=True, unified=gpu.unified,
+                      bandwidth=float(entry.bandwidth) if entry else 0.0)
 
 
 def plan_catalog(entry: CatalogGpu, reserve: Reserve, *, first: bool = True) -> DevicePlan:
     """A GPU from the catalog; an Apple one gets Metal's default share of its unified memory."""
     total = apple.default_working_set(entry.memory) if entry.vendor == "apple" else entry.memory
-    return DevicePlan(entry.name, total, reserve.items(first=first), unified=entry.unified)
+    return DevicePlan(entry.name, total, reserve.items(first=first), unified=entry.unified,
+                      bandwidth=float(entry.bandwidth))
 
 
-def plan_vram(size: int, reserve: Reserve, *, first: bool = True) -> DevicePlan:
-    return DevicePlan(f"GPU {format_bytes(size)}", size, reserve.items(first=first))
+def plan_vram(size: int, reserve: Reserve, *, first: bool = True,
+              bandwidth: float = 0.0) -> DevicePlan:
+    return DevicePlan(f"GPU {format_bytes(size)}", size, reserve.items(first=first),
+                      bandwidth=bandwidth)
+
+
+@dataclass(frozen=True)
+class RpcSpec:
+    """An RPC server to plan for: ``HOST:PORT``, and its memory when typed in (else asked
+    from the server: devices/hardware/rpc.py)."""
+
+    endpoint: str
+    memory: int | None = None
+
+    @property
+    def text(self) -> str:
+        return self.endpoint if self.memory is None else \
+            f"{self.endpoint}={format_bytes(self.memory)}"
+
+
+def parse_rpc_specs(values: Sequence[str] | str | None) -> tuple[RpcSpec, ...]:
+    """``HOST:PORT[=SIZE]`` items, comma-separated or repeated: the devices llama.cpp's
+    ``--rpc`` adds, with kvgui's optional ``=SIZE`` for a server it cannot ask."""
+    from kvgui.core.devices.hardware.rpc import parse_endpoint
+
+    items = values.split(",") if isinstance(values, str) else [
+        p for v in (values or ()) for p in v.split(",")]
+    out: list[RpcSpec] = []
+    for item in items:
+        if not item.strip():
+            continue
+        ep, eq, size = item.partition("=")
+        try:
+            host, port = parse_endpoint(ep)
+            memory = parse_size(size) if eq else None
+        except ValueError as exc:
+            raise UsageError(f"--rpc: {exc}") from None
+        if f"{host}:{port}" in [o.endpoint for o in out]:
+            continue  # llama.cpp registers a server once
+        out.append(RpcSpec(f"{host}:{port}", memory))
+    return tuple(out)
+
+
+def plan_rpc(specs: Sequence[RpcSpec], servers: Mapping[str, RpcServerInfo],
+             reserve: Reserve) -> list[DevicePlan]:
+    """The RPC servers' devices in llama.cpp's order and names (RPC0, RPC1, … over all
+    servers, the first device of all first): each its total less what is in use there now
+    (as asked) or the typed-in size, less the reserve. A server asked for is in ``servers``
+    (kvgui asks before planning, with a timeout); one that is not raises UsageError."""
+    plans: list[DevicePlan] = []
+    for spec in specs:
+        if spec.memory is not None:
+            sizes = [(spec.memory, spec.memory, 0)]
+        else:
+            info = servers.get(spec.endpoint)
+            if info is None:
+                raise UsageError(f"RPC server {spec.endpoint}: its memory is unknown: kvgui "
+                                 "could not ask it; give it as HOST:PORT=SIZE")
+            sizes = [(d.total, d.free, d.alignment) for d in info.devices]
+        for ind, (total, free, align) in enumerate(sizes):
+            n = len(plans)  # ggml-rpc: devices RPC<n> over all servers, buffer types
+            plans.append(DevicePlan(  # RPC<index on its server>[endpoint]
+                f"RPC{n} ({spec.endpoint})", total,
+                reserve.items(in_use=max(0, total - free), first=n == 0),
+                detected=spec.memory is None, buft=f"RPC{ind}[{spec.endpoint}]",
+                alignment=align))
+    return plans
 
 
 def apply_split(plans: Sequence[DevicePlan], ratios: Sequence[float]) -> list[DevicePlan]:
@@ -170,14 +248,15 @@ def apply_split(plans: Sequence[DevicePlan], ratios: Sequence[float]) -> list[De
 
 
 def plan_host(ram: SystemMemory | int | None, reserve: Reserve,
-              gpus: Sequence[DevicePlan] = (), host: HostCpu | None = None) -> DevicePlan:
+              gpus: Sequence[DevicePlan] = (), host: HostCpu | None = None,
+              bandwidth: float = 0.0) -> DevicePlan:
     """Host RAM available now. With no GPU the embedding model, mmproj and the safety margin
     come out of it (llama.cpp's --fit keeps the margin free on the host when it has no GPU:
     common/fit.cpp, the nd == 0 case); a unified-memory GPU's budget does too (the CPU and
     GPU share the same RAM)."""
     avail = ram.available if isinstance(ram, SystemMemory) else ram
     if avail is None:
-        return DevicePlan(CPU_NAME, None, is_gpu=False, host=host)
+        return DevicePlan(CPU_NAME, None, is_gpu=False, host=host, bandwidth=bandwidth)
     items: list[ReserveItem] = []
     if not gpus:
         if reserve.embedding:
@@ -189,7 +268,8 @@ def plan_host(ram: SystemMemory | int | None, reserve: Reserve,
     shared = sum(g.budget or 0 for g in gpus if g.unified)
     if shared:
         items.append(ReserveItem("the GPU's share of unified memory", shared))
-    return DevicePlan(CPU_NAME, avail, tuple(items), is_gpu=False, host=host)
+    return DevicePlan(CPU_NAME, avail, tuple(items), is_gpu=False, host=host,
+                      bandwidth=bandwidth)
 
 
 def cpu_budget(ram: SystemMemory | int | None, reserve: Reserve,
@@ -226,6 +306,17 @@ class BudgetPlan:
         return [g.device() for g in self.gpus] + [self.host.device()]
 
     @property
+    def rpc_servers(self) -> tuple[str, ...]:
+        """The RPC servers of the plan, in order: what llama.cpp's --rpc takes."""
+        out: list[str] = []
+        for g in self.gpus:
+            if g.is_rpc:
+                ep = g.buft[g.buft.index("[") + 1:-1]
+                if ep not in out:
+                    out.append(ep)
+        return tuple(out)
+
+    @property
     def primary(self) -> DevicePlan:
         return self.gpus[0] if self.gpus else self.host
 
@@ -258,21 +349,26 @@ def plan_devices(
     ram: int | None = None,
     split: Sequence[float] | None = None,
     host: HostCpu | None = None,
+    rpc: Sequence[DevicePlan] = (),
+    host_bandwidth: float = 0.0,
 ) -> BudgetPlan:
-    """Plans for ``planned`` GPUs, else the chosen real ``gpus``, else what ``report`` found.
-    ``host``: the CPU backend to plan for, else the report's, else this machine's."""
+    """Plans for ``planned`` GPUs, else the chosen real ``gpus``, else what ``report`` found;
+    ``rpc``: RPC servers' devices, which llama.cpp puts before the local GPUs.
+    ``host``: the CPU backend to plan for, else the report's, else this machine's;
+    ``host_bandwidth``: the host RAM's (membw.py)."""
     if planned is not None:
         plans = list(planned)
     else:
         chosen = list(gpus) if gpus is not None else (default_gpus(report) if report else [])
-        plans = [plan_detected(g, reserve, first=i == 0) for i, g in enumerate(chosen)]
-    plans = _unique_names(plans)
+        plans = [plan_detected(g, reserve, first=i == 0 and not rpc)
+                 for i, g in enumerate(chosen)]
+    plans = [*rpc, *_unique_names(plans)]
     if split:
         plans = apply_split(plans, split)
     memory = ram if ram is not None else (report.system if report else None)
     if host is None and report is not None:
         host = report.host_cpu
-    return BudgetPlan(tuple(plans), plan_host(memory, reserve, plans, host),
+    return BudgetPlan(tuple(plans), plan_host(memory, reserve, plans, host, host_bandwidth),
                       planned=planned is not None)
 
 
@@ -309,6 +405,9 @@ class HardwareChoice:
     cpu_only: bool = False  # --gpu none
     ram: int | None = None  # host RAM to plan for; None = this machine's, available now
     host_cpu: str = ""  # a CPU backend to plan for (cpu.PRESETS); "" = this machine's
+    # llama.cpp RPC servers, before the GPUs: "HOST:PORT" (memory asked) or "HOST:PORT=SIZE"
+    rpc: tuple[str, ...] = ()
+    custom_bandwidth: float = 0.0  # a custom-size GPU's memory bandwidth, bytes/s (0: unknown)
 
     @property
     def reserve(self) -> Reserve:
@@ -320,7 +419,12 @@ class HardwareChoice:
         d = dict(self.__dict__)
         d["custom_more"] = list(self.custom_more)
         d["detected_list"] = list(self.detected_list)
+        d["rpc"] = list(self.rpc)
         return d
+
+    @property
+    def rpc_specs(self) -> tuple[RpcSpec, ...]:
+        return parse_rpc_specs(self.rpc)
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> HardwareChoice:
@@ -332,6 +436,19 @@ class HardwareChoice:
                 if not isinstance(value, list) or not all(type(x) is int for x in value):
                     raise ValueError(f"hardware.{name} is not a list of whole numbers")
                 kwargs[name] = tuple(value)
+        if "rpc" in kwargs:
+            value = kwargs["rpc"]
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise ValueError("hardware.rpc is not a list of HOST:PORT strings")
+            kwargs["rpc"] = tuple(value)
+            try:
+                parse_rpc_specs(kwargs["rpc"])  # type: ignore[arg-type]
+            except UsageError as exc:
+                raise ValueError(f"hardware.rpc: {exc}") from None
+        if "custom_bandwidth" in kwargs:
+            bw = kwargs["custom_bandwidth"]
+            if isinstance(bw, bool) or not isinstance(bw, (int, float)) or not bw >= 0:
+                raise ValueError("hardware.custom_bandwidth is not a bandwidth")
         out = cls(**kwargs)  # type: ignore[arg-type]
         if out.mode not in (HW_DETECTED, HW_CATALOG, HW_CUSTOM):
             raise ValueError(f"unknown hardware mode {out.mode!r}")
@@ -353,31 +470,40 @@ class HardwareChoice:
 def plan_hardware(choice: HardwareChoice, detected: Sequence[GpuInfo] = (),
                   ram: SystemMemory | int | None = None,
                   split: Sequence[float] | None = None,
-                  host: HostCpu | None = None) -> BudgetPlan:
+                  host: HostCpu | None = None,
+                  rpc_servers: Mapping[str, RpcServerInfo] | None = None,
+                  host_bandwidth: float = 0.0) -> BudgetPlan:
     """The devices and budgets for ``choice``: the one planner of the window and the CLI.
 
     ``detected``: the GPUs found on this machine (with what is in use on them now); ``ram``:
     this machine's RAM (used unless the choice names its own); ``host``: this machine's
     llama.cpp CPU backend (used unless the choice names a preset; None: the estimate's
-    own guess). Raises UsageError for a catalog name that matches no GPU."""
+    own guess); ``rpc_servers``: what the choice's RPC servers answered (rpc.query_server);
+    ``host_bandwidth``: the host RAM's measured bandwidth. Raises UsageError for a catalog
+    name that matches no GPU, or an RPC server whose memory is neither typed nor known."""
     reserve = choice.reserve
     if choice.host_cpu:
         host = host_preset(choice.host_cpu)
     host_ram: SystemMemory | int | None = choice.ram if choice.ram is not None else ram
+    rpc = plan_rpc(choice.rpc_specs, rpc_servers or {}, reserve)
     if choice.mode == HW_CATALOG:
         entries = [catalog_gpu(name) for name in _multiples([choice.catalog_name])]
         if not entries:
             raise UsageError("no GPU named: give a catalog name such as RTX 4060")
         if choice.ram is None and all(e.unified for e in entries):
             host_ram = entries[0].memory  # planning a Mac: its RAM is the unified memory
-        planned = [plan_catalog(e, reserve, first=i == 0) for i, e in enumerate(entries)]
+        planned = [plan_catalog(e, reserve, first=i == 0 and not rpc)
+                   for i, e in enumerate(entries)]
         return plan_devices(None, reserve, planned=planned,
-                            ram=_available(host_ram), split=split, host=host)
+                            ram=_available(host_ram), split=split, host=host, rpc=rpc,
+                            host_bandwidth=host_bandwidth)
     if choice.mode == HW_CUSTOM:
         sizes = [choice.custom_bytes, *choice.custom_more]
-        planned = [plan_vram(n, reserve, first=i == 0) for i, n in enumerate(sizes)]
+        planned = [plan_vram(n, reserve, first=i == 0 and not rpc,
+                             bandwidth=choice.custom_bandwidth) for i, n in enumerate(sizes)]
         return plan_devices(None, reserve, planned=planned, ram=_available(host_ram),
-                            split=split, host=host)
+                            split=split, host=host, rpc=rpc,
+                            host_bandwidth=host_bandwidth)
     if choice.cpu_only or not detected:
         chosen: list[GpuInfo] = []
     elif choice.detected_list:
@@ -387,7 +513,7 @@ def plan_hardware(choice: HardwareChoice, detected: Sequence[GpuInfo] = (),
     else:
         chosen = [detected[min(max(choice.detected_index, 0), len(detected) - 1)]]
     return plan_devices(None, reserve, gpus=chosen, ram=_available(host_ram), split=split,
-                        host=host)
+                        host=host, rpc=rpc, host_bandwidth=host_bandwidth)
 
 
 def _available(ram: SystemMemory | int | None) -> int | None:
@@ -465,6 +591,19 @@ def add_budget_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--ram", metavar="SIZE", help="host RAM for CPU layers (default: what is available now)"
+    )
+    g.add_argument(
+        "--rpc-mem",
+        action="append",
+        metavar="SIZE",
+        help="the memory of each --rpc server, in order (24GiB,16GiB), for servers kvgui "
+        "cannot ask (default: each server is asked, as llama.cpp asks it)",
+    )
+    g.add_argument(
+        "--gpu-bandwidth",
+        metavar="GB/s",
+        help="memory bandwidth of a GPU given with --vram, for the speed prediction "
+        "(catalog and detected GPUs have theirs)",
     )
     g.add_argument(
         "--host-cpu",
@@ -573,10 +712,12 @@ def choice_from_args(args: argparse.Namespace,
     if sum(bool(x) for x in (gpu_spec, models, vrams)) > 1:
         raise UsageError("--gpu, --gpu-model and --vram are alternatives: give one of them")
     r = reserve_from_args(args)
+    rpc = _rpc_from_args(args)
     base = HardwareChoice(desktop=r.other_apps, embedding=r.embedding,
                           embedding_name=r.embedding_name, mmproj=r.mmproj, margin=r.margin,
                           ram=_size("--ram", getattr(args, "ram", None)),
-                          detected_index=ALL_GPUS, host_cpu=_host_cpu(args))
+                          detected_index=ALL_GPUS, host_cpu=_host_cpu(args), rpc=rpc,
+                          custom_bandwidth=_bandwidth(getattr(args, "gpu_bandwidth", None)))
     if models:
         for m in models:
             catalog_gpu(m)  # one line naming the candidates, before anything else
@@ -592,20 +733,72 @@ def choice_from_args(args: argparse.Namespace,
     return base
 
 
+def _rpc_from_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """--rpc's servers (llama.cpp's flag, Settings.rpc_servers), each with its --rpc-mem
+    size when given: "HOST:PORT" or "HOST:PORT=BYTES"."""
+    endpoints: list[str] = []
+    for value in getattr(args, "rpc_servers", None) or []:
+        for e in ([value] if isinstance(value, str) else value):
+            for part in e.split(","):
+                if part.strip() and part.strip() not in endpoints:
+                    endpoints.append(part.strip())
+    sizes = [_size("--rpc-mem", v) for v in _multiples(getattr(args, "rpc_mem", None))]
+    if len(sizes) > len(endpoints):
+        raise UsageError(f"--rpc-mem: {len(sizes)} sizes for {len(endpoints)} RPC servers "
+                         "(give one per --rpc server, in order)")
+    out = []
+    for i, ep in enumerate(endpoints):
+        out.append(f"{ep}={sizes[i]}" if i < len(sizes) else ep)
+    parse_rpc_specs(out)  # each endpoint checked as llama.cpp reads it
+    return tuple(out)
+
+
+def _bandwidth(text: str | None) -> float:
+    """--gpu-bandwidth: GB/s (decimal, as spec sheets give it) -> bytes/s."""
+    if text is None:
+        return 0.0
+    try:
+        value = float(text.strip().lower().removesuffix("gb/s").strip())
+    except ValueError:
+        raise UsageError(f"--gpu-bandwidth: not a number of GB/s: {text!r}") from None
+    if not 0 < value < 100_000:
+        raise UsageError(f"--gpu-bandwidth: {text} GB/s is not a GPU's memory bandwidth")
+    return value * 1e9
+
+
+def ask_rpc_servers(specs: Sequence[RpcSpec], timeout: float | None = None
+                    ) -> dict[str, RpcServerInfo]:
+    """Ask each server whose memory was not typed in (a UsageError naming the one that
+    did not answer, and how to give its size instead)."""
+    from kvgui.core.devices.hardware.rpc import DEFAULT_TIMEOUT, RpcQueryError, query_server
+
+    out: dict[str, RpcServerInfo] = {}
+    for spec in specs:
+        if spec.memory is None:
+            try:
+                out[spec.endpoint] = query_server(spec.endpoint, timeout or DEFAULT_TIMEOUT)
+            except RpcQueryError as exc:
+                raise UsageError(f"{exc}; or give its memory: --rpc {spec.endpoint}=SIZE"
+                                 ) from None
+    return out
+
+
 def plan_from_args(args: argparse.Namespace, report: HardwareReport | None = None,
-                   host: HostCpu | None = None) -> BudgetPlan:
+                   host: HostCpu | None = None, host_bandwidth: float = 0.0) -> BudgetPlan:
     """The budget plan the flags describe; ``report`` is detect()'s, run here when needed;
     ``host``: the installed llama.cpp's CPU backend (kvgui.runtime.llama_backend), else the
-    report's (a native build's guess)."""
+    report's (a native build's guess); ``host_bandwidth``: the host RAM's (membw.py). RPC
+    servers are asked for their memory here."""
     planning = bool(getattr(args, "gpu_model", None) or getattr(args, "vram", None))
     if report is None:
         from kvgui.core.devices.hardware import detect, system
 
         report = HardwareReport(system=system.probe()[0]) if planning else detect()
     choice = choice_from_args(args, report)
+    servers = ask_rpc_servers(choice.rpc_specs)
     try:
         return plan_hardware(choice, report.gpus, report.system, _split_from_args(args),
-                             host or report.host_cpu)
+                             host or report.host_cpu, servers, host_bandwidth)
     except ValueError as exc:  # a negative tensor split
         raise UsageError(str(exc)) from None
 

@@ -40,15 +40,21 @@ _NOISE = frozenset(
 _TOKEN = re.compile(r"(\d+)\s*gb\b|(?<![a-z])[a-z]{1,2}\d+(?:[a-z](?![a-z]))?|\d+|[a-z]+")
 
 
+GB = 10**9  # spec sheets give memory bandwidth in decimal GB/s
+
+
 @dataclass(frozen=True)
 class CatalogGpu:
-    """A GPU model: ``memory`` in bytes (spec-sheet size); ``unified`` = shares system RAM."""
+    """A GPU model: ``memory`` in bytes (spec-sheet size); ``unified`` = shares system RAM;
+    ``bandwidth``: its memory bandwidth in bytes per second (the spec sheet's GB/s): decoding a
+    token reads every offloaded weight once, so this bounds the predicted tokens/s (speed.py)."""
 
     name: str
     vendor: str
     kind: str
     memory: int
     unified: bool = False
+    bandwidth: int = 0
 
 
 def tokens(name: str) -> frozenset[str]:
@@ -79,6 +85,7 @@ def catalog() -> tuple[CatalogGpu, ...]:
             kind=e["kind"],
             memory=int(e["memory"]),
             unified=bool(e.get("unified", False)),
+            bandwidth=int(float(e["bandwidth"]) * GB),
         )
         for e in data["gpus"]
     )

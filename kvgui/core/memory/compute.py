@@ -130,24 +130,38 @@ class SlotLayers:
 class Offload:
     """Where llama.cpp puts the layers (llama_model::load_tensors): the GPU of each layer (-1:
     the CPU), the output layer's, how many GPUs, and the KV cache on the GPUs or not (-nkvo).
-    ``overrides``: tensor buffer overrides (-ot, --n-cpu-moe) as (regex, GPU or -1)."""
+    ``overrides``: tensor buffer overrides (-ot, --n-cpu-moe) as (regex, GPU or -1).
+    ``extra_weights``: the host's weights in CPU extra buffer types (CPU_REPACK, AMX)."""
 
     layer_device: tuple[int, ...]
     output_device: int
     n_gpus: int
     kv_offload: bool = True
     overrides: tuple[tuple[str, int], ...] = ()
+    extra_weights: frozenset[str] = frozenset()
+    # overrides were given, even if none matches (llama_model::has_tensor_overrides)
+    overridden: bool = False
+    # per GPU: 0 for a local device, else the alignment of an RPC server's device
+    rpc_alignment: tuple[int, ...] = ()
 
     def with_kv_offload(self, kv_offload: bool) -> Offload:
         return dataclasses.replace(self, kv_offload=kv_offload)
 
+    def is_rpc(self, gpu: int) -> bool:
+        return gpu < len(self.rpc_alignment) and self.rpc_alignment[gpu] > 0
+
     @functools.cached_property
     def layout(self) -> reserve.Layout:
-        """The scheduler's view: CUDA devices (their rules; other GPU kinds are taken alike),
-        the CPU last with its compute buffer in CUDA's pinned host memory; llama.cpp's backend
-        hints applied (an allocating reserve)."""
-        host = reserve.Buft("CUDA_Host", host=True) if self.n_gpus else reserve.CPU_BUFT
-        backends = tuple(reserve.cuda_backend(i) for i in range(self.n_gpus))
+        """The scheduler's view: local devices with CUDA's rules (other GPU kinds are taken
+        alike), RPC servers' devices with the RPC backend's, the CPU last with its compute
+        buffer in the first device's pinned host memory when it has one (a local GPU; an RPC
+        device has none: llama_context's "host buffer of the first device"); llama.cpp's
+        backend hints applied (an allocating reserve)."""
+        local_first = self.n_gpus > 0 and not self.is_rpc(0)
+        host = reserve.Buft("CUDA_Host", host=True) if local_first else reserve.CPU_BUFT
+        backends = tuple(
+            reserve.rpc_backend(i, alignment=self.rpc_alignment[i]) if self.is_rpc(i)
+            else reserve.cuda_backend(i) for i in range(self.n_gpus))
         return self.layout_with((*backends, reserve.cpu_backend(host)), pins=True)
 
     def layout_with(self, backends: tuple[reserve.Backend, ...], pins: bool) -> reserve.Layout:
@@ -160,10 +174,11 @@ class Offload:
         output = cpu if self.output_device < 0 else self.output_device
         full = output != cpu and all(b != cpu for b in layers)
         overrides = tuple((p, cpu if d < 0 else d) for p, d in self.overrides)
-        parallel = self.n_gpus > 1 and full and self.kv_offload and not overrides
+        parallel = self.n_gpus > 1 and full and self.kv_offload and not overrides \
+            and not self.overridden
         return reserve.Layout(backends, layers, output, self.kv_offload,
                               GGML_SCHED_MAX_COPIES if parallel else 1, full, pins,
-                              overrides)
+                              overrides, self.extra_weights)
 
 
 def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,

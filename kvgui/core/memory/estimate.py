@@ -13,14 +13,21 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple
 
-from kvgui.core.config.settings import N_CTX_PAD, FlashAttn, Settings
-from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget
+from kvgui.core.config.settings import N_CTX_PAD, FlashAttn, Settings, SplitMode
+from kvgui.core.devices.device_budget import CPU_NAME, DeviceBudget, with_rpc_devices
 from kvgui.core.devices.hardware import cpu as host_cpu
 from kvgui.core.devices.hardware.cpu import HostCpu
 from kvgui.core.gguf import ggml_types
+from kvgui.core.gguf.reader import TensorInfo
 from kvgui.core.memory import findings as fnd
-from kvgui.core.memory import host_buffers
-from kvgui.core.memory.compute import Offload, SlotLayers, cache_graph, compute_buffer
+from kvgui.core.memory import host_buffers, tensor_overrides
+from kvgui.core.memory.compute import (
+    CPU_ALIGN,
+    Offload,
+    SlotLayers,
+    cache_graph,
+    compute_buffer,
+)
 from kvgui.core.memory.findings import Code, Finding
 from kvgui.core.memory.memo import ModelMemo
 from kvgui.core.memory.verification import ComputeCheck, compute_check
@@ -225,7 +232,10 @@ class Estimate:
             "settings": {"n_ctx": self.n_ctx, "type_k": s.type_k, "type_v": s.type_v,
                          "flash_attn": self.flash_attn, "n_gpu_layers": self.n_gpu_layers,
                          "n_batch": self.shape.n_batch, "n_ubatch": self.shape.n_ubatch,
-                         "n_parallel": s.n_parallel, "swa_full": s.swa_full},
+                         "n_parallel": s.n_parallel, "swa_full": s.swa_full,
+                         "n_cpu_moe": s.n_cpu_moe,
+                         "override_tensor": [list(o) for o in s.override_tensor],
+                         "rpc_servers": list(s.rpc_servers)},
             "memory": self.memory_json(),
             "compute_check": self.compute_check.to_json(),
             "devices": [{"name": d.name, "is_gpu": d.is_gpu, "budget": d.budget,
@@ -353,6 +363,7 @@ class _Placement:
     compute_slots: tuple[SlotLayers, ...]
     host: host_buffers.HostWeights  # the CPU slot's weights by llama.cpp buffer type
     offload: Offload  # where the layers are, for the compute graph's scheduler
+    findings: tuple[Finding, ...] = ()  # what llama.cpp says of the tensor overrides
 
 
 def _layer_devices(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) -> tuple[
@@ -389,28 +400,44 @@ def _layer_devices(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget]) 
     return [dev(il) for il in range(n_all)], dev(n_all), max(0, min(ngl, n_all + 1))
 
 
-def _host_weights(model: ModelInfo, host: HostCpu, layer_dev: Sequence[int], out_dev: int,
-                  *, gpus: bool, mmap: bool) -> host_buffers.HostWeights:
-    """The CPU's weights (input, other, CPU layers, a CPU output layer) in llama.cpp's host
-    buffer types (host_buffers.py)."""
+def _tensor_slots(model: ModelInfo, layer_dev: Sequence[int], out_dev: int,
+                  rules: tensor_overrides.Resolved) -> tuple[
+        list[tuple[TensorInfo, int]], TensorInfo | None, int]:
+    """Each weight llama.cpp loads with its device (-1: the host): its layer's (input and
+    "other" weights: the host), unless an override matches its name first. Also the tied
+    output head (token_embd loaded again as the output layer: TENSOR_DUPLICATED, the same
+    name, so the same overrides) and its device, when the file has no output.weight."""
     n_all = len(model.layers)
     output_names = layer_rules.output_tensors(model.arch)
-
-    def on_cpu(group: int | str) -> bool:
+    out: list[tuple[TensorInfo, int]] = []
+    for t in model.tensors:
+        group = weight_group(t.name, n_all, model.n_layer, output_names)
         if isinstance(group, int):
-            return layer_dev[group] < 0
-        return group != "output" or out_dev < 0
-
-    # model.tensors holds what llama.cpp loads (no NextN/MTP blocks)
-    mine = [t for t in model.tensors
-            if on_cpu(weight_group(t.name, n_all, model.n_layer, output_names))]
+            default = layer_dev[group]
+        elif group == "output":
+            default = out_dev
+        else:
+            default = -1
+        out.append((t, rules.slot(t.name, default) if rules else default))
     tied = None
+    if not any(t.name == "output.weight" for t in model.tensors):
+        tied = next((t for t in model.tensors if t.name == "token_embd.weight"), None)
+    tied_dev = out_dev if tied is None or not rules else rules.slot(tied.name, out_dev)
+    return out, tied, tied_dev
+
+
+def _host_weights(model: ModelInfo, host: HostCpu, slots: Sequence[tuple[TensorInfo, int]],
+                  tied: TensorInfo | None, tied_dev: int, *, gpu_host: bool,
+                  mmap: bool) -> host_buffers.HostWeights:
+    """The host's weights (input, other, CPU layers, a CPU output layer, whatever an
+    override sends there) in llama.cpp's host buffer types (host_buffers.py)."""
+    mine = [t for t, dev in slots if dev < 0]
     output_first = model.arch in layer_rules.OUTPUT_BEFORE_TOKEN_EMBD
-    if out_dev < 0 and (model.tied_output_weights or output_first) and \
-            not any(t.name == "output.weight" for t in model.tensors):
-        tied = next((t for t in mine if t.name == "token_embd.weight"), None)
-    return host_buffers.place(mine, host, gpu_host=gpus, mmap=mmap, tied_output=tied,
-                              output_first=output_first)
+    tied_output = None
+    if tied_dev < 0 and tied is not None and (model.tied_output_weights or output_first):
+        tied_output = tied
+    return host_buffers.place(mine, host, gpu_host=gpu_host, mmap=mmap,
+                              tied_output=tied_output, output_first=output_first)
 
 
 def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget],
@@ -422,16 +449,37 @@ def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget],
     def slot(dev: int) -> int:
         return cpu if dev < 0 else dev
 
+    rules = tensor_overrides.resolve(s, gpus, (t.name for t in model.tensors),
+                                     n_expert=model.n_expert)
+    found = list(rules.findings)
     weights = [0] * n_slots
-    weights[cpu] += model.input_weights + model.other_weights
-    weights[slot(out_dev)] += model.output_weights
-    if out_dev >= 0:
-        weights[out_dev] += model.tied_output_weights
-    for il, w in enumerate(model.layer_weights):
-        weights[slot(layer_dev[il])] += w
-    hosted = _host_weights(model, host, layer_dev, out_dev, gpus=bool(gpus), mmap=s.mmap)
-    if model.tensors:  # a header without its tensor table keeps the plain sums
+    gpu_host = any(g.has_host_buffer for g in gpus)
+    if model.tensors:
+        align = layer_rules.WEIGHT_ALIGNMENT
+        slots, tied, tied_dev = _tensor_slots(model, layer_dev, out_dev, rules)
+        for t, dev in slots:
+            if dev >= 0:
+                weights[dev] += -(-t.nbytes // align) * align
+        if tied is not None and tied_dev >= 0:
+            # the output head's copy of token_embd on a GPU (OUTPUT_BEFORE_TOKEN_EMBD
+            # architectures count it in output_weights, as a weight of its own)
+            weights[tied_dev] += model.tied_output_weights or -(-tied.nbytes // align) * align
+        hosted = _host_weights(model, host, slots, tied, tied_dev, gpu_host=gpu_host,
+                               mmap=s.mmap)
         weights[cpu] = hosted.total
+        if rules and s.mmap and any(rules.rule_slot(t.name) == -1 for t, _ in slots):
+            found.append(fnd.note(
+                Code.CPU_OVERRIDE_MMAP,
+                "tensors overridden to the CPU with mmap on: llama.cpp runs them from the "
+                "mapped file and suggests --load-mode none (-lm none) for speed"))
+    else:  # a header without its tensor table: the plain sums (overrides cannot apply)
+        weights[cpu] += model.input_weights + model.other_weights
+        weights[slot(out_dev)] += model.output_weights
+        if out_dev >= 0:
+            weights[out_dev] += model.tied_output_weights
+        for il, w in enumerate(model.layer_weights):
+            weights[slot(layer_dev[il])] += w
+        hosted = host_buffers.place((), host, gpu_host=gpu_host, mmap=s.mmap)
     groups: dict[tuple[int, int, int, bool], int] = {}
     groups_host: dict[tuple[int, int, int, bool], int] = {}
     recurrent = [0] * n_slots
@@ -446,18 +494,26 @@ def _placement(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget],
         if layer.recurrent:
             recurrent[where] += 1
             recurrent_host[cpu] += 1
-    slots = []
+    slots_ = []
     for d in [*range(len(gpus)), -1]:
         here = [layer for il, layer in enumerate(model.layers) if layer_dev[il] == d]
-        slots.append(SlotLayers(
+        slots_.append(SlotLayers(
             holds_layers=bool(here), holds_output=out_dev == d,
             full_attention=any(layer.has_kv and not layer.swa for layer in here),
             swa=any(layer.has_kv and layer.swa for layer in here)))
+    # the scheduler sees the CPU's weights in extra buffer types (CPU_REPACK, AMX) as no host
+    # memory: no GPU offloads an op on them (ggml_backend_sched_backend_id_from_cur)
+    extra = frozenset(p.weight.name for p in hosted.placed
+                      if p.buffer not in (host_buffers.CPU, host_buffers.GPU_HOST))
     return _Placement(n_gpu_layers, tuple(weights),
                       tuple((*k, n) for k, n in groups.items()),
                       tuple((*k, n) for k, n in groups_host.items()),
-                      tuple(recurrent), tuple(recurrent_host), tuple(slots), hosted,
-                      Offload(tuple(layer_dev), out_dev, len(gpus)))
+                      tuple(recurrent), tuple(recurrent_host), tuple(slots_), hosted,
+                      Offload(tuple(layer_dev), out_dev, len(gpus), True, rules.layout_rules,
+                              extra, rules.given,
+                              tuple((g.alignment or CPU_ALIGN) if g.is_rpc else 0
+                                    for g in gpus)), tuple(found))
+
 
 def estimate(model: ModelInfo, settings: Settings,
              devices: Sequence[DeviceBudget] | None = None,
@@ -469,26 +525,20 @@ def estimate(model: ModelInfo, settings: Settings,
     same model (a slider sweep, a fit search) pass one and cost a few microseconds each."""
     memo = ModelMemo(model) if memo is None else memo.for_model(model)
     devices = devices or ()
-    gpus = [d for d in devices if d.is_gpu]
+    all_gpus = with_rpc_devices([d for d in devices if d.is_gpu], settings.rpc_servers)
     cpu_budget = next((d.budget for d in devices if not d.is_gpu), None)
-    host = next((d.host for d in devices if not d.is_gpu and d.host is not None), None) \
-        or this_host()
     s = settings
-    crash = host.kernels_crash if s.repack and host.extra_buffers else ""
-    if not s.repack:  # -nr: llama.cpp uses no extra CPU buffer types
-        host = host.without_extra_buffers()
-    fa = resolve_flash_attn(model, s)
-    if ggml_types.is_quantized(s.type_v) and s.flash_attn is FlashAttn.AUTO:
-        fa = True
+    gpus, split_found = _split_devices(all_gpus, s)
+    host, crash = _host_of(devices, s)
+    fa = _flash_attn(model, s)
     found = list(memo.get("check", (s.type_k, s.type_v, s.flash_attn, s.swa_full,
                                     beyond_trained(model, s) and s.n_ctx),
-                          lambda: check(model, s)))
+                          lambda: check(model, s))) + split_found
     refused = any(f.is_refusal for f in found)
     shape = context_shape(model, s)
-    placed = memo.get("placement",
-                      (s.n_gpu_layers, s.tensor_split, tuple((g.split, g.budget) for g in gpus),
-                       host, s.mmap),
-                      lambda: _placement(model, s, gpus, host))
+    placement_key, placed = _placed(model, s, gpus, host, memo)
+    found += placed.findings
+    refused = refused or any(f.is_refusal for f in placed.findings)
     n_slots = len(gpus) + 1
     cpu = n_slots - 1
 
@@ -506,18 +556,16 @@ def estimate(model: ModelInfo, settings: Settings,
     state = [n * per_state for n in (placed.recurrent if s.kv_offload
                                       else placed.recurrent_host)]
 
-    graph = cache_graph(model, s.type_k, s.type_v)
-    placement_key = (s.n_gpu_layers, s.tensor_split, tuple((g.split, g.budget) for g in gpus))
-    offload = placed.offload if s.kv_offload else placed.offload.with_kv_offload(False)
-    compute = memo.get("compute", (placement_key, shape, fa, graph, s.kv_offload),
-                       lambda: compute_buffer(model, shape, fa, placed.compute_slots, graph,
-                                              offload, memo=memo))
+    compute = _compute(model, s, shape, fa, placement_key, placed, memo)
     output = model.n_vocab * s.n_parallel * 4  # logits for one token per sequence, host memory
 
     out: list[DeviceMemory] = []
     for i, g in enumerate(gpus):
         out.append(DeviceMemory(g.name, True, g.budget, placed.weights[i], kv_k[i], kv_v[i],
                                 compute[i], 0, state[i]))
+    if len(gpus) < len(all_gpus):  # -sm none: the other GPUs hold nothing
+        used = dict(zip((id(g) for g in gpus), out, strict=True))
+        out = [used.get(id(g)) or DeviceMemory(g.name, True, g.budget) for g in all_gpus]
     out.append(DeviceMemory(CPU_NAME, False, cpu_budget, placed.weights[cpu], kv_k[cpu],
                             kv_v[cpu], compute[cpu], output, state[cpu],
                             placed.host.mapped, placed.host.mapped_idle))
@@ -529,6 +577,12 @@ def estimate(model: ModelInfo, settings: Settings,
     checked = memo.get("compute_check", on_gpu, lambda: compute_check(model, on_gpu))
     if not checked.verified and not refused:
         found.append(fnd.note(Code.COMPUTE_NOT_VERIFIED, f"compute buffer: {checked.label}"))
+    unknown = [g.name for g in gpus if g.is_rpc and g.budget is None and not g.split]
+    if unknown and len(gpus) > 1 and not s.tensor_split:
+        found.append(fnd.note(
+            Code.RPC_MEMORY_UNKNOWN,
+            f"llama.cpp splits the layers by each device's free memory, which kvgui does not "
+            f"know for {', '.join(unknown)}: the split shown is a guess; -ts sets it"))
     n_gpu_layers = placed.n_gpu_layers
     if gpus and n_gpu_layers < len(model.layers) + 1:
         found.append(fnd.warning(
@@ -537,6 +591,108 @@ def estimate(model: ModelInfo, settings: Settings,
             "the rest run on the CPU, much slower", field="n_gpu_layers"))
     return Estimate(model, s, shape, fa, n_gpu_layers, tuple(out), tuple(found),
                     placed.host.buffers, host)
+
+
+def _split_devices(gpus: list[DeviceBudget], s: Settings) -> tuple[list[DeviceBudget],
+                                                                     list[Finding]]:
+    """The GPUs llama.cpp loads onto: with -sm none only the main GPU (src/llama.cpp: "if
+    using single GPU mode, remove all except the main GPU"; a -mg past them fails the load);
+    with -sm row every matrix is split by rows over the GPUs, which kvgui does not follow
+    (it shows -sm layer's figures and says so)."""
+    if not gpus or s.split_mode is SplitMode.LAYER:
+        return gpus, []
+    if s.split_mode is SplitMode.NONE:
+        if s.main_gpu >= len(gpus):
+            return gpus, [fnd.refusal(
+                Code.MAIN_GPU_INVALID,
+                f"-mg {s.main_gpu}: there are {len(gpus)} devices (0-{len(gpus) - 1}); "
+                "llama.cpp fails the load ('invalid value for main_gpu')", field="main_gpu",
+                fix={"main_gpu": 0})]
+        return [gpus[s.main_gpu]], []
+    if len(gpus) > 1:
+        return gpus, [fnd.note(
+            Code.SPLIT_ROW_UNMODELED,
+            f"-sm {s.split_mode.value}: llama.cpp splits each matrix across the GPUs; kvgui "
+            "shows the figures of -sm layer (the totals are close, the per-GPU shares not)")]
+    return gpus, []
+
+
+def refusals_of(model: ModelInfo, settings: Settings,
+                devices: Sequence[DeviceBudget] | None = None,
+                memo: ModelMemo | None = None) -> tuple[Finding, ...]:
+    """What llama.cpp would refuse of these settings — estimate()'s refusals, from the same
+    rules and memo entries — without sizing the compute buffers (a control that marks every
+    cache type asks this 18 times per change; a new placement's buffers cost a scheduler
+    replay each)."""
+    memo = ModelMemo(model) if memo is None else memo.for_model(model)
+    devices = devices or ()
+    s = settings
+    gpus, found = _split_devices([d for d in devices if d.is_gpu], s)
+    host, crash = _host_of(devices, s)
+    found = list(memo.get("check", (s.type_k, s.type_v, s.flash_attn, s.swa_full,
+                                    beyond_trained(model, s) and s.n_ctx),
+                          lambda: check(model, s))) + found
+    _, placed = _placed(model, s, gpus, host, memo)
+    found += placed.findings
+    found += host_buffers.findings(placed.host, host, flash_attn=_flash_attn(model, s))
+    if crash and any(p.buffer not in ("CPU", "CPU_Mapped") for p in placed.host.placed):
+        found.append(fnd.refusal(Code.LLAMA_ABORTS, crash, field="repack",
+                                 fix={"repack": False}))
+    return tuple(f for f in found if f.is_refusal)
+
+
+def _host_of(devices: Sequence[DeviceBudget], s: Settings) -> tuple[HostCpu, str]:
+    """The CPU backend the host's weights are placed for (-nr: no extra buffer types), and
+    why its kernels would abort llama.cpp ("" when they would not)."""
+    host = next((d.host for d in devices if not d.is_gpu and d.host is not None), None) \
+        or this_host()
+    crash = host.kernels_crash if s.repack and host.extra_buffers else ""
+    if not s.repack:  # -nr: llama.cpp uses no extra CPU buffer types
+        host = host.without_extra_buffers()
+    return host, crash
+
+
+def _flash_attn(model: ModelInfo, s: Settings) -> bool:
+    fa = resolve_flash_attn(model, s)
+    if ggml_types.is_quantized(s.type_v) and s.flash_attn is FlashAttn.AUTO:
+        fa = True
+    return fa
+
+
+def _placed(model: ModelInfo, s: Settings, gpus: Sequence[DeviceBudget], host: HostCpu,
+            memo: ModelMemo) -> tuple[tuple[Any, ...], _Placement]:
+    # the budgets only split the layers between several GPUs (one GPU's size changes no
+    # placement: a search over budgets reuses the placements and compute buffers)
+    split_by = (lambda g: g.budget) if len(gpus) > 1 else (lambda g: None)
+    placement_key = (s.n_gpu_layers, s.tensor_split,
+                     tuple((g.split, split_by(g), g.buft, g.alignment) for g in gpus), host,
+                     s.mmap, s.override_tensor, s.n_cpu_moe)
+    return placement_key, memo.get("placement", placement_key,
+                                   lambda: _placement(model, s, gpus, host))
+
+
+def _compute(model: ModelInfo, s: Settings, shape: ContextShape, fa: bool,
+             placement_key: tuple[Any, ...], placed: _Placement,
+             memo: ModelMemo) -> list[int]:
+    graph = cache_graph(model, s.type_k, s.type_v)
+    offload = placed.offload if s.kv_offload else placed.offload.with_kv_offload(False)
+    return memo.get("compute", (placement_key, shape, fa, graph, s.kv_offload),
+                    lambda: compute_buffer(model, shape, fa, placed.compute_slots, graph,
+                                           offload, memo=memo))
+
+
+def compute_buffers(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget],
+                    memo: ModelMemo) -> tuple[int, ...]:
+    """The compute buffer of each device (GPUs, host last), exactly as estimate() has it
+    and from the same memo entries, without the rest of the estimate (the planner's
+    representatives: compute is all it needs of them)."""
+    memo = memo.for_model(model)
+    gpus, _ = _split_devices([d for d in devices if d.is_gpu], settings)
+    host, _ = _host_of(devices, settings)
+    placement_key, placed = _placed(model, settings, gpus, host, memo)
+    shape = context_shape(model, settings)
+    return tuple(_compute(model, settings, shape, _flash_attn(model, settings),
+                          placement_key, placed, memo))
 
 
 def this_host() -> HostCpu:

@@ -35,6 +35,9 @@ class Code(str, Enum):
     V_BLOCK_SIZE = "v-block-size"
     LLAMA_ABORTS = "llama-aborts"
     AMX_MLA_ABORTS = "amx-mla-aborts"  # an MLA weight in the AMX buffer: GGML_ASSERT
+    OT_BAD_REGEX = "override-tensor-bad-regex"  # std::regex throws: the model does not load
+    OT_UNKNOWN_BUFFER_TYPE = "override-tensor-unknown-buffer-type"  # arg.cpp refuses it
+    MAIN_GPU_INVALID = "main-gpu-invalid"  # -sm none with -mg past the devices: load fails
     # warnings
     BEYOND_TRAINED = "beyond-trained-context"
     SWA_FULL = "swa-full"
@@ -47,6 +50,11 @@ class Code(str, Enum):
     COMPUTE_NOT_VERIFIED = "compute-not-verified"
     HOST_MAPPED_COPIES = "host-mapped-copies"  # mmap + repacked weights: both in RAM at first
     HOST_BUFFERS_UNMODELED = "host-buffers-unmodeled"  # KleidiAI & co.: not followed
+    OT_NO_MATCH = "override-tensor-no-match"  # an -ot pattern no weight's name matches
+    CPU_MOE_NO_EXPERTS = "cpu-moe-no-experts"  # --n-cpu-moe on a dense model: ignored
+    CPU_OVERRIDE_MMAP = "cpu-override-with-mmap"  # llama.cpp's "consider --load-mode none"
+    SPLIT_ROW_UNMODELED = "split-row-unmodeled"  # -sm row: matrices split by rows, not followed
+    RPC_MEMORY_UNKNOWN = "rpc-memory-unknown"  # the split by free memory of an RPC device
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})

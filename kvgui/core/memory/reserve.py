@@ -212,6 +212,9 @@ def peak(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
 # --- several devices: the scheduler's split graph, one buffer per backend ----------------
 
 CPU_BUFT = Buft("CPU", host=True)
+# CPU_REPACK / AMX: the CPU backend's extra buffer types (ggml_backend_cpu_device_supports_buft
+# takes them), which ggml does not count as host memory (ggml_backend_buft_is_host: no is_host)
+CPU_EXTRA_BUFT = Buft("CPU_REPACK", host=True, extra=True)
 
 
 def cpu_backend(buft: Buft = CPU_BUFT) -> Backend:
@@ -220,11 +223,12 @@ def cpu_backend(buft: Buft = CPU_BUFT) -> Backend:
     return Backend("CPU", "cpu", buft, alloc.CPU_ALIGN)
 
 
-def rpc_backend(index: int, name: str = "") -> Backend:
-    """An RPC device served by ggml-rpc-server's CPU backend: its own buffers only, every op,
-    no offload_op, the CPU's alignment."""
+def rpc_backend(index: int, name: str = "", alignment: int = 0) -> Backend:
+    """An RPC device (ggml-rpc.cpp): its own buffers only, every op, no offload_op (the RPC
+    device interface has none), its server's alignment (GET_ALIGNMENT; ggml-rpc-server's CPU
+    backend: the CPU's)."""
     return Backend(name or f"RPC{index}", "rpc", Buft(name or f"RPC{index}", False, index),
-                   alloc.CPU_ALIGN)
+                   alignment or alloc.CPU_ALIGN)
 
 
 def n_cpu_moe(n_layers: int, cpu: int) -> tuple[tuple[str, int], ...]:
@@ -266,6 +270,9 @@ class Layout:
     # tensor buffer type overrides (-ot PATTERN=BUFT, --n-cpu-moe): (regex searched in the
     # weight's name, the backend whose buffer type it gets), the first match wins
     overrides: tuple[tuple[str, int], ...] = ()
+    # the host's weights llama.cpp put in a CPU extra buffer type (CPU_REPACK, AMX: is_host
+    # NULL): the CPU backend reads them, but no GPU offloads an op on them
+    extra_weights: frozenset[str] = frozenset()
 
     @property
     def cpu(self) -> int:
@@ -274,9 +281,11 @@ class Layout:
     def buft_of(self, t: Tensor) -> Buft:
         loc = t.loc
         assert loc is not None
+        if loc.weight and t.name in self.extra_weights:
+            return CPU_EXTRA_BUFT
         if loc.weight:
             for pattern, backend in self.overrides:
-                if re.search(pattern, t.name):
+                if _compiled(pattern).search(t.name):
                     return CPU_BUFT if backend == self.cpu else self.backends[backend].buft
         if loc.kind == "input":
             b = self.cpu
@@ -287,6 +296,12 @@ class Layout:
         else:  # the KV cache or recurrent state of layer il
             b = self.layer_backend[loc.il] if self.offload_kqv else self.cpu
         return CPU_BUFT if b == self.cpu else self.backends[b].buft
+
+
+@functools.lru_cache(maxsize=8192)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    """An override's regex, compiled once (re's own cache holds 512: --n-cpu-moe 999 is more)."""
+    return re.compile(pattern)
 
 
 @dataclass

@@ -192,6 +192,8 @@ def request_for(model: Path, settings: Any, prompt_tokens: int | None = None,
     mp = dict(params.model)
     if mp.pop("tensor_split", ()):
         raise ValueError("the real load runs on one GPU: no tensor split")
+    if mp.pop("tensor_buft_overrides", ()):  # (a pointer: kvgui.runtime.llama_structs)
+        raise ValueError("the real load takes no tensor overrides (-ot, --n-cpu-moe)")
     return {"model": str(model), "model_params": mp, "context_params": dict(params.context),
             "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens}
 

@@ -74,3 +74,19 @@ def test_tokens():
     assert tokens("NVIDIA GeForce RTX 4060 Ti 16 GB") == {"rtx", "4060", "ti", "16gb"}
     assert tokens("Instinct MI300X") == {"mi300x"}
     assert tokens("RTX A6000") != tokens("RTX 6000")
+
+
+def test_every_entry_has_its_spec_sheet_bandwidth():
+    """The decode speed prediction divides bytes per token by it: every card has one, in a
+    plausible range, and the figures that anchor it are the published ones."""
+    gb = 10**9
+    for g in catalog():
+        assert 60 * gb <= g.bandwidth <= 8000 * gb, g
+    known = {"RTX 4090": 1008, "RTX 4060": 272, "RTX 3090": 936, "RTX 5090": 1792,
+             "H100 SXM": 3350, "RX 7900 XTX": 960, "M2 Ultra 192GB": 800, "Arc B580": 456,
+             "M4 Max 128GB": 546}
+    for name, gbps in known.items():
+        gpu = find_gpu(name)
+        assert gpu is not None and gpu.bandwidth == gbps * gb, name
+    # the same chip never reads faster with a cut-down bus
+    assert find_gpu("RTX 3060 8GB").bandwidth < find_gpu("RTX 3060").bandwidth

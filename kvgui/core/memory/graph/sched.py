@@ -41,6 +41,9 @@ class Buft:
     name: str
     host: bool
     device: int = -1  # the backend (index) whose memory it is; -1 for host memory
+    # a CPU extra buffer type (CPU_REPACK, AMX): the CPU reads it (``host``), but its is_host
+    # is NULL, so ggml_backend_buffer_is_host is false and no GPU's offload_op takes its ops
+    extra: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,8 @@ def split_graph(graph: Graph, backends: Sequence[Backend],
                     continue
                 src_backend = backend_from_buffer(src, t)
                 src_buft = buffer_of(src)
-                if op_offload and src_backend == cpu and src_buft is not None and src_buft.host:
+                if op_offload and src_backend == cpu and src_buft is not None and \
+                        src_buft.host and not src_buft.extra:
                     for b in range(src_backend):
                         backend = backends[b]
                         if backend.supports_op(t) and backend.offload_batch and \
