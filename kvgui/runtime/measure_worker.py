@@ -331,14 +331,14 @@ class Scorer:
         b = self._bufs[j][:k]
         lo = at + r0
         sl = slice(lo, lo + k)
-        m = x.max(axis=1)
+        rows = np.arange(k)
+        amax = x.argmax(axis=1)  # one pass gives both the top token and the maximum
+        m = x[rows, amax]
         np.subtract(x, m[:, None], out=b)
         np.exp(b, out=b)
         total = b.sum(axis=1, dtype=np.float64)
         lse = (m + np.log(total)).astype(np.float32)
-        rows = np.arange(k)
         nll[sl] = lse.astype(np.float64) - x[rows, nxt[r0:r0 + k]]
-        amax = x.argmax(axis=1)
         ref = self.ref
         if record:
             ref.argmax[sl] = amax

@@ -154,6 +154,14 @@ def cmake_options(bundled: Mapping[str, str] | None = None) -> dict[str, str]:
                     "options (what llama-cpp-python's own build uses too)", DIST)
     opts = {k: bundled[k] for k in _CPU_OPTIONS if bundled.get(k, "") != ""}
     opts.update(_FIXED_OPTIONS)
+    # The sdist's vendor/llama.cpp holds a .git file that points at a folder the sdist lacks,
+    # so llama.cpp's build-info finds no commit and the tools report "commit unknown"; the
+    # bundled library knows its own: the tools are told it, so their --version names the
+    # same commit (kvgui reads a llama-server's commit from there).
+    if commit := bundled_commit(bundled):
+        opts["LLAMA_BUILD_COMMIT"] = commit
+        if re.fullmatch(r"\d+", bundled.get("GGML_BUILD_NUMBER", "")):
+            opts["LLAMA_BUILD_NUMBER"] = bundled["GGML_BUILD_NUMBER"]
     return opts
 
 

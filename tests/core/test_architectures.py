@@ -210,8 +210,14 @@ def test_layers_with_experts_and_nextn_blocks() -> None:
     assert not air.layers[46].has_kv and air.layer_weights[46] == 0
 
 
-def test_compute_check_says_what_is_verified() -> None:
+def test_compute_check_says_what_is_verified(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvgui.core.memory import builders, verification
+
     assert compute_check(_info("llama")).status == EXACT
+    assert compute_check(_info("jamba")).status == EXACT and simulates(_info("jamba"))
+    # a family without a builder shows the error measured for it (jamba's, before its builder)
+    monkeypatch.delitem(builders.BUILDERS, "jamba")
+    monkeypatch.setitem(verification.MEASURED_ERROR, "jamba", (-0.4378, 0.0195))
     jamba = compute_check(_info("jamba"))
     assert jamba.status == MEASURED and jamba.label == f"±{jamba.percent}%, not verified for jamba"
     est = estimate(_info("jamba"), Settings())
@@ -222,6 +228,30 @@ def test_compute_check_says_what_is_verified() -> None:
     assert compute_check(unknown).status == UNVERIFIED
     assert any("not one kvgui has checked" in w for w in unknown.warnings)
     assert simulates(_info("llama")) and not simulates(_info("jamba"))
+
+
+# --- fam-moe ---
+MOE_BUILT = ["glm4moe", "llama4", "granitemoe", "ernie4_5-moe", "hunyuan-moe", "dots1",
+             "bailingmoe2"]
+
+
+@pytest.mark.parametrize("key", MOE_BUILT)
+def test_moe_families_are_replayed_exactly(key: str) -> None:
+    """Each MoE family's builder reads every tensor of its file but the NextN block's (the
+    main graph never runs it), so its compute figure is the replay, shown as exact; the
+    dry-run tests (test_family_against_llama_cpp) hold the bytes."""
+    from kvgui.core.memory import builders, reserve
+
+    model = _info(key)
+    assert compute_check(model).status == EXACT, key
+    params = reserve.params_for(reserve.GraphKey(True, reserve.CacheKinds("f16", "f16"), 1,
+                                                 False, frozenset()))
+    _, graph = builders.build(model, params)
+    nextn = {name for name, _, _ in model.tensor_table
+             if name.startswith("blk.") and int(name.split(".")[1]) >= model.n_layer}
+    assert bool(nextn) == (key in ("glm4moe", "bailingmoe2"))  # the fixtures with one
+    assert not nextn & graph.model.used  # the NextN block is not in the main graph
+# --- end fam-moe ---
 
 
 def test_every_rule_names_a_llama_cpp_source_file() -> None:

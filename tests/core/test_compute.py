@@ -32,6 +32,8 @@ REPLAYED = ["Llama-3.1-8B-Instruct Q4_K_M", "Qwen2.5-7B-Instruct Q4_K_M", "Qwen3
             "Mistral-Nemo-Instruct-2407 Q4_K_M", "Qwen3-30B-A3B Q4_K_M", "Gemma-2-9B-it Q4_K_M",
             "Gemma-3-27B-it Q4_K_M", "gpt-oss-20b MXFP4_MOE", "DeepSeek-V2-Lite-Chat Q4_K_M",
             "LFM2-1.2B Q8_0"]
+# fam-hybrid: the layer shortcut over a gated-delta-net hybrid (attention every 4th layer)
+HYBRIDS = ["Qwen3-Next-80B-A3B-Instruct Q4_K_M"]
 
 
 def model(label: str) -> ModelInfo:
@@ -64,10 +66,16 @@ def test_allocator_best_fit_then_last_block_and_merging() -> None:
     assert al.max_size == 448
 
 
-def test_which_models_are_replayed() -> None:
+def test_which_models_are_replayed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvgui.core.memory import builders
+
     for label in REPLAYED:
         assert simulates(model(label)), label
-    assert not simulates(model("Mamba-Codestral-7B-v0.1 Q4_K_M"))  # (no builder: stage model)
+    mamba = model("Mamba-Codestral-7B-v0.1 Q4_K_M")
+    assert simulates(mamba)  # (builders/mamba.py)
+    monkeypatch.delitem(builders.BUILDERS, "mamba2")
+    assert not simulates(mamba)  # (no builder: stage model)
+    monkeypatch.undo()
     llama = model("Llama-3.1-8B-Instruct Q4_K_M")
     odd = dataclasses.replace(llama, tensor_table=(
         *llama.tensor_table, ("blk.0.attn_gate.weight", 0, (4096, 4096))))
@@ -83,7 +91,7 @@ def test_cache_types_in_the_graph() -> None:
     assert cache_graph(llama, "bf16", "q5_1") == CacheKinds("bf16", "quantized")
 
 
-@pytest.mark.parametrize("label", REPLAYED[:1] + REPLAYED[4:])
+@pytest.mark.parametrize("label", REPLAYED[:1] + REPLAYED[4:] + HYBRIDS)
 def test_layer_shortcut_equals_the_full_replay(label: str) -> None:
     rng = random.Random(label)
     base = model(label)

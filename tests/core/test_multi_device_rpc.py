@@ -123,3 +123,96 @@ def test_dense_family_per_device_equals_llama_fit_params(
             n_splits = next(r.n_splits for v in reserve.recordings(memo).splits.values()
                             for r in v)
             assert str(n_splits) == splits[-1], what
+
+
+# --- fam-moe ---
+# GLM-4.5-Air: a dense lead layer, shared experts beside routed ones with exp_probs_b, a
+# NextN block the main graph skips; (ngl, tensor split, flash attention, cache type,
+# --n-cpu-moe, -ot (regex, RPC device or -1 for the CPU))
+MOE_CASES = [
+    (99, (), "on", "f16", 0, ()),  # pipeline parallelism: 4 input copies
+    (99, (), "off", "f16", 99, ()),  # every layer's experts on the CPU, one split per layer
+    (30, (3, 1), "on", "q8_0", 5, ()),  # partial offload, the first layers' experts on the CPU
+    (99, (1, 1), "on", "f16", 0, ((r"blk\.(2|3|4)\.ffn_.*_exps", -1),)),
+    (99, (1, 1), "on", "f16", 0, ((r"blk\.[0-9]*[02468]\.ffn_.*_shexp", 1),)),  # to RPC1
+]
+
+
+def test_moe_expert_overrides_equal_llama_fit_params(
+        llama_tools: LlamaTools, sparse_model: Callable[[str], Path]) -> None:
+    """Experts in host memory (--n-cpu-moe), an -ot to the CPU and one to the other device:
+    each device's compute buffer and the split count as llama-fit-params reports them."""
+    from kvgui.core.memory.compute import Offload
+    from kvgui.testing.rpc import RpcDevices, fit_params
+
+    path = sparse_model("GLM-4.5-Air Q4_K_M")
+    model = load_model(path)
+    with RpcDevices(llama_tools, [64 * GiB, 64 * GiB]) as devs:
+        names = [f"RPC0[{e}]" for e in devs.endpoints]
+        for ngl, ts, fa, ctype, n_cpu_moe, ot in MOE_CASES:
+            r = fit_params(llama_tools, path, devs, ctx=8192, ngl=ngl, ts=ts, fa=fa, ctk=ctype,
+                           ctv=ctype, n_cpu_moe=n_cpu_moe or None,
+                           overrides=[(p, "CPU" if d < 0 else names[d]) for p, d in ot])
+            theirs = [r.compute_mib.get(n, 0.0) for n in names] + [r.compute_mib["CPU"]]
+            splits = re.findall(r"graph(?: \([^)]*\))?: nodes = [\d /]+, splits = (\d+)", r.log)
+            s = Settings(n_ctx=8192, n_gpu_layers=ngl, tensor_split=ts, type_k=ctype,
+                         type_v=ctype, flash_attn=FlashAttn.ON if fa == "on" else FlashAttn.OFF)
+            layout = rpc_layout(model, s, 2, n_cpu_moe=n_cpu_moe)
+            if ot:  # the -ot entries, through Offload's rules (no pipeline parallelism)
+                cpu = layout.cpu
+                offload = Offload(tuple(-1 if b == cpu else b for b in layout.layer_backend),
+                                  -1 if layout.output_backend == cpu else layout.output_backend,
+                                  2, s.kv_offload, ot)
+                layout = offload.layout_with(layout.backends, pins=False)
+            assert (layout.n_copies == 4) == (ngl == 99 and not n_cpu_moe and not ot)
+            memo = ModelMemo(model)
+            ours = reserve.peaks(model, context_shape(model, s), fa == "on",
+                                 reserve.cache_kinds(model, ctype, ctype), layout, memo)
+            what = f"-ngl {ngl} -ts {ts} -fa {fa} {ctype} --n-cpu-moe {n_cpu_moe} -ot {ot}"
+            assert [round(b / 2**20, 2) for b in ours] == pytest.approx(theirs, abs=0.0051), what
+            n_splits = next(x.n_splits for v in reserve.recordings(memo).splits.values()
+                            for x in v)
+            assert str(n_splits) == splits[-1], what
+# --- end fam-moe ---
+
+
+# --- fam-hybrid ---
+# A hybrid of its own builder over two devices: falcon-h1 (attention and a Mamba-2 mixer in
+# every layer: KV cache and recurrent state on each layer's device, ssm_scan / ssm_conv beside
+# flash attention) by default; a Mamba-1 stack, Qwen3.5's gated delta net, Gemma 3n's shared
+# caches, RWKV-7 and granitehybrid (whose empty state-row copies on the second device leave
+# ggml's free list out of address order: alloc._run_scan) with KVGUI_TEST_ALL_FAMILIES=1.
+HYBRID_RPC_KEYS = ["falcon-h1"] if os.environ.get("KVGUI_TEST_ALL_FAMILIES") != "1" else \
+    ["falcon-h1", "mamba", "qwen35", "gemma3n", "rwkv7", "granitehybrid"]
+
+
+@pytest.mark.parametrize("key", HYBRID_RPC_KEYS)
+def test_hybrid_family_per_device_equals_llama_fit_params(
+        llama_tools: LlamaTools, tmp_path: Path, key: str) -> None:
+    from kvgui.core.model.archspec import ModelSpec
+    from kvgui.testing.arch_fixtures import fixtures
+    from kvgui.testing.rpc import RpcDevices, fit_params
+    from kvgui.testing.sparse_gguf import write_sparse_gguf
+
+    s0 = next(f.spec for f in fixtures() if f.key == key)
+    path = write_sparse_gguf(ModelSpec(s0.name, s0.arch, "BF16", s0.hp), tmp_path / "m.gguf")
+    model = load_model(path)
+    with RpcDevices(llama_tools, [24 * GiB, 24 * GiB]) as devs:
+        for ngl, ts, fa, ctype, nkvo in CASES:
+            r = fit_params(llama_tools, path, devs, ctx=8192, ngl=ngl, ts=ts, fa=fa, ctk=ctype,
+                           ctv=ctype, extra=("-nkvo",) if nkvo else ())
+            theirs = [r.compute_mib.get(f"RPC0[{e}]", 0.0) for e in devs.endpoints]
+            theirs.append(r.compute_mib["CPU"])
+            splits = re.findall(r"graph(?: \([^)]*\))?: nodes = [\d /]+, splits = (\d+)", r.log)
+            s = Settings(n_ctx=8192, n_gpu_layers=ngl, tensor_split=ts, type_k=ctype,
+                         type_v=ctype, kv_offload=not nkvo,
+                         flash_attn=FlashAttn.ON if fa == "on" else FlashAttn.OFF)
+            memo = ModelMemo(model)
+            ours = reserve.peaks(model, context_shape(model, s), fa == "on",
+                                 reserve.cache_kinds(model, ctype, ctype),
+                                 rpc_layout(model, s, 2), memo)
+            what = f"{key} -ngl {ngl} -ts {ts} -fa {fa} {ctype} nkvo={nkvo}"
+            assert [round(b / 2**20, 2) for b in ours] == pytest.approx(theirs, abs=0.0051), what
+            n_splits = next(r.n_splits for v in reserve.recordings(memo).splits.values()
+                            for r in v)
+            assert str(n_splits) == splits[-1], what

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kvgui.core.config.settings import FlashAttn, Settings
+from kvgui.core.model.archspec import ModelSpec
 from kvgui.testing.reserve_check import compare
 
 pytestmark = [pytest.mark.llama, pytest.mark.slow]
@@ -105,5 +106,52 @@ def test_dense_variant_graph_equals_llama_cpp(tmp_path: Path, name: str) -> None
     assert sum(r.llama_compute is not None for r in rows) >= len(MATRIX) - 1
     for r in rows:
         assert r.equal, (f"{name} {r.settings}: llama.cpp {r.llama_compute} B "
+                         f"{r.llama_nodes} nodes, kvgui {r.ours} B {r.our_nodes} nodes "
+                         f"{r.error}")
+
+
+# --- fam-hybrid: the hybrid, recurrent and special families over the full matrix -----------
+# (test_architectures.py holds each at the byte over its own matrix; this adds -ub 1 / 7 /
+# 1024 and -np 4 without flash attention.) One by default, every one with
+# KVGUI_TEST_ALL_FAMILIES=1; "gemma4:e2b-like" is Gemma 4 with per-layer token inputs and 20
+# layers reading an earlier layer's cache (the shape of E2B / E4B), which no fixture has.
+HYBRID_FAMILIES = ["qwen3next"]
+if os.environ.get("KVGUI_TEST_ALL_FAMILIES") == "1":
+    HYBRID_FAMILIES = ["qwen3next", "qwen35", "qwen35moe", "falcon-h1", "granitehybrid",
+                       "nemotron_h", "jamba", "mamba", "mamba2", "gemma3n", "gemma4",
+                       "gemma4:e2b-like", "rwkv6", "rwkv7"]
+
+
+def _family_spec(key: str) -> ModelSpec:
+    """The BF16 fixture of ``key``; "gemma4:e2b-like" reshapes gemma4's."""
+    from kvgui.testing.arch_fixtures import fixtures
+
+    base, _, variant = key.partition(":")
+    fx = next(f for f in fixtures() if f.key == base)
+    hp = dict(fx.spec.hp)
+    if variant == "e2b-like":
+        hp.update({"hidden_size": 1536, "intermediate_size": 6144, "num_hidden_layers": 35,
+                   "num_attention_heads": 8, "num_key_value_heads": 1,
+                   "num_global_key_value_heads": 1, "attention_k_eq_v": False,
+                   "enable_moe_block": False, "num_kv_shared_layers": 20,
+                   "hidden_size_per_layer_input": 256, "sliding_window": 512,
+                   "layer_types": (["sliding_attention"] * 4 + ["full_attention"]) * 7})
+    name = f"{fx.spec.name}-{variant}" if variant else fx.spec.name
+    return ModelSpec(name, fx.spec.arch, "BF16", hp)
+
+
+@pytest.mark.parametrize("key", HYBRID_FAMILIES)
+def test_hybrid_family_graph_equals_llama_cpp(tmp_path: Path, key: str) -> None:
+    pytest.importorskip("gguf")
+    from kvgui.core.memory.compute import simulates
+    from kvgui.core.model.info import load_model
+    from kvgui.testing.sparse_gguf import write_sparse_gguf
+
+    path = write_sparse_gguf(_family_spec(key), tmp_path / "model.gguf")
+    assert simulates(load_model(path)), f"{key}: the builder leaves a tensor of the file unread"
+    rows = compare(path, MATRIX)
+    assert sum(r.llama_compute is not None for r in rows) >= len(MATRIX) - 1
+    for r in rows:
+        assert r.equal, (f"{key} {r.settings}: llama.cpp {r.llama_compute} B "
                          f"{r.llama_nodes} nodes, kvgui {r.ours} B {r.our_nodes} nodes "
                          f"{r.error}")

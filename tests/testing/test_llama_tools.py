@@ -35,6 +35,9 @@ def test_cpu_choices_are_copied_and_the_rest_fixed() -> None:
     assert opts["GGML_CUDA"] == "OFF" and opts["GGML_RPC"] == "ON"  # devices = the RPC servers
     assert opts["LLAMA_OPENSSL"] == "OFF" and opts["CMAKE_BUILD_TYPE"] == "Release"
     assert "GGML_CPU_ARM_ARCH" not in opts and "GGML_BUILD_COMMIT" not in opts
+    # the tools' --version names the bundled commit (the sdist's build-info finds none)
+    assert opts["LLAMA_BUILD_COMMIT"] == "0c1e570" and "LLAMA_BUILD_NUMBER" not in opts
+    assert "LLAMA_BUILD_COMMIT" not in lt.cmake_options({"GGML_BUILD_COMMIT": "unknown"})
     assert lt.bundled_commit(bundled) == "0c1e570"
     assert lt.bundled_commit({"GGML_BUILD_COMMIT": "unknown"}) == ""
 

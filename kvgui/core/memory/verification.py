@@ -33,27 +33,7 @@ UNVERIFIED = "unverified"  # an architecture kvgui has no fixture for
 # --swa-full, -ub 1024), CPU-only, BF16 fixtures. Replayed families are not listed: exact.
 # Re-measure with `python benchmarks/accuracy.py --json out.json` after changing compute.py.
 MEASURED_ERROR: dict[str, tuple[float, float]] = {
-    "bailingmoe2": (-0.1622, 0.0056),
     "deepseek2": (-0.2589, 0.0300),
-    "dots1": (-0.0603, 0.0000),
-    "ernie4_5-moe": (-0.1722, 0.0000),
-    "falcon-h1": (-0.1571, 0.0000),
-    "gemma3n": (-0.1474, 0.0000),
-    "gemma4": (-0.0664, 0.0000),
-    "glm4moe": (-0.2042, 0.0070),
-    "granitehybrid": (-0.0408, 0.0045),
-    "granitemoe": (-0.1583, 0.0000),
-    "hunyuan-moe": (-0.2441, 0.0000),
-    "jamba": (-0.4378, 0.0195),
-    "llama4": (-0.1585, 0.0000),
-    "mamba": (-0.0442, 0.0000),
-    "mamba2": (-0.1235, 0.1389),
-    "nemotron_h": (-0.0580, 0.0000),
-    "qwen35": (-0.0272, 0.0000),
-    "qwen35moe": (-0.0238, 0.0000),
-    "qwen3next": (-0.1064, 0.0000),
-    "rwkv6": (-0.0000, 0.0000),
-    "rwkv7": (-0.0286, 0.0000),
 }
 # Replayed architectures whose replay still misses some settings (same measurement): none
 # since the graphs are rebuilt by builders/ (all 645 runs of the replayed families exact).

@@ -42,6 +42,18 @@ from kvgui.core.memory.builders.seed_oss import SeedOssGraph
 from kvgui.core.memory.builders.smollm3 import Smollm3Graph
 from kvgui.core.memory.builders.starcoder2 import Starcoder2Graph
 
+# --- fam-moe ---
+# isort: off
+from kvgui.core.memory.builders import bailingmoe2, dots1, ernie4_5_moe, glm4moe, llama4
+from kvgui.core.memory.builders.bailingmoe2 import BailingMoe2Graph
+from kvgui.core.memory.builders.dots1 import Dots1Graph
+from kvgui.core.memory.builders.ernie4_5_moe import Ernie45MoeGraph
+from kvgui.core.memory.builders.glm4moe import Glm4MoeGraph
+from kvgui.core.memory.builders.hunyuan_moe import HunyuanMoeGraph
+from kvgui.core.memory.builders.llama4 import Llama4Graph
+# isort: on
+# --- end fam-moe ---
+
 if TYPE_CHECKING:
     from kvgui.core.model.info import ModelInfo
 
@@ -73,6 +85,15 @@ BUILDERS: dict[str, type[GraphContext]] = {
     "seed_oss": SeedOssGraph,
     "apertus": ApertusGraph,
     # --- end fam-dense ---
+    # --- fam-moe ---
+    "glm4moe": Glm4MoeGraph,
+    "llama4": Llama4Graph,
+    "granitemoe": GraniteGraph,  # (fam-dense's granite.py: granite-moe.cpp uses its graph)
+    "ernie4_5-moe": Ernie45MoeGraph,
+    "hunyuan-moe": HunyuanMoeGraph,
+    "dots1": Dots1Graph,
+    "bailingmoe2": BailingMoe2Graph,
+    # --- end fam-moe ---
 }
 
 # load_arch_hparams, for what an architecture sets beyond the generic keys
@@ -86,7 +107,65 @@ HPARAMS: dict[str, Callable[[hp_mod.Hparams, ModelInfo], None]] = {
     "minicpm": minicpm_hparams,
     "glm4": glm4_hparams,
     # --- end fam-dense ---
+    # --- fam-moe ---
+    "glm4moe": glm4moe.hparams,
+    "llama4": llama4.hparams,
+    "ernie4_5-moe": ernie4_5_moe.hparams,
+    "dots1": dots1.hparams,
+    "bailingmoe2": bailingmoe2.hparams,
+    # --- end fam-moe ---
 }
+
+# --- fam-hybrid ---
+def _register_hybrid() -> None:
+    """The hybrid, recurrent and special families (issue 13, branch fam-hybrid)."""
+    from kvgui.core.memory.builders import (
+        falcon_h1,
+        gemma3n,
+        gemma4,
+        granite_hybrid,
+        jamba,
+        mamba,
+        nemotron_h,
+        qwen3next,
+        qwen35,
+        rwkv,
+    )
+
+    BUILDERS.update({
+        "qwen3next": qwen3next.Qwen3NextGraph,
+        "qwen35": qwen35.Qwen35Graph,
+        "qwen35moe": qwen35.Qwen35Graph,
+        "falcon-h1": falcon_h1.FalconH1Graph,
+        "granitehybrid": granite_hybrid.GraniteHybridGraph,
+        "nemotron_h": nemotron_h.NemotronHGraph,
+        "jamba": jamba.JambaGraph,
+        "mamba": mamba.MambaGraph,
+        "mamba2": mamba.MambaGraph,
+        "gemma3n": gemma3n.Gemma3nGraph,
+        "gemma4": gemma4.Gemma4Graph,
+        "rwkv6": rwkv.Rwkv6Graph,
+        "rwkv7": rwkv.Rwkv7Graph,
+    })
+    HPARAMS.update({
+        "qwen3next": qwen3next.hparams,
+        "qwen35": qwen35.hparams,
+        "qwen35moe": qwen35.hparams,
+        "falcon-h1": falcon_h1.hparams,
+        "granitehybrid": granite_hybrid.hparams,
+        "nemotron_h": nemotron_h.hparams,
+        "jamba": jamba.hparams,
+        "mamba": mamba.hparams,
+        "mamba2": mamba.hparams,
+        "gemma3n": gemma3n.hparams,
+        "gemma4": gemma4.hparams,
+        "rwkv6": rwkv.hparams,
+        "rwkv7": rwkv.hparams,
+    })
+
+
+_register_hybrid()
+# --- end fam-hybrid ---
 
 
 def hparams_for(model: ModelInfo) -> hp_mod.Hparams:

@@ -12,7 +12,7 @@ tensors is kept: no LoRA adapters, control vectors or sampling (none in a reserv
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -92,6 +92,24 @@ LAYER_TENSORS: dict[str, str] = {
     "shortconv.conv": "shortconv.conv.weight", "shortconv.in_proj": "shortconv.in_proj.weight",
     "shortconv.out_proj": "shortconv.out_proj.weight",
 }
+# fam-hybrid: the state-space / linear-attention / RWKV fields (llama-arch.cpp LLM_TENSOR_NAMES)
+LAYER_TENSORS.update({
+    "ssm_in": "ssm_in.weight", "ssm_in_s": "ssm_in.scale",
+    "ssm_conv1d": "ssm_conv1d.weight", "ssm_conv1d_b": "ssm_conv1d.bias",
+    "ssm_x": "ssm_x.weight", "ssm_dt": "ssm_dt.weight", "ssm_dt_b": "ssm_dt.bias",
+    "ssm_a": "ssm_a", "ssm_d": "ssm_d", "ssm_norm": "ssm_norm.weight",
+    "ssm_out": "ssm_out.weight", "ssm_out_s": "ssm_out.scale",
+    "ssm_dt_norm": "ssm_dt_norm.weight", "ssm_b_norm": "ssm_b_norm.weight",
+    "ssm_c_norm": "ssm_c_norm.weight",
+    "ssm_beta_alpha": "ssm_ba.weight", "ssm_beta": "ssm_beta.weight",
+    "ssm_beta_s": "ssm_beta.scale", "ssm_alpha": "ssm_alpha.weight",
+    "ssm_alpha_s": "ssm_alpha.scale",
+    "wqkv_gate": "attn_gate.weight", "wqkv_gate_s": "attn_gate.scale",
+    "ffn_gate_inp_shexp": "ffn_gate_inp_shexp.weight",
+    "ffn_up_shexp_s": "ffn_up_shexp.scale", "ffn_gate_shexp_s": "ffn_gate_shexp.scale",
+    "ffn_down_shexp_s": "ffn_down_shexp.scale",
+    "ffn_latent_down": "ffn_latent_down.weight", "ffn_latent_up": "ffn_latent_up.weight",
+})
 
 
 class Weights:
@@ -210,6 +228,9 @@ class KVCache:
         self.type_k, self.type_v = cp.type_k, cp.type_v
         self.k: dict[int, Tensor] = {}
         self.v: dict[int, Tensor] = {}
+        # layer -> the earlier layer whose cache it reads (llama_memory_i::layer_reuse_cb:
+        # gemma3n / gemma4's last layers); set by the architecture (fam-hybrid)
+        self.reuse: dict[int, int] = {}
         self.n_embd_head_k_all = 0
         self.n_embd_head_v_all = 0
         for il in layers:
@@ -241,7 +262,7 @@ class KVCache:
         return self.size  # a reserve sees the whole cache (llama_kv_cache_context: init_full)
 
     def get_k(self, ctx: ggml.Context, il: int) -> Tensor:
-        k = self.k[il]
+        k = self.k[self.reuse.get(il, il)]
         hp = self.hparams
         n_embd_k_gqa = k.ne[0]
         rs = ggml.row_size
@@ -250,7 +271,7 @@ class KVCache:
                             rs(k.type, n_embd_k_gqa), rs(k.type, n_embd_k_gqa * self.size), 0)
 
     def get_v(self, ctx: ggml.Context, il: int) -> Tensor:
-        v = self.v[il]
+        v = self.v[self.reuse.get(il, il)]
         hp = self.hparams
         n_embd_v_gqa = v.ne[0]
         rs = ggml.row_size
@@ -991,7 +1012,8 @@ class GraphContext:
         the others."""
         hp = self.hparams
         recr_layers = [il for il in range(hp.n_layer_all) if hp.is_recr(il)]
-        attn_layers = [il for il in self._attn_layers() if not hp.is_recr(il)]
+        # the attention filter's layers (falcon-h1: every layer, beside its SSM)
+        attn_layers = self._attn_layers()
         recr = RecurrentMemory(self, recr_layers)
         attn = self._kv_memory(attn_layers)
         self.mctx = (attn, recr)
@@ -1002,7 +1024,7 @@ class GraphContext:
     def build_inp_mem_hybrid_iswa(self) -> InpMemHybrid:
         hp = self.hparams
         recr_layers = [il for il in range(hp.n_layer_all) if hp.is_recr(il)]
-        attn_layers = [il for il in self._attn_layers() if not hp.is_recr(il)]
+        attn_layers = self._attn_layers()  # (the attention filter's layers)
         recr = RecurrentMemory(self, recr_layers)
         base, swa = self._iswa_memory(attn_layers)
         self.mctx = (base, swa, recr)
@@ -1181,8 +1203,11 @@ class GraphContext:
 
     # -- recurrent state -------------------------------------------------------------------
 
-    def build_rs(self, inp: InpRS, s: Tensor, state_size: int, n_seqs: int) -> Tensor:
-        """build_rs with get_rows as the state reader."""
+    def build_rs(self, inp: InpRS, s: Tensor, state_size: int, n_seqs: int,
+                 get_state_rows: Callable[[ggml.Context, Tensor, Tensor], Tensor] | None = None
+                 ) -> Tensor:
+        """build_rs; ``get_state_rows`` reads the states (ggml_get_rows by default; Mamba
+        scans them in place: ggml_ssm_scan)."""
         ctx0, gf = self.ctx0, self.gf
         kv_state = inp.mctx
         n_rs, rs_head, rs_zero = kv_state.get_n_rs(), kv_state.get_head(), kv_state.get_rs_z()
@@ -1192,13 +1217,40 @@ class GraphContext:
         state_zero = ggml.view_1d(ctx0, states, state_size * zero,
                                   rs_zero * states.nb[1] * zero)
         gf.expand(ggml.scale_inplace(ctx0, state_zero, 0.0))
-        output_states = ggml.get_rows(ctx0, states, inp.s_copy_main)
+        reader = get_state_rows or ggml.get_rows
+        output_states = reader(ctx0, states, inp.s_copy_main)
         gf.expand(output_states)
         states_extra = ggml.get_rows(ctx0, states, inp.s_copy_extra)
         gf.expand(ggml.cpy(ctx0, states_extra,
                            ggml.view_2d(ctx0, s, state_size, n_rs - n_seqs, s.nb[1],
                                         (rs_head + n_seqs) * s.nb[1])))
         return output_states
+
+    # fam-hybrid: the pure recurrent memory's input and RWKV's token shift (llama-graph.cpp)
+
+    def build_rs_inp(self) -> InpRS:
+        """llama_memory_recurrent (llm_arch_is_recurrent: every layer keeps a state)."""
+        hp = self.hparams
+        recr = RecurrentMemory(self, [il for il in range(hp.n_layer_all) if hp.is_recr(il)])
+        self.mctx = recr
+        return self._build_rs_inp_impl(recr)
+
+    def build_rwkv_token_shift_load(self, inp: InpRS, il: int) -> Tensor:
+        hp = self.hparams
+        token_shift_all = inp.mctx.get_r_l(il)
+        token_shift = self.build_rs(inp, token_shift_all, hp.n_embd_r(), self.n_seqs)
+        return ggml.reshape_3d(self.ctx0, token_shift, hp.n_embd, hp.token_shift_count,
+                               self.n_seqs)
+
+    def build_rwkv_token_shift_store(self, inp: InpRS, token_shift: Tensor, il: int) -> Tensor:
+        ctx0, hp = self.ctx0, self.hparams
+        n_seqs, kv_head = self.n_seqs, inp.mctx.get_head()
+        r_l = inp.mctx.get_r_l(il)
+        return ggml.cpy(ctx0,
+                        ggml.view_1d(ctx0, token_shift,
+                                     hp.n_embd * n_seqs * hp.token_shift_count, 0),
+                        ggml.view_1d(ctx0, r_l, hp.n_embd_r() * n_seqs,
+                                     hp.n_embd_r() * kv_head * ggml.element_size(r_l)))
 
     def finish(self, cur: Tensor) -> Result:
         """``ggml_build_forward_expand(gf, cur)`` and llm_graph_result::set_outputs."""

@@ -44,8 +44,9 @@ class GraniteGraph(GraphContext):
         return hp.key_float("logit_scale")  # required for granite
 
     def _has_rope(self, il: int) -> bool:
-        """hparams.has_rope(il): rope_pattern filled with rope_finetuned (granite) or 1."""
-        if self.hparams.arch == "minicpm":
+        """hparams.has_rope(il): rope_pattern filled with rope_finetuned (granite) or 1
+        (minicpm; granitemoe, whose load_arch_hparams never reads rope.scaling.finetuned)."""
+        if self.hparams.arch in ("minicpm", "granitemoe"):
             return True
         return bool(self.hparams.key("rope.scaling.finetuned", True))
 

@@ -77,6 +77,28 @@ class Hparams:
     n_swa: int = 0
     n_pos_per_embd_: int = 1
     keys: dict[str, object] = field(default_factory=dict)
+    # --- fam-moe ---
+    n_moe_layer_step: int = 0  # interleave_moe_layer_step (llama4, ernie4_5-moe)
+    n_no_rope_layer_step: int = 4  # llama4: every n-th layer has no RoPE
+    swa_off: bool = False  # llama4: a sliding_window key of 0 (LLAMA_SWA_TYPE_NONE)
+    n_ff_shexp: int = 0  # expert_shared_feed_forward_length
+    # --- end fam-moe ---
+    # fam-hybrid: state-space, linear attention and RWKV (each load_arch_hparams reads them)
+    ssm_d_conv: int = 0
+    ssm_d_inner: int = 0
+    ssm_d_state: int = 0
+    ssm_dt_rank: int = 0
+    ssm_n_group: int = 0
+    ssm_dt_b_c_rms: bool = False
+    f_residual_scale: float = 0.0
+    f_logit_scale: float = 0.0
+    token_shift_count: int = 2
+    wkv_head_size: int = 0
+    rescale_every_n_layers: int = 0
+    n_lora_decay: int = 0
+    n_lora_iclr: int = 0
+    n_lora_value_res_mix: int = 0
+    n_lora_gate: int = 0
 
     def n_head(self, il: int = 0) -> int:
         return self.n_head_arr[il]
@@ -223,3 +245,13 @@ def gemma_attention_scale(hp: Hparams, is_27b: bool) -> float:
     """gemma2/gemma3 load_arch_hparams: the query scale (27B models scale by n_embd/n_head)."""
     return 1.0 / math.sqrt(hp.n_embd / hp.n_head(0)) if is_27b \
         else 1.0 / math.sqrt(hp.n_embd_head_k())
+
+
+def ssm_hparams(hp: Hparams) -> None:
+    """The SSM keys every state-space / gated-delta-net load_arch_hparams reads (fam-hybrid):
+    ssm.conv_kernel, ssm.inner_size, ssm.state_size, ssm.time_step_rank, ssm.group_count."""
+    hp.ssm_d_conv = hp.key_int("ssm.conv_kernel")
+    hp.ssm_d_inner = hp.key_int("ssm.inner_size")
+    hp.ssm_d_state = hp.key_int("ssm.state_size")
+    hp.ssm_dt_rank = hp.key_int("ssm.time_step_rank")
+    hp.ssm_n_group = hp.key_int("ssm.group_count")

@@ -13,7 +13,7 @@ layers' worth of work for any depth.
 from __future__ import annotations
 
 import itertools
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -383,7 +383,9 @@ def _run(ops: Ops, table: list[int], offset: list[int], hoff: list[int], hsize: 
     at ``tail``; returns the new ``tail`` and the high-water mark ``top`` (at least ``top``).
     A block before the last lies below ``tail``, so only growing the last moves ``top``.
     Frees find their neighbours by bisection: the blocks are apart and never empty, unless
-    the graph has empty tensors (``scan``: then as ggml does, block by block)."""
+    the graph has empty tensors (``scan``: then _run_scan, as ggml does, block by block)."""
+    if scan:
+        return _run_scan(ops, table, offset, hoff, hsize, top)
     for s, k in ops:
         size = table[k]
         if s >= 0:
@@ -406,9 +408,6 @@ def _run(ops: Ops, table: list[int], offset: list[int], hoff: list[int], hsize: 
             continue
         o = offset[~s]
         end = o + size
-        if scan:
-            tail = _free_scan(o, size, hoff, hsize, tail)
-            continue
         j = bisect_right(hoff, o)  # the first block after it (a block is never inside it)
         if j and hoff[j - 1] + hsize[j - 1] == o:  # merge with the block before it
             hsize[j - 1] += size
@@ -430,36 +429,57 @@ def _run(ops: Ops, table: list[int], offset: list[int], hoff: list[int], hsize: 
     return tail, top
 
 
-def _free_scan(o: int, size: int, hoff: list[int], hsize: list[int], tail: int) -> int:
-    """Allocator.free, step for step (ggml_dyn_tallocr_free_bytes' scan): for graphs with
-    empty tensors, whose empty blocks the bisection in _run does not expect. Returns the new
-    ``tail``."""
-    end = o + size
-    for j, ho in enumerate(hoff):
-        if ho + hsize[j] == o:  # the block before it
-            hsize[j] += size
-            end = ho + hsize[j]
-            if j + 1 < len(hoff):
-                if hoff[j + 1] == end:
+def _run_scan(ops: Ops, table: list[int], offset: list[int], hoff: list[int],
+              hsize: list[int], top: int) -> tuple[int, int]:
+    """Allocator.alloc / free step for step, for graphs with empty tensors (fam-hybrid: the
+    empty copies of a recurrent state's extra rows over several devices): ``hoff`` / ``hsize``
+    hold every free block in ggml's list order, the endless one included (start them as
+    ``[0]`` / ``[_UNBOUNDED]``). An empty block freed beyond the endless one lands after it
+    (ggml_dyn_tallocr_insert_block), and empty blocks leave the list out of address order:
+    only the list itself, scanned as ggml scans it, gives the same placements. Returns the
+    endless block's start (as _run's ``tail``) and the high-water mark."""
+    for s, k in ops:
+        size = table[k]
+        if s >= 0:  # ggml_dyn_tallocr_alloc: best fit before the list's last, else the last
+            n = len(hsize)
+            best, best_size = n - 1, _UNBOUNDED + 1
+            for j in range(n - 1):
+                bs = hsize[j]
+                if size <= bs <= best_size:
+                    best, best_size = j, bs
+            o = offset[s] = hoff[best]
+            hoff[best] += size
+            hsize[best] -= size
+            if hsize[best] == 0:
+                del hoff[best], hsize[best]
+            if o + size > top:
+                top = o + size
+            continue
+        o = offset[~s]  # ggml_dyn_tallocr_free_bytes
+        end = o + size
+        n = len(hoff)
+        for j in range(n):
+            if hoff[j] + hsize[j] == o:
+                hsize[j] += size
+                if j < n - 1 and hoff[j] + hsize[j] == hoff[j + 1]:
                     hsize[j] += hsize[j + 1]
                     del hoff[j + 1], hsize[j + 1]
-            elif end == tail:
-                tail = ho
-                del hoff[j], hsize[j]
-            return tail
-        if ho == end:  # the block after it
-            hoff[j] = o
-            hsize[j] += size
-            if j and hoff[j - 1] + hsize[j - 1] == o:
-                hsize[j - 1] += hsize[j]
-                del hoff[j], hsize[j]
-            return tail
-    if end == tail:
-        return o
-    j = bisect_left(hoff, o)
-    hoff.insert(j, o)
-    hsize.insert(j, size)
-    return tail
+                break
+            if end == hoff[j]:
+                hoff[j] = o
+                hsize[j] += size
+                if j and hoff[j - 1] + hsize[j - 1] == o:
+                    hsize[j - 1] += hsize[j]
+                    del hoff[j], hsize[j]
+                break
+        else:
+            j = 0
+            while j < n and hoff[j] < o:
+                j += 1
+            hoff.insert(j, o)
+            hsize.insert(j, size)
+    tail = next(o for o, z in zip(hoff, hsize, strict=True) if z > _UNBOUNDED // 2)
+    return tail, top
 
 
 def replay(program: Program, scale: Sequence[int], alignment: int,
@@ -472,9 +492,9 @@ def replay(program: Program, scale: Sequence[int], alignment: int,
     in between repeat for as long as their shapes do: they are skipped by whole periods."""
     table = size_table(program, scale, alignment)
     offset = [0] * program.n_storage
-    hoff: list[int] = []
-    hsize: list[int] = []
     scan = 0 in table
+    hoff: list[int] = [0] if scan else []  # (_run_scan lists the endless block too)
+    hsize: list[int] = [_UNBOUNDED] if scan else []
     tail, top = _run(program.prologue, table, offset, hoff, hsize, 0, 0, scan)
     layers, live, shapes = program.layers, program.live, program.shapes
     if not shortcut:

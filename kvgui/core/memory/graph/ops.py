@@ -585,3 +585,57 @@ def ssm_conv(ctx: Context, sx: Tensor, c: Tensor) -> Tensor:
     d_conv, d_inner = c.ne[0], c.ne[1]
     n_t = sx.ne[0] - d_conv + 1
     return _op(new_tensor(ctx, F32, (d_inner, n_t, sx.ne[2])), "SSM_CONV", sx, c)
+
+
+# --- recurrent and state-space ops (fam-hybrid) -------------------------------------------
+
+def ssm_scan(ctx: Context, s: Tensor, x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor,
+             ids: Tensor, k: int = 1) -> Tensor:
+    """ggml_ssm_scan: y and the K final states, concatenated in one f32 vector."""
+    n = nelements(x) + k * s.ne[0] * s.ne[1] * s.ne[2] * ids.ne[0]
+    return _op(new_tensor(ctx, F32, (n,)), "SSM_SCAN", s, x, dt, a, b, c, ids)
+
+
+def gated_delta_net(ctx: Context, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+                    state: Tensor, kk: int = 1) -> Tensor:
+    """ggml_gated_delta_net: [S_v * H, n_tokens * n_seqs + K * S_v * n_seqs] (output, then
+    the state snapshots)."""
+    s_v, h, n_tokens, n_seqs = v.ne
+    return _op(new_tensor(ctx, F32, (s_v * h, n_tokens * n_seqs + kk * s_v * n_seqs)),
+               "GATED_DELTA_NET", q, k, v, g, beta, state)
+
+
+def rwkv_wkv6(ctx: Context, k: Tensor, v: Tensor, r: Tensor, tf: Tensor, td: Tensor,
+              state: Tensor) -> Tensor:
+    """ggml_rwkv_wkv6: [S * H, n_tokens + S * n_seqs] (output, then the new state)."""
+    s_, h, n_tokens = k.ne[0], k.ne[1], k.ne[2]
+    return _op(new_tensor(ctx, F32, (s_ * h, n_tokens + s_ * state.ne[1])), "RWKV_WKV6",
+               k, v, r, tf, td, state)
+
+
+def rwkv_wkv7(ctx: Context, r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
+              state: Tensor) -> Tensor:
+    """ggml_rwkv_wkv7: [S * H, n_tokens + S * n_seqs] (output, then the new state)."""
+    s_, h, n_tokens = k.ne[0], k.ne[1], k.ne[2]
+    return _op(new_tensor(ctx, F32, (s_ * h, n_tokens + s_ * state.ne[1])), "RWKV_WKV7",
+               r, w, k, v, a, b, state)
+
+
+def mean(ctx: Context, a: Tensor) -> Tensor:
+    """ggml_mean: [1, ne1, ne2, ne3], f32."""
+    return _op(new_tensor(ctx, F32, (1, a.ne[1], a.ne[2], a.ne[3])), "MEAN", a)
+
+
+def scale_bias(ctx: Context, a: Tensor, s: float, b: float) -> Tensor:
+    """ggml_scale_bias: x * s + b (a SCALE)."""
+    return _scale(ctx, a, s, False)
+
+
+def neg(ctx: Context, a: Tensor) -> Tensor:
+    return _unary(ctx, a, "NEG")
+
+
+def repeat(ctx: Context, a: Tensor, b: Tensor) -> Tensor:
+    """ggml_repeat: a new tensor of b's shape and a's type."""
+    _check(can_repeat(a, b), f"repeat: {a} does not repeat to {b}")
+    return _op(new_tensor(ctx, a.type, b.ne), "REPEAT", a)
