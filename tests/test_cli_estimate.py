@@ -37,7 +37,8 @@ def test_estimate_json_shape_and_flags_as_llama_cpp_spells_them(llama3: Path) ->
     data = json.loads(r.stdout)
     assert data["settings"] == {"n_ctx": 32768, "type_k": "q8_0", "type_v": "q8_0",
                                 "flash_attn": True, "n_gpu_layers": 33, "n_batch": 1024,
-                                "n_ubatch": 256, "n_parallel": 1, "swa_full": False}
+                                "n_ubatch": 256, "n_parallel": 1, "swa_full": False,
+                                "n_cpu_moe": 0, "override_tensor": [], "rpc_servers": []}
     assert data["memory"]["kv"] == 2 * 34 * (1024 // 32) * 32768 * 32
     assert data["memory"]["total"] == sum(d["total"] for d in data["devices"])
     assert data["fits"] is True and data["errors"] == []
