@@ -93,14 +93,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     est = estimate(model, server_settings(settings), device_budgets(tool))
     srv = LlamaServer(tool, args.model, settings, port=args.port)
+    # before anything is printed: a SIGTERM sent as soon as the report appears (a supervisor,
+    # the test) must stop the server cleanly, not kill kvgui with the server left behind
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
         srv.start()
         srv.wait_ready()
         _report(srv, estimated_devices(est), args.json)
         if args.check:
             return 0
-        done = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: done.set())
         print("serving; Ctrl-C stops it", file=sys.stderr)
         while not done.wait(0.5):
             if srv.returncode is not None:

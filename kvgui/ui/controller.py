@@ -90,6 +90,7 @@ log = logging.getLogger(__name__)
 
 CURVE_POINTS = 64
 CATALOG_PREFIX = "catalog:"  # a model_source that is a catalog entry, not a file
+PLAN_IDLE_MS = 150  # the planner judges its choices once the controls rest this long
 
 
 @dataclass(frozen=True)
@@ -179,18 +180,32 @@ class Controller(QObject):
         self._timer.setSingleShot(True)
         self._timer.setInterval(0)
         self._timer.timeout.connect(self._flush)
+        # The planner's choices (the PLAN card) are judged once the slider rests: a full
+        # search costs ~20 ms, more than a frame, and a drag would pay it on every step.
+        # Under auto the current pair's placement is the settings, so it is judged at once.
+        self._plan_timer = QTimer(self)
+        self._plan_timer.setSingleShot(True)
+        self._plan_timer.setInterval(PLAN_IDLE_MS)
+        self._plan_timer.timeout.connect(self._replan)
         self._loaded.connect(self._on_loaded)
         self.threshold: QualityThreshold = self.config.quality_threshold
         self.measured: MeasureRun | None = None
         self._measured_key: tuple[Any, ...] | None = None
         self.planned: Plan | None = None  # the planner's last answer
         self.plan_view = PlanView(())
+        # each table row's predicted speed: while the slider moves, the last one judged (it
+        # is redone with the plan once the controls rest; under auto, at every step)
+        self._speeds: dict[tuple[str, str], tuple[str, str]] = {}
+        self._speeds_now = False
         self._rpc_answered.connect(self._on_rpc_answered)
 
     # --- model -------------------------------------------------------------------------
     def set_model(self, model: ModelInfo | None, source: str = "") -> None:
         self.model = model
         self.model_source = source
+        self.planned = None  # the previous model's choices (re-judged once the window rests)
+        self.plan_view = PlanView(())
+        self._speeds = {}
         self._caches = _Caches(ModelMemo(model))
         self._measured_key = None
         self.refresh_measured()
@@ -651,15 +666,36 @@ class Controller(QObject):
             self._timer.start()
 
     def flush(self) -> None:
-        """Run a scheduled update now (tests and benchmarks)."""
+        """Run a scheduled update now, the planner's too (tests and benchmarks)."""
         if self._timer.isActive():
             self._timer.stop()
             self._flush()
+        self.flush_plan()
+
+    def flush_plan(self) -> None:
+        """Judge the planner's choices now if they are waiting for the slider to rest."""
+        if self._plan_timer.isActive():
+            self._plan_timer.stop()
+            self._replan()
+
+    def _replan(self) -> None:
+        self.planned = self._run_planner() if self.model is not None else None
+        self.plan_view = self._plan_view()
+        self.choicesReady.emit(self.plan_view)
+        if self.model is not None:  # each row's speed at this context, and its own best
+            self._speeds_now = True
+            try:
+                self.snapshot = self._compute_snapshot()
+            finally:
+                self._speeds_now = False
+            self.snapshotReady.emit(self.snapshot)
 
     def _flush(self) -> None:
         full, self._full_pending = self._full_pending, False
         controls = full
-        if self.model is not None:
+        if self.model is not None and self.ngl_mode != NGL_AUTO:
+            self._plan_timer.start()
+        elif self.model is not None:
             self.planned = self._run_planner()
             if self.ngl_mode == NGL_AUTO:
                 chosen = self.planned.for_pair((self.settings.type_k, self.settings.type_v))
@@ -676,8 +712,9 @@ class Controller(QObject):
                         controls = True
         else:
             self.planned = None
-        self.plan_view = self._plan_view()
-        self.choicesReady.emit(self.plan_view)
+        if self.model is None or self.ngl_mode == NGL_AUTO:
+            self.plan_view = self._plan_view()
+            self.choicesReady.emit(self.plan_view)
         if full:
             self.curves = self._compute_curves()
             self.curvesReady.emit(self.curves)
@@ -807,7 +844,9 @@ class Controller(QObject):
                 self.model, self._pair_settings(pair), devices, memo)
             prow = rows_from_estimate(pe, plan.views)
             main = prow[0] if prow else None
-            speed, speed_tip = self._speed_cell(pair, pe)
+            if self._speeds_now or self.ngl_mode == NGL_AUTO or pair not in self._speeds:
+                self._speeds[pair] = self._speed_cell(pair, pe)
+            speed, speed_tip = self._speeds[pair]
             compare.append(CompareRow(
                 pair[0], pair[1], None if pe.refused else main,
                 main.used if main else pe.total, fits.get(pair, ContextLimit(None)),

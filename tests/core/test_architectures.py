@@ -285,3 +285,32 @@ def test_dense_families_replay_their_own_graph(key: str) -> None:
     assert simulates(model), f"{key}: the builder leaves a tensor of the file unread"
     assert compute_check(model).status == EXACT
     assert model.arch not in MEASURED_ERROR, f"{model.arch} is exact: drop its measured range"
+
+
+@pytest.mark.llama
+def test_a_graph_past_llamas_node_budget_is_refused_as_llama_cpp_aborts(tmp_path) -> None:
+    """Phi-4 with a quantized cache, flash attention and -np 4: the reserve graph has more
+    nodes + leafs (2058) than the scheduler's hash set holds for a 243-tensor model (2053),
+    and the bundled llama.cpp aborts (ggml-impl.h: "fatal error"). The estimate says so,
+    with the fix; the neighbouring settings that llama.cpp runs are not refused."""
+    from kvgui.core.memory.findings import Code
+    from kvgui.runtime.dryrun import DryRunError, dry_run_many
+    from kvgui.testing.sparse_gguf import write_sparse_gguf
+
+    spec = _bf16(next(f for f in fixtures() if f.key == "phi3:phi-4"))
+    path = write_sparse_gguf(spec, tmp_path / "phi-4.gguf")
+    model = load_model(path)
+    fa = FlashAttn.ON
+    aborts = Settings(type_k="q8_0", type_v="q8_0", flash_attn=fa, n_parallel=4)
+    runs = [Settings(type_k="q8_0", type_v="q8_0", flash_attn=fa),
+            Settings(flash_attn=fa, n_parallel=4)]
+    est = estimate(model, aborts)
+    (why,) = [f for f in est.refusals if f.code is Code.LLAMA_ABORTS]
+    assert "2,058 tensors" in why.message and "2,053" in why.message
+    assert dict(why.fix) == {"n_parallel": 1}
+    assert estimate(model, aborts.replace(**why.fix)).refusals == ()
+    for s in runs:
+        assert not any(f.code is Code.LLAMA_ABORTS for f in estimate(model, s).findings)
+    theirs = dry_run_many(path, [aborts, *runs])
+    assert isinstance(theirs[0], DryRunError)
+    assert not any(isinstance(r, DryRunError) for r in theirs[1:])

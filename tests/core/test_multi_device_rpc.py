@@ -18,7 +18,7 @@ from kvgui.core.config.settings import FlashAttn, Settings
 from kvgui.core.memory import reserve
 from kvgui.core.memory.estimate import context_shape
 from kvgui.core.memory.memo import ModelMemo
-from kvgui.core.model.info import load_model
+from kvgui.core.model.info import ModelInfo, load_model
 from kvgui.testing.reserve_check import rpc_layout
 
 if TYPE_CHECKING:
@@ -41,30 +41,10 @@ CASES = [
 @pytest.mark.parametrize("label", ["Llama-3.1-8B-Instruct Q4_K_M", "Gemma-3-12B-it Q4_K_M"])
 def test_compute_per_device_equals_llama_fit_params(
         llama_tools: LlamaTools, sparse_model: Callable[[str], Path], label: str) -> None:
-    from kvgui.testing.rpc import RpcDevices, fit_params
 
     path = sparse_model(label)
     model = load_model(path)
-    with RpcDevices(llama_tools, [24 * GiB, 24 * GiB]) as devs:
-        for ngl, ts, fa, ctype, nkvo in CASES:
-            r = fit_params(llama_tools, path, devs, ctx=8192, ngl=ngl, ts=ts, fa=fa, ctk=ctype,
-                           ctv=ctype, extra=("-nkvo",) if nkvo else ())
-            theirs = [r.compute_mib.get(f"RPC0[{e}]", 0.0) for e in devs.endpoints]
-            theirs.append(r.compute_mib["CPU"])
-            splits = re.findall(r"graph(?: \([^)]*\))?: nodes = [\d /]+, splits = (\d+)", r.log)
-            s = Settings(n_ctx=8192, n_gpu_layers=ngl, tensor_split=ts, type_k=ctype,
-                         type_v=ctype, kv_offload=not nkvo,
-                         flash_attn=FlashAttn.ON if fa == "on" else FlashAttn.OFF)
-            layout = rpc_layout(model, s, 2)
-            shape = context_shape(model, s)
-            kinds = reserve.cache_kinds(model, ctype, ctype)
-            memo = ModelMemo(model)
-            ours = reserve.peaks(model, shape, fa == "on", kinds, layout, memo)
-            what = f"{label} -ngl {ngl} -ts {ts} -fa {fa} {ctype} nkvo={nkvo}"
-            assert [round(b / 2**20, 2) for b in ours] == pytest.approx(theirs, abs=0.0051), what
-            n_splits = next(r.n_splits for v in reserve.recordings(memo).splits.values()
-                            for r in v)
-            assert str(n_splits) == splits[-1], what
+    _each_device_equals_llama_fit_params(llama_tools, path, model, label)
 
 
 def test_experts_on_the_cpu_equal_llama_fit_params(
@@ -98,31 +78,12 @@ DENSE_RPC_KEYS = ["phi3"] if os.environ.get("KVGUI_TEST_ALL_FAMILIES") != "1" el
 def test_dense_family_per_device_equals_llama_fit_params(
         llama_tools: LlamaTools, tmp_path: Path, key: str) -> None:
     from kvgui.testing.arch_fixtures import fixtures
-    from kvgui.testing.rpc import RpcDevices, fit_params
     from kvgui.testing.sparse_gguf import write_sparse_gguf
 
     spec = next(f.spec for f in fixtures() if f.key == key)
     path = write_sparse_gguf(spec, tmp_path / "model.gguf")
     model = load_model(path)
-    with RpcDevices(llama_tools, [24 * GiB, 24 * GiB]) as devs:
-        for ngl, ts, fa, ctype, nkvo in CASES:
-            r = fit_params(llama_tools, path, devs, ctx=8192, ngl=ngl, ts=ts, fa=fa, ctk=ctype,
-                           ctv=ctype, extra=("-nkvo",) if nkvo else ())
-            theirs = [r.compute_mib.get(f"RPC0[{e}]", 0.0) for e in devs.endpoints]
-            theirs.append(r.compute_mib["CPU"])
-            splits = re.findall(r"graph(?: \([^)]*\))?: nodes = [\d /]+, splits = (\d+)", r.log)
-            s = Settings(n_ctx=8192, n_gpu_layers=ngl, tensor_split=ts, type_k=ctype,
-                         type_v=ctype, kv_offload=not nkvo,
-                         flash_attn=FlashAttn.ON if fa == "on" else FlashAttn.OFF)
-            memo = ModelMemo(model)
-            ours = reserve.peaks(model, context_shape(model, s), fa == "on",
-                                 reserve.cache_kinds(model, ctype, ctype),
-                                 rpc_layout(model, s, 2), memo)
-            what = f"{key} -ngl {ngl} -ts {ts} -fa {fa} {ctype} nkvo={nkvo}"
-            assert [round(b / 2**20, 2) for b in ours] == pytest.approx(theirs, abs=0.0051), what
-            n_splits = next(r.n_splits for v in reserve.recordings(memo).splits.values()
-                            for r in v)
-            assert str(n_splits) == splits[-1], what
+    _each_device_equals_llama_fit_params(llama_tools, path, model, key)
 
 
 # --- fam-moe ---
@@ -191,12 +152,20 @@ def test_hybrid_family_per_device_equals_llama_fit_params(
         llama_tools: LlamaTools, tmp_path: Path, key: str) -> None:
     from kvgui.core.model.archspec import ModelSpec
     from kvgui.testing.arch_fixtures import fixtures
-    from kvgui.testing.rpc import RpcDevices, fit_params
     from kvgui.testing.sparse_gguf import write_sparse_gguf
 
     s0 = next(f.spec for f in fixtures() if f.key == key)
     path = write_sparse_gguf(ModelSpec(s0.name, s0.arch, "BF16", s0.hp), tmp_path / "m.gguf")
     model = load_model(path)
+    _each_device_equals_llama_fit_params(llama_tools, path, model, key)
+
+
+def _each_device_equals_llama_fit_params(llama_tools: LlamaTools, path: Path, model: ModelInfo,
+                                         name: str) -> None:
+    """Over two ggml-rpc-server devices, for each of CASES: kvgui's compute buffer per device
+    and its split count against what llama-fit-params prints (two decimals of MiB)."""
+    from kvgui.testing.rpc import RpcDevices, fit_params
+
     with RpcDevices(llama_tools, [24 * GiB, 24 * GiB]) as devs:
         for ngl, ts, fa, ctype, nkvo in CASES:
             r = fit_params(llama_tools, path, devs, ctx=8192, ngl=ngl, ts=ts, fa=fa, ctk=ctype,
@@ -211,7 +180,7 @@ def test_hybrid_family_per_device_equals_llama_fit_params(
             ours = reserve.peaks(model, context_shape(model, s), fa == "on",
                                  reserve.cache_kinds(model, ctype, ctype),
                                  rpc_layout(model, s, 2), memo)
-            what = f"{key} -ngl {ngl} -ts {ts} -fa {fa} {ctype} nkvo={nkvo}"
+            what = f"{name} -ngl {ngl} -ts {ts} -fa {fa} {ctype} nkvo={nkvo}"
             assert [round(b / 2**20, 2) for b in ours] == pytest.approx(theirs, abs=0.0051), what
             n_splits = next(r.n_splits for v in reserve.recordings(memo).splits.values()
                             for r in v)

@@ -20,7 +20,7 @@ from kvgui.core.devices.hardware.cpu import HostCpu
 from kvgui.core.gguf import ggml_types
 from kvgui.core.gguf.reader import TensorInfo
 from kvgui.core.memory import findings as fnd
-from kvgui.core.memory import host_buffers, tensor_overrides
+from kvgui.core.memory import host_buffers, reserve, tensor_overrides
 from kvgui.core.memory.compute import (
     CPU_ALIGN,
     Offload,
@@ -539,6 +539,10 @@ def estimate(model: ModelInfo, settings: Settings,
     placement_key, placed = _placed(model, s, gpus, host, memo)
     found += placed.findings
     refused = refused or any(f.is_refusal for f in placed.findings)
+    if not refused:
+        graph_found = _graph_budget(model, s, shape, fa, memo)
+        found += graph_found
+        refused = bool(graph_found)
     n_slots = len(gpus) + 1
     cpu = n_slots - 1
 
@@ -593,6 +597,42 @@ def estimate(model: ModelInfo, settings: Settings,
                     placed.host.buffers, host)
 
 
+def _graph_budget(model: ModelInfo, s: Settings, shape: ContextShape, fa: bool,
+                  memo: ModelMemo) -> list[Finding]:
+    """llama.cpp's scheduler holds at most ggml_hash_size(graph_max_nodes) of the reserve
+    graph's nodes and leafs; a larger graph aborts the process (reserve.graph_tensors).
+    Known only where the graph is rebuilt exactly (builders/)."""
+    kinds = cache_graph(model, s.type_k, s.type_v)
+    # what the graph's structure and llama.cpp's budget for it depend on, not the context
+    # (a slider step must not redo this): min(n_ctx, n_ubatch) is the reserved batch
+    key = (fa, kinds, s.n_parallel, s.kv_unified, s.n_batch, s.n_ubatch, s.n_outputs_max,
+           min(shape.n_ctx, shape.n_ubatch))
+    return memo.get("graph-budget", key,
+                    lambda: _graph_budget_of(model, s, shape, fa, kinds, memo))
+
+
+def _graph_budget_of(model: ModelInfo, s: Settings, shape: ContextShape, fa: bool,
+                     kinds: Any, memo: ModelMemo) -> list[Finding]:
+    n = reserve.graph_tensors(model, shape, fa, kinds, memo)
+    if n is None:
+        return []
+    n_tokens = min(shape.n_ctx, shape.n_ubatch)
+    limit = reserve.hash_size(reserve.graph_max_nodes(model, n_tokens))
+    if n <= limit:
+        return []
+    fix: dict[str, object]
+    if s.n_parallel > 1:
+        field, fix, how = "n_parallel", {"n_parallel": 1}, "use -np 1"
+    else:
+        field, fix, how = "type_k", {"type_k": "f16", "type_v": "f16"}, "use an f16 cache"
+    return [fnd.refusal(
+        Code.LLAMA_ABORTS,
+        f"llama.cpp aborts with these settings: its compute graph has {n:,} tensors, more "
+        f"than the {limit:,} its scheduler makes room for in a model of "
+        f"{len(model.tensor_table):,} tensors (ggml 'fatal error', the hash set full); {how}",
+        field=field, fix=fix)]
+
+
 def _split_devices(gpus: list[DeviceBudget], s: Settings) -> tuple[list[DeviceBudget],
                                                                      list[Finding]]:
     """The GPUs llama.cpp loads onto: with -sm none only the main GPU (src/llama.cpp: "if
@@ -634,6 +674,8 @@ def refusals_of(model: ModelInfo, settings: Settings,
                           lambda: check(model, s))) + found
     _, placed = _placed(model, s, gpus, host, memo)
     found += placed.findings
+    if not any(f.is_refusal for f in found):
+        found += _graph_budget(model, s, context_shape(model, s), _flash_attn(model, s), memo)
     found += host_buffers.findings(placed.host, host, flash_attn=_flash_attn(model, s))
     if crash and any(p.buffer not in ("CPU", "CPU_Mapped") for p in placed.host.placed):
         found.append(fnd.refusal(Code.LLAMA_ABORTS, crash, field="repack",

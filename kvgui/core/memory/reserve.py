@@ -123,6 +123,7 @@ class _Recordings:
         self.by_shape: dict[tuple[object, ...], int] = {}  # by what peak() is asked
         self.split_by_shape: dict[tuple[object, ...], tuple[int, ...]] = {}  # peaks()
         self.splits: dict[tuple[GraphKey, Layout], list[_Split]] = {}
+        self.tensors: dict[GraphKey, int] = {}  # nodes + leafs of each key's graph
 
 
 def recordings(memo: ModelMemo) -> _Recordings:
@@ -150,7 +151,68 @@ def program(model: ModelInfo, key: GraphKey, memo: ModelMemo | None = None) -> P
                 raise UnsupportedGraph(f"{model.arch}: {node} copies a quantized cache: its "
                                        "size depends on the exact type")
         recorded = alloc.record(result.gf)
+        recs.tensors[key] = len(result.gf.nodes) + len(result.gf.leafs)
         found = recs.programs[key] = recs.distinct.setdefault(recorded, recorded)
+    return found
+
+
+# --- the graph's size against llama.cpp's budget for it ----------------------------------
+
+# src/llama-context.cpp graph_max_nodes: the architectures given 40 nodes per token (or 32 per
+# tensor); two more get 160 / 80 per token and 64 per tensor; dflash 12 per tensor with a
+# selector rank (not modelled: dflash has no builder); every other one max(1024, 8 per tensor)
+_NODES_40_PER_TOKEN = frozenset({
+    "qwen3next", "kimi-linear", "bailingmoe3", "qwen35", "qwen35moe", "qwen4exp", "deepseek4",
+    "nanbeige", "minimax-01", "minimax-m3", "hy_v4"})
+_NODES_BIG = {"kimi-k3": 160, "glm5-next": 160, "hrm_text": 80}
+# ggml.c ggml_hash_size: the next primes after powers of two
+_HASH_PRIMES = (2, 3, 5, 11, 17, 37, 67, 131, 257, 521, 1031, 2053, 4099, 8209, 16411, 32771,
+                65537, 131101, 262147, 524309, 1048583, 2097169, 4194319, 8388617, 16777259,
+                33554467, 67108879, 134217757, 268435459, 536870923, 1073741827, 2147483659)
+
+
+def graph_max_nodes(model: ModelInfo, n_tokens: int) -> int:
+    """llama_context::graph_max_nodes for the reserved ubatch of ``n_tokens``. The model's
+    tensor count is llama_model::n_tensors() (every tensor created), taken as the file's
+    tensor table: a tied output head created twice counts one less here."""
+    n_tensors = len(model.tensor_table)
+    if model.arch in _NODES_BIG:
+        return max(n_tokens * _NODES_BIG[model.arch], 64 * n_tensors)
+    if model.arch in _NODES_40_PER_TOKEN:
+        return max(n_tokens * 40, 32 * n_tensors)
+    return max(1024, 8 * n_tensors)
+
+
+def hash_size(n: int) -> int:
+    """ggml_hash_size: the smallest listed prime >= n."""
+    return next((p for p in _HASH_PRIMES if p >= n), n | 1)
+
+
+def graph_tensors(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
+                  memo: ModelMemo | None = None) -> int | None:
+    """Nodes + leafs of the reserve graph for these settings (None: no exact graph).
+
+    ggml_backend_sched_new sizes its hash set by graph_max_nodes alone ("FIXME: needs to be
+    size*2 to account for leafs", ggml-backend.cpp), and ggml_backend_sched_split_graph puts
+    every node and leaf in it: a graph with more of them than the set holds makes ggml abort
+    (ggml-impl.h: "fatal error", the hash set full). Phi-4 with a quantized cache, flash
+    attention and -np 4 is such a graph (2058 tensors, a set of 2053)."""
+    memo = _memo(model, memo)
+    if not supports(model, memo):
+        return None
+    values = shape_values(shape)
+    env = values.env
+    ones = frozenset(v for v in ("U", "O") if env[v] == 1) if 1 in (env["U"], env["O"]) \
+        else _NO_ONES
+    key = GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, ones)
+    recs = recordings(memo)
+    found = recs.tensors.get(key)
+    if found is None:  # counted without recording the allocator (a GPU estimate has no need)
+        try:
+            result, _ = builders.build(model, params_for(key))
+        except (AssertionError, AttributeError, IndexError, KeyError, SymbolicError):
+            return None
+        found = recs.tensors[key] = len(result.gf.nodes) + len(result.gf.leafs)
     return found
 
 
