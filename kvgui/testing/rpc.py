@@ -175,7 +175,11 @@ class RpcDevices:
                 return False
             with contextlib.suppress(OSError), socket.create_connection(
                     (server.host, server.port), timeout=1.0):
-                return True
+                # the port answered -- but it may be another test worker's server that took
+                # the port between the probe and our bind (ours then exits at once): only a
+                # process still running after that moment is ours
+                time.sleep(0.2)
+                return server.process.poll() is None
             time.sleep(0.05)
         tail = server.log_path.read_text(errors="replace")[-300:]
         raise RpcError(f"ggml-rpc-server on {server.endpoint} not ready after "
