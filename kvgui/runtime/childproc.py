@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -173,8 +174,6 @@ class StoppedWatch:
     def verdict(self, pid: int | None) -> str | None:
         """None while the child runs (or was stopped for less than the grace); else why it is
         to be ended."""
-        import time
-
         if pid is None or not is_stopped(pid):
             self._since = None
             return None

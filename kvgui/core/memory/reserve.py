@@ -107,6 +107,15 @@ class UnsupportedGraph(Exception):
     """No exact graph for this model (no builder, or a variant the builder does not read)."""
 
 
+def graph_key(fa: bool, kinds: CacheKinds, values: ShapeValues) -> GraphKey:
+    """The graph a shape's values are built with: the variables that are 1 are built as the
+    constant (ggml special-cases dimensions of 1), so they are part of the key."""
+    env = values.env
+    ones = frozenset(v for v in ("U", "O") if env[v] == 1) if 1 in (env["U"], env["O"]) \
+        else _NO_ONES
+    return GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, ones)
+
+
 def params_for(key: GraphKey) -> GraphParams:
     return GraphParams(key.fa, _type_of(key.kinds.k), _type_of(key.kinds.v), key.n_seq_max,
                        key.kv_unified, True, key.ones)
@@ -200,11 +209,7 @@ def graph_tensors(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheK
     memo = _memo(model, memo)
     if not supports(model, memo):
         return None
-    values = shape_values(shape)
-    env = values.env
-    ones = frozenset(v for v in ("U", "O") if env[v] == 1) if 1 in (env["U"], env["O"]) \
-        else _NO_ONES
-    key = GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, ones)
+    key = graph_key(fa, kinds, shape_values(shape))
     recs = recordings(memo)
     found = recs.tensors.get(key)
     if found is None:  # counted without recording the allocator (a GPU estimate has no need)
@@ -255,9 +260,7 @@ def peak(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
         return done
     values = shape_values(shape)
     env = values.env
-    ones = frozenset(v for v in ("U", "O") if env[v] == 1) if 1 in (env["U"], env["O"]) \
-        else _NO_ONES
-    prog = program(model, GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, ones), memo)
+    prog = program(model, graph_key(fa, kinds, values), memo)
     peaks = recs.peaks
     sized = (id(prog), env["U"], env["O"], env["K"], env["W"], alignment)
     found = peaks.get(sized)
@@ -429,8 +432,7 @@ def peaks(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
         return list(done)
     values = shape_values(shape)
     env = values.env
-    ones = frozenset(v for v in ("U", "O") if env[v] == 1)
-    key = GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, ones)
+    key = graph_key(fa, kinds, values)
     found = recs.splits.setdefault((key, layout), [])
     rec = next((r for r in found if r.decisions.hold_for(env)), None)
     if rec is None:
