@@ -87,3 +87,37 @@ def test_sigterm_stops_kvgui_and_its_server(llama_tools, tiny_model_path) -> Non
                 os.kill(pid, signal.SIGKILL)
         proc.stdout.close()
         proc.stderr.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG: Linux only")
+def test_a_killed_kvgui_leaves_no_server_running(llama_tools, tiny_model_path) -> None:
+    """kill -9 of ``kvgui serve`` (no handler runs): its llama-server, in a session of its own,
+    still ends (the kernel's SIGTERM on its parent's death), rather than holding the port and the
+    model's memory."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvgui.cli", "serve", str(tiny_model_path), "-c", "256",
+         "--llama-cpp", str(llama_tools.bin), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = None
+    try:
+        lines = []
+        while not lines or lines[-1] != "}\n":
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            lines.append(line)
+        server = json.loads("".join(lines))["pid"]
+        assert _alive(server) and psutil.Process(server).name().startswith("llama-server")
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(server) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(server), "llama-server outlived the kvgui that started it"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if server is not None and _alive(server):
+            os.kill(server, signal.SIGKILL)
+        proc.stdout.close()
+        proc.stderr.close()

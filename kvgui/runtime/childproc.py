@@ -184,3 +184,13 @@ class StoppedWatch:
             return None
         return (f"was stopped (SIGSTOP or a debugger) and did not resume within "
                 f"{self.grace_s:g} s, so it was ended")
+
+
+def tied_to_this_process(argv: Sequence[str]) -> list[str]:
+    """``argv`` started through :mod:`kvgui.runtime.with_parent`, so that it ends (SIGTERM)
+    when this process dies, however it dies. For long-lived tools that run in a session of their
+    own (llama-server): without it a killed kvgui leaves them running. Start it from a thread
+    that lives as long as the process (the GUI thread, the CLI's main thread): Linux sends the
+    signal when the *thread* that started it ends."""
+    return [*python_command("kvgui.runtime.with_parent"), str(os.getpid()), "--",
+            *(str(a) for a in argv)]

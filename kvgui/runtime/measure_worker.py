@@ -807,4 +807,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    # Everything is said (stdout is flushed line by line): end here, without the interpreter's
+    # teardown, which joins the scorer's threads and runs llama.cpp's exit handlers with its
+    # thread pool; a teardown that stalls would keep the window waiting for a finished run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

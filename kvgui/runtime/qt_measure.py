@@ -6,7 +6,9 @@ CLI's ``run_measure``, so the window and ``kvgui measure`` cannot disagree.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, Signal
+import logging
+
+from PySide6.QtCore import QObject, QTimer, Signal
 
 from kvgui.runtime.measure import (
     STDERR_TAIL_LINES,
@@ -17,6 +19,13 @@ from kvgui.runtime.measure import (
 )
 from kvgui.runtime.protocol import Message
 from kvgui.runtime.qt_process import ChildProcess, Exit
+
+log = logging.getLogger(__name__)
+
+#: how long the worker may take to exit once it has said ``done`` (or ``failed``): its results
+#: are complete by then, so a worker stuck in its interpreter's teardown (llama.cpp's thread pool,
+#: a scorer thread) is ended rather than waited for; the CLI's ``_pump`` gives it the same 2 s.
+EXIT_GRACE_MS = 2000
 
 
 class MeasureProcess(QObject):
@@ -35,6 +44,10 @@ class MeasureProcess(QObject):
         self.child.exited.connect(self._on_exit)
         self._builder: RunBuilder | None = None
         self._cancelling = False
+        self._exit_grace = QTimer(self)
+        self._exit_grace.setSingleShot(True)
+        self._exit_grace.setInterval(EXIT_GRACE_MS)
+        self._exit_grace.timeout.connect(self._end_lingering)
 
     def is_running(self) -> bool:
         return self._builder is not None
@@ -71,8 +84,17 @@ class MeasureProcess(QObject):
             self.progress.emit(prog.fraction, prog.message)
         if len(b.results) > n:
             self.result.emit(b.results[-1])
+        if (b.done or b.error) and not self._exit_grace.isActive():
+            self._exit_grace.start()
+
+    def _end_lingering(self) -> None:
+        if self._builder is not None and self.child.running:
+            log.warning("the measure worker said it was finished but had not exited after "
+                        "%d ms: ending it", EXIT_GRACE_MS)
+            self.child.kill()  # reported as its own end: the complete run is still delivered
 
     def _on_exit(self, end: Exit) -> None:
+        self._exit_grace.stop()
         b, self._builder = self._builder, None
         if b is None or end.expected:
             return

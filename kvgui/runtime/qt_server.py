@@ -24,6 +24,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from kvgui.core.config.settings import Settings
+from kvgui.runtime.childproc import tied_to_this_process
 from kvgui.runtime.llama_bin import ToolError, ToolInfo
 from kvgui.runtime.protocol import Sampling
 from kvgui.runtime.qt_process import ChildProcess, Exit
@@ -107,7 +108,8 @@ class ServerProcess(QObject):
             self.failed.emit(f"not launched: {exc}")
             return False
         self.t_start = time.perf_counter()
-        self.child.start(self.argv, env=server_env())
+        # through the shim that ends it with kvgui: a killed window leaves no server behind
+        self.child.start(tied_to_this_process(self.argv), env=server_env())
         self._stop_polling = threading.Event()
         self._poller = threading.Thread(target=self._poll_health,
                                         args=(self.url, self._stop_polling), daemon=True,

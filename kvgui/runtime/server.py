@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from kvgui.core.commandline.export import llama_server_args
 from kvgui.core.config.settings import Settings
-from kvgui.runtime.childproc import Tail, child_env, describe_exit, kill_group
+from kvgui.runtime.childproc import (
+    Tail,
+    child_env,
+    describe_exit,
+    kill_group,
+    tied_to_this_process,
+)
 from kvgui.runtime.llama_bin import NotLlamaCpp, ToolInfo
 from kvgui.runtime.llama_log import LlamaCppMemory, mib_to_bytes, parse_llama_log
 
@@ -266,8 +272,9 @@ class LlamaServer:
             raise PortInUse(f"port {self.port} on {HOST} is in use: choose another (--port) or "
                             "leave it out for a free one")
         self.t_start = time.perf_counter()
-        self._proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        self._proc = subprocess.Popen(  # ends with us even if we are killed (no orphan server)
+            tied_to_this_process(self.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=server_env(), start_new_session=True)
         for stream in (self._proc.stdout, self._proc.stderr):
             t = threading.Thread(target=self._read, args=(stream,), daemon=True,

@@ -34,6 +34,24 @@ def panel(qtbot, tiny: Path):
     p.shutdown()
 
 
+def wait_for_end(qtbot, panel: MeasurePanel, timeout_ms: int = 60_000) -> object:
+    """Wait until the run ends however it ends, and fail with the panel's own words (status,
+    last progress) unless it finished: a failed run is then told apart from a slow one."""
+    ends: list[tuple[str, object]] = []
+    panel.runFinished.connect(lambda run: ends.append(("finished", run)))
+    panel.process.failed.connect(lambda msg, _partial: ends.append(("failed", msg)))
+    panel.process.cancelled.connect(lambda _partial: ends.append(("cancelled", None)))
+    try:
+        qtbot.waitUntil(lambda: bool(ends), timeout=timeout_ms)
+    except AssertionError:
+        child = panel.process.child
+        pytest.fail(f"no end after {timeout_ms} ms; status: {panel.status.text()!r}; worker "
+                    f"running: {child.running}; tail: {child.tail.lines()}")
+    kind, what = ends[0]
+    assert kind == "finished", f"the run {kind}: {what}; status: {panel.status.text()!r}"
+    return what
+
+
 def column(p: MeasurePanel, name: str) -> list[str]:
     col = COLUMNS.index(name)
     return [p.table.item(r, col).text() for r in range(p.table.rowCount())]
@@ -49,9 +67,9 @@ def test_run_fills_table_and_plot_and_reopens_from_cache(qtbot, panel: MeasurePa
     assert "Not measured yet" in panel.status.text() and panel.table.rowCount() == 0
     progress: list[tuple[float, str]] = []
     panel.process.progress.connect(lambda f, m: progress.append((f, m)))
-    with qtbot.waitSignal(panel.runFinished, timeout=60_000):
-        assert panel.start()
-        assert panel.cancel_button.isEnabled() and not panel.run_button.isEnabled()
+    assert panel.start()
+    assert panel.cancel_button.isEnabled() and not panel.run_button.isEnabled()
+    wait_for_end(qtbot, panel)
     assert progress and progress[-1][0] == 1.0 and panel.progress.value() == 1000
     # per-phase progress with an ETA, naming the type
     assert any("q4_0 (type 3 of 3): speed" in m for _f, m in progress)
@@ -102,13 +120,10 @@ def test_a_run_keeps_its_model_when_another_is_chosen(qtbot, panel: MeasurePanel
     other = tmp_path / "other.gguf"
     shutil.copy(tiny, other)
     panel.set_model(tiny)
-    finished: list[object] = []
-    panel.runFinished.connect(finished.append)
     assert panel.start()
     panel.set_model(other)  # the main window switched models meanwhile
     assert "Measuring tiny.gguf" in panel.model_label.text()
-    qtbot.waitUntil(lambda: bool(finished), timeout=60_000)
-    run = finished[0]
+    run = wait_for_end(qtbot, panel)
     assert run.model.path == str(tiny.resolve())  # measured what it started with
     assert panel.table.rowCount() == 0  # the other model is not measured: nothing mixed in
     assert "Finished measuring tiny.gguf" in panel.status.text()
@@ -141,3 +156,29 @@ def test_refuses_what_llama_cpp_would(qtbot, panel: MeasurePanel, tiny: Path) ->
     assert not panel.start()
     assert "needs flash attention" in panel.status.text()
     assert not panel.process.is_running()
+
+
+def test_a_worker_that_lingers_after_its_last_word_is_ended(qtbot, monkeypatch,
+                                                             tiny: Path) -> None:
+    """A worker that has said ``failed`` (or ``done``) but does not exit (its teardown stalls)
+    is ended after the grace, and the run is reported, not waited for without end."""
+    import sys
+    import time
+
+    from kvgui.runtime import qt_measure
+    from kvgui.runtime.measure import MeasureRequest
+
+    script = ("import sys, time; sys.stdin.readline(); "
+              "print('{\"type\": \"failed\", \"message\": \"no such text\"}', flush=True); "
+              "time.sleep(60)")
+    monkeypatch.setattr(qt_measure, "worker_command", lambda: [sys.executable, "-c", script])
+    proc = qt_measure.MeasureProcess()
+    failures: list[str] = []
+    proc.failed.connect(lambda msg, _partial: failures.append(msg))
+    t0 = time.monotonic()
+    proc.start(MeasureRequest(model=str(tiny), settings=Settings(n_ctx=256)))
+    qtbot.waitUntil(lambda: bool(failures), timeout=10_000)
+    assert failures == ["no such text"]  # the worker's own reason, not "killed by SIGKILL"
+    assert time.monotonic() - t0 < qt_measure.EXIT_GRACE_MS / 1000 + 3
+    assert not proc.child.running and not proc.is_running()
+    proc.shutdown()
