@@ -66,8 +66,11 @@ def test_dry_run_with_overrides_equals_the_estimate(sparse_model: Callable[[str]
     path = sparse_model(label)
     model = load_model(path)
     for s, got in zip(DRY_RUNS, dry_run_many(path, DRY_RUNS), strict=True):
-        assert not isinstance(got, DryRunError), f"{label} {s}: {got}"
         est = estimate(model, s, host)
+        if _amx_aborts(est):  # an AMX CPU: llama.cpp aborts on an MLA weight, as predicted
+            assert isinstance(got, DryRunError) and "cur_backend_id" in str(got), f"{label} {s}"
+            continue
+        assert not isinstance(got, DryRunError), f"{label} {s}: {got}"
         assert not est.refused
         theirs = {b.name: b.model for b in got.exact if b.model}
         assert theirs == {name: n for name, n in est.host_buffers if n}, f"{label} {s}"
@@ -116,6 +119,12 @@ RPC_CASES = [
 ]
 
 
+def _amx_aborts(est: object) -> bool:
+    """kvgui predicts llama.cpp's abort on this CPU (its AMX buffer takes an MLA weight that
+    then has no backend: DeepSeek's attn_v_b with flash attention); machine-dependent."""
+    return any(f.code is Code.AMX_MLA_ABORTS for f in est.refusals)  # type: ignore[attr-defined]
+
+
 def _kvgui(model: ModelInfo, s: Settings, endpoints: list[str], host: object) -> object:
     gpus = [DeviceBudget(f"RPC{i}", 64 * GiB, buft=f"RPC0[{e}]")
             for i, e in enumerate(endpoints)]
@@ -136,6 +145,7 @@ def test_per_device_memory_equals_llama_fit_params(
     path = sparse_model(label)
     model = load_model(path)
     host = probe_host_cpu()
+    aborts = 0
     with RpcDevices(llama_tools, [64 * GiB, 64 * GiB]) as devs:
         for ngl, n_dev, n_cpu_moe, ot, ts in CASES_FOR[label]:
             endpoints = devs.endpoints[:n_dev]
@@ -149,6 +159,9 @@ def test_per_device_memory_equals_llama_fit_params(
             r = fit_params(llama_tools, path, _Subset(devs, n_dev), ctx=8192, ngl=ngl, ts=ts,
                            fa="on", extra=_override_args(s))
             est = _kvgui(model, s, endpoints, host)
+            if _amx_aborts(est):  # the dry-run test above checks llama.cpp's own abort
+                aborts += 1
+                continue
             assert not est.refused, what  # type: ignore[attr-defined]
             devices = est.devices  # type: ignore[attr-defined]
             for i in range(n_dev):
@@ -174,6 +187,8 @@ def test_per_device_memory_equals_llama_fit_params(
             n_splits = next(x.n_splits for v in reserve.recordings(memo).splits.values()
                             for x in v)
             assert str(n_splits) == splits[-1], what
+    if aborts == len(CASES_FOR[label]):
+        pytest.skip(f"{label}: llama.cpp aborts in every case on this AMX CPU (predicted)")
 
 
 class _Subset:
