@@ -118,28 +118,37 @@ class ServerProcess(QObject):
         return True
 
     def _poll_health(self, url: str, stop: threading.Event) -> None:
-        import httpx
-
+        """Poll ``/health`` until 200, then read ``/props`` here too: both are network
+        round trips that must not run on the GUI thread (the first message waits on them)."""
+        from kvgui.runtime.local_http import local_client
         from kvgui.runtime.server import health
 
-        with httpx.Client() as client:
+        with local_client() as client:
             while not stop.is_set():
                 if health(client, url, timeout=1.0) == 200:
+                    t = time.perf_counter()
+                    props: dict[str, Any] = {}
+                    try:
+                        r = client.get(url + "/props", timeout=5.0)
+                        r.raise_for_status()
+                        props = r.json()
+                    except Exception as exc:  # it answered /health but not /props
+                        log.warning("llama-server /props failed: %s", exc)
                     if not stop.is_set():
-                        self._healthy.emit(time.perf_counter())
+                        self._healthy.emit(t, props)
                     return
                 stop.wait(HEALTH_POLL_S)
 
-    _healthy = Signal(float)  # from the poller thread: queued to the GUI thread
+    _healthy = Signal(float, dict)  # from the poller thread: queued to the GUI thread
 
-    def _on_healthy(self, t: float) -> None:
+    def _on_healthy(self, t: float, props: dict) -> None:
         if not self.running or self.is_ready:
             return
         self.is_ready = True
         self.t_ready = t
         self.ready.emit({"url": self.url, "openai_url": openai_url(self.port),
                          "port": self.port, "load_s": t - self.t_start, "argv": self.argv,
-                         "log": self.log.load_text()})
+                         "log": self.log.load_text(), "props": props})
 
     def _on_line(self, _stream: str, text: str) -> None:
         self.line.emit(self.log.add(text))
@@ -260,6 +269,9 @@ class ServerChatBackend(QObject):
         if not self.server.start(self.tool, self.model_path, settings):
             return False
         self._set_state(LOADING)
+        # built while the model loads (a client costs milliseconds): the first message
+        # after "ready" goes out at once
+        self.chat_client = ServerChat(self.server.url)
         self.started.emit({"pid": self.server.pid, "argv": self.server.argv})
         return True
 
@@ -270,12 +282,10 @@ class ServerChatBackend(QObject):
 
     def _on_ready(self, info: dict) -> None:
         assert self.settings is not None
-        self.chat_client = ServerChat(info["url"])
-        try:
-            props = self.chat_client.props()
-        except Exception as exc:  # the server answered /health but not /props
-            log.warning("llama-server /props failed: %s", exc)
-            props = {}
+        if self.chat_client is None or self.chat_client.url != info["url"]:
+            self.chat_client = ServerChat(info["url"])
+        props = info.get("props") or {}
+        self.chat_client.use_props(props)
         memory = self.server.log.memory()
         n_ctx_seq = self.chat_client.n_ctx or memory.n_ctx_seq
         self.loaded_event = {

@@ -220,16 +220,6 @@ def health(client: httpx.Client, url: str, timeout: float = 1.0) -> int | None:
         return None
 
 
-def props(url: str, timeout: float = 5.0) -> dict[str, Any]:
-    """``GET /props``: the chat template, n_ctx per slot, the build."""
-    import httpx
-
-    r = httpx.get(url + "/props", timeout=timeout)
-    r.raise_for_status()
-    data: dict[str, Any] = r.json()
-    return data
-
-
 # --- the synchronous server ---------------------------------------------------------------------
 
 class LlamaServer:
@@ -290,10 +280,10 @@ class LlamaServer:
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S, poll_s: float = 0.02) -> float:
         """Seconds from start until ``/health`` said 200; ServerError if it died or hung."""
-        import httpx
+        from kvgui.runtime.local_http import local_client
 
         deadline = time.monotonic() + timeout
-        with httpx.Client() as client:
+        with local_client() as client:
             while True:
                 code = self.returncode
                 if code is not None:

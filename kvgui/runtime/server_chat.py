@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from kvgui.runtime.local_http import local_client
 from kvgui.runtime.protocol import Sampling
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,7 @@ class ServerChat:
     def __init__(self, url: str, *, n_ctx: int | None = None,
                  client: httpx.Client | None = None) -> None:
         self.url = url.rstrip("/")
-        self.client = client or httpx.Client(
-            timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S))
+        self.client = client or local_client(httpx.Timeout(None, connect=CONNECT_TIMEOUT_S))
         self.conversation = ServerConversation()
         self.n_ctx = n_ctx
         self.chat_format = "server"  # the GGUF's template, as llama-server applies it
@@ -104,10 +104,15 @@ class ServerChat:
         r = self.client.get(self.url + "/props", timeout=CONNECT_TIMEOUT_S)
         r.raise_for_status()
         data: dict[str, Any] = r.json()
+        self.use_props(data)
+        return data
+
+    def use_props(self, data: dict[str, Any]) -> None:
+        """Take the context per slot from a ``/props`` answer read elsewhere (the window
+        reads it on its health poller's thread, off the GUI thread)."""
         settings = data.get("default_generation_settings") or {}
         if self.n_ctx is None and settings.get("n_ctx"):
             self.n_ctx = int(settings["n_ctx"])
-        return data
 
     def turn(self, text: str, *, system: str | None = None, sampling: Sampling | None = None,
              mode: str = CHAT, on_piece: Callable[[str, int], None] | None = None,

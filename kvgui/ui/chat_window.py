@@ -130,6 +130,7 @@ class ChatPanel(QWidget):
         self.worker: Any = None
         self.server_tool = server_tool  # kvgui.runtime.llama_bin.ToolInfo of llama-server
         self.loaded: dict[str, Any] | None = None
+        self._server_estimate: Any = None  # worked out at launch, for the memory table
         self._queued: str | None = None
         self.model_path: str | None = None
         self.settings: Settings | None = None
@@ -375,7 +376,12 @@ class ChatPanel(QWidget):
         self._gpu_before = _gpu_used()
         self._set_status("starting llama-server…" if self.backend == SERVER
                          else "starting llama.cpp…")
-        return bool(self.worker.launch(self.model_path, settings))
+        started = bool(self.worker.launch(self.model_path, settings))
+        # the estimate to compare with llama-server's log is worked out while it loads (tens
+        # of ms): done at "ready", it held up the first message by as much
+        self._server_estimate = self._estimate_for_server() \
+            if started and self.backend == SERVER else None
+        return started
 
     def relaunch(self) -> None:
         if self.model_path is None or self.settings is None:
@@ -469,7 +475,7 @@ class ChatPanel(QWidget):
         est = self.estimate
         planned_gpu = est is not None and any(d.is_gpu for d in est.devices)
         if loaded.get("kind") == SERVER:
-            est = self._estimate_for_server()
+            est = self._server_estimate
         elif est is None or planned_gpu != offload:
             # compare with what this llama.cpp build did: a CPU-only build puts it all on
             # the CPU whatever GPU the main window plans for

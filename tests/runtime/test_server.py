@@ -97,6 +97,25 @@ def test_chat_streams_over_http_and_stop_keeps_the_partial_reply(tiny_server) ->
     chat.close()
 
 
+def test_a_proxy_in_the_environment_does_not_take_the_local_chat(tiny_server,
+                                                                monkeypatch) -> None:
+    """A user behind a proxy (HTTP_PROXY / ALL_PROXY set, NO_PROXY not naming 127.0.0.1):
+    httpx's defaults send the loopback chat to the proxy, which cannot reach it."""
+    from kvgui.runtime.protocol import Sampling
+
+    with socket.socket() as dead:  # a proxy port that refuses every connection
+        dead.bind((HOST, 0))
+        proxy = f"http://{HOST}:{dead.getsockname()[1]}"
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    chat = ServerChat(tiny_server.url)
+    assert chat.props()["default_generation_settings"]["n_ctx"] == 512
+    assert chat.turn("hi", sampling=Sampling(max_tokens=2, seed=1))["tokens"] == 2
+    chat.close()
+
+
 def test_a_message_longer_than_the_context_drops_old_turns_then_refuses(tiny_server) -> None:
     from kvgui.runtime.protocol import Sampling
 
