@@ -155,7 +155,7 @@ class Controller(QObject):
     loadFailed = Signal(str, str)  # source, one-line reason
     message = Signal(str)
     choicesReady = Signal(object)  # PlanView: the planner's choices
-    _loaded = Signal(int, object, object, str)  # token, ModelInfo | None, error | None, source
+    _loaded = Signal(int, object, object, str)  # token, ModelInfo | None, memo | error, source
     _rpc_answered = Signal(object, object, str)  # HardwareChoice, {endpoint: info}, error
 
     def __init__(self, config: AppConfig | None = None, parent: QObject | None = None) -> None:
@@ -200,13 +200,17 @@ class Controller(QObject):
         self._rpc_answered.connect(self._on_rpc_answered)
 
     # --- model -------------------------------------------------------------------------
-    def set_model(self, model: ModelInfo | None, source: str = "") -> None:
+    def set_model(self, model: ModelInfo | None, source: str = "",
+                  memo: ModelMemo | None = None) -> None:
+        """``memo``: the model's estimate memo when it was already filled (open_header's
+        thread warms it); else a new one."""
         self.model = model
         self.model_source = source
         self.planned = None  # the previous model's choices (re-judged once the window rests)
         self.plan_view = PlanView(())
         self._speeds = {}
-        self._caches = _Caches(ModelMemo(model))
+        self._caches = _Caches(memo if memo is not None and memo.model is model
+                               else ModelMemo(model))
         self._measured_key = None
         self.refresh_measured()
         if model is not None and self.ngl_mode == NGL_N and \
@@ -250,28 +254,65 @@ class Controller(QObject):
         self._load_token += 1
         token = self._load_token
         self.loadingChanged.emit(True)
+        # what the first plan will be asked for, read here on the GUI thread
+        settings, devices, auto = self.settings, self.plan.devices(), self.ngl_mode == NGL_AUTO
+        pairs = tuple(dict.fromkeys((*COMMON_CACHE_PAIRS, (settings.type_k, settings.type_v))))
 
         def work() -> None:
             try:
-                self._loaded.emit(token, load(), None, source)
+                model = load()
             except Exception as exc:  # every failure becomes one line in the window
                 log.info("could not open %s: %s", source, exc, exc_info=True)
                 self._loaded.emit(token, None, exc, source)
+                return
+            self._loaded.emit(token, model,
+                              self._warm_memo(model, settings, devices, pairs, auto), source)
 
         threading.Thread(target=work, name="kvgui-open", daemon=True).start()
 
-    def _on_loaded(self, token: int, model: ModelInfo | None, error: object, source: str) -> None:
+    @staticmethod
+    def _warm_memo(model: ModelInfo, settings: Settings, devices: Any,
+                   pairs: tuple[tuple[str, str], ...], auto: bool) -> ModelMemo:
+        """A model's first update replays llama.cpp's graph for each representative
+        placement and each cache-type class (a 48-layer MoE: 2-3 s here): the plan, each
+        type's refusals, each pair's estimate and "fits up to". Done on the open thread with
+        the same core calls, the GUI thread's first update finds them in the memo. The memo
+        goes to the GUI thread with the model and is used there only. A failure here is the
+        first update's to report: then a fresh memo."""
+        memo = ModelMemo(model)
+        try:
+            planned = run_planner(model, settings, devices, pairs=pairs, memo=memo,
+                                  verify=False)
+            chosen = planned.for_pair((settings.type_k, settings.type_v)) if auto else None
+            placed = chosen.placement.apply(settings, len(model.layers)) if chosen else settings
+            for name in ("type_k", "type_v"):  # type_refusals
+                for t in CACHE_TYPE_NAMES:
+                    refusals_of(model, placed.replace(**{name: t}), devices, memo)
+            for k, v in pairs:
+                pair = placed.replace(type_k=k, type_v=v)
+                if not estimate(model, pair, devices, memo).refused:
+                    max_context(model, pair, devices, memo=memo)
+        except Exception:
+            log.info("warming the plan of %s failed; the window plans it", model.name,
+                     exc_info=True)
+            return ModelMemo(model)
+        return memo
+
+    def _on_loaded(self, token: int, model: ModelInfo | None, result: object,
+                   source: str) -> None:
+        """``result``: the warmed ModelMemo, or the error when ``model`` is None."""
         if token != self._load_token:
             return  # a newer open superseded this one
         self.loadingChanged.emit(False)
         if model is None:
-            self.loadFailed.emit(source, one_line(error))
+            self.loadFailed.emit(source, one_line(result))
             return
         # a split model opened from any part is the model of its first part (what llama.cpp
         # is given, and what the recent list keeps)
         path = model.path
         keep = source.startswith(("catalog:", "hf:"))  # a Hub model keeps its -hf name
-        self.set_model(model, path if path and not keep else source)
+        self.set_model(model, path if path and not keep else source,
+                       result if isinstance(result, ModelMemo) else None)
 
     # --- settings ----------------------------------------------------------------------
     def update_settings(self, **changes: Any) -> bool:

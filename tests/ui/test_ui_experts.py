@@ -49,3 +49,29 @@ def test_experts_on_the_cpu_moves_weights_off_the_gpu(qtbot, window) -> None:
 def test_hidden_for_a_dense_model(qtbot, window) -> None:
     _open(qtbot, window, "Llama-3.1-8B-Instruct Q4_K_M")
     assert not window.cache_controls.experts_cpu.isVisible()
+
+
+def test_a_models_first_plan_is_worked_out_off_the_gui_thread(qtbot, window,
+                                                               monkeypatch) -> None:
+    """The first plan of a 48-layer MoE replays llama.cpp's graph for each representative
+    placement (seconds): the open thread does it, the GUI thread's first plan reuses them."""
+    import threading
+
+    from kvgui.core.memory import reserve
+
+    replays: list[str] = []
+    real = reserve.split_graph
+
+    def split_graph(*args, **kwargs):  # type: ignore[no-untyped-def]
+        replays.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reserve, "split_graph", split_graph)
+    with qtbot.waitSignal(window.ctl.modelChanged, timeout=20000):
+        window.open_catalog(MOE)
+    on_open = len(replays)
+    assert on_open >= 4 and set(replays) == {"kvgui-open"}
+    window.ctl.flush()  # the window's first plan, the bars, the curves
+    assert replays[on_open:] == []
+    assert window.ctl.planned is not None and window.ctl.planned.for_pair(("f16", "f16"))
+
