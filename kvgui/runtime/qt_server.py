@@ -120,7 +120,7 @@ class ServerProcess(QObject):
     def _poll_health(self, url: str, stop: threading.Event) -> None:
         """Poll ``/health`` until 200, then read ``/props`` here too: both are network
         round trips that must not run on the GUI thread (the first message waits on them)."""
-        from kvgui.runtime.local_http import local_client
+        from kvgui.runtime.local_http import local_client, read_props
         from kvgui.runtime.server import health
 
         with local_client() as client:
@@ -129,9 +129,7 @@ class ServerProcess(QObject):
                     t = time.perf_counter()
                     props: dict[str, Any] = {}
                     try:
-                        r = client.get(url + "/props", timeout=5.0)
-                        r.raise_for_status()
-                        props = r.json()
+                        props = read_props(client, url)
                     except Exception as exc:  # it answered /health but not /props
                         log.warning("llama-server /props failed: %s", exc)
                     if not stop.is_set():

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from kvgui.runtime.local_http import local_client
+from kvgui.runtime.local_http import local_client, read_props
 from kvgui.runtime.protocol import Sampling
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,7 @@ class ServerChat:
         self.conversation = ServerConversation(system=system or None)
 
     def props(self) -> dict[str, Any]:
-        r = self.client.get(self.url + "/props", timeout=CONNECT_TIMEOUT_S)
-        r.raise_for_status()
-        data: dict[str, Any] = r.json()
+        data = read_props(self.client, self.url, CONNECT_TIMEOUT_S)
         self.use_props(data)
         return data
 

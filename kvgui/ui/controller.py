@@ -144,6 +144,46 @@ class _Caches:
     fits: dict[Any, dict[tuple[str, str], int | None]] = field(default_factory=dict)
 
 
+def table_pairs(settings: Settings, measured: MeasureRun | None
+                ) -> tuple[tuple[str, str], ...]:
+    """The table's rows: the common pairs, every pair measured on this model (a sweep's
+    mixed pairs), and the current one."""
+    out = list(COMMON_CACHE_PAIRS)
+    if measured is not None:
+        out += [r.pair for r in measured.results if r.pair not in out]
+    cur = (settings.type_k, settings.type_v)
+    if cur not in out:
+        out.append(cur)
+    return tuple(out)
+
+
+def plan_table(model: ModelInfo, settings: Settings, devices: Any,
+               pairs: Sequence[tuple[str, str]], memo: ModelMemo, auto: bool) -> Plan:
+    """The fastest placement of each table pair at this context, the fastest of them and
+    the longest context (planner.py). Under auto the current pair's choice is run, so it is
+    made exact; the others are the search's (a click on one is then estimated like any
+    setting)."""
+    cur = (settings.type_k, settings.type_v)
+    return run_planner(model, settings, devices, pairs=pairs, memo=memo, verify=False,
+                       verify_pairs=(cur,) if auto else ())
+
+
+def type_refusals_of(model: ModelInfo, settings: Settings, devices: Any, memo: ModelMemo
+                     ) -> tuple[dict[str, str], dict[str, str]]:
+    """For each K (then V) type: why llama.cpp would refuse it with the other settings as
+    they are — only what that choice adds, not the other half's own refusal."""
+    out: tuple[dict[str, str], dict[str, str]] = ({}, {})
+    for i, name in enumerate(("type_k", "type_v")):
+        for t in CACHE_TYPE_NAMES:
+            trial = settings.replace(**{name: t})
+            base = {f.code for f in refusals_of(model, trial.replace(**{name: "f16"}),
+                                                devices, memo)}
+            own = [f for f in refusals_of(model, trial, devices, memo) if f.code not in base]
+            if own:
+                out[i][t] = own[0].message
+    return out
+
+
 class Controller(QObject):
     modelChanged = Signal(object)  # ModelInfo | None
     settingsChanged = Signal(object)  # Settings, changed by anything but the slider
@@ -254,9 +294,9 @@ class Controller(QObject):
         self._load_token += 1
         token = self._load_token
         self.loadingChanged.emit(True)
-        # what the first plan will be asked for, read here on the GUI thread
+        # what the first update will be asked for, read here on the GUI thread (the new
+        # model's measurements are not known yet: its table starts with the common pairs)
         settings, devices, auto = self.settings, self.plan.devices(), self.ngl_mode == NGL_AUTO
-        pairs = tuple(dict.fromkeys((*COMMON_CACHE_PAIRS, (settings.type_k, settings.type_v))))
 
         def work() -> None:
             try:
@@ -265,33 +305,32 @@ class Controller(QObject):
                 log.info("could not open %s: %s", source, exc, exc_info=True)
                 self._loaded.emit(token, None, exc, source)
                 return
-            self._loaded.emit(token, model,
-                              self._warm_memo(model, settings, devices, pairs, auto), source)
+            memo = ModelMemo(model)
+            if token == self._load_token:  # not superseded by a newer open
+                memo = self._warm_memo(model, settings, devices, auto)
+            self._loaded.emit(token, model, memo, source)
 
         threading.Thread(target=work, name="kvgui-open", daemon=True).start()
 
     @staticmethod
     def _warm_memo(model: ModelInfo, settings: Settings, devices: Any,
-                   pairs: tuple[tuple[str, str], ...], auto: bool) -> ModelMemo:
+                   auto: bool) -> ModelMemo:
         """A model's first update replays llama.cpp's graph for each representative
         placement and each cache-type class (a 48-layer MoE: 2-3 s here): the plan, each
-        type's refusals, each pair's estimate and "fits up to". Done on the open thread with
-        the same core calls, the GUI thread's first update finds them in the memo. The memo
-        goes to the GUI thread with the model and is used there only. A failure here is the
-        first update's to report: then a fresh memo."""
+        type's refusals, each pair's "fits up to". The open thread makes the same calls
+        (plan_table, type_refusals_of, max_context) into a memo that then goes to the GUI
+        thread with the model and is used there only, so the GUI thread's first update finds
+        them. A failure here is the first update's to report: then a fresh memo."""
         memo = ModelMemo(model)
+        pairs = table_pairs(settings, None)
         try:
-            planned = run_planner(model, settings, devices, pairs=pairs, memo=memo,
-                                  verify=False)
+            planned = plan_table(model, settings, devices, pairs, memo, auto)
             chosen = planned.for_pair((settings.type_k, settings.type_v)) if auto else None
             placed = chosen.placement.apply(settings, len(model.layers)) if chosen else settings
-            for name in ("type_k", "type_v"):  # type_refusals
-                for t in CACHE_TYPE_NAMES:
-                    refusals_of(model, placed.replace(**{name: t}), devices, memo)
-            for k, v in pairs:
-                pair = placed.replace(type_k=k, type_v=v)
-                if not estimate(model, pair, devices, memo).refused:
-                    max_context(model, pair, devices, memo=memo)
+            type_refusals_of(model, placed, devices, memo)
+            if any(d.budget is not None for d in devices):  # as limit_for asks
+                for k, v in pairs:
+                    max_context(model, placed.replace(type_k=k, type_v=v), devices, memo=memo)
         except Exception:
             log.info("warming the plan of %s failed; the window plans it", model.name,
                      exc_info=True)
@@ -530,21 +569,11 @@ class Controller(QObject):
         return estimate(self.model, settings, self.plan.devices(), self._caches.memo).findings
 
     def type_refusals(self) -> tuple[dict[str, str], dict[str, str]]:
-        """For each K (then V) type: why llama.cpp would refuse it with the other settings as
-        they are — only what that choice adds, not the other half's own refusal."""
-        out: tuple[dict[str, str], dict[str, str]] = ({}, {})
-        m = self.model
-        if m is None:
-            return out
-        s = self.settings
-        for i, name in enumerate(("type_k", "type_v")):
-            for t in CACHE_TYPE_NAMES:
-                trial = s.replace(**{name: t})
-                base = {f.code for f in self.refusals_for(trial.replace(**{name: "f16"}))}
-                own = [f for f in self.refusals_for(trial) if f.code not in base]
-                if own:
-                    out[i][t] = own[0].message
-        return out
+        """For each K (then V) type: what choosing it would add to llama.cpp's refusals."""
+        if self.model is None:
+            return {}, {}
+        return type_refusals_of(self.model, self.settings, self.plan.devices(),
+                                self._caches.memo)
 
     def apply_import(self, parsed: ParsedCommand) -> str | None:
         """Every setting an imported command (or a preset) sets; returns the model path it
@@ -825,15 +854,7 @@ class Controller(QObject):
         return {pair: ContextLimit(raw, self.trained()) for pair, raw in hit.items()}
 
     def pairs(self) -> tuple[tuple[str, str], ...]:
-        """The table's rows: the common pairs, every pair measured on this model (a sweep's
-        mixed pairs), and the current one."""
-        out = list(COMMON_CACHE_PAIRS)
-        if self.measured is not None:
-            out += [r.pair for r in self.measured.results if r.pair not in out]
-        cur = (self.settings.type_k, self.settings.type_v)
-        if cur not in out:
-            out.append(cur)
-        return tuple(out)
+        return table_pairs(self.settings, self.measured)
 
     def _compute_curves(self) -> Curves:
         plan = self.plan
@@ -901,13 +922,8 @@ class Controller(QObject):
         """The fastest placement of each table pair at this context, the fastest of them
         and the longest context (planner.py); the current pair's choice is exact."""
         assert self.model is not None
-        cur = (self.settings.type_k, self.settings.type_v)
-        # under auto the current pair's choice is run, so it is made exact; the others are
-        # the search's (what a click on one gives is then estimated like any setting)
-        auto = self.ngl_mode == NGL_AUTO
-        return run_planner(self.model, self.settings, self.plan.devices(),
-                           pairs=self.pairs(), memo=self._caches.memo, verify=False,
-                           verify_pairs=(cur,) if auto else ())
+        return plan_table(self.model, self.settings, self.plan.devices(), self.pairs(),
+                          self._caches.memo, self.ngl_mode == NGL_AUTO)
 
     def _speed_cell(self, pair: tuple[str, str], est: Estimate) -> tuple[str, str]:
         """A table row's predicted speed under the chosen placement (when it fits), and in
