@@ -567,7 +567,7 @@ class MainWindow(QMainWindow):
     def _on_loading(self, loading: bool) -> None:
         self.model_panel.set_loading(loading)
         if loading:
-            self.statusBar().showMessage("Reading the model header…")
+            self.statusBar().showMessage("Reading the model header and planning it…")
 
     def _on_load_failed(self, source: str, reason: str) -> None:
         self.model_panel.set_model(self.ctl.model, self.ctl.model_source)

@@ -125,7 +125,7 @@ class ModelPanel(QWidget):
     def set_loading(self, loading: bool) -> None:
         self.open_btn.setEnabled(not loading)
         if loading:
-            self.source.setText("Reading the header…")
+            self.source.setText("Reading the header, planning…")
 
     def set_model(self, model: ModelInfo | None, source: str) -> None:
         while self.form.rowCount():
