@@ -9,6 +9,12 @@ allocate for each settings of kvgui.testing.truth_table.full_matrix(), and print
 padded context, KV cache + recurrent state and weights (exact or not), and the compute
 buffer's error range. --markdown prints the README table; --json writes the figures that
 kvgui/core/memory/verification.py's table is taken from.
+
+--devices [FAMILY ...]: the multi-device table instead (needs llama.cpp's tools:
+python -m kvgui.testing.llama_tools build). Three ggml-rpc-server devices on 127.0.0.1 and
+llama-fit-params (no_alloc) against kvgui per device, over kvgui.testing.device_matrix.cases():
+-ngl all / half x 1-3 devices (-ts 3,1 for two) x -nkvo x (MoE) experts of the first third of
+the layers on the CPU x flash attention with f16 / q8_0 / q4_0 caches and without with f16.
 """
 
 from __future__ import annotations
@@ -34,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("families", nargs="*", help="fixture keys (default: all)")
     ap.add_argument("--markdown", action="store_true", help="print the README table")
     ap.add_argument("--json", type=Path, help="write the figures as JSON")
+    ap.add_argument("--devices", action="store_true",
+                    help="the multi-device table (RPC devices, llama-fit-params)")
     args = ap.parse_args(argv)
+    if args.devices:
+        return devices_main(args.families or DEVICE_FAMILIES, args.markdown)
 
     matrix = full_matrix()
     results: list[dict[str, Any]] = []
@@ -101,6 +111,70 @@ def markdown(results: list[dict[str, Any]]) -> str:
             compute = f"{r['compute_min'] * 100:+.1f}% .. {r['compute_max'] * 100:+.1f}%"
         lines.append(f"| {r['arch']} | {r['model']} | {exact} | {weights} | {compute} |")
     return "\n".join(lines)
+
+
+#: dense GQA, sliding window, MoE (128 experts), MoE with shared experts, MLA with a shared
+#: expert, MoE with SWA and sinks, a Mamba-2 hybrid, a recurrent Mamba-2, a fused-QKV dense
+#: model, a gated-delta-net hybrid MoE
+DEVICE_FAMILIES = ["llama", "gemma3", "qwen3moe", "glm4moe", "deepseek2", "gpt-oss",
+                   "falcon-h1", "mamba2", "phi3", "qwen35moe"]
+
+
+def devices_main(families: list[str], as_markdown: bool) -> int:
+    from kvgui.core.model.archspec import ModelSpec
+    from kvgui.core.model.info import load_model
+    from kvgui.runtime.llama_backend import probe_host_cpu
+    from kvgui.testing.arch_fixtures import fixtures
+    from kvgui.testing.device_matrix import DEVICE_BYTES, cases, compare_case
+    from kvgui.testing.llama_tools import find_tools
+    from kvgui.testing.rpc import RpcDevices
+    from kvgui.testing.sparse_gguf import write_sparse_gguf
+
+    tools = find_tools()
+    if tools is None:
+        print("llama.cpp's tools are not built: python -m kvgui.testing.llama_tools build")
+        return 2
+    host = probe_host_cpu()
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    print(f"{'family':<12}{'model':<34}{'runs':>5}{'wts':>5}{'KV':>5}{'cmp':>5}{'split':>6}"
+          "  compute error (largest)")
+    with tempfile.TemporaryDirectory() as tmp, RpcDevices(tools, [DEVICE_BYTES] * 3) as devs:
+        for fx in fixtures():
+            if fx.key not in families:
+                continue
+            spec = ModelSpec(fx.spec.name, fx.spec.arch, "BF16", fx.spec.hp)
+            path = write_sparse_gguf(spec, Path(tmp) / "model.gguf")
+            model = load_model(path)
+            out = [compare_case(tools, path, model, devs, c, host) for c in cases(model)]
+            path.unlink()
+            ran = [o for o in out if not o.refused]
+            worst = max((o.compute_error for o in ran), key=abs, default=0.0)
+            row = {"family": fx.key, "arch": fx.spec.arch, "model": fx.spec.name,
+                   "runs": len(ran), "weights": sum(o.weights_exact for o in ran),
+                   "kv": sum(o.kv_exact for o in ran), "compute": sum(o.compute_exact for o in ran),
+                   "splits": sum(o.splits_exact for o in ran), "worst": worst,
+                   "missed": [f"{o.case.describe()}: {'; '.join(o.mismatches)}"
+                              for o in ran if not o.exact]}
+            rows.append(row)
+            print(f"{fx.spec.arch:<12}{fx.spec.name[:33]:<34}{row['runs']:>5}{row['weights']:>5}"
+                  f"{row['kv']:>5}{row['compute']:>5}{row['splits']:>6}  {worst * 100:+.3f}%",
+                  flush=True)
+            for m in row["missed"]:
+                print(f"    {m[:160]}")
+    total = sum(r["runs"] for r in rows)
+    print(f"\n{len(rows)} models, {total} runs in {time.perf_counter() - t0:.0f} s")
+    if as_markdown:
+        print("| family | model (sparse header, BF16) | runs | weights exact | KV + state exact "
+              "| compute to 0.01 MiB | splits equal | largest compute error |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['arch']} | {r['model']} | {r['runs']} | {r['weights']} | {r['kv']} | "
+                  f"{r['compute']} | {r['splits']} | {r['worst'] * 100:+.2f}% |")
+        print(f"| **all {len(rows)}** | | **{total}** | **{sum(r['weights'] for r in rows)}** | "
+              f"**{sum(r['kv'] for r in rows)}** | **{sum(r['compute'] for r in rows)}** | "
+              f"**{sum(r['splits'] for r in rows)}** | |")
+    return 0
 
 
 if __name__ == "__main__":

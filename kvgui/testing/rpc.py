@@ -116,6 +116,13 @@ class RpcDevices:
         """The value of llama.cpp's ``--rpc``."""
         return ",".join(self.endpoints)
 
+    def first(self, n: int) -> RpcDevices:
+        """A view of the first ``n`` running servers, for :func:`fit_params` (the servers stay
+        this object's: the view is never entered or closed)."""
+        view = RpcDevices(self.tools, self.sizes[:n], host=self.host, threads=self.threads)
+        view.servers = self.servers[:n]
+        return view
+
     def __enter__(self) -> RpcDevices:
         self._logdir = tempfile.TemporaryDirectory(prefix="kvgui-rpc-")
         try:
