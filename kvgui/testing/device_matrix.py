@@ -124,9 +124,13 @@ def compare_case(tools: LlamaTools, path: Path, model: ModelInfo, devices: RpcDe
     out = Outcome(case)
     extra = ("-nkvo",) if case.nkvo else ()
     try:
-        r = fit_params(tools, path, view, ctx=case.n_ctx, ngl=case.ngl, ts=case.tensor_split,
-                       n_cpu_moe=case.n_cpu_moe or None, fa="on" if case.fa else "off",
-                       ctk=case.cache, ctv=case.cache, extra=extra)
+        for _ in range(2):  # once in a few hundred runs it exits 0 before printing the table
+            r = fit_params(tools, path, view, ctx=case.n_ctx, ngl=case.ngl,
+                           ts=case.tensor_split, n_cpu_moe=case.n_cpu_moe or None,
+                           fa="on" if case.fa else "off", ctk=case.cache, ctv=case.cache,
+                           extra=extra)
+            if r.breakdown:
+                break
     except RpcError as e:
         if est.refused:
             out.refused = est.refusals[0].message
@@ -137,6 +141,11 @@ def compare_case(tools: LlamaTools, path: Path, model: ModelInfo, devices: RpcDe
     if est.refused:
         out.mismatches.append("kvgui refused what llama.cpp accepts: "
                               + est.refusals[0].message)
+        out.weights_exact = out.kv_exact = out.compute_exact = out.splits_exact = False
+        return out
+    if not r.breakdown:
+        tail = [ln for ln in r.log.splitlines() if ln.strip()][-1:]
+        out.mismatches.append(f"llama-fit-params printed no memory breakdown: {tail}")
         out.weights_exact = out.kv_exact = out.compute_exact = out.splits_exact = False
         return out
     _compare_memory(out, est, r, case.n_devices)
