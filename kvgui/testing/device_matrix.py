@@ -19,7 +19,6 @@ few cases so that this code cannot rot.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,6 @@ MiB = 1 << 20
 GiB = 1 << 30
 #: what each RPC device reports (llama-fit-params never allocates: no RAM is taken)
 DEVICE_BYTES = 64 * GiB
-_SPLITS = re.compile(r"graph(?: \([^)]*\))?: nodes = [\d /]+, splits = (\d+)")
 
 
 @dataclass(frozen=True)
@@ -108,6 +106,12 @@ class Outcome:
     def exact(self) -> bool:
         return not self.mismatches
 
+    def failed(self, why: str) -> Outcome:
+        """No figure could be compared: every one counts as missed."""
+        self.mismatches.append(why)
+        self.weights_exact = self.kv_exact = self.compute_exact = self.splits_exact = False
+        return self
+
 
 def compare_case(tools: LlamaTools, path: Path, model: ModelInfo, devices: RpcDevices,
                  case: Case, host: HostCpu | None = None) -> Outcome:
@@ -135,19 +139,12 @@ def compare_case(tools: LlamaTools, path: Path, model: ModelInfo, devices: RpcDe
         if est.refused:
             out.refused = est.refusals[0].message
             return out
-        out.mismatches.append(f"llama-fit-params failed, kvgui did not refuse: {e}")
-        out.weights_exact = out.kv_exact = out.compute_exact = out.splits_exact = False
-        return out
+        return out.failed(f"llama-fit-params failed, kvgui did not refuse: {e}")
     if est.refused:
-        out.mismatches.append("kvgui refused what llama.cpp accepts: "
-                              + est.refusals[0].message)
-        out.weights_exact = out.kv_exact = out.compute_exact = out.splits_exact = False
-        return out
+        return out.failed("kvgui refused what llama.cpp accepts: " + est.refusals[0].message)
     if not r.breakdown:
         tail = [ln for ln in r.log.splitlines() if ln.strip()][-1:]
-        out.mismatches.append(f"llama-fit-params printed no memory breakdown: {tail}")
-        out.weights_exact = out.kv_exact = out.compute_exact = out.splits_exact = False
-        return out
+        return out.failed(f"llama-fit-params printed no memory breakdown: {tail}")
     _compare_memory(out, est, r, case.n_devices)
     _compare_compute(out, model, s, case, endpoints, r)
     return out
@@ -197,13 +194,11 @@ def _compare_compute(out: Outcome, model: ModelInfo, s: Settings, case: Case,
             err = ours / MiB / theirs - 1
             if abs(err) > abs(out.compute_error):
                 out.compute_error = err
-    theirs_splits = _SPLITS.findall(r.log)
     ours_splits = next((x.n_splits for v in reserve.recordings(memo).splits.values()
                         for x in v), None)
-    if not theirs_splits or str(ours_splits) != theirs_splits[-1]:
+    if ours_splits != r.n_splits:
         out.splits_exact = False
-        out.mismatches.append(f"splits {ours_splits}, llama.cpp "
-                              f"{theirs_splits[-1] if theirs_splits else '?'}")
+        out.mismatches.append(f"splits {ours_splits}, llama.cpp {r.n_splits}")
 
 
 __all__ = ["DEVICE_BYTES", "Case", "Outcome", "cases", "compare_case"]

@@ -293,6 +293,12 @@ class FitParamsResult:
         """Host and the further host-memory buffer types (AMX, CPU_REPACK…): RAM, not VRAM."""
         return tuple(r for r in self.breakdown if r.total_mib is None)
 
+    @property
+    def n_splits(self) -> int | None:
+        """The scheduler's split count of the last graph it reserved (None if not logged)."""
+        found = _SPLITS.findall(self.log)
+        return int(found[-1]) if found else None
+
     def compute_of(self, name: str) -> float:
         """The two-decimal compute buffer of a device ("RPC1") or of "Host", in MiB."""
         if name == "Host":
@@ -314,6 +320,7 @@ _KV_SIZE = re.compile(
 _KV_LAYER = re.compile(r"llama_kv_cache: layer +(?P<il>\d+): dev = (?P<dev>\S+)")
 _OFFLOADED = re.compile(r"load_tensors: offloaded (\d+)/(\d+) layers to GPU")
 _TRIAL_START = "llama_model_loader: loaded meta data"
+_SPLITS = re.compile(r"graph(?: \([^)]*\))?: nodes = [\d /]+, splits = (\d+)")
 
 
 def last_trial(log_text: str) -> str:
