@@ -128,13 +128,9 @@ def compare_case(tools: LlamaTools, path: Path, model: ModelInfo, devices: RpcDe
     out = Outcome(case)
     extra = ("-nkvo",) if case.nkvo else ()
     try:
-        for _ in range(2):  # once in a few hundred runs it exits 0 before printing the table
-            r = fit_params(tools, path, view, ctx=case.n_ctx, ngl=case.ngl,
-                           ts=case.tensor_split, n_cpu_moe=case.n_cpu_moe or None,
-                           fa="on" if case.fa else "off", ctk=case.cache, ctv=case.cache,
-                           extra=extra)
-            if r.breakdown:
-                break
+        r = fit_params(tools, path, view, ctx=case.n_ctx, ngl=case.ngl, ts=case.tensor_split,
+                       n_cpu_moe=case.n_cpu_moe or None, fa="on" if case.fa else "off",
+                       ctk=case.cache, ctv=case.cache, extra=extra)
     except RpcError as e:
         if est.refused:
             out.refused = est.refusals[0].message
@@ -142,9 +138,6 @@ def compare_case(tools: LlamaTools, path: Path, model: ModelInfo, devices: RpcDe
         return out.failed(f"llama-fit-params failed, kvgui did not refuse: {e}")
     if est.refused:
         return out.failed("kvgui refused what llama.cpp accepts: " + est.refusals[0].message)
-    if not r.breakdown:
-        tail = [ln for ln in r.log.splitlines() if ln.strip()][-1:]
-        return out.failed(f"llama-fit-params printed no memory breakdown: {tail}")
     _compare_memory(out, est, r, case.n_devices)
     _compare_compute(out, model, s, case, endpoints, r)
     return out

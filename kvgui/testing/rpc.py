@@ -441,16 +441,25 @@ def fit_params(tools: LlamaTools, model: str | Path, devices: RpcDevices | None,
     if host_memory_bytes is not None:
         env["LD_PRELOAD"] = str(memory_shim(tools))
         env[PHYS_MEM_ENV] = str(host_memory_bytes)
-    try:
-        proc = subprocess.run([str(tools.fit_params), *args], capture_output=True, text=True,
-                              errors="replace", timeout=timeout, env=env, check=False,
-                              start_new_session=True, preexec_fn=_die_with_parent())
-    except subprocess.TimeoutExpired as e:
-        raise RpcError(f"llama-fit-params timed out after {timeout:.0f} s") from e
-    if proc.returncode != 0:
+    # once in a few hundred runs on a loaded machine it exits 0 before its memory lines: once
+    # more, then an error naming that
+    for _ in range(2):
+        try:
+            proc = subprocess.run([str(tools.fit_params), *args], capture_output=True,
+                                  text=True, errors="replace", timeout=timeout, env=env,
+                                  check=False, start_new_session=True,
+                                  preexec_fn=_die_with_parent())
+        except subprocess.TimeoutExpired as e:
+            raise RpcError(f"llama-fit-params timed out after {timeout:.0f} s") from e
         tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-3:]
-        raise RpcError(f"llama-fit-params exited with {proc.returncode}: " + " | ".join(tail))
-    return parse_result(args, proc.stdout, proc.stderr, fit=fit)
+        if proc.returncode != 0:
+            raise RpcError(f"llama-fit-params exited with {proc.returncode}: "
+                           + " | ".join(tail))
+        result = parse_result(args, proc.stdout, proc.stderr, fit=fit)
+        if fit or (result.breakdown and result.compute_mib):
+            return result
+        log.warning("llama-fit-params printed no memory breakdown; running it again")
+    raise RpcError("llama-fit-params exited 0 without its memory breakdown: " + " | ".join(tail))
 
 
 __all__ = [
