@@ -86,9 +86,13 @@ def test_which_models_are_replayed(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cache_types_in_the_graph() -> None:
     llama = model("Llama-3.1-8B-Instruct Q4_K_M")
     assert cache_graph(llama, "f16", "f16") == CacheKinds("f16", "f16")
-    assert cache_graph(llama, "q8_0", "q4_0") == CacheKinds("quantized", "quantized")
-    assert cache_graph(llama, "f32", "iq4_nl") == CacheKinds("f32", "quantized")
-    assert cache_graph(llama, "bf16", "q5_1") == CacheKinds("bf16", "quantized")
+    # one recording serves every quantized type, keyed by the kinds; the exact types come
+    # along for a graph that copies the cache (reserve.peaks)
+    q = cache_graph(llama, "q8_0", "q4_0")
+    assert q.graph == CacheKinds("quantized", "quantized") and q.exact == ("q8_0", "q4_0")
+    assert cache_graph(llama, "f32", "iq4_nl") == CacheKinds("f32", "quantized",
+                                                              ("f32", "iq4_nl"))
+    assert cache_graph(llama, "bf16", "q5_1").graph == CacheKinds("bf16", "quantized")
 
 
 @pytest.mark.parametrize("label", REPLAYED[:1] + REPLAYED[4:] + HYBRIDS)
@@ -167,3 +171,48 @@ def test_unknown_cache_types_take_the_largest_case() -> None:
              for k in ("f16", "quantized") for v in ("f16", "quantized")]
     assert len(set(cases)) > 1  # the rotations' matrix products move the logits up here
     assert compute_buffer(m, shape, True, slots) == [max(cases)]
+
+
+def test_a_cache_in_ram_read_by_a_gpu_is_sized_by_its_exact_type() -> None:
+    """-nkvo: the scheduler copies the cache's views into the GPUs' compute buffers, so q4_0
+    and q5_0 differ there (checked against llama-fit-params over RPC devices in
+    tests/testing/test_device_matrix.py); with the cache on the GPUs they share one graph."""
+    from kvgui.core.config.settings import FlashAttn
+    from kvgui.core.devices.device_budget import DeviceBudget
+    from kvgui.core.memory.estimate import estimate
+
+    llama = model("Llama-3.1-8B-Instruct Q4_K_M")
+    gpus = [DeviceBudget("A", 24 * 2**30), DeviceBudget("B", 24 * 2**30)]
+    memo = ModelMemo(llama)
+
+    def gpu_compute(cache: str, kv_offload: bool) -> list[int]:
+        s = Settings(n_ctx=16384, flash_attn=FlashAttn.ON, type_k=cache, type_v=cache,
+                     kv_offload=kv_offload, tensor_split=(3.0, 1.0))
+        return [d.compute for d in estimate(llama, s, gpus, memo).devices if d.is_gpu]
+
+    assert gpu_compute("q4_0", True) == gpu_compute("q5_0", True)
+    in_ram = {c: gpu_compute(c, False) for c in ("q4_0", "q5_0", "q8_0")}
+    assert in_ram["q4_0"][0] != in_ram["q8_0"][0], in_ram
+
+
+def test_a_partial_offload_on_cuda_copies_the_cpu_layers_cache_by_its_exact_type() -> None:
+    """CUDA's offload_op draws a CPU layer's prompt matmuls to the GPU, and the attention
+    after them follows, reading that layer's cache from RAM: the copies are the exact type's
+    (kvgui stood q8_0 in for every quantized type here until the RPC matrix found the
+    -nkvo case). From ggml's source; awaits a GPU check (benchmarks/gpu_check.sh)."""
+    from kvgui.core.config.settings import FlashAttn
+    from kvgui.core.devices.device_budget import DeviceBudget
+    from kvgui.core.memory.estimate import estimate
+
+    llama = model("Llama-3.1-8B-Instruct Q4_K_M")
+    memo = ModelMemo(llama)
+
+    def gpu_compute(cache: str, ngl: int) -> int:
+        s = Settings(n_ctx=32768, flash_attn=FlashAttn.ON, type_k=cache, type_v=cache,
+                     n_gpu_layers=ngl)
+        est = estimate(llama, s, [DeviceBudget("A", 24 * 2**30)], memo)
+        return next(d.compute for d in est.devices if d.is_gpu)
+
+    assert gpu_compute("q4_0", 99) == gpu_compute("q5_0", 99)  # (nothing copies the cache)
+    # the copies of 16 CPU layers' caches, at 32K: q4_0 258.50 MiB, q8_0 302.06 MiB
+    assert gpu_compute("q4_0", 16) < gpu_compute("q8_0", 16)

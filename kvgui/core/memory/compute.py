@@ -105,7 +105,8 @@ def simulates(model: ModelInfo, memo: ModelMemo | None = None) -> bool:
 
 
 def cache_graph(model: ModelInfo, type_k: str, type_v: str) -> CacheKinds:
-    """What the cache types change in the graph (the key its recordings are shared by)."""
+    """What the cache types change in the graph (the key its recordings are shared by; the
+    exact quantized types for a graph that copies the cache, reserve.cache_kinds)."""
     return cache_kinds(model, type_k, type_v)
 
 

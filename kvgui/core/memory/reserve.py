@@ -11,6 +11,7 @@ without one, each call builds and records afresh.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import re
@@ -44,13 +45,25 @@ _QUANT = GGMLType(8, "q8_0", 32, 34)
 
 class CacheKinds(NamedTuple):
     """What the K and V cache types change in the graph: "f32", "f16", "bf16" or
-    "quantized"."""
+    "quantized". ``exact``: the cache types themselves where they matter (cache_kinds())."""
 
     k: str
     v: str
+    exact: tuple[str, str] | None = None
+
+    @property
+    def graph(self) -> CacheKinds:
+        """The kinds without the exact types: what a graph is keyed by."""
+        return self if self.exact is None else CacheKinds(self.k, self.v)
 
 
 def cache_kinds(model: ModelInfo, type_k: str, type_v: str) -> CacheKinds:
+    """What the cache types change in the graph. One recording serves every quantized type,
+    except where the scheduler copies a layer's cache views into another backend's compute
+    buffer, a tensor of the exact quantized type: the KV cache in RAM (-nkvo) read by
+    attention on a GPU, or a CPU layer whose attention CUDA's offload_op draws to the GPU.
+    Llama-3.1-8B -nkvo over two devices, the first one's compute: q8_0 130.08 MiB, q5_0
+    118.08, q4_0 142.08. ``exact`` carries the types for those graphs (peaks())."""
     return _cache_kinds(type_k, type_v)
 
 
@@ -59,7 +72,8 @@ def _cache_kinds(type_k: str, type_v: str) -> CacheKinds:
     def kind(name: str) -> str:
         return "quantized" if is_quantized(ggml_types.by_name(name)) else name
 
-    return CacheKinds(kind(type_k), kind(type_v))
+    k, v = kind(type_k), kind(type_v)
+    return CacheKinds(k, v, (type_k, type_v) if "quantized" in (k, v) else None)
 
 
 def _type_of(kind: str) -> GGMLType:
@@ -113,7 +127,7 @@ def graph_key(fa: bool, kinds: CacheKinds, values: ShapeValues) -> GraphKey:
     env = values.env
     ones = frozenset(v for v in ("U", "O") if env[v] == 1) if 1 in (env["U"], env["O"]) \
         else _NO_ONES
-    return GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, ones)
+    return GraphKey(fa, kinds.graph, values.n_seq_max, values.kv_unified, ones)
 
 
 def params_for(key: GraphKey) -> GraphParams:
@@ -376,12 +390,22 @@ class _Split:
     part_of: tuple[int, ...]  # per backend: its allocator (ggml-alloc shares equal bufts)
     n_splits: int
     n_nodes: int
+    # the graph allocates a tensor of a quantized cache type (a copy of a cache view into
+    # another backend): it holds for ``exact`` only (None: built with the stand-in)
+    type_bound: bool = False
+    exact: tuple[str, str] | None = None
+
+    def serves(self, env: dict[str, int], exact: tuple[str, str] | None) -> bool:
+        return (not self.type_bound or self.exact == exact) and self.decisions.hold_for(env)
 
 
 def _split_recording(model: ModelInfo, key: GraphKey, layout: Layout,
-                     env: dict[str, int]) -> _Split:
+                     env: dict[str, int], exact: tuple[str, str] | None = None) -> _Split:
     try:
         params = params_for(key) if layout.offload_kqv else _no_kqv_params(key)
+        if exact is not None:
+            params = dataclasses.replace(params, type_k=_exact_type(key.kinds.k, exact[0]),
+                                         type_v=_exact_type(key.kinds.v, exact[1]))
         result, graph = builders.build(model, params)
     except (AssertionError, AttributeError, IndexError, KeyError, SymbolicError) as exc:
         raise UnsupportedGraph(f"{model.arch}: {type(exc).__name__}: {exc}") from exc
@@ -412,7 +436,13 @@ def _split_recording(model: ModelInfo, key: GraphKey, layout: Layout,
     parts = alloc.record_buffers(split, [part_of[b] for b in split.node_backend],
                                  [part_of[b] for b in split.leaf_backend], len(bufts),
                                  alloc_size)
-    return _Split(decisions, parts, tuple(part_of), split.n_splits, n_nodes)
+    bound = exact is not None or any(
+        n.type is _QUANT and n.view_src is None and n.loc is None for n in split.nodes)
+    return _Split(decisions, parts, tuple(part_of), split.n_splits, n_nodes, bound, exact)
+
+
+def _exact_type(kind: str, name: str) -> GGMLType:
+    return ggml_types.by_name(name) if kind == "quantized" else _type_of(kind)
 
 
 def _no_kqv_params(key: GraphKey) -> GraphParams:
@@ -424,21 +454,34 @@ def _no_kqv_params(key: GraphKey) -> GraphParams:
 def peaks(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
           layout: Layout, memo: ModelMemo | None = None) -> list[int]:
     """The compute buffer of each backend of ``layout`` (in its order): ggml-alloc per
-    backend over the scheduler's split graph."""
+    backend over the scheduler's split graph. A graph that copies a quantized cache is
+    recorded for ``kinds.exact`` (with none given: q8_0 stands in, and it is logged)."""
     recs = recordings(_memo(model, memo))
-    asked = (fa, kinds, shape, layout)
-    done = recs.split_by_shape.get(asked)
+    free = (fa, kinds.graph, shape, layout)  # (the replays that hold for any quantized type)
+    done = recs.split_by_shape.get(free)
+    if done is None:
+        done = recs.split_by_shape.get((free, kinds.exact))
     if done is not None:
         return list(done)
     values = shape_values(shape)
     env = values.env
     key = graph_key(fa, kinds, values)
     found = recs.splits.setdefault((key, layout), [])
-    rec = next((r for r in found if r.decisions.hold_for(env)), None)
+    exact = kinds.exact
+    rec = next((r for r in found if r.serves(env, exact)), None)
     if rec is None:
-        rec = _split_recording(model, key, layout, env)
-        rec.parts = tuple(recs.distinct.setdefault(p, p) for p in rec.parts)
-        found.append(rec)
+        rec = next((r for r in found if r.serves(env, None)), None)
+        if rec is None:
+            rec = _split_recording(model, key, layout, env)
+            rec.parts = tuple(recs.distinct.setdefault(p, p) for p in rec.parts)
+            found.append(rec)
+        if rec.type_bound and exact is not None:  # (recorded again, with the cache's types)
+            rec = _split_recording(model, key, layout, env, exact)
+            rec.parts = tuple(recs.distinct.setdefault(p, p) for p in rec.parts)
+            found.append(rec)
+        elif rec.type_bound and "quantized" in kinds:
+            log.warning("%s: the scheduler copies a quantized cache whose types were not "
+                        "given: q8_0 stands in", model.arch)
     out = []
     for b, backend in enumerate(layout.backends):
         part = rec.parts[rec.part_of[b]]
@@ -452,5 +495,5 @@ def peaks(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
             peak = recs.peaks[sized] = alloc.replay(part, part.scale(env),
                                                          backend.alignment)
         out.append(peak)
-    recs.split_by_shape[asked] = tuple(out)
+    recs.split_by_shape[(free, exact) if rec.type_bound else free] = tuple(out)
     return out
