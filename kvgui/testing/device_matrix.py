@@ -175,8 +175,9 @@ def _compare_compute(out: Outcome, model: ModelInfo, s: Settings, case: Case,
                      endpoints: Sequence[str], r: FitParamsResult) -> None:
     layout = rpc_layout(model, s, case.n_devices, endpoints=endpoints)
     memo = ModelMemo(model)
-    peaks = reserve.peaks(model, context_shape(model, s), case.fa,
-                          reserve.cache_kinds(model, case.cache, case.cache), layout, memo)
+    shape = context_shape(model, s)
+    kinds = reserve.cache_kinds(model, case.cache, case.cache)
+    peaks = reserve.peaks(model, shape, case.fa, kinds, layout, memo)
     names = [f"RPC{i}" for i in range(case.n_devices)] + ["Host"]
     for name, ours in zip(names, peaks, strict=True):
         theirs = r.compute_of(name)
@@ -187,8 +188,7 @@ def _compare_compute(out: Outcome, model: ModelInfo, s: Settings, case: Case,
             err = ours / MiB / theirs - 1
             if abs(err) > abs(out.compute_error):
                 out.compute_error = err
-    ours_splits = next((x.n_splits for v in reserve.recordings(memo).splits.values()
-                        for x in v), None)
+    ours_splits = reserve.split_count(model, shape, case.fa, kinds, layout, memo)
     if ours_splits != r.n_splits:
         out.splits_exact = False
         out.mismatches.append(f"splits {ours_splits}, llama.cpp {r.n_splits}")

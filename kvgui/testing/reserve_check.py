@@ -73,7 +73,7 @@ def ours(model: ModelInfo, s: Settings, fa: bool) -> tuple[int, int]:
     shape = context_shape(model, s)
     kinds = reserve.cache_kinds(model, s.type_k, s.type_v)
     values = reserve.shape_values(shape)
-    key = reserve.GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, values.ones)
+    key = reserve.graph_key(fa, kinds, values)
     result, _ = builders.build(model, reserve.params_for(key))
     return reserve.peak(model, shape, fa, kinds, CPU_ALIGN), len(result.gf.nodes)
 

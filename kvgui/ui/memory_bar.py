@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from PySide6.QtCore import QEvent, QPointF, QRectF, QSize, Qt
-from PySide6.QtGui import QFontMetricsF, QHelpEvent, QPainter, QPen
+from PySide6.QtGui import QFont, QFontMetricsF, QHelpEvent, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
 from kvgui.core.sizes import format_bytes
@@ -28,6 +28,9 @@ class MemoryBar(QWidget):
         self._rows: tuple[BarRow, ...] = tuple(rows)
         self._error = ""
         self._hits: list[HitArea] = []
+        self._legend = QPixmap()
+        self._legend_key: tuple[object, ...] = ()
+        self._legend_hits: list[HitArea] = []
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setMouseTracking(True)
         self.setAccessibleName("Memory per device")
@@ -114,12 +117,34 @@ class MemoryBar(QWidget):
                                Qt.AlignmentFlag.AlignRight, cap)
                     p.setFont(base)
             y += ROW_H + ROW_GAP
-        # legend
-        y = self.height() - LEGEND_H + 4
+        # the legend: the same on every slider step, so drawn once into a pixmap
+        present = frozenset(key for r in self._rows for key, nbytes in r.parts if nbytes)
+        dpr = self.devicePixelRatioF()
+        key = (w, dpr, t.dark, present, p.font().toString())
+        if key != self._legend_key:
+            self._legend_key = key
+            pix = QPixmap(QSize(w, LEGEND_H) * dpr)
+            pix.setDevicePixelRatio(dpr)
+            pix.fill(Qt.GlobalColor.transparent)
+            lp = QPainter(pix)
+            lp.setFont(p.font())
+            lp.setRenderHint(QPainter.RenderHint.TextAntialiasing, True)
+            self._legend, self._legend_hits = pix, self._paint_legend(lp, t, small, present)
+            lp.end()
+        top = self.height() - LEGEND_H
+        p.drawPixmap(0, top, self._legend)
+        self._hits += [HitArea(h.rect.translated(0, top), h.text) for h in self._legend_hits]
+        p.end()
+
+    def _paint_legend(self, p: QPainter, t: theme.Theme, small: QFont,
+                      present: frozenset[str]) -> list[HitArea]:
+        """The parts' colours and names (those some device has) and the budget line, at
+        y 0 of ``p``; returns their hover areas."""
+        hits: list[HitArea] = []
+        y = 4.0
         x = float(LABEL_W)
         p.setFont(small)
         fm = QFontMetricsF(small)
-        present = {key for r in self._rows for key, nbytes in r.parts if nbytes}
         for key, label, what in segments():
             if key in PART_HELP and key not in present and key != "weights":
                 continue  # a part no device has (e.g. recurrent state of a dense model)
@@ -134,17 +159,17 @@ class MemoryBar(QWidget):
             p.setPen(t.text)
             tw = fm.horizontalAdvance(label)
             p.drawText(QRectF(x + 16, y, tw + 4, 20), Qt.AlignmentFlag.AlignVCenter, label)
-            self._hits.append(HitArea(QRectF(x, y, tw + 20, 20), f"<b>{label}</b><br>{what}"))
+            hits.append(HitArea(QRectF(x, y, tw + 20, 20), f"<b>{label}</b><br>{what}"))
             x += tw + 34
         # the budget line's legend entry
         p.setPen(QPen(t.budget_line, 2))
         p.drawLine(int(x + 6), int(y + 2), int(x + 6), int(y + 18))
         p.setPen(t.text)
         p.drawText(QRectF(x + 14, y, 200, 20), Qt.AlignmentFlag.AlignVCenter, "Budget")
-        self._hits.append(HitArea(QRectF(x, y, 80, 20),
-                                  "<b>Budget</b><br>the device's memory less the reserve: "
-                                  "everything llama.cpp allocates must stay left of it"))
-        p.end()
+        hits.append(HitArea(QRectF(x, y, 80, 20),
+                            "<b>Budget</b><br>the device's memory less the reserve: "
+                            "everything llama.cpp allocates must stay left of it"))
+        return hits
 
     def event(self, ev: QEvent) -> bool:
         if ev.type() == QEvent.Type.ToolTip and isinstance(ev, QHelpEvent):

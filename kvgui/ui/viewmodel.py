@@ -8,6 +8,7 @@ estimate's).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -94,8 +95,9 @@ class BarRow:
     capacity: int | None = None  # the device's memory; None = unknown (no verdict)
     is_gpu: bool = True
 
-    @property
+    @functools.cached_property
     def used(self) -> int:
+        """(Cached: a paint asks for it a few times per row, on every slider step.)"""
         return sum(b for _, b in self.parts)
 
     @property

@@ -125,13 +125,12 @@ def test_moe_expert_overrides_equal_llama_fit_params(
                 layout = offload.layout_with(layout.backends, pins=False)
             assert (layout.n_copies == 4) == (ngl == 99 and not n_cpu_moe and not ot)
             memo = ModelMemo(model)
-            ours = reserve.peaks(model, context_shape(model, s), fa == "on",
-                                 reserve.cache_kinds(model, ctype, ctype), layout, memo)
+            shape, kinds = context_shape(model, s), reserve.cache_kinds(model, ctype, ctype)
+            ours = reserve.peaks(model, shape, fa == "on", kinds, layout, memo)
             what = f"-ngl {ngl} -ts {ts} -fa {fa} {ctype} --n-cpu-moe {n_cpu_moe} -ot {ot}"
             assert [round(b / 2**20, 2) for b in ours] == pytest.approx(theirs, abs=0.0051), what
-            n_splits = next(x.n_splits for v in reserve.recordings(memo).splits.values()
-                            for x in v)
-            assert n_splits == r.n_splits, what
+            assert reserve.split_count(model, shape, fa == "on", kinds, layout, memo) \
+                == r.n_splits, what
 # --- end fam-moe ---
 
 
@@ -174,11 +173,10 @@ def _each_device_equals_llama_fit_params(llama_tools: LlamaTools, path: Path, mo
                          type_v=ctype, kv_offload=not nkvo,
                          flash_attn=FlashAttn.ON if fa == "on" else FlashAttn.OFF)
             memo = ModelMemo(model)
-            ours = reserve.peaks(model, context_shape(model, s), fa == "on",
-                                 reserve.cache_kinds(model, ctype, ctype),
-                                 rpc_layout(model, s, 2), memo)
+            shape, kinds = context_shape(model, s), reserve.cache_kinds(model, ctype, ctype)
+            layout = rpc_layout(model, s, 2)
+            ours = reserve.peaks(model, shape, fa == "on", kinds, layout, memo)
             what = f"{name} -ngl {ngl} -ts {ts} -fa {fa} {ctype} nkvo={nkvo}"
             assert [round(b / 2**20, 2) for b in ours] == pytest.approx(theirs, abs=0.0051), what
-            n_splits = next(x.n_splits for v in reserve.recordings(memo).splits.values()
-                            for x in v)
-            assert n_splits == r.n_splits, what
+            assert reserve.split_count(model, shape, fa == "on", kinds, layout, memo) \
+                == r.n_splits, what

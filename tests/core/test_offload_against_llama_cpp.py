@@ -179,13 +179,12 @@ def test_per_device_memory_equals_llama_fit_params(
             # sizes it (no_alloc: no backend hints)
             layout = rpc_layout(model, s, n_dev, endpoints=endpoints)
             memo = ModelMemo(model)
-            peaks = reserve.peaks(model, context_shape(model, s), True,
-                                  reserve.cache_kinds(model, s.type_k, s.type_v), layout, memo)
+            shape, kinds = context_shape(model, s), reserve.cache_kinds(model, s.type_k, s.type_v)
+            peaks = reserve.peaks(model, shape, True, kinds, layout, memo)
             theirs = [r.compute_of(f"RPC{i}") for i in range(n_dev)] + [r.compute_of("Host")]
             assert [round(b / MiB, 2) for b in peaks] == pytest.approx(theirs, abs=0.0051), what
-            n_splits = next(x.n_splits for v in reserve.recordings(memo).splits.values()
-                            for x in v)
-            assert n_splits == r.n_splits, what
+            assert reserve.split_count(model, shape, True, kinds, layout, memo) == r.n_splits, \
+                what
     if aborts == len(CASES_FOR[label]):
         pytest.skip(f"{label}: llama.cpp aborts in every case on this AMX CPU (predicted)")
 

@@ -115,3 +115,31 @@ def test_export_dialog_shows_why_a_shell_cannot_take_the_command() -> None:
 
     text, _ = render_export(Settings(), "C:\\m\\a\nb.gguf", "llama-cli", "cmd", False)
     assert text.startswith("# cannot be written for cmd:") and "line break" in text
+
+
+def test_the_bars_legend_is_drawn_once_and_follows_the_parts(qtbot) -> None:
+    """The legend goes into a pixmap (a slider step repaints only the bars): its hover areas
+    sit in the legend strip on every paint, and a part that appears redraws it."""
+    from kvgui.ui.memory_bar import LEGEND_H, MemoryBar
+    from kvgui.ui.viewmodel import BarRow
+
+    bar = MemoryBar([BarRow("GPU", (("weights", 4 * GiB), ("kv_k", GiB)), 0, 8 * GiB)])
+    qtbot.addWidget(bar)
+    bar.resize(900, bar.height())
+    bar.grab()
+    strip = bar.height() - LEGEND_H
+
+    def legend() -> list[str]:
+        return [h.tip.split("</b>")[0].removeprefix("<b>") for h in bar._hits
+                if h.rect.top() >= strip]
+
+    first = legend()
+    assert "Budget" in first and "Weights" in first and len(first) > 3
+    pixmap = bar._legend.cacheKey()
+    bar.set_rows([BarRow("GPU", (("weights", 5 * GiB), ("kv_k", GiB)), 0, 8 * GiB)])
+    bar.grab()
+    assert legend() == first and bar._legend.cacheKey() == pixmap  # (the same pixmap)
+    bar.set_rows([BarRow("GPU", (("weights", 5 * GiB), ("kv_k", GiB), ("state", GiB)), 0,
+                         8 * GiB)])
+    bar.grab()
+    assert len(legend()) == len(first) + 1 and bar._legend.cacheKey() != pixmap

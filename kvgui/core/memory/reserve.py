@@ -497,3 +497,13 @@ def peaks(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
         out.append(peak)
     recs.split_by_shape[(free, exact) if rec.type_bound else free] = tuple(out)
     return out
+
+
+def split_count(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
+                layout: Layout, memo: ModelMemo) -> int | None:
+    """The scheduler's number of graph splits in the recording peaks() replayed for these
+    settings (llama.cpp logs it as "graph splits"); None if peaks() was not asked."""
+    values = shape_values(shape)
+    found = recordings(memo.for_model(model)).splits.get(
+        (graph_key(fa, kinds, values), layout), [])
+    return next((r.n_splits for r in found if r.serves(values.env, kinds.exact)), None)

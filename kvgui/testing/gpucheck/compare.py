@@ -110,14 +110,6 @@ def cuda_layout(model: ModelInfo, s: Settings, n_gpus: int, *, pins: bool,
     return offload.layout_with((*backends, reserve.cpu_backend(host)), pins=pins)
 
 
-def _graph_key(model: ModelInfo, s: Settings, fa: bool) -> tuple[Any, Any, reserve.GraphKey]:
-    shape = context_shape(model, s)
-    kinds = reserve.cache_kinds(model, s.type_k, s.type_v)
-    values = reserve.shape_values(shape)
-    ones = frozenset(v for v in ("U", "O") if values.env[v] == 1)
-    return shape, kinds, reserve.GraphKey(fa, kinds, values.n_seq_max, values.kv_unified, ones)
-
-
 def no_alloc_compute(model: ModelInfo, s: Settings, fa: bool, n_gpus: int,
                      memo: ModelMemo, kind: str = "cuda") -> tuple[list[int], int | None] | None:
     """The compute buffer per device (GPUs, then the CPU) and the split count as a no_alloc
@@ -125,16 +117,14 @@ def no_alloc_compute(model: ModelInfo, s: Settings, fa: bool, n_gpus: int,
     if n_gpus == 0 or not reserve.supports(model, memo):
         return None
     layout = cuda_layout(model, s, n_gpus, pins=False, kind=kind)
-    shape, kinds, key = _graph_key(model, s, fa)
+    shape = context_shape(model, s)
+    kinds = reserve.cache_kinds(model, s.type_k, s.type_v)
     try:
         peaks = reserve.peaks(model, shape, fa, kinds, layout, memo)
     except reserve.UnsupportedGraph as exc:
         log.info("no replay for %s: %s", model.arch, exc)
         return None
-    env = reserve.shape_values(shape).env
-    recs = reserve.recordings(memo).splits.get((key, layout), [])
-    splits = next((r.n_splits for r in recs if r.decisions.hold_for(env)), None)
-    return peaks, splits
+    return peaks, reserve.split_count(model, shape, fa, kinds, layout, memo)
 
 
 _SPLITS = re.compile(r"graph(?: \([^)]*\))?: nodes = ([\d /]+), splits = (\d+)")
