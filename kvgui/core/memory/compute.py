@@ -215,6 +215,18 @@ def compute_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
     return _stage_buffer(model, shape, fa, slots)
 
 
+def depends_on_cache_types(model: ModelInfo, shape: ContextShape, fa: bool,
+                           cache: CacheKinds, offload: Offload | None,
+                           memo: ModelMemo) -> bool:
+    """Whether compute_buffer() for ``cache`` holds for its exact quantized types only (the
+    scheduler copies a quantized cache between devices, reserve.cache_kinds), not for every
+    type of its kind. Asked after compute_buffer()."""
+    if cache.exact is None or offload is None or offload.n_gpus == 0 \
+            or not simulates(model, memo):
+        return False
+    return reserve.copies_quantized_cache(model, shape, fa, cache, offload.layout, memo)
+
+
 def _stage_buffer(model: ModelInfo, shape: ContextShape, fa: bool,
                   slots: Sequence[SlotLayers]) -> list[int]:
     """The stage model per device, for architectures without a builder."""

@@ -27,6 +27,7 @@ from kvgui.core.memory.compute import (
     SlotLayers,
     cache_graph,
     compute_buffer,
+    depends_on_cache_types,
 )
 from kvgui.core.memory.findings import Code, Finding
 from kvgui.core.memory.memo import ModelMemo
@@ -718,9 +719,20 @@ def _compute(model: ModelInfo, s: Settings, shape: ContextShape, fa: bool,
              memo: ModelMemo) -> list[int]:
     graph = cache_graph(model, s.type_k, s.type_v)
     offload = placed.offload if s.kv_offload else placed.offload.with_kv_offload(False)
-    return memo.get("compute", (placement_key, shape, fa, graph, s.kv_offload),
-                    lambda: compute_buffer(model, shape, fa, placed.compute_slots, graph,
-                                           offload, memo=memo))
+    # one entry for every quantized type of the kind, unless the graph copies the cache
+    # (then one per exact pair): a slider step asks for 81 pairs of 16 kinds
+    any_type = (placement_key, shape, fa, graph.graph, s.kv_offload)
+    found: list[int] | None = memo.peek("compute", any_type)
+    if found is not None:
+        return found
+    exact = any_type if graph.exact is None else (*any_type, graph.exact)
+    found = memo.peek("compute", exact)
+    if found is None:
+        found = compute_buffer(model, shape, fa, placed.compute_slots, graph, offload,
+                               memo=memo)
+        bound = depends_on_cache_types(model, shape, fa, graph, offload, memo)
+        memo.put("compute", exact if bound else any_type, found)
+    return found
 
 
 def compute_buffers(model: ModelInfo, settings: Settings, devices: Sequence[DeviceBudget],

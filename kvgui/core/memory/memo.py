@@ -34,6 +34,16 @@ class ModelMemo:
         table[key] = value
         return value
 
+    def peek(self, kind: str, key: Hashable) -> Any:
+        """The value stored for ``key``, or None."""
+        return self._tables.get(kind, {}).get(key)
+
+    def put(self, kind: str, key: Hashable, value: Any) -> None:
+        table = self._tables.setdefault(kind, {})
+        if len(table) >= self.limit:
+            table.clear()
+        table[key] = value
+
     def for_model(self, model: object) -> ModelMemo:
         """This memo if it belongs to ``model``, else a fresh one (a memo never mixes models)."""
         return self if model is self.model else ModelMemo(model, self.limit)

@@ -507,3 +507,14 @@ def split_count(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKin
     found = recordings(memo.for_model(model)).splits.get(
         (graph_key(fa, kinds, values), layout), [])
     return next((r.n_splits for r in found if r.serves(values.env, kinds.exact)), None)
+
+
+def copies_quantized_cache(model: ModelInfo, shape: ContextShape, fa: bool,
+                           kinds: CacheKinds, layout: Layout, memo: ModelMemo) -> bool:
+    """Whether the split graph peaks() replayed for these settings copies a quantized cache
+    (then each quantized type has figures of its own); True when it was not recorded."""
+    values = shape_values(shape)
+    found = recordings(memo.for_model(model)).splits.get(
+        (graph_key(fa, kinds, values), layout), [])
+    rec = next((r for r in found if r.serves(values.env, None)), None)
+    return rec is None or rec.type_bound
