@@ -287,6 +287,24 @@ TEST_MODELS: list[dict[str, Any]] = [
                "mamba_num_heads": 128, "mamba_head_dim": 80,
                "max_position_embeddings": 131072, "layer_norm_epsilon": 1e-5},
     },
+    {
+        # config.json of the BF16 release (as reproduced verbatim in public code, e.g.
+        # mehulbafnaa/jax-llm-examples nemotron3/tests/test_model.py); no MTP head
+        "name": "NVIDIA-Nemotron-3-Nano-30B-A3B", "arch": "nemotron_h_moe",
+        "hf": "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16",
+        "hp": {"hidden_size": 2688, "intermediate_size": 1856, "num_hidden_layers": 52,
+               "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128,
+               "vocab_size": 131072,
+               "hybrid_override_pattern":
+                   "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME",
+               "ssm_state_size": 128, "conv_kernel": 4, "n_groups": 8,
+               "mamba_num_heads": 64, "mamba_head_dim": 64,
+               "n_routed_experts": 128, "n_shared_experts": 1, "num_experts_per_tok": 6,
+               "moe_intermediate_size": 1856, "moe_shared_expert_intermediate_size": 3712,
+               "routed_scaling_factor": 2.5, "norm_topk_prob": True, "n_group": 1,
+               "topk_group": 1, "rope_theta": 10000,
+               "max_position_embeddings": 262144, "layer_norm_epsilon": 1e-5},
+    },
 ]
 
 

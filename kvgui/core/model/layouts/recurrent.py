@@ -366,15 +366,31 @@ def _reorder(dims: tuple[int, int, int, int, int]) -> tuple[int, int, int, int, 
     return d_conv, d_inner, d_state, n_head, n_group
 
 
+# conversion/nemotron.py NemotronHModel: the pattern letters, per architecture (the converter
+# picks nemotron_h_moe when the config has num_experts_per_tok; its FFN blocks are then 'E')
+_NEMOTRON_LETTERS = {"nemotron_h": "M*-", "nemotron_h_moe": "M*E"}
+
+
 def _nemotron_kinds(h: Hp) -> str:
     pattern = str(h["hybrid_override_pattern"])
     if len(pattern) != h.n_layer:
         raise ValueError(f"hybrid_override_pattern has {len(pattern)} layers, not {h.n_layer}")
+    if h.n_nextn:
+        # NemotronHModel folds an MTP head into one trailing block (Nemotron 3 Super):
+        # not laid out here, rather than written wrong
+        raise ValueError(f"{h.arch}: NextN/MTP blocks are not laid out")
+    letters = _NEMOTRON_LETTERS[h.arch]
+    if set(pattern) - set(letters):
+        raise ValueError(f"{h.arch}: hybrid_override_pattern letters {sorted(set(pattern))} "
+                         f"are not all of {letters!r}")
     return pattern
 
 
 def _t_nemotron_h(h: Hp) -> Shapes:
-    # src/models/nemotron-h.cpp: 'M' Mamba-2, '*' attention, '-' an MLP (up/down, relu^2)
+    # src/models/nemotron-h.cpp (nemotron_h_moe inherits its load_arch_tensors): 'M' Mamba-2,
+    # '*' attention, '-' an MLP (up/down, relu^2), 'E' the MoE block: router + its
+    # selection bias, ungated up/down experts (over the latent width where moe_latent_size
+    # is set), an ungated shared expert
     e = h.n_embd
     n_head = int(h["mamba_num_heads"])
     d_inner = n_head * int(h["mamba_head_dim"])
@@ -387,17 +403,53 @@ def _t_nemotron_h(h: Hp) -> Shapes:
             _mamba2_block(out, i, e, d_inner, d_state, n_group, n_head, d_conv)
         elif kind == "*":
             attn(out, i, e, h.q_dim, h.kv_dim)
+        elif kind == "E":
+            _nemotron_moe_block(h, out, i)
         else:
             ffn(out, i, e, h.n_ff, gate=False)
     return out
 
 
+def _nemotron_moe_block(h: Hp, out: Shapes, i: int) -> None:
+    """One 'E' block as nemotron-h.cpp creates it (the n_expert != 0 branch): the router reads
+    n_embd, the experts the latent width where there is one."""
+    e = h.n_embd
+    latent = int(h.get("moe_latent_size") or 0)
+    moe_e, n_ff_exp = latent or e, int(h["moe_intermediate_size"])
+    n_exp = int(h["n_routed_experts"])
+    b = f"blk.{i}."
+    out += [(b + "ffn_gate_inp.weight", (e, n_exp)), (b + "exp_probs_b.bias", (n_exp,))]
+    if latent:
+        out += [(b + "ffn_latent_down.weight", (e, latent)),
+                (b + "ffn_latent_up.weight", (latent, e))]
+    out += [(b + "ffn_down_exps.weight", (n_ff_exp, moe_e, n_exp)),
+            (b + "ffn_up_exps.weight", (moe_e, n_ff_exp, n_exp))]
+    shexp(out, i, e, int(h["moe_shared_expert_intermediate_size"]), gate=False)
+
+
 def _m_nemotron_h(h: Hp, m: dict[str, Any]) -> None:
-    # conversion/nemotron.py NemotronHModel: per-layer head_count_kv and feed_forward_length
+    # conversion/nemotron.py NemotronHModel: per-layer head_count_kv and feed_forward_length;
+    # for nemotron_h_moe the expert keys (its feed_forward_length marks the 'E' blocks with
+    # moe_intermediate_size, which load_arch_hparams reads as n_ff(il) != 0)
     a = h.arch
     kinds = _nemotron_kinds(h)
     m[f"{a}.attention.head_count_kv"] = [h.n_head_kv if k == "*" else 0 for k in kinds]
-    m[f"{a}.feed_forward_length"] = [h.n_ff if k == "-" else 0 for k in kinds]
+    if a == "nemotron_h_moe":
+        n_ff_exp = int(h["moe_intermediate_size"])
+        m[f"{a}.feed_forward_length"] = [n_ff_exp if k == "E" else 0 for k in kinds]
+        m[f"{a}.expert_used_count"] = int(h["num_experts_per_tok"])
+        m[f"{a}.expert_feed_forward_length"] = n_ff_exp
+        m[f"{a}.expert_shared_feed_forward_length"] = \
+            int(h["moe_shared_expert_intermediate_size"])
+        m[f"{a}.expert_count"] = int(h["n_routed_experts"])
+        m[f"{a}.expert_shared_count"] = int(h["n_shared_experts"])
+        m[f"{a}.expert_weights_norm"] = bool(h["norm_topk_prob"])
+        m[f"{a}.expert_weights_scale"] = float(h["routed_scaling_factor"])
+        m[f"{a}.expert_group_count"] = int(h["n_group"])
+        if h.get("moe_latent_size") is not None:
+            m[f"{a}.moe_latent_size"] = int(h["moe_latent_size"])
+    else:
+        m[f"{a}.feed_forward_length"] = [h.n_ff if k == "-" else 0 for k in kinds]
     n_head = int(h["mamba_num_heads"])
     _ssm_metadata(a, m, int(h["conv_kernel"]), n_head * int(h["mamba_head_dim"]),
                   int(h["ssm_state_size"]), n_head, int(h["n_groups"]))
@@ -533,6 +585,9 @@ LAYOUTS: dict[str, Layout] = {
                             "models/granite-hybrid.cpp; conversion/granite.py"),
     "nemotron_h": Layout(_t_nemotron_h, _m_nemotron_h,
                          "models/nemotron-h.cpp; conversion/nemotron.py"),
+    "nemotron_h_moe": Layout(_t_nemotron_h, _m_nemotron_h,
+                             "models/nemotron-h.cpp (inherited by nemotron-h-moe.cpp); "
+                             "conversion/nemotron.py"),
     "falcon-h1": Layout(_t_falcon_h1, _m_falcon_h1,
                         "models/falcon-h1.cpp; conversion/falcon_h1.py"),
     "qwen3next": Layout(_t_qwen3next, _m_qwen3next, "models/qwen3next.cpp; conversion/qwen.py"),
