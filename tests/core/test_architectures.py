@@ -46,6 +46,7 @@ from kvgui.testing.truth_table import Row, compare, default_matrix, describe
 _BY_KEY = {f.key: f for f in fixtures()}
 DEFAULT_FAMILIES = [
     "falcon-h1", "jamba", "nemotron_h", "granitehybrid", "qwen3next",  # hybrids
+    "nemotron_h_moe",  # a hybrid's MoE blocks (sigmoid router, ungated experts, shexp)
     "mamba", "rwkv7",  # recurrent
     "gemma3n", "gemma4", "llama4", "exaone4", "olmo2:Olmo-3-7B-Instruct",  # SWA / shared
     "glm4moe",  # a NextN block
@@ -172,6 +173,24 @@ def test_nemotron_h_mlp_layers_keep_neither_kv_nor_state() -> None:
     assert est.state == 27 * (m.n_embd_r + m.n_embd_s) * 4  # only the Mamba layers
 
 
+def test_nemotron_h_moe_blocks_keep_neither_kv_nor_state_and_route_experts() -> None:
+    """Nemotron 3 Nano: the 'E' blocks are marked by feed_forward_length (n_ff != 0), so
+    they are neither recurrent nor cached, as nemotron_h's MLP blocks; they hold the
+    experts."""
+    m = _info("nemotron_h_moe")
+    pattern = _BY_KEY["nemotron_h_moe"].spec.hp["hybrid_override_pattern"]
+    for il, c in enumerate(pattern):
+        layer = m.layers[il]
+        assert (layer.recurrent, layer.has_kv, layer.stateless, layer.experts) == {
+            "M": (True, False, False, False), "*": (False, True, False, False),
+            "E": (False, False, True, True)}[c], il
+    assert [il for il, c in enumerate(pattern) if c == "*"] == [5, 12, 19, 26, 33, 42]
+    assert sum(c == "M" for c in pattern) == sum(c == "E" for c in pattern) == 23
+    est = estimate(m, Settings(n_ctx=4096))
+    assert est.state == 23 * (m.n_embd_r + m.n_embd_s) * 4  # only the Mamba layers
+    assert compute_check(m).status == EXACT and simulates(m)
+
+
 def test_hybrids_take_their_attention_layers_from_their_own_keys() -> None:
     jamba = _info("jamba")
     assert [il for il, layer in enumerate(jamba.layers) if layer.has_kv] == [4, 12, 20, 28]
@@ -232,7 +251,7 @@ def test_compute_check_says_what_is_verified(monkeypatch: pytest.MonkeyPatch) ->
 
 # --- fam-moe ---
 MOE_BUILT = ["glm4moe", "llama4", "granitemoe", "ernie4_5-moe", "hunyuan-moe", "dots1",
-             "bailingmoe2"]
+             "bailingmoe2", "nemotron_h_moe"]
 
 
 @pytest.mark.parametrize("key", MOE_BUILT)

@@ -114,16 +114,20 @@ def test_dense_variant_graph_equals_llama_cpp(tmp_path: Path, name: str) -> None
 # (test_architectures.py holds each at the byte over its own matrix; this adds -ub 1 / 7 /
 # 1024 and -np 4 without flash attention.) One by default, every one with
 # KVGUI_TEST_ALL_FAMILIES=1; "gemma4:e2b-like" is Gemma 4 with per-layer token inputs and 20
-# layers reading an earlier layer's cache (the shape of E2B / E4B), which no fixture has.
+# layers reading an earlier layer's cache (the shape of E2B / E4B), which no fixture has;
+# "nemotron_h_moe:latent" is Nemotron 3 Nano with LatentMoE experts (ffn_latent_down / up
+# around experts over a narrower width: the LatentMoE of Nemotron 3 Super; width illustrative).
 HYBRID_FAMILIES = ["qwen3next"]
 if os.environ.get("KVGUI_TEST_ALL_FAMILIES") == "1":
     HYBRID_FAMILIES = ["qwen3next", "qwen35", "qwen35moe", "falcon-h1", "granitehybrid",
-                       "nemotron_h", "jamba", "mamba", "mamba2", "gemma3n", "gemma4",
-                       "gemma4:e2b-like", "rwkv6", "rwkv7"]
+                       "nemotron_h", "nemotron_h_moe", "nemotron_h_moe:latent", "jamba",
+                       "mamba", "mamba2", "gemma3n", "gemma4", "gemma4:e2b-like", "rwkv6",
+                       "rwkv7"]
 
 
 def _family_spec(key: str) -> ModelSpec:
-    """The BF16 fixture of ``key``; "gemma4:e2b-like" reshapes gemma4's."""
+    """The BF16 fixture of ``key``; "gemma4:e2b-like" reshapes gemma4's,
+    "nemotron_h_moe:latent" gives nemotron_h_moe's a moe_latent_size."""
     from kvgui.testing.arch_fixtures import fixtures
 
     base, _, variant = key.partition(":")
@@ -136,6 +140,8 @@ def _family_spec(key: str) -> ModelSpec:
                    "enable_moe_block": False, "num_kv_shared_layers": 20,
                    "hidden_size_per_layer_input": 256, "sliding_window": 512,
                    "layer_types": (["sliding_attention"] * 4 + ["full_attention"]) * 7})
+    elif variant == "latent":
+        hp["moe_latent_size"] = 1024
     name = f"{fx.spec.name}-{variant}" if variant else fx.spec.name
     return ModelSpec(name, fx.spec.arch, "BF16", hp)
 

@@ -139,6 +139,8 @@ def _register_hybrid() -> None:
         "falcon-h1": falcon_h1.FalconH1Graph,
         "granitehybrid": granite_hybrid.GraniteHybridGraph,
         "nemotron_h": nemotron_h.NemotronHGraph,
+        # models.h: llama_model_nemotron_h_moe reuses nemotron_h's hparams, tensors and graph
+        "nemotron_h_moe": nemotron_h.NemotronHGraph,
         "jamba": jamba.JambaGraph,
         "mamba": mamba.MambaGraph,
         "mamba2": mamba.MambaGraph,
@@ -154,6 +156,7 @@ def _register_hybrid() -> None:
         "falcon-h1": falcon_h1.hparams,
         "granitehybrid": granite_hybrid.hparams,
         "nemotron_h": nemotron_h.hparams,
+        "nemotron_h_moe": nemotron_h.hparams,
         "jamba": jamba.hparams,
         "mamba": mamba.hparams,
         "mamba2": mamba.hparams,
