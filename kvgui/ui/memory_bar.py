@@ -120,7 +120,8 @@ class MemoryBar(QWidget):
         # the legend: the same on every slider step, so drawn once into a pixmap
         present = frozenset(key for r in self._rows for key, nbytes in r.parts if nbytes)
         dpr = self.devicePixelRatioF()
-        key = (w, dpr, t.dark, present, p.font().toString())
+        top = self.height() - LEGEND_H
+        key = (w, top, dpr, t.dark, present, p.font().toString())
         if key != self._legend_key:
             self._legend_key = key
             pix = QPixmap(QSize(w, LEGEND_H) * dpr)
@@ -129,11 +130,12 @@ class MemoryBar(QWidget):
             lp = QPainter(pix)
             lp.setFont(p.font())
             lp.setRenderHint(QPainter.RenderHint.TextAntialiasing, True)
-            self._legend, self._legend_hits = pix, self._paint_legend(lp, t, small, present)
+            self._legend = pix
+            self._legend_hits = [HitArea(h.rect.translated(0, top), h.text)
+                                 for h in self._paint_legend(lp, t, small, present)]
             lp.end()
-        top = self.height() - LEGEND_H
         p.drawPixmap(0, top, self._legend)
-        self._hits += [HitArea(h.rect.translated(0, top), h.text) for h in self._legend_hits]
+        self._hits += self._legend_hits
         p.end()
 
     def _paint_legend(self, p: QPainter, t: theme.Theme, small: QFont,

@@ -29,9 +29,7 @@ class ModelMemo:
         except KeyError:
             pass
         value = make()
-        if len(table) >= self.limit:
-            table.clear()  # a slider sweep never needs this many; start over rather than grow
-        table[key] = value
+        self.put(kind, key, value)
         return value
 
     def peek(self, kind: str, key: Hashable) -> Any:
@@ -41,7 +39,7 @@ class ModelMemo:
     def put(self, kind: str, key: Hashable, value: Any) -> None:
         table = self._tables.setdefault(kind, {})
         if len(table) >= self.limit:
-            table.clear()
+            table.clear()  # a slider sweep never needs this many; start over rather than grow
         table[key] = value
 
     def for_model(self, model: object) -> ModelMemo:

@@ -499,22 +499,26 @@ def peaks(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
     return out
 
 
+def _recorded(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
+              layout: Layout, memo: ModelMemo, exact: tuple[str, str] | None) -> _Split | None:
+    """The split recording peaks() replayed for these settings (None: not recorded)."""
+    values = shape_values(shape)
+    found = recordings(memo.for_model(model)).splits.get(
+        (graph_key(fa, kinds, values), layout), [])
+    return next((r for r in found if r.serves(values.env, exact)), None)
+
+
 def split_count(model: ModelInfo, shape: ContextShape, fa: bool, kinds: CacheKinds,
                 layout: Layout, memo: ModelMemo) -> int | None:
     """The scheduler's number of graph splits in the recording peaks() replayed for these
     settings (llama.cpp logs it as "graph splits"); None if peaks() was not asked."""
-    values = shape_values(shape)
-    found = recordings(memo.for_model(model)).splits.get(
-        (graph_key(fa, kinds, values), layout), [])
-    return next((r.n_splits for r in found if r.serves(values.env, kinds.exact)), None)
+    rec = _recorded(model, shape, fa, kinds, layout, memo, kinds.exact)
+    return None if rec is None else rec.n_splits
 
 
 def copies_quantized_cache(model: ModelInfo, shape: ContextShape, fa: bool,
                            kinds: CacheKinds, layout: Layout, memo: ModelMemo) -> bool:
     """Whether the split graph peaks() replayed for these settings copies a quantized cache
     (then each quantized type has figures of its own); True when it was not recorded."""
-    values = shape_values(shape)
-    found = recordings(memo.for_model(model)).splits.get(
-        (graph_key(fa, kinds, values), layout), [])
-    rec = next((r for r in found if r.serves(values.env, None)), None)
+    rec = _recorded(model, shape, fa, kinds, layout, memo, None)
     return rec is None or rec.type_bound
